@@ -1,0 +1,1 @@
+"""Command-line tools of fconv-ext (console entry points, see setup.cfg)."""

@@ -1,0 +1,375 @@
+"""fconv_ext: Convolutional Sequence to Sequence Learning (Gehring et al. 2017).
+
+The whole forward path lives in this file, top to bottom:
+
+    FConvExtConfig   the model's options (every field documented)
+    FConvExtModel    build_model(): config -> encoder + decoder
+    FConvExtEncoder  embed -> fc1 -> [conv, GLU, residual] x N -> fc2 -> (z, z + e)
+    FConvExtDecoder  embed -> fc1 -> [conv, GLU, attention, residual] x M -> fc2 -> fc3
+
+The building blocks (weight-normalised layers, convolutions, attention, positions,
+gradient scaling, the layer-spec parser) are in :mod:`fconv_plugin.modules`.
+Tensors are batch-major everywhere: ``B`` batch, ``S`` source length, ``T`` target
+length, ``C`` conv channels, ``E`` embedding dim, ``V`` vocabulary.
+"""
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from fairseq import utils
+from fairseq.dataclass import FairseqDataclass
+from fairseq.models import (
+    FairseqEncoder,
+    FairseqEncoderDecoderModel,
+    FairseqIncrementalDecoder,
+    register_model,
+)
+from fairseq.modules import FairseqDropout
+from omegaconf import II
+from torch import Tensor
+
+from ..modules import (
+    ConvDecoderLayer,
+    ConvEncoderLayer,
+    Embedding,
+    LayerSpecError,
+    LearnedPositions,
+    Linear,
+    MultiStepAttention,
+    fold_weight_norm_,
+    parse_attention,
+    parse_layers,
+    scale_grad,
+    source_length_scale,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Residual connections and attention outputs are multiplied by sqrt(0.5) so that the
+#: sum of two unit-variance terms keeps unit variance (paper, section 3.4).
+SQRT_HALF = math.sqrt(0.5)
+
+
+@dataclass
+class FConvExtConfig(FairseqDataclass):
+    dropout: float = field(
+        default=0.1, metadata={"help": "dropout probability (embeddings, conv inputs, decoder output)"}
+    )
+    encoder_embed_dim: int = field(default=512, metadata={"help": "encoder embedding dimension"})
+    encoder_embed_path: Optional[str] = field(
+        default=None, metadata={"help": "path to pre-trained encoder embeddings (text: word v1 v2 ...)"}
+    )
+    encoder_layers: str = field(
+        default="[(512, 3)] * 20",
+        metadata={
+            "help": "encoder conv layers as a list of (out_channels, kernel_width[, residual]); "
+            "residual 1 = previous layer (default), 0 = none, N = N layers back. "
+            "Parsed safely: literals, lists, tuples, + and * only"
+        },
+    )
+    decoder_embed_dim: int = field(default=512, metadata={"help": "decoder embedding dimension"})
+    decoder_embed_path: Optional[str] = field(
+        default=None, metadata={"help": "path to pre-trained decoder embeddings (text: word v1 v2 ...)"}
+    )
+    decoder_layers: str = field(
+        default="[(512, 3)] * 20",
+        metadata={"help": "decoder conv layers, same syntax as --encoder-layers"},
+    )
+    decoder_out_embed_dim: int = field(
+        default=256, metadata={"help": "dimension of the decoder output before the vocabulary projection"}
+    )
+    decoder_attention: str = field(
+        default="True",
+        metadata={"help": "attention in every decoder layer (True), none (False), or a list of True/False per layer"},
+    )
+    share_input_output_embed: bool = field(
+        default=False,
+        metadata={"help": "tie the decoder input embedding and the output projection "
+                  "(requires --decoder-out-embed-dim == --decoder-embed-dim)"},
+    )
+    max_source_positions: int = field(
+        default=II("task.max_source_positions"),
+        metadata={"help": "longest source (in tokens, EOS included) the model accepts"},
+    )
+    max_target_positions: int = field(
+        default=II("task.max_target_positions"),
+        metadata={"help": "longest target (in tokens, EOS included) the model accepts"},
+    )
+
+
+def _parse_specs(cfg) -> Tuple[List, List, List[bool]]:
+    """Parse the three spec strings of ``cfg``, naming the option that is wrong."""
+    parsed = []
+    for name in ("encoder_layers", "decoder_layers"):
+        try:
+            parsed.append(parse_layers(getattr(cfg, name)))
+        except LayerSpecError as err:
+            raise LayerSpecError(f"--{name.replace('_', '-')}: {err}") from None
+    try:
+        attention = parse_attention(cfg.decoder_attention, len(parsed[1]))
+    except LayerSpecError as err:
+        raise LayerSpecError(f"--decoder-attention: {err}") from None
+    return parsed[0], parsed[1], attention
+
+
+@register_model("fconv_ext", dataclass=FConvExtConfig)
+class FConvExtModel(FairseqEncoderDecoderModel):
+    """Convolutional encoder-decoder with multi-step attention (ConvS2S)."""
+
+    def __init__(self, encoder: "FConvExtEncoder", decoder: "FConvExtDecoder"):
+        super().__init__(encoder, decoder)
+        # The encoder output feeds every attention layer; its gradient is scaled by
+        # 1 / (2N) with N the number of attention layers (paper, section 3.4).
+        encoder.grad_scale = 1.0 / (2.0 * decoder.num_attention_layers)
+
+    @classmethod
+    def build_model(cls, cfg: FConvExtConfig, task):
+        encoder_layers, decoder_layers, attention = _parse_specs(cfg)
+        if not any(attention):
+            raise LayerSpecError(
+                "--decoder-attention selects no layer: fconv_ext needs attention in at least "
+                "one decoder layer (use True, or a list with at least one True)"
+            )
+        if cfg.share_input_output_embed and cfg.decoder_out_embed_dim != cfg.decoder_embed_dim:
+            raise ValueError(
+                "--share-input-output-embed needs --decoder-out-embed-dim "
+                f"({cfg.decoder_out_embed_dim}) == --decoder-embed-dim ({cfg.decoder_embed_dim})"
+            )
+
+        def pretrained(path, dictionary):
+            if not path:
+                return None
+            embed_dict = utils.parse_embedding(path)
+            utils.print_embed_overlap(embed_dict, dictionary)
+            return embed_dict
+
+        encoder = FConvExtEncoder(
+            task.source_dictionary,
+            embed_dim=cfg.encoder_embed_dim,
+            embed_dict=pretrained(cfg.encoder_embed_path, task.source_dictionary),
+            max_positions=cfg.max_source_positions,
+            layers=encoder_layers,
+            dropout=cfg.dropout,
+        )
+        decoder = FConvExtDecoder(
+            task.target_dictionary,
+            embed_dim=cfg.decoder_embed_dim,
+            embed_dict=pretrained(cfg.decoder_embed_path, task.target_dictionary),
+            out_embed_dim=cfg.decoder_out_embed_dim,
+            max_positions=cfg.max_target_positions,
+            layers=decoder_layers,
+            attention=attention,
+            dropout=cfg.dropout,
+            share_embed=cfg.share_input_output_embed,
+        )
+        return cls(encoder, decoder)
+
+    def make_generation_fast_(self, **kwargs):
+        """Inference only: fold weight norm into plain weights (training is disabled
+        afterwards by fairseq), then let fairseq apply the rest (dropout, need_attn)."""
+        if not self._is_generation_fast:
+            fold_weight_norm_(self)
+        super().make_generation_fast_(**kwargs)
+
+
+def _residual_input(residuals: List[Tensor], proj: Optional[nn.Module], back: int) -> Optional[Tensor]:
+    """The residual for a layer: the output ``back`` layers ago (0 = none), projected
+    to this layer's width where the widths differ."""
+    if back == 0:
+        return None
+    residual = residuals[-back]
+    return residual if proj is None else proj(residual)
+
+
+def _build_conv_stack(in_channels: int, layers, make_conv, dropout: float):
+    """Create the per-layer convolutions and residual projections of a layer spec.
+
+    Returns ``(convolutions, projections, residuals, out_channels)``; a conv outputs
+    ``2 * out_channels`` for the GLU, which halves it again."""
+    convolutions, projections, residuals = nn.ModuleList(), nn.ModuleList(), []
+    layer_in_channels = [in_channels]
+    for out_channels, kernel_width, residual in layers:
+        residual_dim = out_channels if residual == 0 else layer_in_channels[-residual]
+        projections.append(Linear(residual_dim, out_channels) if residual_dim != out_channels else None)
+        convolutions.append(make_conv(in_channels, out_channels * 2, kernel_width, dropout))
+        residuals.append(residual)
+        in_channels = out_channels
+        layer_in_channels.append(out_channels)
+    return convolutions, projections, residuals, in_channels
+
+
+class FConvExtEncoder(FairseqEncoder):
+    """Convolutional encoder (paper, section 3.2): stacked non-causal conv blocks."""
+
+    def __init__(
+        self,
+        dictionary,
+        embed_dim: int,
+        embed_dict: Optional[Dict[str, Tensor]],
+        max_positions: int,
+        layers,
+        dropout: float,
+    ):
+        super().__init__(dictionary)
+        self.dropout_module = FairseqDropout(dropout, module_name=self.__class__.__name__)
+        self.padding_idx = dictionary.pad()
+        self.grad_scale = 1.0  # set by FConvExtModel to 1 / (2 * attention layers)
+
+        self.embed_tokens = Embedding(len(dictionary), embed_dim, self.padding_idx)
+        if embed_dict:
+            self.embed_tokens = utils.load_embedding(embed_dict, dictionary, self.embed_tokens)
+        self.embed_positions = LearnedPositions(max_positions, embed_dim, self.padding_idx)
+
+        in_channels = layers[0][0]
+        self.fc1 = Linear(embed_dim, in_channels, dropout=dropout)
+        self.convolutions, self.projections, self.residuals, out_channels = _build_conv_stack(
+            in_channels, layers, ConvEncoderLayer, dropout
+        )
+        self.fc2 = Linear(out_channels, embed_dim)
+
+    def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None, **unused):
+        """src_tokens: B x S, left-padded.  Returns the keys ``z`` (B x S x E), the
+        values ``z + e`` (B x S x E) and the padding mask (B x S, or None)."""
+        x = self.embed_tokens(src_tokens) + self.embed_positions(src_tokens)  # B x S x E
+        x = self.dropout_module(x)
+        input_embedding = x  # e: element embedding + position
+
+        x = self.fc1(x)  # B x S x C
+        padding_mask = src_tokens.eq(self.padding_idx)  # B x S
+        if not padding_mask.any():
+            padding_mask = None
+
+        residuals = [x]
+        for proj, conv, back in zip(self.projections, self.convolutions, self.residuals):
+            residual = _residual_input(residuals, proj, back)
+            if padding_mask is not None:  # padded frames enter every conv as zeros
+                x = x.masked_fill(padding_mask.unsqueeze(-1), 0)
+            x = self.dropout_module(x)
+            x = conv(x)  # B x S x 2C
+            x = F.glu(x, dim=-1)  # B x S x C: A * sigmoid(B)
+            if residual is not None:
+                x = (x + residual) * SQRT_HALF
+            residuals.append(x)
+
+        x = self.fc2(x)  # B x S x E
+        if padding_mask is not None:
+            x = x.masked_fill(padding_mask.unsqueeze(-1), 0)
+        x = scale_grad(x, self.grad_scale)  # backward only: gradient * 1/(2N)
+        y = (x + input_embedding) * SQRT_HALF  # values: z + e
+        return {"encoder_out": (x, y), "encoder_padding_mask": padding_mask}
+
+    def reorder_encoder_out(self, encoder_out, new_order: Tensor):
+        keys, values = encoder_out["encoder_out"]
+        mask = encoder_out["encoder_padding_mask"]
+        return {
+            "encoder_out": (keys.index_select(0, new_order), values.index_select(0, new_order)),
+            "encoder_padding_mask": None if mask is None else mask.index_select(0, new_order),
+        }
+
+    def max_positions(self) -> int:
+        return self.embed_positions.max_positions
+
+
+class FConvExtDecoder(FairseqIncrementalDecoder):
+    """Convolutional decoder (paper, sections 3.2-3.3): causal conv blocks, each
+    optionally followed by its own attention over the encoder output."""
+
+    def __init__(
+        self,
+        dictionary,
+        embed_dim: int,
+        embed_dict: Optional[Dict[str, Tensor]],
+        out_embed_dim: int,
+        max_positions: int,
+        layers,
+        attention: List[bool],
+        dropout: float,
+        share_embed: bool,
+    ):
+        super().__init__(dictionary)
+        # state-dict layout version, for upgrade_state_dict_named when it changes
+        self.register_buffer("version", torch.tensor([1.0]))
+        self.dropout_module = FairseqDropout(dropout, module_name=self.__class__.__name__)
+        self.need_attn = True
+        padding_idx = dictionary.pad()
+
+        self.embed_tokens = Embedding(len(dictionary), embed_dim, padding_idx)
+        if embed_dict:
+            self.embed_tokens = utils.load_embedding(embed_dict, dictionary, self.embed_tokens)
+        self.embed_positions = LearnedPositions(max_positions, embed_dim, padding_idx)
+
+        in_channels = layers[0][0]
+        self.fc1 = Linear(embed_dim, in_channels, dropout=dropout)
+        self.convolutions, self.projections, self.residuals, out_channels = _build_conv_stack(
+            in_channels, layers, ConvDecoderLayer, dropout
+        )
+        self.attention = nn.ModuleList(
+            MultiStepAttention(channels, embed_dim) if use else None
+            for (channels, _, _), use in zip(layers, attention)
+        )
+        self.num_attention_layers = sum(attention)
+
+        self.fc2 = Linear(out_channels, out_embed_dim)
+        if share_embed:
+            self.fc3 = nn.Linear(out_embed_dim, len(dictionary))
+            self.fc3.weight = self.embed_tokens.weight
+            nn.init.zeros_(self.fc3.bias)
+        else:
+            self.fc3 = Linear(out_embed_dim, len(dictionary), dropout=dropout)
+
+    def forward(
+        self,
+        prev_output_tokens: Tensor,  # B x T (right-padded, BOS first)
+        encoder_out=None,
+        incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
+        **unused,
+    ):
+        """Returns logits (B x T x V) and the attention averaged over the attention
+        layers (B x T x S; only in eval mode with ``need_attn``).  With
+        ``incremental_state``, only the last position is computed (T = 1)."""
+        keys, values = encoder_out["encoder_out"]  # B x S x E each
+        padding_mask = encoder_out["encoder_padding_mask"]  # B x S or None
+        length_scale = source_length_scale(values, padding_mask)
+
+        incremental = incremental_state is not None
+        positions = self.embed_positions(prev_output_tokens, incremental=incremental)
+        if incremental:
+            prev_output_tokens = prev_output_tokens[:, -1:]  # B x 1
+        x = self.embed_tokens(prev_output_tokens) + positions  # B x T x E
+        x = self.dropout_module(x)
+        target_embedding = x  # g: used in every attention query
+
+        x = self.fc1(x)  # B x T x C
+        avg_attn: Optional[Tensor] = None
+        residuals = [x]
+        for proj, conv, attention, back in zip(
+            self.projections, self.convolutions, self.attention, self.residuals
+        ):
+            residual = _residual_input(residuals, proj, back)
+            x = self.dropout_module(x)
+            x = conv(x, incremental_state)  # B x T x 2C
+            x = F.glu(x, dim=-1)  # B x T x C
+            if attention is not None:
+                x, attn = attention(x, target_embedding, keys, values, padding_mask, length_scale)
+                if not self.training and self.need_attn:
+                    attn = attn / self.num_attention_layers
+                    avg_attn = attn if avg_attn is None else avg_attn + attn
+            if residual is not None:
+                x = (x + residual) * SQRT_HALF
+            residuals.append(x)
+
+        x = self.fc2(x)  # B x T x out_embed_dim
+        x = self.dropout_module(x)
+        x = self.fc3(x)  # B x T x V
+        return x, avg_attn
+
+    def max_positions(self) -> int:
+        return self.embed_positions.max_positions
+
+    def make_generation_fast_(self, need_attn: bool = False, **kwargs):
+        self.need_attn = need_attn

@@ -1,0 +1,112 @@
+"""Weight-normalised 1-D convolutions over batch-major ``B x T x C`` tensors.
+
+* :class:`SameConv1d`  -- the encoder's convolution: output length == input length
+  (odd kernels pad ``k // 2`` on both sides; even kernels pad ``(k - 1) // 2`` left and
+  ``k // 2`` right, as fairseq's ``fconv`` does).
+* :class:`CausalConv1d` -- the decoder's convolution: pads ``k - 1`` frames on the left
+  only, so output ``t`` sees inputs ``t - k + 1 .. t`` (paper, section 3.2).  In
+  incremental decoding it keeps its own window of the last ``k - 1`` input frames and
+  computes one output frame per step with a single matrix product.
+
+Both hold their weight in PyTorch's ``Conv1d`` layout ``out x in x k`` and are built
+through :func:`ConvEncoderLayer`/:func:`ConvDecoderLayer`, which apply the paper's
+initialisation and weight norm over the output channels.
+"""
+
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from fairseq.incremental_decoding_utils import with_incremental_state
+from torch import Tensor
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import weight_norm
+
+from .weight_norm import init_conv_
+
+IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
+
+
+class SameConv1d(nn.Conv1d):
+    """Non-causal convolution; input and output ``B x T x C``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        k = self.kernel_size[0]
+        x = x.transpose(1, 2)  # B x T x C -> B x C x T
+        x = F.pad(x, ((k - 1) // 2, k // 2))
+        x = F.conv1d(x, self.weight, self.bias)
+        return x.transpose(1, 2)  # B x C' x T -> B x T x C'
+
+
+@with_incremental_state
+class CausalConv1d(nn.Conv1d):
+    """Causal convolution; input and output ``B x T x C``.
+
+    With an ``incremental_state`` the input is the newest frame only (``B x 1 x C``);
+    the window of the previous ``k - 1`` frames lives in that state under this module's
+    own key, and :meth:`reorder_incremental_state` reorders it for beam search.
+    """
+
+    def forward(self, x: Tensor, incremental_state: Optional[IncrementalState] = None) -> Tensor:
+        k = self.kernel_size[0]
+        if incremental_state is None:
+            x = x.transpose(1, 2)  # B x T x C -> B x C x T
+            x = F.pad(x, (k - 1, 0))  # only the past: output t sees t-k+1..t
+            x = F.conv1d(x, self.weight, self.bias)
+            return x.transpose(1, 2)  # B x C' x T -> B x T x C'
+
+        bsz = x.size(0)
+        if k > 1:
+            window = self._get_window(incremental_state)
+            if window is None:  # first step: the past is zero padding
+                window = x.new_zeros(bsz, k - 1, x.size(2))
+            window = torch.cat([window, x[:, -1:, :]], dim=1)  # B x k x C
+            self._set_window(incremental_state, window[:, 1:, :])
+        else:
+            window = x[:, -1:, :]
+        # B x k x C -> B x (k*C), one output frame: B x 1 x C'
+        out = F.linear(window.reshape(bsz, -1), self._linearized_weight(), self.bias)
+        return out.unsqueeze(1)
+
+    def _linearized_weight(self) -> Tensor:
+        """The weight as ``out x (k * in)`` matching a ``B x k x C`` window, frame-major.
+
+        Cached once the weight is a plain tensor (after :func:`fold_weight_norm_` in
+        inference); recomputed while weight norm is live, so training stays exact."""
+        if parametrize.is_parametrized(self, "weight"):
+            w = self.weight
+            return w.permute(0, 2, 1).reshape(w.size(0), -1)  # out x in x k -> out x (k*in)
+        key = (self.weight.data_ptr(), self.weight._version)
+        cached = getattr(self, "_linearized_cache", None)
+        if cached is None or cached[0] != key:
+            w = self.weight.detach()
+            cached = (key, w.permute(0, 2, 1).reshape(w.size(0), -1).contiguous())
+            self._linearized_cache = cached
+        return cached[1]
+
+    def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor):
+        window = self._get_window(incremental_state)
+        if window is not None:
+            self._set_window(incremental_state, window.index_select(0, new_order))
+
+    def _get_window(self, incremental_state: IncrementalState) -> Optional[Tensor]:
+        state = self.get_incremental_state(incremental_state, "window")
+        return None if state is None else state["window"]
+
+    def _set_window(self, incremental_state: IncrementalState, window: Tensor) -> None:
+        self.set_incremental_state(incremental_state, "window", {"window": window})
+
+
+def ConvEncoderLayer(in_channels: int, out_channels: int, kernel_width: int, dropout: float) -> SameConv1d:
+    """Weight-normalised encoder convolution with the paper's init."""
+    m = SameConv1d(in_channels, out_channels, kernel_width)
+    init_conv_(m, kernel_width, in_channels, dropout)
+    return weight_norm(m, name="weight", dim=0)
+
+
+def ConvDecoderLayer(in_channels: int, out_channels: int, kernel_width: int, dropout: float) -> CausalConv1d:
+    """Weight-normalised causal decoder convolution with the paper's init."""
+    m = CausalConv1d(in_channels, out_channels, kernel_width)
+    init_conv_(m, kernel_width, in_channels, dropout)
+    return weight_norm(m, name="weight", dim=0)
