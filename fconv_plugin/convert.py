@@ -154,28 +154,43 @@ def convert_checkpoint(state: Dict[str, Any]) -> Dict[str, Any]:
     }
 
 
-def _check_loads(model_cfg: Dict[str, Any], weights: Dict[str, torch.Tensor], cfg) -> None:
-    """Build an fconv_ext model of the converted config and load the weights strictly,
-    so a mismatch is reported here and not at generation time."""
+def build_fconv_ext(model_cfg: Dict[str, Any], src_dict: Dictionary, tgt_dict: Dictionary):
+    """Build an (untrained) fconv_ext model from a converted model config."""
     from omegaconf import OmegaConf
 
     from .models.fconv_ext import FConvExtConfig, FConvExtModel
 
     class _Task:  # just the two dictionaries build_model reads
-        source_dictionary = _dummy_dictionary(weights["encoder.embed_tokens.weight"].size(0))
-        target_dictionary = _dummy_dictionary(weights["decoder.embed_tokens.weight"].size(0))
+        source_dictionary = src_dict
+        target_dictionary = tgt_dict
 
-    conf = OmegaConf.merge(OmegaConf.structured(FConvExtConfig), {k: v for k, v in model_cfg.items() if k != "_name"})
-    model = FConvExtModel.build_model(conf, _Task())
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    conf = OmegaConf.merge(
+        OmegaConf.structured(FConvExtConfig), {k: v for k, v in model_cfg.items() if k != "_name"}
+    )
+    return FConvExtModel.build_model(conf, _Task())
+
+
+def _check_loads(model_cfg: Dict[str, Any], weights: Dict[str, torch.Tensor], cfg) -> None:
+    """Build an fconv_ext model of the converted config and load the weights strictly,
+    so a mismatch is reported here and not at generation time."""
+    model = build_fconv_ext(
+        model_cfg,
+        _dummy_dictionary(weights["encoder.embed_tokens.weight"].size(0)),
+        _dummy_dictionary(weights["decoder.embed_tokens.weight"].size(0)),
+    )
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
     if missing or unexpected:
         raise ConversionError(
             "the converted weights do not match the architecture in the checkpoint's config "
             f"(missing: {missing[:5]}, unexpected: {unexpected[:5]})"
         )
-    for name, tensor in model.state_dict().items():
+    for name, tensor in expected.items():
         if tensor.shape != weights[name].shape:
-            raise ConversionError(f"{name}: shape {tuple(weights[name].shape)} != expected {tuple(tensor.shape)}")
+            raise ConversionError(
+                f"{name}: shape {tuple(weights[name].shape)} does not match the config's {tuple(tensor.shape)}"
+            )
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,36 @@
+# fconv-ext: one entry point.  `make demo` / `make test` set everything up first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# torch first, from the CPU wheel unless a torch is already installed: a bare "torch"
+# requirement would pull a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.fconv-ext-setup
+
+.PHONY: setup test test-fast demo clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH)"
+	# fairseq compiles C++/Cython against torch: build it in this venv (no build
+	# isolation), else pip installs a second, multi-GB torch just for the build
+	$(PIP) install -q numpy cython
+	$(PY) -c "import sys; sys.exit(sys.version_info < (3, 11))" \
+	  && $(PIP) install -q --no-build-isolation "fairseq-fixed>=0.12.3.1" \
+	  || $(PIP) install -q --no-build-isolation "fairseq>=0.12.2"
+	$(PIP) install -q --no-build-isolation -e ".[test]"
+	$(PY) -c "import fconv_plugin, fairseq, torch; print('fconv-ext ready: fairseq', fairseq.__version__, 'torch', torch.__version__)"
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+clean-venv:
+	rm -rf $(VENV)
