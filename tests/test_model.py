@@ -1,0 +1,170 @@
+"""fconv_ext on its own: cached decoding, padding, gradient scaling, positions."""
+
+import math
+
+import pytest
+import torch
+from fairseq.sequence_generator import SequenceGenerator
+
+from conftest import make_dictionary, random_batch
+from fconv_plugin.convert import build_fconv_ext
+
+SMALL = {
+    "dropout": 0.1,
+    "encoder_embed_dim": 16,
+    "encoder_layers": "[(16, 3), (24, 2), (24, 3, 2)]",
+    "decoder_embed_dim": 16,
+    "decoder_layers": "[(16, 3), (24, 4), (24, 1, 0), (16, 2)]",
+    "decoder_out_embed_dim": 12,
+    "decoder_attention": "[True, False, True, True]",
+    "share_input_output_embed": False,
+    "max_source_positions": 64,
+    "max_target_positions": 64,
+}
+
+
+def small_model(seed=0, **overrides):
+    torch.manual_seed(seed)
+    src_dict, tgt_dict = make_dictionary(40), make_dictionary(45)
+    model = build_fconv_ext({**SMALL, **overrides}, src_dict, tgt_dict)
+    with torch.no_grad():  # non-trivial biases and gains
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval(), src_dict, tgt_dict
+
+
+def test_cached_decoding_equals_full_decoding():
+    model, src_dict, tgt_dict = small_model()
+    src = random_batch(src_dict, [8, 5, 2], seed=1)
+    prev = random_batch(tgt_dict, [10, 10, 10], seed=2, left_pad=False)
+    prev[:, 0] = tgt_dict.eos()
+    with torch.no_grad():
+        enc = model.encoder(src)
+        full, full_attn = model.decoder(prev, enc)
+        state, steps, attns = {}, [], []
+        for t in range(prev.size(1)):
+            out, attn = model.decoder(prev[:, : t + 1], enc, incremental_state=state)
+            steps.append(out)
+            attns.append(attn)
+    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+    # the averaged attention (for --print-alignment) too; each row is a distribution
+    assert torch.allclose(torch.cat(attns, 1), full_attn, atol=1e-6)
+    assert torch.allclose(full_attn.sum(-1), torch.ones(3, 10), atol=1e-5)
+
+
+def test_padded_batch_equals_each_sentence_alone():
+    model, src_dict, tgt_dict = small_model(seed=3)
+    lengths = [9, 4, 1]
+    src = random_batch(src_dict, lengths, seed=5)
+    prev = random_batch(tgt_dict, [6, 3, 5], seed=6, left_pad=False)
+    prev[:, 0] = tgt_dict.eos()
+    with torch.no_grad():
+        batched, _ = model(src, None, prev)
+        for i, n in enumerate(lengths):
+            alone_src = src[i : i + 1, src.size(1) - n :]
+            tgt_len = int(prev[i].ne(tgt_dict.pad()).sum())
+            alone, _ = model(alone_src, None, prev[i : i + 1, :tgt_len])
+            assert torch.allclose(batched[i, :tgt_len], alone[0], atol=1e-5), f"sentence {i}"
+
+
+def test_encoder_gradient_scaled_by_one_over_2n():
+    """Gradient reaching the encoder output is the unscaled one times exactly 1/(2N)."""
+    model, src_dict, tgt_dict = small_model(seed=4, dropout=0.0)
+    model.train()
+    n_attention = 3  # SMALL selects 3 of 4 decoder layers
+    assert model.encoder.grad_scale == pytest.approx(1.0 / (2 * n_attention))
+    src = random_batch(src_dict, [7, 7], seed=7)
+    prev = random_batch(tgt_dict, [5, 5], seed=8, left_pad=False)
+
+    def fc2_bias_grad(scale):
+        model.zero_grad()
+        model.encoder.grad_scale = scale
+        out, _ = model(src, None, prev)
+        out.logsumexp(-1).sum().backward()
+        # fc2's output reaches the decoder only through the scaled path (keys and values)
+        return model.encoder.fc2.bias.grad.clone()
+
+    unscaled = fc2_bias_grad(1.0)
+    scaled = fc2_bias_grad(1.0 / (2 * n_attention))
+    assert unscaled.abs().max() > 0
+    assert torch.allclose(scaled, unscaled / (2 * n_attention), rtol=1e-5, atol=1e-8)
+
+
+def _beam(model, tgt_dict, src, beam):
+    gen = SequenceGenerator([model], tgt_dict, beam_size=beam, max_len_b=10)
+    sample = {"net_input": {"src_tokens": src, "src_lengths": src.ne(1).sum(1)}}
+    with torch.no_grad():
+        return [[h["tokens"].tolist() for h in hyps] for hyps in gen.forward(sample)]
+
+
+def test_beam_size_changed_between_calls():
+    """REFERENCE problem 5: fconv's BeamableMM keeps the load-time beam size; here any
+    beam size, in any order, gives the hypotheses a fresh model gives."""
+    model, src_dict, tgt_dict = small_model(seed=9)
+    model.make_generation_fast_(beamable_mm_beam_size=5, need_attn=False)
+    src = random_batch(src_dict, [6, 6, 4, 3], seed=10)
+    first = {beam: _beam(model, tgt_dict, src, beam) for beam in (5, 2, 4, 1)}
+    fresh, _, _ = small_model(seed=9)
+    for beam in (1, 4, 2, 5):
+        assert _beam(fresh, tgt_dict, src, beam) == first[beam]
+
+
+def test_folded_inference_model_equals_training_model():
+    model, src_dict, tgt_dict = small_model(seed=11)
+    src = random_batch(src_dict, [5, 3], seed=12)
+    prev = random_batch(tgt_dict, [4, 4], seed=13, left_pad=False)
+    with torch.no_grad():
+        before, _ = model(src, None, prev)
+        model.make_generation_fast_(need_attn=False)
+        after, _ = model(src, None, prev)
+    assert torch.allclose(before, after, atol=1e-5)
+    with pytest.raises(RuntimeError, match="cannot train"):
+        model.train()
+
+
+def test_max_positions_is_what_the_model_accepts():
+    model, src_dict, tgt_dict = small_model(max_source_positions=8, max_target_positions=6)
+    assert model.max_positions() == (8, 6)
+    with torch.no_grad():
+        model.encoder(random_batch(src_dict, [8], seed=1))  # exactly the limit works
+        model.decoder(random_batch(tgt_dict, [6], seed=2, left_pad=False), model.encoder(random_batch(src_dict, [3])))
+        with pytest.raises(ValueError, match="longer than the model's 8 positions"):
+            model.encoder(random_batch(src_dict, [9], seed=1))
+
+
+def test_preset_hyperparameters_match_fairseq():
+    from fairseq.models import ARCH_CONFIG_REGISTRY
+    import argparse
+
+    fields = ["encoder_embed_dim", "encoder_layers", "decoder_embed_dim", "decoder_layers",
+              "decoder_out_embed_dim", "decoder_attention", "dropout", "share_input_output_embed"]
+    for name in ["iwslt_de_en", "wmt_en_ro", "wmt_en_de", "wmt_en_fr"]:
+        ours, theirs = argparse.Namespace(), argparse.Namespace()
+        ARCH_CONFIG_REGISTRY[f"fconv_ext_{name}"](ours)
+        ARCH_CONFIG_REGISTRY[f"fconv_{name}"](theirs)
+        for f in fields:
+            a, b = getattr(ours, f), getattr(theirs, f)
+            if isinstance(a, str):  # same layers, maybe written differently
+                from fconv_plugin.modules import safe_literal
+                a, b = safe_literal(a), safe_literal(b)
+            assert a == b, (name, f)
+
+
+def test_initialisation_follows_the_paper():
+    torch.manual_seed(0)
+    dropout = 0.2
+    model = build_fconv_ext(
+        {**SMALL, "dropout": dropout, "encoder_layers": "[(256, 3)]", "encoder_embed_dim": 128},
+        make_dictionary(2000), make_dictionary(50),
+    )
+    conv = model.encoder.convolutions[0]
+    v = conv.parametrizations.weight.original1
+    # v ~ N(0, 4 (1 - p) / (k * in)), g = ||v|| so that w == v at init
+    assert v.std().item() == pytest.approx(math.sqrt(4 * (1 - dropout) / (3 * 256)), rel=0.05)
+    assert torch.allclose(conv.weight, v, atol=1e-6)
+    fc1 = model.encoder.fc1.parametrizations.weight.original1
+    assert fc1.std().item() == pytest.approx(math.sqrt((1 - dropout) / 128), rel=0.05)
+    emb = model.encoder.embed_tokens.weight
+    assert emb.std().item() == pytest.approx(0.1, rel=0.05)
+    assert emb[1].abs().sum() == 0  # padding row
+    assert model.encoder.fc1.bias.abs().sum() == 0
