@@ -1,0 +1,106 @@
+"""End to end through fairseq's own CLIs, on a slice of the real gettext corpus:
+fairseq-preprocess, fairseq-train --user-dir fconv_plugin, fairseq-generate
+(--print-alignment), fairseq-interactive, and fconv-ext-convert on a fairseq fconv model."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+BIN = os.path.dirname(sys.executable)
+TINY = ["--encoder-embed-dim", "32", "--decoder-embed-dim", "32", "--decoder-out-embed-dim", "32",
+        "--encoder-layers", "[(32, 3)] * 2", "--decoder-layers", "[(32, 3)] * 2"]
+TRAIN = ["--optimizer", "nag", "--lr", "0.25", "--clip-norm", "0.1", "--max-tokens", "3000",
+         "--max-epoch", "2", "--no-progress-bar", "--seed", "1", "--no-epoch-checkpoints"]
+N_TEST = 37  # not a multiple of 8 on purpose
+
+
+def run(cmd, cwd=None, stdin=None):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=cwd, input=stdin, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+def hypotheses(output):
+    """{sentence id: (hypothesis, score)} from fairseq-generate's H- lines."""
+    hyps = {}
+    for line in output.splitlines():
+        if line.startswith("H-"):
+            ident, score, text = line.split("\t")
+            hyps[int(ident[2:])] = (text, float(score))
+    return hyps
+
+
+@pytest.fixture(scope="module")
+def data_bin(tmp_path_factory, request):
+    src = os.path.join(REPO, "..", "shared", "data", "gettext-en-de")
+    if not os.path.isfile(os.path.join(src, "train.en")):
+        pytest.skip("../shared/data/gettext-en-de is not beside the repository")
+    root = tmp_path_factory.mktemp("gettext")
+    for split, n in [("train", 1500), ("valid", 60), ("test", N_TEST)]:
+        for lang in ("en", "de"):
+            with open(os.path.join(src, f"{split}.{lang}"), encoding="utf-8") as f:
+                lines = [next(f) for _ in range(n)]
+            with open(root / f"{split}.{lang}", "w", encoding="utf-8") as f:
+                f.writelines(lines)
+    run([f"{BIN}/fairseq-preprocess", "--source-lang", "en", "--target-lang", "de", "--joined-dictionary",
+         "--trainpref", str(root / "train"), "--validpref", str(root / "valid"), "--testpref", str(root / "test"),
+         "--destdir", str(root / "bin"), "--workers", "1"])
+    return root / "bin"
+
+
+def generate(data, checkpoint, *extra, user_dir=True, cwd=None, tool="fairseq-generate"):
+    cmd = [f"{BIN}/{tool}", str(data), "--path", str(checkpoint), "--beam", "5", "--batch-size", "16",
+           "--required-batch-size-multiple", "1", *extra]
+    if user_dir:
+        cmd += ["--user-dir", os.path.join(REPO, "fconv_plugin")]
+    return run(cmd, cwd=cwd)
+
+
+def test_train_generate_interactive_with_user_dir(data_bin, tmp_path):
+    save = tmp_path / "ck"
+    # from the repository root, with the relative --user-dir the README shows
+    log = run([f"{BIN}/fairseq-train", str(data_bin), "--user-dir", "fconv_plugin", "--arch", "fconv_ext_tiny",
+               "--save-dir", str(save), *TRAIN], cwd=REPO)
+    assert "FConvExtModel" in log and (save / "checkpoint_best.pt").exists()
+    losses = [float(m) for m in re.findall(r"\| train \| epoch \d+ \| loss ([\d.]+)", log)]
+    assert len(losses) == 2 and losses[1] < losses[0]  # it learns
+
+    out = generate(data_bin, save / "checkpoint_best.pt", "--print-alignment", cwd=tmp_path)
+    hyps = hypotheses(out)
+    assert sorted(hyps) == list(range(N_TEST))  # every test sentence decoded
+    alignments = [line for line in out.splitlines() if line.startswith("A-")]
+    assert len(alignments) == N_TEST
+    pairs = [p for a in alignments for p in a.split("\t")[1].split()]
+    assert pairs and all(re.fullmatch(r"\d+-\d+", p) for p in pairs)
+    assert "BLEU4" in out
+
+    lines = "Cannot open file\nzzzqqq xxyyzz\nThe file %s does not exist\n"
+    out = run([f"{BIN}/fairseq-interactive", str(data_bin), "--path", str(save / "checkpoint_best.pt"),
+               "--user-dir", os.path.join(REPO, "fconv_plugin"), "--beam", "5", "--source-lang", "en",
+               "--target-lang", "de"], cwd=tmp_path, stdin=lines)
+    assert len([l for l in out.splitlines() if l.startswith("H-")]) == 3
+
+    # the installed console script adds --user-dir itself, from any directory
+    out = generate(data_bin, save / "checkpoint_best.pt", user_dir=False, cwd=tmp_path, tool="fconv-ext-generate")
+    assert hypotheses(out) == hyps
+
+
+def test_converted_fconv_checkpoint_decodes_identically(data_bin, tmp_path):
+    save = tmp_path / "fconv"
+    run([f"{BIN}/fairseq-train", str(data_bin), "--arch", "fconv", *TINY, "--save-dir", str(save), *TRAIN])
+    converted = tmp_path / "converted.pt"
+    run([f"{BIN}/fconv-ext-convert", str(save / "checkpoint_best.pt"), str(converted)])
+    # fconv's own checkpoint needs the plugin imported to load weights-only on torch >= 2.6
+    ref = hypotheses(generate(data_bin, save / "checkpoint_best.pt"))
+    ext = hypotheses(generate(data_bin, converted))
+    assert sorted(ref) == sorted(ext) == list(range(N_TEST))
+    for i in ref:
+        assert ref[i][0] == ext[i][0], f"sentence {i}"
+        assert abs(ref[i][1] - ext[i][1]) < 1e-4
