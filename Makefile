@@ -34,3 +34,6 @@ test-fast: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+demo: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/gettext/demo.sh

@@ -87,6 +87,18 @@ def test_train_generate_interactive_with_user_dir(data_bin, tmp_path):
                "--target-lang", "de"], cwd=tmp_path, stdin=lines)
     assert len([l for l in out.splitlines() if l.startswith("H-")]) == 3
 
+    # too-long inputs: fairseq's clear error naming the limit, or skipping on request
+    ck = save / "checkpoint_best.pt"
+    proc = subprocess.run([f"{BIN}/fairseq-generate", str(data_bin), "--path", str(ck), "--user-dir",
+                           os.path.join(REPO, "fconv_plugin"), "--max-source-positions", "6"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "max_positions=(6" in proc.stderr and "--skip-invalid-size-inputs-valid-test" in proc.stderr
+    assert "IndexError" not in proc.stderr
+    skipped = hypotheses(generate(data_bin, ck, "--max-source-positions", "6",
+                                  "--skip-invalid-size-inputs-valid-test", cwd=tmp_path))
+    assert 0 < len(skipped) < N_TEST
+
     # the installed console script adds --user-dir itself, from any directory
     out = generate(data_bin, save / "checkpoint_best.pt", user_dir=False, cwd=tmp_path, tool="fconv-ext-generate")
     assert hypotheses(out) == hyps

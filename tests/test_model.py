@@ -168,3 +168,25 @@ def test_initialisation_follows_the_paper():
     assert emb.std().item() == pytest.approx(0.1, rel=0.05)
     assert emb[1].abs().sum() == 0  # padding row
     assert model.encoder.fc1.bias.abs().sum() == 0
+
+
+def test_retain_dropout_keeps_dropout_at_inference():
+    """Dropout goes through FairseqDropout, so fairseq's --retain-dropout works."""
+    model, src_dict, tgt_dict = small_model(seed=14, dropout=0.3)
+    model.make_generation_fast_(need_attn=False, retain_dropout=True)
+    src = random_batch(src_dict, [5, 3], seed=15)
+    prev = random_batch(tgt_dict, [4, 4], seed=16, left_pad=False)
+    with torch.no_grad():
+        a, _ = model(src, None, prev)
+        b, _ = model(src, None, prev)
+    assert not torch.allclose(a, b)
+
+
+def test_pretrained_embeddings_are_loaded(tmp_path):
+    src_dict = make_dictionary(20)
+    path = tmp_path / "emb.txt"
+    vec = [0.5 * (i + 1) for i in range(16)]
+    path.write_text("2 16\n" + "w3 " + " ".join(map(str, vec)) + "\nnot_in_dict " + " ".join(["1"] * 16) + "\n")
+    model = build_fconv_ext({**SMALL, "encoder_embed_path": str(path)}, src_dict, make_dictionary(20))
+    row = model.encoder.embed_tokens.weight[src_dict.index("w3")]
+    assert torch.allclose(row, torch.tensor(vec))

@@ -1,0 +1,1 @@
+"""Corpus builders for recipes that need no download."""

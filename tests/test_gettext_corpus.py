@@ -1,0 +1,64 @@
+"""The gettext corpus builder, on .mo catalogs written by the test."""
+
+import struct
+
+import pytest
+
+from fconv_plugin.data import gettext_corpus
+
+
+def write_mo(path, messages, charset="UTF-8"):
+    """A GNU .mo file (the format msgfmt writes): header, sorted original/translation tables."""
+    messages = dict(messages)
+    messages[""] = f"Content-Type: text/plain; charset={charset}\nPlural-Forms: nplurals=2; plural=(n != 1);\n"
+    keys = sorted(messages)
+    ids = b"".join(k.encode(charset) + b"\0" for k in keys)
+    strs = b"".join(messages[k].encode(charset) + b"\0" for k in keys)
+    n = len(keys)
+    start = 7 * 4 + 16 * n
+    offsets, pos = [], 0
+    for k in keys:
+        offsets.append((len(k.encode(charset)), start + pos))
+        pos += len(k.encode(charset)) + 1
+    toffsets, pos = [], 0
+    for k in keys:
+        v = messages[k].encode(charset)
+        toffsets.append((len(v), start + len(ids) + pos))
+        pos += len(v) + 1
+    header = struct.pack("<7I", 0x950412DE, 0, n, 28, 28 + 8 * n, 0, 0)
+    table = b"".join(struct.pack("<2I", *o) for o in offsets) + b"".join(struct.pack("<2I", *o) for o in toffsets)
+    path.write_bytes(header + table + ids + strs)
+
+
+def test_round_trip_of_catalogs(tmp_path):
+    locale = tmp_path / "locale"
+    (locale / "de" / "LC_MESSAGES").mkdir(parents=True)
+    english = [f"Cannot open file number {i}" for i in range(300)]
+    write_mo(locale / "de" / "LC_MESSAGES" / "a.mo", {
+        **{e: e.replace("Cannot open file number", "Kann Datei Nummer nicht öffnen:") for e in english},
+        "Single": "Einzeln",                                   # one word: dropped (min 2)
+        "menu\x04Open   the\n file": "Datei   öffnen",          # context dropped, whitespace folded
+        "%d file removed\x00%d files removed": "%d Datei entfernt\x00%d Dateien entfernt",  # plural
+    })
+    write_mo(locale / "de" / "LC_MESSAGES" / "b.mo", {english[0]: "zweite Übersetzung"})  # first one wins
+    out = tmp_path / "corpus"
+    assert gettext_corpus.main(["--locale-dir", str(locale), "--out", str(out), "--min-pairs", "10"]) == 0
+    pairs = {}
+    for split in ("train", "valid", "test"):
+        en = (out / f"{split}.en").read_text(encoding="utf-8").splitlines()
+        de = (out / f"{split}.de").read_text(encoding="utf-8").splitlines()
+        assert len(en) == len(de)
+        for e, d in zip(en, de):
+            assert gettext_corpus.split_of(e) == split
+            pairs[e] = d
+    assert len(pairs) == 302
+    assert pairs["Open the file"] == "Datei öffnen"
+    assert pairs["%d file removed"] == "%d Datei entfernt"
+    assert pairs[english[0]] == "Kann Datei Nummer nicht öffnen: 0"
+    assert "Single" not in pairs
+
+
+def test_clear_message_without_catalogs(tmp_path, capsys):
+    assert gettext_corpus.main(["--lang", "xx", "--locale-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "no gettext catalogs for language 'xx'" in err and "examples/" in err
