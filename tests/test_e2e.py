@@ -99,6 +99,14 @@ def test_train_generate_interactive_with_user_dir(data_bin, tmp_path):
                                   "--skip-invalid-size-inputs-valid-test", cwd=tmp_path))
     assert 0 < len(skipped) < N_TEST
 
+    # Python: fairseq's hub interface on raw text
+    from fconv_plugin.models import FConvExtModel
+
+    hub = FConvExtModel.from_pretrained(str(save), checkpoint_file="checkpoint_best.pt",
+                                        data_name_or_path=str(data_bin), source_lang="en", target_lang="de")
+    translations = hub.translate(["Cannot open file", "The file %s does not exist"], beam=5)
+    assert len(translations) == 2 and all(isinstance(t, str) and t for t in translations)
+
     # the installed console script adds --user-dir itself, from any directory
     out = generate(data_bin, save / "checkpoint_best.pt", user_dir=False, cwd=tmp_path, tool="fconv-ext-generate")
     assert hypotheses(out) == hyps
