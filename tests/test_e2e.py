@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import REPO
 
@@ -106,6 +107,21 @@ def test_train_generate_interactive_with_user_dir(data_bin, tmp_path):
                                         data_name_or_path=str(data_bin), source_lang="en", target_lang="de")
     translations = hub.translate(["Cannot open file", "The file %s does not exist"], beam=5)
     assert len(translations) == 2 and all(isinstance(t, str) and t for t in translations)
+
+    # pictures: per-layer attention heatmaps and training curves
+    from fconv_plugin.cli.plots import layer_attention, plot_attention, plot_curves
+
+    png = tmp_path / "attention.png"
+    assert plot_attention([str(save), "--data", str(data_bin), "--sentence", "Cannot open file",
+                           "--source-lang", "en", "--target-lang", "de", "--out", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    src = hub.encode("Cannot open file")
+    per_layer = layer_attention(hub.models[0], src, hub.generate([src], beam=5)[0][0]["tokens"])
+    assert len(per_layer) == 2  # fconv_ext_tiny: attention in both decoder layers
+    assert all(torch.allclose(a.sum(-1), torch.ones(a.size(0))) for a in per_layer)
+    (tmp_path / "train.log").write_text(log)
+    assert plot_curves([str(tmp_path / "train.log"), "--out", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").stat().st_size > 10000
 
     # the installed console script adds --user-dir itself, from any directory
     out = generate(data_bin, save / "checkpoint_best.pt", user_dir=False, cwd=tmp_path, tool="fconv-ext-generate")
