@@ -1,11 +1,18 @@
 """fconv-ext: ConvS2S (Gehring et al. 2017) as a fairseq plugin.
 
 Importing this package (``--user-dir fconv_plugin`` or ``import fconv_plugin``)
-registers the ``fconv_ext`` model and its presets with fairseq, and lets torch's
-weights-only checkpoint loader read fairseq checkpoints (see :mod:`.checkpoint`).
+registers the ``fconv_ext`` model and its presets, the ``fconv_translation`` task and the
+``sequence_risk`` criterion with fairseq, lets torch's weights-only checkpoint loader
+read fairseq checkpoints (:mod:`.checkpoint`), and makes fairseq's batching keep every
+example (:mod:`.data.batching`).
 """
 
 __version__ = "0.1.0"
 
 from . import checkpoint  # noqa: F401,E402
+from . import criterions  # noqa: F401,E402
 from . import models  # noqa: F401,E402
+from . import tasks  # noqa: F401,E402
+from .data import batching  # noqa: E402
+
+batching.install()  # every example gets a batch (fairseq drops the last N mod 8; see data/batching.py)

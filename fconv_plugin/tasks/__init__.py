@@ -1,0 +1,3 @@
+from .fconv_translation import FConvTranslationConfig, FConvTranslationTask
+
+__all__ = ["FConvTranslationConfig", "FConvTranslationTask"]
