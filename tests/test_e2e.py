@@ -57,8 +57,9 @@ def data_bin(tmp_path_factory, request):
 
 
 def generate(data, checkpoint, *extra, user_dir=True, cwd=None, tool="fairseq-generate"):
-    cmd = [f"{BIN}/{tool}", str(data), "--path", str(checkpoint), "--beam", "5", "--batch-size", "16",
-           "--required-batch-size-multiple", "1", *extra]
+    # fairseq's default --required-batch-size-multiple 8 drops the last N mod 8 sentences;
+    # the plugin keeps them (no flag needed), see test_every_test_sentence_is_decoded
+    cmd = [f"{BIN}/{tool}", str(data), "--path", str(checkpoint), "--beam", "5", "--batch-size", "16", *extra]
     if user_dir:
         cmd += ["--user-dir", os.path.join(REPO, "fconv_plugin")]
     return run(cmd, cwd=cwd)
@@ -68,10 +69,27 @@ def test_train_generate_interactive_with_user_dir(data_bin, tmp_path):
     save = tmp_path / "ck"
     # from the repository root, with the relative --user-dir the README shows
     log = run([f"{BIN}/fairseq-train", str(data_bin), "--user-dir", "fconv_plugin", "--arch", "fconv_ext_tiny",
+               "--task", "fconv_translation", "--eval-bleu-detok", "space", "--eval-bleu-args", '{"beam": 1}',
+               "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric",
                "--save-dir", str(save), *TRAIN], cwd=REPO)
     assert "FConvExtModel" in log and (save / "checkpoint_best.pt").exists()
     losses = [float(m) for m in re.findall(r"\| train \| epoch \d+ \| loss ([\d.]+)", log)]
     assert len(losses) == 2 and losses[1] < losses[0]  # it learns
+    # validation BLEU (sacreBLEU, signature logged) picks the best checkpoint
+    assert "validation BLEU: nrefs:1|case:mixed|eff:no|tok:13a" in log
+    bleus = [float(m) for m in re.findall(r"\| valid \| epoch \d+ .*?\| bleu ([\d.]+)", log)]
+    assert len(bleus) == 2
+    best = [float(m) for m in re.findall(r"best_bleu ([\d.]+)", log)]
+    assert best and best[-1] == max(bleus)
+
+    # fine-tune with sequence_risk for a few updates, from that checkpoint
+    risk_log = run([f"{BIN}/fairseq-train", str(data_bin), "--user-dir", "fconv_plugin", "--arch", "fconv_ext_tiny",
+                    "--task", "fconv_translation", "--eval-bleu-detok", "space", "--eval-bleu-args", '{"beam": 1}',
+                    "--criterion", "sequence_risk", "--risk-candidates", "2", "--risk-beam", "2",
+                    "--restore-file", str(save / "checkpoint_best.pt"), "--reset-optimizer", "--reset-dataloader",
+                    "--reset-meters", "--save-dir", str(tmp_path / "risk"), "--optimizer", "adam", "--lr", "1e-4",
+                    "--max-tokens", "1000", "--max-update", "3", "--log-interval", "1", "--no-progress-bar"], cwd=REPO)
+    assert re.search(r"train_inner .*risk=[\d.]+, expected_bleu=[\d.]+", risk_log), risk_log[-2000:]
 
     out = generate(data_bin, save / "checkpoint_best.pt", "--print-alignment", cwd=tmp_path)
     hyps = hypotheses(out)

@@ -54,7 +54,8 @@ tail -n 2 preprocess.log
 stage "5/7 train $ARCH for $MINUTES minutes (fairseq-train --user-dir fconv_plugin)"
 STOP=$(python -c "print($MINUTES / 60)")
 rm -rf checkpoints
-fairseq-train bin --user-dir "$REPO/fconv_plugin" --arch "$ARCH" \
+fairseq-train bin --user-dir "$REPO/fconv_plugin" --arch "$ARCH" --task fconv_translation \
+  --eval-bleu-args '{"beam": 1}' --best-checkpoint-metric bleu --maximize-best-checkpoint-metric \
   $OPTIM --dropout 0.2 \
   --criterion label_smoothed_cross_entropy --label-smoothing 0.1 \
   --max-tokens 4000 --required-batch-size-multiple 1 \
