@@ -103,7 +103,9 @@ class SequenceRiskCriterion(LabelSmoothedCrossEntropyCriterion):
     def generate_candidates(self, model, sample) -> List[List[Tensor]]:
         """Up to K candidate token sequences (each ending with EOS) per source, from the
         current model in eval mode, without gradients."""
-        core = model.module if hasattr(model, "module") else model  # DistributedDataParallel
+        core = model
+        while hasattr(core, "module"):  # fairseq wraps DDP wrappers in a ModuleProxyWrapper
+            core = core.module
         was_training = core.training  # (building a SequenceGenerator switches to eval mode)
         if self._generator is None or self._generator.model.models[0] is not core:
             self._generator = self.task.build_candidate_generator(

@@ -1,0 +1,71 @@
+"""Training runs through fairseq's trainer: CPU data-parallel training equals
+--update-freq, and a run killed mid-epoch resumes to exactly the uninterrupted result."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO
+from test_e2e import BIN, data_bin, run  # noqa: F401  (module fixture: a slice of the gettext corpus)
+
+pytestmark = pytest.mark.slow
+TINY = ["--arch", "fconv_ext_tiny", "--user-dir", os.path.join(REPO, "fconv_plugin"), "--optimizer", "adam",
+        "--lr", "0.001", "--max-tokens", "1000", "--no-progress-bar", "--log-interval", "1", "--seed", "3"]
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def assert_same_weights(a, b, atol):
+    assert a.keys() == b.keys()
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert worst <= atol, f"max |difference| {worst:.2e} > {atol}"
+
+
+@pytest.mark.parametrize("criterion", [
+    ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"],
+    ["--task", "fconv_translation", "--no-eval-bleu", "--criterion", "sequence_risk",
+     "--risk-candidates", "2", "--risk-beam", "2", "--risk-max-len-b", "8"],
+])
+def test_two_gloo_workers_equal_update_freq_two(data_bin, tmp_path, criterion):  # noqa: F811
+    common = [str(data_bin), *TINY, *criterion, "--dropout", "0", "--max-update", "5", "--disable-validation",
+              "--no-epoch-checkpoints"]
+    run([f"{BIN}/fconv-ext-train-cpu", "--nproc", "2", *common, "--save-dir", str(tmp_path / "ddp")])
+    run([f"{BIN}/fairseq-train", *common, "--cpu", "--update-freq", "2", "--save-dir", str(tmp_path / "single")])
+    # same batches, gradients averaged over 2 workers vs accumulated over 2 steps: equal up to
+    # float summation order
+    assert_same_weights(weights(tmp_path / "ddp" / "checkpoint_last.pt"),
+                        weights(tmp_path / "single" / "checkpoint_last.pt"), atol=1e-5)
+
+
+def losses_by_update(log):
+    return {int(u): float(l) for l, u in re.findall(r"train_inner .*?loss=([\d.]+),.*?num_updates=(\d+)", log)}
+
+
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(data_bin, tmp_path):  # noqa: F811
+    common = [str(data_bin), *TINY, "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
+              "--max-update", "30", "--save-interval-updates", "3", "--disable-validation", "--cpu"]
+    full = run([f"{BIN}/fairseq-train", *common, "--save-dir", str(tmp_path / "full")])
+
+    save = tmp_path / "killed"
+    cmd = [f"{BIN}/fairseq-train", *common, "--save-dir", str(save)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))  # same threads as run()
+    deadline = time.time() + 300
+    while not (save / "checkpoint_1_6.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (save / "checkpoint_last.pt").exists() or weights(save / "checkpoint_last.pt")  # readable
+    resumed = run(cmd)
+    assert "Loaded checkpoint" in resumed and "@ 6 updates" in resumed  # it resumed mid-epoch
+    assert_same_weights(weights(tmp_path / "full" / "checkpoint_last.pt"), weights(save / "checkpoint_last.pt"), atol=0)
+    after = losses_by_update(resumed)
+    assert after and all(losses_by_update(full)[u] == loss for u, loss in after.items())
