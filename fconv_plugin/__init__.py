@@ -15,4 +15,5 @@ from . import models  # noqa: F401,E402
 from . import tasks  # noqa: F401,E402
 from .data import batching  # noqa: E402
 
+checkpoint.install_clear_load_errors()  # unreadable checkpoints: a message naming the file
 batching.install()  # every example gets a batch (fairseq drops the last N mod 8; see data/batching.py)

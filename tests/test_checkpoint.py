@@ -30,7 +30,7 @@ def test_checkpoint_carrying_code_is_refused(tmp_path):
     # fairseq's own loader (what fairseq-generate uses) refuses it too with the plugin imported
     from fairseq import checkpoint_utils
 
-    with pytest.raises(Exception):
+    with pytest.raises(CheckpointError, match="not plain data"):
         checkpoint_utils.load_checkpoint_to_cpu(str(path))
     assert not marker.exists()
 
@@ -44,6 +44,20 @@ def test_truncated_and_missing_checkpoints_name_the_file(tmp_path):
         load_checkpoint_file(str(path))
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint_file(str(tmp_path / "nope.pt"))
+
+
+def test_fairseq_loader_names_a_damaged_checkpoint_last(tmp_path):
+    """What fairseq-train's resume and fairseq-generate call: a damaged copy of
+    checkpoint_last.pt gives a message naming it and the way out, not a zip traceback."""
+    from fairseq import checkpoint_utils
+
+    good = tmp_path / "checkpoint_1_6.pt"
+    torch.save({"model": {"w": torch.randn(1000)}, "optimizer_history": [], "args": None, "cfg": None}, good)
+    last = tmp_path / "checkpoint_last.pt"
+    last.write_bytes(good.read_bytes()[:3000])  # a copy interrupted by a crash
+    with pytest.raises(CheckpointError, match="checkpoint_last.pt.*truncated or corrupt.*--restore-file"):
+        checkpoint_utils.load_checkpoint_to_cpu(str(last))
+    assert checkpoint_utils.load_checkpoint_to_cpu(str(good))["model"]["w"].shape == (1000,)
 
 
 def test_fconv_checkpoint_with_namespace_loads_weights_only(tmp_path):
