@@ -44,7 +44,11 @@ class SequenceRiskConfig(LabelSmoothedCrossEntropyCriterionConfig):
     risk_sampling: bool = field(
         default=False, metadata={"help": "sample candidates instead of taking the beam's n-best"}
     )
-    risk_max_len_b: int = field(default=200, metadata={"help": "candidates are at most 1.2 * source length + this long"})
+    risk_max_len_b: int = field(
+        default=10,
+        metadata={"help": "candidates are at most 1.2 * source length + this many tokens. Memory grows with "
+                  "candidates x their length x vocabulary: with a large vocabulary also lower --max-tokens"},
+    )
 
 
 def expected_risk(scores: Tensor, costs: Tensor, mask: Tensor) -> Tensor:
@@ -60,7 +64,7 @@ def expected_risk(scores: Tensor, costs: Tensor, mask: Tensor) -> Tensor:
 @register_criterion("sequence_risk", dataclass=SequenceRiskConfig)
 class SequenceRiskCriterion(LabelSmoothedCrossEntropyCriterion):
     def __init__(self, task, sentence_avg, label_smoothing, ignore_prefix_size=0, report_accuracy=False,
-                 risk_alpha=0.3, risk_candidates=8, risk_beam=8, risk_sampling=False, risk_max_len_b=200):
+                 risk_alpha=0.3, risk_candidates=8, risk_beam=8, risk_sampling=False, risk_max_len_b=10):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         if not (0.0 <= risk_alpha <= 1.0):
             raise ValueError(f"--risk-alpha must be in [0, 1], got {risk_alpha}")
@@ -89,7 +93,9 @@ class SequenceRiskCriterion(LabelSmoothedCrossEntropyCriterion):
             "sample_size": sample_size,
         }
         loss = tok_loss
-        if self.alpha < 1.0:
+        # validation (eval mode) reports the token-level loss only: the task's BLEU measures the
+        # sequence-level quality there, and generating candidates would double validation time
+        if self.alpha < 1.0 and model.training:
             risks = self.sentence_risks(model, sample)  # B
             # fairseq divides the loss by sample_size: scale the summed risk so that it
             # contributes (1 - alpha) * mean risk per sentence
@@ -128,8 +134,7 @@ class SequenceRiskCriterion(LabelSmoothedCrossEntropyCriterion):
         target = sample["target"].new_full((len(rows), max_len), pad)
         for r, (_, cand) in enumerate(rows):
             target[r, : cand.numel()] = cand
-        prev = torch.cat([target.new_full((len(rows), 1), eos), target[:, :-1]], dim=1)
-        prev = prev.masked_fill(prev.eq(pad) & torch.arange(max_len, device=prev.device).gt(0), pad)
+        prev = torch.cat([target.new_full((len(rows), 1), eos), target[:, :-1]], dim=1)  # BOS = EOS
         src_index = target.new_tensor([i for i, _ in rows])
         net_input = sample["net_input"]
         net_output = model(
@@ -137,8 +142,9 @@ class SequenceRiskCriterion(LabelSmoothedCrossEntropyCriterion):
             src_lengths=net_input["src_lengths"].index_select(0, src_index),
             prev_output_tokens=prev,
         )
-        lprobs = model.get_normalized_probs(net_output, log_probs=True)  # R x T x V
-        token_lp = lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # R x T
+        logits = net_output[0].float()  # R x T x V
+        # log p(token) = logit(token) - logsumexp(logits): no second R x T x V tensor
+        token_lp = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # R x T
         seq_lp = token_lp.masked_fill(target.eq(pad), 0.0).sum(-1)  # R
         scores = seq_lp.new_full((B, K), float("-inf"))
         mask = torch.zeros(B, K, dtype=torch.bool, device=seq_lp.device)
