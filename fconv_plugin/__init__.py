@@ -13,7 +13,9 @@ from . import checkpoint  # noqa: F401,E402
 from . import criterions  # noqa: F401,E402
 from . import models  # noqa: F401,E402
 from . import tasks  # noqa: F401,E402
+from .cli import robust_input  # noqa: E402
 from .data import batching  # noqa: E402
 
 checkpoint.install_clear_load_errors()  # unreadable checkpoints: a message naming the file
+robust_input.install()  # fairseq-interactive: undecodable bytes replaced, not fatal
 batching.install()  # every example gets a batch (fairseq drops the last N mod 8; see data/batching.py)

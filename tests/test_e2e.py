@@ -106,6 +106,16 @@ def test_train_generate_interactive_with_user_dir(data_bin, tmp_path):
                "--target-lang", "de"], cwd=tmp_path, stdin=lines)
     assert len([l for l in out.splitlines() if l.startswith("H-")]) == 3
 
+    # careless input: empty, unknown words, longer than the model's positions, not UTF-8;
+    # every line still gets a translation (with --task fconv_translation)
+    hostile = tmp_path / "hostile.txt"
+    hostile.write_bytes(b"Cannot open file\n\nzzqx qqzz\n" + b" ".join([b"file"] * 1100) + b"\nbad \xff\xfe bytes\nThe end\n")
+    out = run([f"{BIN}/fairseq-interactive", str(data_bin), "--path", str(save / "checkpoint_best.pt"),
+               "--user-dir", os.path.join(REPO, "fconv_plugin"), "--task", "fconv_translation", "--beam", "2",
+               "--source-lang", "en", "--target-lang", "de", "--input", str(hostile)], cwd=tmp_path)
+    assert sorted(int(l.split("\t")[0][2:]) for l in out.splitlines() if l.startswith("H-")) == list(range(6))
+    assert "longer than the model's 1024 positions" in out and "not UTF-8" in out
+
     # too-long inputs: fairseq's clear error naming the limit, or skipping on request
     ck = save / "checkpoint_best.pt"
     proc = subprocess.run([f"{BIN}/fairseq-generate", str(data_bin), "--path", str(ck), "--user-dir",

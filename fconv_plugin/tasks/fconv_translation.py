@@ -163,6 +163,22 @@ class FConvTranslationTask(TranslationTask):
         ref = self.detokenize(reference, escape_unk=True)
         return [1.0 - sacrebleu.sentence_bleu(self.detokenize(h), [ref]).score / 100.0 for h in hypotheses]
 
+    # -- inference on raw input (fairseq-interactive, hub interface) ---------------
+    def build_dataset_for_inference(self, src_tokens, src_lengths, constraints=None):
+        """Inputs longer than the model's positions are cut to fit, with a warning, so
+        that one long line does not stop the others from being translated."""
+        limit = self.cfg.max_source_positions
+        if self._model_max_positions is not None:
+            limit = min(limit, self._model_max_positions[0])
+        eos = self.source_dictionary.eos()
+        for i, tokens in enumerate(src_tokens):
+            if tokens.numel() > limit:
+                logger.warning(f"an input of {tokens.numel()} tokens is longer than the model's {limit} "
+                               f"positions: translating its first {limit - 1} tokens")
+                src_tokens[i] = torch.cat([tokens[: limit - 1], tokens.new_tensor([eos])])
+                src_lengths[i] = limit
+        return super().build_dataset_for_inference(src_tokens, src_lengths, constraints=constraints)
+
     # -- every example fits the model, or a clear error ----------------------------
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
