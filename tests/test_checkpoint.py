@@ -94,3 +94,25 @@ def test_converter_refuses_other_models_and_code_in_specs(tmp_path, capsys):
     bad.write_bytes(b"not a checkpoint")
     assert convert_main([str(bad), str(tmp_path / "out.pt")]) == 2
     assert "fconv-ext-convert: error:" in capsys.readouterr().err
+
+
+def test_fconv_ext_checkpoint_whose_config_carries_code_is_refused(tmp_path):
+    """A crafted fconv_ext checkpoint: its layer spec is code. Loading it the way
+    fairseq-generate does builds the model from the stored config, and the spec parser
+    refuses it before anything runs."""
+    from fairseq import checkpoint_utils
+    from fconv_plugin.modules import LayerSpecError
+
+    marker = tmp_path / "pwned"
+    _, ext, src_dict, tgt_dict = build_twins("fconv_iwslt_de_en")
+    converted = convert_checkpoint({"cfg": {"model": fconv_args("fconv_iwslt_de_en")}, "model": build_twins("fconv_iwslt_de_en")[0].state_dict()})
+    converted["cfg"]["model"]["encoder_layers"] = f"__import__('os').system('touch {marker}')"
+    converted["cfg"]["task"] = {"_name": "translation", "data": str(tmp_path)}
+    src_dict.save(str(tmp_path / "dict.en.txt"))
+    tgt_dict.save(str(tmp_path / "dict.de.txt"))
+    converted["cfg"]["task"].update({"source_lang": "en", "target_lang": "de"})
+    path = tmp_path / "evil_ext.pt"
+    torch.save(converted, path)
+    with pytest.raises(LayerSpecError, match="--encoder-layers"):
+        checkpoint_utils.load_model_ensemble_and_task([str(path)])
+    assert not marker.exists()

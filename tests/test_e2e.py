@@ -44,12 +44,24 @@ def data_bin(tmp_path_factory, request):
     if not os.path.isfile(os.path.join(src, "train.en")):
         pytest.skip("../shared/data/gettext-en-de is not beside the repository")
     root = tmp_path_factory.mktemp("gettext")
+    # the usual preparation, in small: sacremoses tokenization, a joint subword-nmt BPE
+    from sacremoses import MosesTokenizer
+    from subword_nmt.apply_bpe import BPE
+    from subword_nmt.learn_bpe import learn_bpe
+
+    tokenized = {}
     for split, n in [("train", 1500), ("valid", 60), ("test", N_TEST)]:
         for lang in ("en", "de"):
+            tok = MosesTokenizer(lang=lang)
             with open(os.path.join(src, f"{split}.{lang}"), encoding="utf-8") as f:
-                lines = [next(f) for _ in range(n)]
-            with open(root / f"{split}.{lang}", "w", encoding="utf-8") as f:
-                f.writelines(lines)
+                tokenized[split, lang] = [tok.tokenize(next(f), return_str=True, escape=False) for _ in range(n)]
+    with open(root / "codes", "w", encoding="utf-8") as f:
+        learn_bpe(tokenized["train", "en"] + tokenized["train", "de"], f, 500)
+    with open(root / "codes", encoding="utf-8") as f:
+        bpe = BPE(f)
+    for (split, lang), lines in tokenized.items():
+        with open(root / f"{split}.{lang}", "w", encoding="utf-8") as f:
+            f.writelines(bpe.process_line(line) + "\n" for line in lines)
     run([f"{BIN}/fairseq-preprocess", "--source-lang", "en", "--target-lang", "de", "--joined-dictionary",
          "--trainpref", str(root / "train"), "--validpref", str(root / "valid"), "--testpref", str(root / "test"),
          "--destdir", str(root / "bin"), "--workers", "1"])
@@ -100,11 +112,16 @@ def test_train_generate_interactive_with_user_dir(data_bin, tmp_path):
     assert pairs and all(re.fullmatch(r"\d+-\d+", p) for p in pairs)
     assert "BLEU4" in out
 
+    # raw text in, detokenized text out: fairseq's moses tokenizer and subword-nmt BPE
+    codes = str(data_bin.parent / "codes")
     lines = "Cannot open file\nzzzqqq xxyyzz\nThe file %s does not exist\n"
     out = run([f"{BIN}/fairseq-interactive", str(data_bin), "--path", str(save / "checkpoint_best.pt"),
                "--user-dir", os.path.join(REPO, "fconv_plugin"), "--beam", "5", "--source-lang", "en",
-               "--target-lang", "de"], cwd=tmp_path, stdin=lines)
+               "--target-lang", "de", "--tokenizer", "moses", "--bpe", "subword_nmt", "--bpe-codes", codes],
+              cwd=tmp_path, stdin=lines)
     assert len([l for l in out.splitlines() if l.startswith("H-")]) == 3
+    assert [l.split("\t")[1] for l in out.splitlines() if l.startswith("S-")][0].count("@@") > 0  # BPE applied
+    assert not any("@@" in l for l in out.splitlines() if l.startswith("D-"))  # and removed
 
     # careless input: empty, unknown words, longer than the model's positions, not UTF-8;
     # every line still gets a translation (with --task fconv_translation)
@@ -132,9 +149,10 @@ def test_train_generate_interactive_with_user_dir(data_bin, tmp_path):
     from fconv_plugin.models import FConvExtModel
 
     hub = FConvExtModel.from_pretrained(str(save), checkpoint_file="checkpoint_best.pt",
-                                        data_name_or_path=str(data_bin), source_lang="en", target_lang="de")
+                                        data_name_or_path=str(data_bin), source_lang="en", target_lang="de",
+                                        bpe="subword_nmt", bpe_codes=codes, tokenizer="moses")
     translations = hub.translate(["Cannot open file", "The file %s does not exist"], beam=5)
-    assert len(translations) == 2 and all(isinstance(t, str) and t for t in translations)
+    assert len(translations) == 2 and all(isinstance(t, str) and t and "@@" not in t for t in translations)
 
     # pictures: per-layer attention heatmaps and training curves
     from fconv_plugin.cli.plots import layer_attention, plot_attention, plot_curves

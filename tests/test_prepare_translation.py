@@ -92,3 +92,56 @@ def test_every_recipe_names_its_archives_and_files(name):
     recipe = prep.RECIPES[name]
     assert recipe.archives and recipe.train and recipe.test
     assert all(url.startswith("http") for url in recipe.archives.values())
+
+
+FR = ["La maison est petite .", "J'aime les pommes vertes", "Nous sommes allés au vieux marché hier",
+      "Ceci est une phrase de test", "Où est la gare ?", "Il lit un livre chaque semaine"]
+
+
+def _gz(text):
+    import gzip
+
+    return gzip.compress(text.encode("utf-8"))
+
+
+def add_bytes(tar, name, data):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("name,lang,other,layout", [
+    ("wmt14_en_de", "de", DE, {
+        "training-parallel-europarl-v7.tgz": ["training/europarl-v7.de-en"],
+        "training-parallel-commoncrawl.tgz": ["commoncrawl.de-en"],
+        "training-parallel-nc-v9.tgz": ["training/news-commentary-v9.de-en"],
+    }),
+    ("wmt14_en_fr", "fr", FR, {
+        "training-parallel-europarl-v7.tgz": ["training/europarl-v7.fr-en"],
+        "training-parallel-commoncrawl.tgz": ["commoncrawl.fr-en"],
+        "training-parallel-un.tgz": ["un/undoc.2000.fr-en"],
+        "training-parallel-nc-v9.tgz": ["training/news-commentary-v9.fr-en"],
+        "training-giga-fren.tar": ["giga-fren.release2.fixed"],  # gzipped members, as in the real tar
+    }),
+])
+def test_wmt14_from_fake_archives(tmp_path, name, lang, other, layout):
+    orig = tmp_path / "orig"
+    orig.mkdir()
+    for archive, prefixes in layout.items():
+        with tarfile.open(orig / archive, "w" if archive.endswith(".tar") else "w:gz") as t:
+            for prefix in prefixes:
+                for l, lines in (("en", EN), (lang, other)):
+                    text = "\n".join(lines * 20) + "\n"
+                    if archive.endswith(".tar"):
+                        add_bytes(t, f"{prefix}.{l}.gz", _gz(text))
+                    else:
+                        add(t, f"{prefix}.{l}", text)
+    pair = "deen" if lang == "de" else "fren"
+    with tarfile.open(orig / "test-full.tgz", "w:gz") as t:
+        add(t, f"test-full/newstest2014-{pair}-src.en.sgm", sgm(EN))
+        add(t, f"test-full/newstest2014-{pair}-ref.{lang}.sgm", sgm(other))
+    counts = prep.prepare(name, str(tmp_path / "out"), str(orig), bpe_merges=60)
+    n_train = 120 * len(layout)
+    assert counts["test"] == 6
+    assert counts["valid"] <= n_train // 100 and 0 < counts["train"] <= n_train - n_train // 100
+    assert (tmp_path / "out" / f"test.{lang}").read_text(encoding="utf-8").count("\n") == 6

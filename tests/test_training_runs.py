@@ -69,3 +69,16 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(data_bin, tmp_path):
     assert_same_weights(weights(tmp_path / "full" / "checkpoint_last.pt"), weights(save / "checkpoint_last.pt"), atol=0)
     after = losses_by_update(resumed)
     assert after and all(losses_by_update(full)[u] == loss for u, loss in after.items())
+
+
+def test_resume_from_an_epoch_checkpoint_equals_uninterrupted(data_bin, tmp_path):  # noqa: F811
+    common = [str(data_bin), *TINY, "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
+              "--disable-validation", "--cpu"]
+    run([f"{BIN}/fairseq-train", *common, "--max-epoch", "3", "--save-dir", str(tmp_path / "full")])
+    run([f"{BIN}/fairseq-train", *common, "--max-epoch", "2", "--save-dir", str(tmp_path / "parts")])
+    # a fresh directory holding only the epoch-2 checkpoint, resumed with --restore-file
+    (tmp_path / "resumed").mkdir()
+    resumed = run([f"{BIN}/fairseq-train", *common, "--max-epoch", "3", "--save-dir", str(tmp_path / "resumed"),
+                   "--restore-file", str(tmp_path / "parts" / "checkpoint2.pt")])
+    assert "Loaded checkpoint" in resumed and "(epoch 2 @" in resumed
+    assert_same_weights(weights(tmp_path / "full" / "checkpoint3.pt"), weights(tmp_path / "resumed" / "checkpoint3.pt"), atol=0)

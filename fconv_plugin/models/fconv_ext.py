@@ -16,7 +16,7 @@ length, ``C`` conv channels, ``E`` embedding dim, ``V`` vocabulary.
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -49,6 +49,15 @@ from ..modules import (
 )
 
 logger = logging.getLogger(__name__)
+
+#: The gate of a conv block: ``2C`` channels in, ``C`` out.  The paper's gated linear unit
+#: ``GLU([A; B]) = A * sigmoid(B)`` (Dauphin et al. 2017); variants swap it (user_dir/).
+Gate = Callable[[Tensor], Tensor]
+
+
+def glu(x: Tensor) -> Tensor:
+    return F.glu(x, dim=-1)
+
 
 #: Residual connections and attention outputs are multiplied by sqrt(0.5) so that the
 #: sum of two unit-variance terms keeps unit variance (paper, section 3.4).
@@ -128,8 +137,15 @@ class FConvExtModel(FairseqEncoderDecoderModel):
         encoder.grad_scale = 1.0 / (2.0 * decoder.num_attention_layers)
 
     @classmethod
+    def gate_for(cls, cfg) -> Gate:
+        """The gate of every conv block.  Variants override this (see user_dir/) to swap the
+        block without copying the encoder or decoder."""
+        return glu
+
+    @classmethod
     def build_model(cls, cfg: FConvExtConfig, task):
         encoder_layers, decoder_layers, attention = _parse_specs(cfg)
+        gate = cls.gate_for(cfg)
         if not any(attention):
             raise LayerSpecError(
                 "--decoder-attention selects no layer: fconv_ext needs attention in at least "
@@ -155,6 +171,7 @@ class FConvExtModel(FairseqEncoderDecoderModel):
             max_positions=cfg.max_source_positions,
             layers=encoder_layers,
             dropout=cfg.dropout,
+            gate=gate,
         )
         decoder = FConvExtDecoder(
             task.target_dictionary,
@@ -166,6 +183,7 @@ class FConvExtModel(FairseqEncoderDecoderModel):
             attention=attention,
             dropout=cfg.dropout,
             share_embed=cfg.share_input_output_embed,
+            gate=gate,
         )
         return cls(encoder, decoder)
 
@@ -214,9 +232,11 @@ class FConvExtEncoder(FairseqEncoder):
         max_positions: int,
         layers,
         dropout: float,
+        gate: Gate = glu,
     ):
         super().__init__(dictionary)
         self.dropout_module = FairseqDropout(dropout, module_name=self.__class__.__name__)
+        self.gate = gate
         self.padding_idx = dictionary.pad()
         self.grad_scale = 1.0  # set by FConvExtModel to 1 / (2 * attention layers)
 
@@ -251,7 +271,7 @@ class FConvExtEncoder(FairseqEncoder):
                 x = x.masked_fill(padding_mask.unsqueeze(-1), 0)
             x = self.dropout_module(x)
             x = conv(x)  # B x S x 2C
-            x = F.glu(x, dim=-1)  # B x S x C: A * sigmoid(B)
+            x = self.gate(x)  # B x S x C: GLU = A * sigmoid(B)
             if residual is not None:
                 x = (x + residual) * SQRT_HALF
             residuals.append(x)
@@ -290,8 +310,10 @@ class FConvExtDecoder(FairseqIncrementalDecoder):
         attention: List[bool],
         dropout: float,
         share_embed: bool,
+        gate: Gate = glu,
     ):
         super().__init__(dictionary)
+        self.gate = gate
         # state-dict layout version, for upgrade_state_dict_named when it changes
         self.register_buffer("version", torch.tensor([1.0]))
         self.dropout_module = FairseqDropout(dropout, module_name=self.__class__.__name__)
@@ -353,7 +375,7 @@ class FConvExtDecoder(FairseqIncrementalDecoder):
             residual = _residual_input(residuals, proj, back)
             x = self.dropout_module(x)
             x = conv(x, incremental_state)  # B x T x 2C
-            x = F.glu(x, dim=-1)  # B x T x C
+            x = self.gate(x)  # B x T x C
             if attention is not None:
                 x, attn = attention(x, target_embedding, keys, values, padding_mask, length_scale)
                 if not self.training and self.need_attn:
