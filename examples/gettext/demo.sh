@@ -28,6 +28,7 @@ cd "$WORK"
 stage "1/7 corpus: English-$LANG_TGT pairs from /usr/share/locale/$LANG_TGT/LC_MESSAGES/*.mo"
 fconv-ext-gettext-corpus --lang "$LANG_TGT" --out raw
 
+# -x escapes XML characters (&apos; ...), as fairseq's --tokenizer moses does at inference
 stage "2/7 tokenize with sacremoses"
 mkdir -p tok
 for split in train valid test; do
@@ -75,4 +76,4 @@ sacrebleu "raw/test.$LANG_TGT" -i "test.hyp.$LANG_TGT" -m bleu -w 2 | tee bleu.j
 echo
 echo "model:        $PWD/checkpoints/checkpoint_best.pt"
 echo "translations: $PWD/test.hyp.$LANG_TGT (references: $PWD/raw/test.$LANG_TGT)"
-echo "try it:       fairseq-interactive $PWD/bin --user-dir $REPO/fconv_plugin --path $PWD/checkpoints/checkpoint_best.pt --beam 5 --tokenizer moses --bpe subword_nmt --bpe-codes $PWD/tok/codes"
+echo "try it:       fairseq-interactive $PWD/bin --user-dir $REPO/fconv_plugin --path $PWD/checkpoints/checkpoint_best.pt --beam 5 --source-lang en --target-lang $LANG_TGT --tokenizer moses --bpe subword_nmt --bpe-codes $PWD/tok/codes"
