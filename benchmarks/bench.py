@@ -1,0 +1,404 @@
+"""Side-by-side benchmark: fconv_ext vs fairseq's fconv, same weights, same data, same threads.
+
+    python benchmarks/bench.py --data /tmp/gt/bin --fconv-checkpoint CK.pt [--reps 3] [--out benchmarks/results]
+    python benchmarks/bench.py --smoke            # seconds: tiny model, tiny data, no claims
+
+The fairseq fconv checkpoint is converted to fconv_ext in this run (fconv-ext-convert's code), so both
+sides decode the same model; hypotheses are compared and must be identical.  Every measurement runs in
+its own child process (one process tree), the two sides alternating, ``--reps`` times; the medians and
+the ratios fconv_ext / fconv are written to ``OUT.json`` and ``OUT.md`` with the machine's description.
+
+Measured per side:
+* generation (fairseq's SequenceGenerator, as fairseq-generate does it, after prepare_for_inference_):
+  beam 5 batch 64, beam 1 batch 64 on the test set, beam 5 batch 1 on its first --latency-sentences
+  sentences (ms per sentence); sentences/s, target tokens/s;
+* training: target words/s over --train-updates updates (forward, backward, NAG step) on the same
+  batches, for the checkpoint's architecture;
+* peak resident memory of the child process;
+* efficiency: analytic matmul FLOPs of the work (per layer, same formula for both sides) divided by the
+  machine's measured fp32 matmul rate for the model's shapes, over the measured time.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+GEN_CONFIGS = [("beam5_batch64", 5, 64), ("beam1_batch64", 1, 64), ("beam5_batch1", 5, 1)]
+
+
+# --------------------------------------------------------------------------- child side
+def _load(side, checkpoint, data):
+    sys.path.insert(0, REPO)
+    import fconv_plugin  # noqa: F401  (registers fconv_ext; allow-lists fconv's Namespace)
+    from fairseq import checkpoint_utils
+
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides={"data": data})
+    return models[0], cfg, task
+
+
+def child_generate(args):
+    import torch
+    from fairseq import utils
+    from fairseq.sequence_generator import SequenceGenerator
+
+    torch.set_num_threads(args.threads)
+    model, cfg, task = _load(args.side, args.checkpoint, args.data)
+    model.eval()
+    model.make_generation_fast_(beamable_mm_beam_size=args.beam, need_attn=False)
+    task.load_dataset("test")
+    dataset = task.dataset("test")
+    itr = task.get_batch_iterator(
+        dataset=dataset, max_sentences=args.batch, required_batch_size_multiple=1,
+        max_positions=utils.resolve_max_positions(task.max_positions(), model.max_positions()),
+    ).next_epoch_itr(shuffle=False)
+    batches = [b for b in itr]
+    if args.max_sentences:
+        keep, n = [], 0
+        for b in batches:
+            if n >= args.max_sentences:
+                break
+            keep.append(b)
+            n += len(b["id"])
+        batches = keep
+    gen = SequenceGenerator([model], task.target_dictionary, beam_size=args.beam, max_len_a=1.2, max_len_b=10)
+    hyps, tokens = {}, 0
+    start = time.perf_counter()
+    with torch.no_grad():
+        for b in batches:
+            for i, out in zip(b["id"].tolist(), gen.generate([model], b)):
+                hyps[i] = out[0]["tokens"].tolist()
+                tokens += len(hyps[i])
+    seconds = time.perf_counter() - start
+    steps = sum(len(h) for h in hyps.values())
+    flops = generation_flops(model, batches, hyps, args.beam)
+    digest = hashlib.sha1(json.dumps(sorted(hyps.items())).encode()).hexdigest()
+    return {"seconds": seconds, "sentences": len(hyps), "tokens": tokens, "hyp_sha1": digest,
+            "hyps": {str(k): v for k, v in hyps.items()} if args.keep_hyps else None,
+            "flops": flops, "decoder_steps": steps, "peak_rss_mb": peak_rss_mb()}
+
+
+def child_train(args):
+    import torch
+    from fairseq import utils
+
+    torch.set_num_threads(args.threads)
+    model, cfg, task = _load(args.side, args.checkpoint, args.data)
+    model.train()
+    task.load_dataset("train")
+    dataset = task.dataset("train")
+    itr = task.get_batch_iterator(
+        dataset=dataset, max_tokens=args.train_max_tokens, seed=1, required_batch_size_multiple=1,
+        max_positions=utils.resolve_max_positions(task.max_positions(), model.max_positions()),
+    ).next_epoch_itr(shuffle=True)
+    batches = [next(itr) for _ in range(args.train_updates + 1)]
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.25, momentum=0.99, nesterov=True)  # the paper's NAG
+    torch.manual_seed(1)
+
+    def step(b):
+        opt.zero_grad()
+        out = model(**b["net_input"])
+        lprobs = model.get_normalized_probs(out, log_probs=True)
+        loss = torch.nn.functional.nll_loss(lprobs.view(-1, lprobs.size(-1)), b["target"].view(-1),
+                                            ignore_index=task.target_dictionary.pad(), reduction="sum")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 0.1)
+        opt.step()
+        return loss.item()
+
+    step(batches[0])  # warm-up, not timed
+    words = 0
+    start = time.perf_counter()
+    losses = []
+    for b in batches[1:]:
+        losses.append(step(b))
+        words += int(b["ntokens"])
+    seconds = time.perf_counter() - start
+    flops = 3 * sum(forward_flops(model, b["net_input"]["src_tokens"].numel(), b["target"].numel(),
+                                  b["net_input"]["src_tokens"].size(1), b["target"].size(1)) for b in batches[1:])
+    return {"seconds": seconds, "words": words, "losses": losses, "flops": flops, "peak_rss_mb": peak_rss_mb()}
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# --------------------------------------------------------------------------- FLOP model
+def _arch(model):
+    """(E_enc, enc convs [(in, out, k)], E_dec, dec convs, attention flags, out_embed, V) for either side."""
+    enc, dec = model.encoder, model.decoder
+
+    from fairseq.modules import ConvTBC
+
+    def conv_shapes(convs):
+        shapes = []
+        for c in convs:
+            w, k = c.weight, c.kernel_size[0]
+            if isinstance(c, ConvTBC):
+                cin, cout = w.shape[1], w.shape[2]  # fairseq ConvTBC: k x in x out
+            else:
+                cout, cin = w.shape[0], w.shape[1]  # Conv1d: out x in x k
+            shapes.append((cin, cout, k))
+        return shapes
+
+    return {
+        "enc_embed": enc.embed_tokens.embedding_dim, "enc_convs": conv_shapes(enc.convolutions),
+        "dec_embed": dec.embed_tokens.embedding_dim, "dec_convs": conv_shapes(dec.convolutions),
+        "attention": [a is not None for a in dec.attention], "out_embed": dec.fc2.weight.shape[0],
+        "vocab": len(dec.dictionary),
+        "enc_proj": [p.weight.shape[::-1] if p is not None else None for p in enc.projections],
+        "dec_proj": [p.weight.shape[::-1] if p is not None else None for p in dec.projections],
+    }
+
+
+def _matmul(m, k, n):
+    return 2.0 * m * k * n
+
+
+def forward_flops(model, n_src_tokens, n_tgt_tokens, src_len, tgt_len):
+    """Matmul FLOPs of one full forward pass: n_* tokens (padding included, as computed)."""
+    a = _arch(model)
+    f = _matmul(n_src_tokens, a["enc_embed"], a["enc_convs"][0][0]) + _matmul(n_src_tokens, a["enc_convs"][-1][1] // 2, a["enc_embed"])
+    for (cin, cout, k), proj in zip(a["enc_convs"], a["enc_proj"]):
+        f += _matmul(n_src_tokens, k * cin, cout) + (_matmul(n_src_tokens, *proj) if proj is not None else 0)
+    f += _matmul(n_tgt_tokens, a["dec_embed"], a["dec_convs"][0][0])
+    for (cin, cout, k), proj, att in zip(a["dec_convs"], a["dec_proj"], a["attention"]):
+        f += _matmul(n_tgt_tokens, k * cin, cout) + (_matmul(n_tgt_tokens, *proj) if proj is not None else 0)
+        if att:
+            c = cout // 2
+            f += 2 * _matmul(n_tgt_tokens, c, a["dec_embed"]) + 2 * _matmul(n_tgt_tokens, a["dec_embed"], src_len)
+    f += _matmul(n_tgt_tokens, a["dec_convs"][-1][1] // 2, a["out_embed"]) + _matmul(n_tgt_tokens, a["out_embed"], a["vocab"])
+    return f
+
+
+def generation_flops(model, batches, hyps, beam):
+    """Encoder once per sentence; the decoder once per hypothesis token for each of ``beam`` beams."""
+    total = 0.0
+    a = _arch(model)
+    for b in batches:
+        src = b["net_input"]["src_tokens"]
+        s_len = src.size(1)
+        n_steps = sum(len(hyps[i]) for i in b["id"].tolist())
+        enc_only = forward_flops(model, src.numel(), 0, s_len, 0) - _matmul(0, 1, 1)
+        # decoder part of forward_flops for beam * steps target positions
+        dec = forward_flops(model, 0, beam * n_steps, s_len, 1)
+        total += enc_only + dec
+    return total
+
+
+def matmul_rate(model, threads, seconds=1.0):
+    """fp32 GFLOP/s of torch.mm for the model's own shapes (64 x 5 rows, as in decoding)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a = _arch(model)
+    shapes = [(320, a["out_embed"], a["vocab"])] + [(320, k * cin, cout) for cin, cout, k in a["dec_convs"]]
+    flops, spent = 0.0, 0.0
+    for m, k, n in shapes:
+        x, w = torch.randn(m, k), torch.randn(k, n)
+        torch.mm(x, w)
+        reps = 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds / len(shapes):
+            torch.mm(x, w)
+            reps += 1
+        spent += time.perf_counter() - start
+        flops += reps * _matmul(m, k, n)
+    return flops / spent
+
+
+# --------------------------------------------------------------------------- parent side
+def run_child(mode, side, checkpoint, data, threads, **kw):
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        out = f.name
+    cmd = [sys.executable, __file__, "--child", mode, "--side", side, "--checkpoint", checkpoint, "--data", data,
+           "--threads", str(threads), "--child-out", out] + [f"--{k.replace('_', '-')}={v}" for k, v in kw.items()]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark child failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    with open(out) as f:
+        result = json.load(f)
+    os.unlink(out)
+    return result
+
+
+def median(values):
+    return statistics.median(values)
+
+
+def machine():
+    info = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        info["cpu"] = platform.processor()
+    import fairseq
+    import torch
+
+    info.update(torch=torch.__version__, fairseq=fairseq.__version__)
+    return info
+
+
+def smoke_setup(workdir):
+    """A tiny fconv model trained for a few updates on a slice of the gettext corpus."""
+    src = os.path.join(REPO, "..", "shared", "data", "gettext-en-de")
+    bin_dir = os.path.join(workdir, "bin")
+    for split, n in [("train", 400), ("valid", 30), ("test", 40)]:
+        for lang in ("en", "de"):
+            with open(os.path.join(src, f"{split}.{lang}"), encoding="utf-8") as f_in, \
+                    open(os.path.join(workdir, f"{split}.{lang}"), "w", encoding="utf-8") as f_out:
+                f_out.writelines(next(f_in) for _ in range(n))
+    bindir = os.path.dirname(sys.executable)
+    subprocess.run([f"{bindir}/fairseq-preprocess", "--source-lang", "en", "--target-lang", "de", "--joined-dictionary",
+                    "--trainpref", f"{workdir}/train", "--validpref", f"{workdir}/valid", "--testpref", f"{workdir}/test",
+                    "--destdir", bin_dir, "--workers", "1"], check=True, capture_output=True)
+    subprocess.run([f"{bindir}/fairseq-train", bin_dir, "--arch", "fconv", "--encoder-embed-dim", "32",
+                    "--decoder-embed-dim", "32", "--decoder-out-embed-dim", "32", "--encoder-layers", "[(32, 3)] * 2",
+                    "--decoder-layers", "[(32, 3)] * 2", "--optimizer", "nag", "--lr", "0.25", "--clip-norm", "0.1",
+                    "--max-update", "20", "--max-tokens", "2000", "--save-dir", f"{workdir}/ck", "--no-epoch-checkpoints",
+                    "--no-progress-bar", "--disable-validation"], check=True, capture_output=True)
+    return bin_dir, f"{workdir}/ck/checkpoint_last.pt"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", help="binarized data directory with train/test splits")
+    p.add_argument("--fconv-checkpoint", help="a trained fairseq fconv checkpoint")
+    p.add_argument("--reps", type=int, default=3, help="repetitions per measurement (median reported)")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, the same for both sides")
+    p.add_argument("--latency-sentences", type=int, default=200, help="sentences decoded at batch 1")
+    p.add_argument("--train-updates", type=int, default=20, help="timed training updates")
+    p.add_argument("--train-max-tokens", type=int, default=4000, help="tokens per training batch")
+    p.add_argument("--out", default=os.path.join(HERE, "results"), help="output prefix (.json and .md)")
+    p.add_argument("--smoke", action="store_true", help="tiny model and data, seconds; for CI")
+    # child options
+    p.add_argument("--child", choices=["generate", "train"], help=argparse.SUPPRESS)
+    p.add_argument("--side", help=argparse.SUPPRESS)
+    p.add_argument("--checkpoint", help=argparse.SUPPRESS)
+    p.add_argument("--child-out", help=argparse.SUPPRESS)
+    p.add_argument("--beam", type=int, default=5, help=argparse.SUPPRESS)
+    p.add_argument("--batch", type=int, default=64, help=argparse.SUPPRESS)
+    p.add_argument("--max-sentences", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--keep-hyps", type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.child:
+        result = child_generate(args) if args.child == "generate" else child_train(args)
+        with open(args.child_out, "w") as f:
+            json.dump(result, f)
+        return 0
+
+    work = tempfile.mkdtemp(prefix="fconv-bench-")
+    if args.smoke:
+        args.data, args.fconv_checkpoint = smoke_setup(work)
+        args.reps, args.latency_sentences, args.train_updates, args.train_max_tokens = 1, 10, 3, 500
+    if not (args.data and args.fconv_checkpoint):
+        p.error("--data and --fconv-checkpoint are required (or --smoke)")
+
+    sys.path.insert(0, REPO)
+    import torch
+
+    from fconv_plugin.checkpoint import load_checkpoint_file
+    from fconv_plugin.convert import convert_checkpoint
+
+    converted = os.path.join(work, "fconv_ext.pt")
+    torch.save(convert_checkpoint(load_checkpoint_file(args.fconv_checkpoint)), converted)
+    sides = {"fconv": args.fconv_checkpoint, "fconv_ext": converted}
+
+    report = {"machine": machine(), "threads": args.threads, "reps": args.reps, "date": time.strftime("%Y-%m-%d"),
+              "command": " ".join(sys.argv), "generation": {}, "training": {}}
+    for name, beam, batch in GEN_CONFIGS:
+        limit = args.latency_sentences if batch == 1 else 0
+        runs = {s: [] for s in sides}
+        for rep in range(args.reps):
+            for side in (sides if rep % 2 == 0 else list(sides)[::-1]):  # alternate the order
+                runs[side].append(run_child("generate", side, sides[side], args.data, args.threads,
+                                            beam=beam, batch=batch, max_sentences=limit))
+        same = len({r["hyp_sha1"] for rs in runs.values() for r in rs}) == 1
+        entry = {"identical_hypotheses": same}
+        for side, rs in runs.items():
+            sec = median([r["seconds"] for r in rs])
+            entry[side] = {"seconds": sec, "sentences": rs[0]["sentences"], "sentences_per_s": rs[0]["sentences"] / sec,
+                           "tokens_per_s": rs[0]["tokens"] / sec, "ms_per_sentence": 1000 * sec / rs[0]["sentences"],
+                           "peak_rss_mb": max(r["peak_rss_mb"] for r in rs), "flops": rs[0]["flops"]}
+        entry["ratio_sentences_per_s"] = entry["fconv_ext"]["sentences_per_s"] / entry["fconv"]["sentences_per_s"]
+        report["generation"][name] = entry
+        print(f"{name}: fconv {entry['fconv']['seconds']:.2f}s, fconv_ext {entry['fconv_ext']['seconds']:.2f}s, "
+              f"ratio {entry['ratio_sentences_per_s']:.2f}x, identical={same}", flush=True)
+
+    runs = {s: [] for s in sides}
+    for rep in range(args.reps):
+        for side in (sides if rep % 2 == 0 else list(sides)[::-1]):
+            runs[side].append(run_child("train", side, sides[side], args.data, args.threads,
+                                        train_updates=args.train_updates, train_max_tokens=args.train_max_tokens))
+    entry = {}
+    for side, rs in runs.items():
+        sec = median([r["seconds"] for r in rs])
+        entry[side] = {"seconds": sec, "words_per_s": rs[0]["words"] / sec, "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+                       "flops": rs[0]["flops"], "first_losses": rs[0]["losses"][:3]}
+    entry["ratio_words_per_s"] = entry["fconv_ext"]["words_per_s"] / entry["fconv"]["words_per_s"]
+    report["training"]["checkpoint_arch"] = entry
+    print(f"training: fconv {entry['fconv']['words_per_s']:.0f} w/s, fconv_ext {entry['fconv_ext']['words_per_s']:.0f} w/s, "
+          f"ratio {entry['ratio_words_per_s']:.2f}x", flush=True)
+
+    # the machine's matmul rate for these shapes, in this process tree
+    from fairseq import checkpoint_utils
+
+    import fconv_plugin  # noqa: F401
+
+    model = checkpoint_utils.load_model_ensemble([converted], arg_overrides={"data": args.data})[0][0]
+    rate = matmul_rate(model, args.threads)
+    report["matmul_gflops"] = rate / 1e9
+    for entry in report["generation"].values():
+        for side in sides:
+            entry[side]["efficiency"] = entry[side]["flops"] / rate / entry[side]["seconds"]
+    for side in sides:
+        report["training"]["checkpoint_arch"][side]["efficiency"] = (
+            report["training"]["checkpoint_arch"][side]["flops"] / rate / report["training"]["checkpoint_arch"][side]["seconds"])
+
+    with open(args.out + ".json", "w") as f:
+        json.dump(report, f, indent=1)
+    with open(args.out + ".md", "w") as f:
+        f.write(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+def markdown(r):
+    m = r["machine"]
+    lines = [f"Benchmark {r['date']} on {m['cpu']} ({m['cpus']} CPUs), {r['threads']} threads, torch {m['torch']}, "
+             f"fairseq {m['fairseq']}; median of {r['reps']}; matmul rate {r['matmul_gflops']:.0f} GFLOP/s.",
+             f"Command: `{r['command']}`", "",
+             "| generation | fconv s | fconv_ext s | fconv sent/s | fconv_ext sent/s | ratio | fconv eff. | fconv_ext eff. | identical | peak RSS MB (fconv / ext) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, e in r["generation"].items():
+        a, b = e["fconv"], e["fconv_ext"]
+        lines.append(f"| {name} | {a['seconds']:.2f} | {b['seconds']:.2f} | {a['sentences_per_s']:.1f} | {b['sentences_per_s']:.1f} | "
+                     f"{e['ratio_sentences_per_s']:.2f}x | {a['efficiency']:.0%} | {b['efficiency']:.0%} | {e['identical_hypotheses']} | "
+                     f"{a['peak_rss_mb']:.0f} / {b['peak_rss_mb']:.0f} |")
+    t = r["training"]["checkpoint_arch"]
+    lines += ["", "| training | fconv words/s | fconv_ext words/s | ratio | fconv eff. | fconv_ext eff. | peak RSS MB (fconv / ext) |",
+              "|---|---|---|---|---|---|---|",
+              f"| checkpoint arch | {t['fconv']['words_per_s']:.0f} | {t['fconv_ext']['words_per_s']:.0f} | {t['ratio_words_per_s']:.2f}x | "
+              f"{t['fconv']['efficiency']:.0%} | {t['fconv_ext']['efficiency']:.0%} | {t['fconv']['peak_rss_mb']:.0f} / {t['fconv_ext']['peak_rss_mb']:.0f} |"]
+    for name, e in r["generation"].items():
+        if name.endswith("batch1"):
+            lines.append(f"\nLatency {name}: fconv {e['fconv']['ms_per_sentence']:.1f} ms/sentence, "
+                         f"fconv_ext {e['fconv_ext']['ms_per_sentence']:.1f} ms/sentence.")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
