@@ -10,8 +10,8 @@ the ratios fconv_ext / fconv are written to ``OUT.json`` and ``OUT.md`` with the
 
 Measured per side:
 * generation (fairseq's SequenceGenerator, as fairseq-generate does it, after prepare_for_inference_):
-  beam 5 batch 64, beam 1 batch 64 on the test set, beam 5 batch 1 on its first --latency-sentences
-  sentences (ms per sentence); sentences/s, target tokens/s;
+  beam 5 batch 64, beam 1 batch 64 on the test set, beam 5 batch 1 on --latency-sentences
+  sentences spread evenly over the length-sorted test set (ms per sentence); sentences/s, target tokens/s;
 * training: target words/s over --train-updates updates (forward, backward, NAG step) on the same
   batches, for the checkpoint's architecture;
 * peak resident memory of the child process;
@@ -62,14 +62,10 @@ def child_generate(args):
         max_positions=utils.resolve_max_positions(task.max_positions(), model.max_positions()),
     ).next_epoch_itr(shuffle=False)
     batches = [b for b in itr]
-    if args.max_sentences:
-        keep, n = [], 0
-        for b in batches:
-            if n >= args.max_sentences:
-                break
-            keep.append(b)
-            n += len(b["id"])
-        batches = keep
+    if args.max_sentences and args.max_sentences < len(batches):
+        # batches come in length order: take evenly spaced ones so that all lengths are represented
+        stride = len(batches) / args.max_sentences
+        batches = [batches[int(i * stride)] for i in range(args.max_sentences)]
     gen = SequenceGenerator([model], task.target_dictionary, beam_size=args.beam, max_len_a=1.2, max_len_b=10)
     hyps, tokens = {}, 0
     start = time.perf_counter()
@@ -278,7 +274,7 @@ def main():
     p.add_argument("--fconv-checkpoint", help="a trained fairseq fconv checkpoint")
     p.add_argument("--reps", type=int, default=3, help="repetitions per measurement (median reported)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, the same for both sides")
-    p.add_argument("--latency-sentences", type=int, default=200, help="sentences decoded at batch 1")
+    p.add_argument("--latency-sentences", type=int, default=200, help="sentences decoded at batch 1 (evenly spaced by length)")
     p.add_argument("--train-updates", type=int, default=20, help="timed training updates")
     p.add_argument("--train-max-tokens", type=int, default=4000, help="tokens per training batch")
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="output prefix (.json and .md)")
