@@ -180,12 +180,11 @@ def forward_flops(model, n_src_tokens, n_tgt_tokens, src_len, tgt_len):
 def generation_flops(model, batches, hyps, beam):
     """Encoder once per sentence; the decoder once per hypothesis token for each of ``beam`` beams."""
     total = 0.0
-    a = _arch(model)
     for b in batches:
         src = b["net_input"]["src_tokens"]
         s_len = src.size(1)
         n_steps = sum(len(hyps[i]) for i in b["id"].tolist())
-        enc_only = forward_flops(model, src.numel(), 0, s_len, 0) - _matmul(0, 1, 1)
+        enc_only = forward_flops(model, src.numel(), 0, s_len, 0)
         # decoder part of forward_flops for beam * steps target positions
         dec = forward_flops(model, 0, beam * n_steps, s_len, 1)
         total += enc_only + dec

@@ -24,6 +24,7 @@ from typing import List, Tuple
 
 import torch
 from fairseq import metrics, utils
+from fairseq.data import data_utils
 from fairseq.criterions import register_criterion
 from fairseq.criterions.label_smoothed_cross_entropy import (
     LabelSmoothedCrossEntropyCriterion,
@@ -129,13 +130,11 @@ class SequenceRiskCriterion(LabelSmoothedCrossEntropyCriterion):
         """Sequence log-probabilities (B x K, with gradient) of the candidates, and the mask."""
         pad, eos = self.padding_idx, self.task.target_dictionary.eos()
         B, K = len(candidates), max(len(c) for c in candidates)
-        rows = [(i, cand) for i, cands in enumerate(candidates) for cand in cands]
-        max_len = max(c.numel() for _, c in rows)
-        target = sample["target"].new_full((len(rows), max_len), pad)
-        for r, (_, cand) in enumerate(rows):
-            target[r, : cand.numel()] = cand
-        prev = torch.cat([target.new_full((len(rows), 1), eos), target[:, :-1]], dim=1)  # BOS = EOS
-        src_index = target.new_tensor([i for i, _ in rows])
+        flat_cands = [cand for cands in candidates for cand in cands]
+        # R x T, right-padded; the decoder input is the same shifted right behind BOS (= EOS)
+        target = data_utils.collate_tokens(flat_cands, pad, eos, left_pad=False)
+        prev = data_utils.collate_tokens(flat_cands, pad, eos, left_pad=False, move_eos_to_beginning=True)
+        src_index = target.new_tensor([i for i, cands in enumerate(candidates) for _ in cands])
         net_input = sample["net_input"]
         net_output = model(
             src_tokens=net_input["src_tokens"].index_select(0, src_index),
@@ -146,16 +145,11 @@ class SequenceRiskCriterion(LabelSmoothedCrossEntropyCriterion):
         # log p(token) = logit(token) - logsumexp(logits): no second R x T x V tensor
         token_lp = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # R x T
         seq_lp = token_lp.masked_fill(target.eq(pad), 0.0).sum(-1)  # R
-        scores = seq_lp.new_full((B, K), float("-inf"))
-        mask = torch.zeros(B, K, dtype=torch.bool, device=seq_lp.device)
-        slot = [0] * B
-        flat = []
-        for r, (i, _) in enumerate(rows):
-            flat.append(i * K + slot[i])
-            slot[i] += 1
-        flat = torch.tensor(flat, device=seq_lp.device)
-        scores = scores.view(-1).index_put((flat,), seq_lp).view(B, K)
-        mask.view(-1)[flat] = True
+        # candidate j of sentence i goes to slot i * K + j of the B x K grid
+        slots = torch.tensor([i * K + j for i, cands in enumerate(candidates) for j in range(len(cands))],
+                             device=seq_lp.device)
+        scores = seq_lp.new_full((B * K,), float("-inf")).index_put((slots,), seq_lp).view(B, K)
+        mask = torch.zeros(B * K, dtype=torch.bool, device=seq_lp.device).index_fill(0, slots, True).view(B, K)
         return scores, mask
 
     def sentence_risks(self, model, sample) -> Tensor:
