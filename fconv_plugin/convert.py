@@ -61,7 +61,7 @@ def _model_options(state: Dict[str, Any]) -> Tuple[Dict[str, Any], Any]:
     if arch not in FCONV_ARCHS:
         raise ConversionError(
             f"the checkpoint's arch is {arch!r}; fconv-ext-convert converts fairseq's fconv models "
-            f"({', '.join(sorted(FCONV_ARCHS))}). fconv_self_att and fconv_lm are not supported yet"
+            f"({', '.join(sorted(FCONV_ARCHS))}). fconv_lm goes to fconv_ext_lm; fconv_self_att is not supported yet"
         )
     return model, cfg
 
@@ -113,6 +113,10 @@ def _dummy_dictionary(size: int) -> Dictionary:
 
 def convert_checkpoint(state: Dict[str, Any]) -> Dict[str, Any]:
     """Convert a loaded fconv checkpoint ``state``; returns the fconv_ext checkpoint."""
+    from .convert_lm import FCONV_LM_ARCHS, checkpoint_arch, convert_lm_checkpoint
+
+    if checkpoint_arch(state) in FCONV_LM_ARCHS:  # fconv_lm -> fconv_ext_lm (convert_lm.py)
+        return convert_lm_checkpoint(state)
     options, cfg = _model_options(state)
     weights = state["model"]
     padding_idx = 1  # fairseq's Dictionary: <s>=0, <pad>=1, </s>=2, <unk>=3

@@ -1,0 +1,326 @@
+"""fconv_ext_lm: gated convolutional language model (Dauphin et al. 2017, "Language
+Modeling with Gated Convolutional Networks", arXiv 1612.08083).
+
+fairseq's ``fconv_lm`` in this plugin's own blocks: the ConvS2S decoder without an
+encoder and without attention, top to bottom:
+
+    FConvExtLMConfig        the model's options (every field documented)
+    FConvExtLanguageModel   build_model(): config -> decoder
+    FConvExtLMDecoder       embed [+ positions] -> fc1 -> [causal conv, GLU, residual] x L
+                            -> fc2 -> fc3 (full softmax) | adaptive softmax
+    presets                 fconv_ext_lm_dauphin_wikitext103, fconv_ext_lm_dauphin_gbw,
+                            fconv_ext_lm_tiny
+
+The conv blocks, weight-normalised layers, embeddings and the incremental window of the
+causal convolutions are :mod:`fconv_plugin.modules`; the adaptive softmax (Grave et al.
+2017) is fairseq's own ``AdaptiveSoftmax``, so ``--criterion adaptive_loss`` works as with
+``fconv_lm``.  Tensors are batch-major: ``B`` batch, ``T`` length, ``C`` conv channels,
+``E`` embedding dim, ``V`` vocabulary.
+
+Two choices differ from ``fconv_lm`` (both default to fconv_lm's behaviour):
+
+* ``--adaptive-softmax-cutoff`` alone turns on the adaptive softmax (as fairseq's
+  ``transformer_lm`` does); ``fconv_lm`` silently ignores it unless the criterion is
+  ``adaptive_loss``.  ``--adaptive-softmax-cutoff none`` switches a preset's cutoff off.
+* ``--decoder-learned-pos`` adds learned absolute positions; ``fconv_lm`` (and the paper)
+  have none, and neither do the presets.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+from fairseq.dataclass import FairseqDataclass
+from fairseq.models import (
+    FairseqIncrementalDecoder,
+    FairseqLanguageModel,
+    register_model,
+    register_model_architecture,
+)
+from fairseq.modules import AdaptiveSoftmax, FairseqDropout
+from fairseq.utils import safe_getattr
+from omegaconf import II
+from torch import Tensor
+
+from ..modules import (
+    ConvDecoderLayer,
+    Embedding,
+    LayerSpecError,
+    LearnedPositions,
+    Linear,
+    fold_weight_norm_,
+    parse_layers,
+    safe_literal,
+)
+from .fconv_ext import SQRT_HALF, Gate, _build_conv_stack, _residual_input, glu
+
+logger = logging.getLogger(__name__)
+
+IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
+
+# Dauphin et al. 2017, table 1 (GCNN-14 for WikiText-103, GCNN-13 bottleneck for Google
+# Billion Word), written as fairseq's fconv_lm presets write them.
+WIKITEXT103_LAYERS = (
+    "[(850, 6)] * 3 + [(850, 1)] * 1 + [(850, 5)] * 4 + [(850, 1)] * 1"
+    " + [(850, 4)] * 3 + [(1024, 4)] * 1 + [(2048, 4)] * 1"
+)
+GBW_LAYERS = (
+    "[(512, 5)]"
+    " + [(128, 1, 0), (128, 5, 0), (512, 1, 3)] * 3"
+    " + [(512, 1, 0), (512, 5, 0), (1024, 1, 3)] * 3"
+    " + [(1024, 1, 0), (1024, 5, 0), (2048, 1, 3)] * 6"
+    " + [(1024, 1, 0), (1024, 5, 0), (4096, 1, 3)]"
+)
+
+
+@dataclass
+class FConvExtLMConfig(FairseqDataclass):
+    dropout: float = field(
+        default=0.1, metadata={"help": "dropout probability (embeddings, conv inputs, output projection)"}
+    )
+    decoder_embed_dim: int = field(
+        default=128,
+        metadata={"help": "token embedding dimension (also the width of the output projection fc2, as in fconv_lm)"},
+    )
+    decoder_layers: str = field(
+        default="[(1268, 4)] * 13",
+        metadata={
+            "help": "causal conv layers as a list of (out_channels, kernel_width[, residual]); "
+            "residual 1 = previous layer (default), 0 = none, N = N layers back. "
+            "Parsed safely: literals, lists, tuples, + and * only"
+        },
+    )
+    decoder_learned_pos: bool = field(
+        default=False,
+        metadata={"help": "add learned absolute position embeddings (fconv_lm and the paper have none)"},
+    )
+    adaptive_softmax_cutoff: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "comma separated list of adaptive softmax cutoff points, e.g. 10000,20000,200000; "
+            "setting it turns on the adaptive softmax (train with --criterion adaptive_loss, or "
+            "cross_entropy over its full distribution); 'none' turns a preset's cutoff off"
+        },
+    )
+    adaptive_softmax_dropout: float = field(
+        default=0.0, metadata={"help": "dropout inside the adaptive softmax tail projections"}
+    )
+    tokens_per_sample: int = II("task.tokens_per_sample")
+    max_target_positions: Optional[int] = II("task.max_target_positions")
+
+
+def parse_cutoff(text: Optional[str]) -> Optional[List[int]]:
+    """``"10000,20000"`` -> ``[10000, 20000]``; None, ``""`` or ``"none"`` -> None.
+
+    Parsed with the safe spec parser (fconv_lm uses ``eval``); the cutoffs must be
+    positive and increasing."""
+    if text is None or str(text).strip().lower() in ("", "none", "null"):
+        return None
+    try:
+        value = safe_literal(str(text))
+    except LayerSpecError as err:
+        raise LayerSpecError(f"--adaptive-softmax-cutoff: {err}") from None
+    cutoff = [value] if isinstance(value, int) else value
+    if (
+        not isinstance(cutoff, (list, tuple))
+        or not cutoff
+        or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in cutoff)
+        or any(a >= b for a, b in zip(cutoff, cutoff[1:]))
+    ):
+        raise LayerSpecError(
+            f"--adaptive-softmax-cutoff {text!r}: expected increasing positive integers "
+            "separated by commas, e.g. 10000,20000,200000"
+        )
+    return list(cutoff)
+
+
+@register_model("fconv_ext_lm", dataclass=FConvExtLMConfig)
+class FConvExtLanguageModel(FairseqLanguageModel):
+    """Gated convolutional language model (GCNN): a causal ConvS2S decoder alone."""
+
+    @classmethod
+    def gate_for(cls, cfg) -> Gate:
+        """The gate of every conv block (variants may override it, as for fconv_ext)."""
+        return glu
+
+    @classmethod
+    def build_model(cls, cfg: FConvExtLMConfig, task):
+        try:
+            layers = parse_layers(cfg.decoder_layers)
+        except LayerSpecError as err:
+            raise LayerSpecError(f"--decoder-layers: {err}") from None
+        dictionary = task.target_dictionary
+        cutoff = parse_cutoff(cfg.adaptive_softmax_cutoff)
+        if cutoff is not None and cutoff[-1] > len(dictionary):
+            raise ValueError(
+                f"--adaptive-softmax-cutoff {cfg.adaptive_softmax_cutoff}: the last cutoff is larger "
+                f"than the vocabulary ({len(dictionary)} types); lower the cutoffs, or pass "
+                "--adaptive-softmax-cutoff none for a full softmax"
+            )
+        max_positions = None
+        if cfg.decoder_learned_pos:
+            max_positions = safe_getattr(cfg, "max_target_positions", None) or cfg.tokens_per_sample
+        decoder = FConvExtLMDecoder(
+            dictionary,
+            embed_dim=cfg.decoder_embed_dim,
+            layers=layers,
+            dropout=cfg.dropout,
+            max_positions=max_positions,
+            adaptive_softmax_cutoff=cutoff,
+            adaptive_softmax_dropout=cfg.adaptive_softmax_dropout,
+            gate=cls.gate_for(cfg),
+        )
+        return cls(decoder)
+
+    def make_generation_fast_(self, **kwargs):
+        """Inference only: fold weight norm into plain weights, then fairseq's part."""
+        if not self._is_generation_fast:
+            fold_weight_norm_(self)
+        super().make_generation_fast_(**kwargs)
+
+
+class FConvExtLMDecoder(FairseqIncrementalDecoder):
+    """Causal conv blocks over the token embeddings (paper, section 2), no attention.
+
+    ``max_positions=None``: no position embeddings (fconv_lm, the paper); the model then
+    accepts any length.  Incremental decoding keeps each conv's window of the last
+    ``k - 1`` inputs (:class:`~fconv_plugin.modules.CausalConv1d`), so a step costs one
+    frame per layer."""
+
+    def __init__(
+        self,
+        dictionary,
+        embed_dim: int,
+        layers,
+        dropout: float,
+        max_positions: Optional[int] = None,
+        adaptive_softmax_cutoff: Optional[List[int]] = None,
+        adaptive_softmax_dropout: float = 0.0,
+        gate: Gate = glu,
+    ):
+        super().__init__(dictionary)
+        # state-dict layout version, for upgrade_state_dict_named when it changes
+        self.register_buffer("version", torch.tensor([1.0]))
+        self.dropout_module = FairseqDropout(dropout, module_name=self.__class__.__name__)
+        self.gate = gate
+        padding_idx = dictionary.pad()
+
+        self.embed_tokens = Embedding(len(dictionary), embed_dim, padding_idx)
+        self.embed_positions = (
+            LearnedPositions(max_positions, embed_dim, padding_idx) if max_positions else None
+        )
+
+        in_channels = layers[0][0]
+        self.fc1 = Linear(embed_dim, in_channels, dropout=dropout)
+        self.convolutions, self.projections, self.residuals, out_channels = _build_conv_stack(
+            in_channels, layers, ConvDecoderLayer, dropout
+        )
+
+        if adaptive_softmax_cutoff is not None:
+            # the conv output goes straight into the adaptive softmax (as in fconv_lm)
+            self.adaptive_softmax = AdaptiveSoftmax(
+                len(dictionary), out_channels, list(adaptive_softmax_cutoff), dropout=adaptive_softmax_dropout
+            )
+            self.fc2 = self.fc3 = None
+        else:
+            self.adaptive_softmax = None
+            self.fc2 = Linear(out_channels, embed_dim)
+            self.fc3 = Linear(embed_dim, len(dictionary), dropout=dropout)
+
+    def forward(
+        self,
+        prev_output_tokens: Tensor,  # B x T (right-padded)
+        encoder_out=None,
+        incremental_state: Optional[IncrementalState] = None,
+        **unused,
+    ):
+        """Returns the logits (B x T x V), or with the adaptive softmax the features
+        (B x T x C) that it turns into log-probabilities, and None (no attention).
+        With ``incremental_state`` only the last position is computed (T = 1)."""
+        if encoder_out is not None:
+            raise ValueError("fconv_ext_lm is a language model: it takes no encoder output")
+        x, _ = self.extract_features(prev_output_tokens, incremental_state=incremental_state)
+        return self.output_layer(x), None
+
+    def extract_features(
+        self, prev_output_tokens: Tensor, encoder_out=None, incremental_state: Optional[IncrementalState] = None, **unused
+    ):
+        incremental = incremental_state is not None
+        positions = None
+        if self.embed_positions is not None:
+            positions = self.embed_positions(prev_output_tokens, incremental=incremental)  # B x T x E
+        if incremental:
+            prev_output_tokens = prev_output_tokens[:, -1:]  # B x 1
+        x = self.embed_tokens(prev_output_tokens)  # B x T x E
+        if positions is not None:
+            x = x + positions
+        x = self.dropout_module(x)
+
+        x = self.fc1(x)  # B x T x C
+        residuals = [x]
+        for proj, conv, back in zip(self.projections, self.convolutions, self.residuals):
+            residual = _residual_input(residuals, proj, back)
+            x = self.dropout_module(x)
+            x = conv(x, incremental_state)  # B x T x 2C
+            x = self.gate(x)  # B x T x C: GLU = A * sigmoid(B)
+            if residual is not None:
+                x = (x + residual) * SQRT_HALF  # paper (ConvS2S), section 3.4
+            residuals.append(x)
+        return x, None
+
+    def output_layer(self, features: Tensor, **unused) -> Tensor:
+        if self.adaptive_softmax is not None:
+            return features  # B x T x C; get_normalized_probs applies the adaptive softmax
+        x = self.fc2(features)  # B x T x E
+        x = self.dropout_module(x)
+        return self.fc3(x)  # B x T x V
+
+    def max_positions(self):
+        if self.embed_positions is None:
+            return float("inf")  # nothing in the model depends on the length (as fconv_lm)
+        return self.embed_positions.max_positions
+
+
+def _default(args, name, value):
+    setattr(args, name, safe_getattr(args, name, value))
+
+
+def base_lm_architecture(args):
+    """fairseq's ``fconv_lm`` defaults (13 layers of 1268 units, kernel width 4).
+
+    ``--arch fconv_ext_lm`` itself is registered by ``register_model`` and takes the same
+    values from the config dataclass defaults."""
+    _default(args, "dropout", 0.1)
+    _default(args, "decoder_embed_dim", 128)
+    _default(args, "decoder_layers", "[(1268, 4)] * 13")
+    _default(args, "decoder_learned_pos", False)
+    _default(args, "adaptive_softmax_cutoff", None)
+    _default(args, "adaptive_softmax_dropout", 0.0)
+
+
+@register_model_architecture("fconv_ext_lm", "fconv_ext_lm_dauphin_wikitext103")
+def fconv_ext_lm_dauphin_wikitext103(args):
+    """WikiText-103 (paper, GCNN-14): 280-d embeddings, adaptive softmax 10k/20k/200k."""
+    _default(args, "decoder_embed_dim", 280)
+    _default(args, "decoder_layers", WIKITEXT103_LAYERS)
+    _default(args, "adaptive_softmax_cutoff", "10000,20000,200000")
+    base_lm_architecture(args)
+
+
+@register_model_architecture("fconv_ext_lm", "fconv_ext_lm_dauphin_gbw")
+def fconv_ext_lm_dauphin_gbw(args):
+    """Google Billion Word (paper, GCNN-13 with bottleneck blocks): adaptive softmax 10k/50k/200k."""
+    _default(args, "decoder_embed_dim", 128)
+    _default(args, "decoder_layers", GBW_LAYERS)
+    _default(args, "adaptive_softmax_cutoff", "10000,50000,200000")
+    base_lm_architecture(args)
+
+
+@register_model_architecture("fconv_ext_lm", "fconv_ext_lm_tiny")
+def fconv_ext_lm_tiny(args):
+    """A few-second model for tests and CPU smoke runs (not from the paper): a bottleneck
+    block whose residual skips 3 layers back, like the GBW preset in small."""
+    _default(args, "decoder_embed_dim", 32)
+    _default(args, "decoder_layers", "[(32, 4)] + [(16, 1, 0), (16, 4, 0), (32, 1, 3)] + [(32, 3)]")
+    base_lm_architecture(args)
