@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.fconv-ext-setup
 
-.PHONY: setup test test-fast demo clean-venv
+.PHONY: setup test test-fast demo summarization clean-venv
 
 setup: $(STAMP)
 
@@ -37,3 +37,7 @@ clean-venv:
 
 demo: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/gettext/demo.sh
+
+# The paper's second task: headline generation on Debian package descriptions (no download).
+summarization: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/summarization/run.sh

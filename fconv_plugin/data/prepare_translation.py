@@ -112,10 +112,10 @@ def log(message: str) -> None:
     print(f"[prepare] {message}", flush=True)
 
 
-def fetch(recipe: Recipe, archive_dir: str) -> None:
-    """Download missing archives, then extract every archive once."""
+def fetch(archives: Dict[str, str], archive_dir: str) -> None:
+    """Download missing archives (file name -> URL), then extract every archive once."""
     os.makedirs(archive_dir, exist_ok=True)
-    for name, url in recipe.archives.items():
+    for name, url in archives.items():
         path = os.path.join(archive_dir, name)
         if not os.path.exists(path):
             log(f"downloading {url}")
@@ -197,7 +197,7 @@ def prepare(name: str, out: str, archive_dir: Optional[str] = None, bpe_merges: 
 
     recipe = RECIPES[name]
     archive_dir = archive_dir or os.path.join(out, "orig")
-    fetch(recipe, archive_dir)
+    fetch(recipe.archives, archive_dir)
     tok_src, tok_tgt = tokenizer(recipe.src, recipe.lowercase), tokenizer(recipe.tgt, recipe.lowercase)
     reader = read_ted_tags if recipe.tagged_train else read_segments
 

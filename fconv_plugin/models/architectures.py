@@ -73,6 +73,19 @@ def fconv_ext_wmt_en_fr(args):
     base_architecture(args)
 
 
+@register_model_architecture("fconv_ext", "fconv_ext_summarization")
+def fconv_ext_summarization(args):
+    """Abstractive summarization (paper, section 5.3 / table 3, Gigaword and DUC-2004): 6 encoder
+    and 6 decoder layers of 256 units, 256-d embeddings and decoder output, kernel width 3
+    (the paper's default width; fairseq has no preset for this model)."""
+    _default(args, "encoder_embed_dim", 256)
+    _default(args, "encoder_layers", "[(256, 3)] * 6")
+    _default(args, "decoder_embed_dim", 256)
+    _default(args, "decoder_layers", "[(256, 3)] * 6")
+    _default(args, "decoder_out_embed_dim", 256)
+    base_architecture(args)
+
+
 @register_model_architecture("fconv_ext", "fconv_ext_tiny")
 def fconv_ext_tiny(args):
     """A few-second model for tests and CPU smoke runs (not from the paper)."""

@@ -19,6 +19,8 @@ from fairseq.data import data_utils, encoders
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
+from ..rouge import ROUGE_TYPES, build_scorer, sentence_rouge
+
 logger = logging.getLogger(__name__)
 
 
@@ -30,7 +32,14 @@ class FConvTranslationConfig(TranslationConfig):
     )
     eval_bleu_args: Optional[str] = field(
         default='{"beam": 5, "max_len_a": 1.2, "max_len_b": 10}',
-        metadata={"help": "generation options for validation BLEU, as JSON, e.g. '{\"beam\": 1}'"},
+        metadata={"help": "generation options for validation decoding (BLEU and ROUGE), as JSON, e.g. "
+                  "'{\"beam\": 1}'; headlines: '{\"beam\": 5, \"max_len_a\": 0, \"max_len_b\": 30}'"},
+    )
+    eval_rouge: bool = field(
+        default=False,
+        metadata={"help": "also decode the validation set and report ROUGE-1/2/L F1 (rouge-score, Porter "
+                  "stemmer) as rouge1/rouge2/rougeL; pick checkpoints with --best-checkpoint-metric rougeL "
+                  "--maximize-best-checkpoint-metric (summarization: add --no-eval-bleu)"},
     )
     eval_bleu_detok: str = field(
         default="moses",
@@ -51,10 +60,10 @@ class FConvTranslationConfig(TranslationConfig):
 
 def _too_long_message(split, dataset, index, max_positions) -> str:
     return (
-        f"the {split} split has an example (#{index}) of {dataset.size(index)} (source, target) tokens, "
+        f"the {split} split has an example (#{index}) of {tuple(int(n) for n in dataset.size(index))} (source, target) tokens, "
         f"longer than the model accepts: max positions {max_positions}. Either raise the limit "
         "(--max-source-positions / --max-target-positions, when training a new model), or skip/truncate "
-        "long examples (--skip-long-train-examples for training data, --skip-invalid-size-inputs-valid-test "
+        "long examples (--skip-long-examples for training data, --skip-invalid-size-inputs-valid-test "
         "for validation/test data, --truncate-source to cut sources)."
     )
 
@@ -76,10 +85,14 @@ class FConvTranslationTask(TranslationTask):
         for split in list(self.datasets):
             self._check_split_fits(split)
         self.tokenizer = self._build_detokenizer()
-        if self.cfg.eval_bleu:
+        if self.cfg.eval_bleu or self.cfg.eval_rouge:
             gen_args = json.loads(self.cfg.eval_bleu_args or "{}")
             self.sequence_generator = self.build_generator([model], Namespace(**gen_args))
+        if self.cfg.eval_bleu:
             logger.info(f"validation BLEU: {self.bleu_signature()} (generation: {gen_args})")
+        if self.cfg.eval_rouge:
+            self.rouge_scorer = build_scorer(stemmer=True)
+            logger.info(f"validation ROUGE-1/2/L F1: rouge-score, Porter stemmer (generation: {gen_args})")
         return model
 
     def _build_detokenizer(self):
@@ -108,22 +121,48 @@ class FConvTranslationTask(TranslationTask):
         )
         return self.tokenizer.decode(text) if self.tokenizer else text
 
-    def _inference_with_bleu(self, generator, sample, model):
-        import sacrebleu
-
-        gen_out = self.inference_step(generator, [model], sample, prefix_tokens=None)
+    def _decode_validation(self, sample, model):
+        """Hypotheses and references of a validation batch, as the metrics score them."""
+        gen_out = self.inference_step(self.sequence_generator, [model], sample, prefix_tokens=None)
         hyps = [self.detokenize(g[0]["tokens"]) for g in gen_out]
         refs = [self.detokenize(t, escape_unk=True) for t in sample["target"]]
         if self.cfg.eval_bleu_print_samples:
             logger.info("example hypothesis: " + hyps[0])
             logger.info("example reference: " + refs[0])
-        return sacrebleu.corpus_bleu(hyps, [refs], tokenize="none" if self.cfg.eval_tokenized_bleu else "13a")
+        return hyps, refs
+
+    def valid_step(self, sample, model, criterion):
+        """The loss, then (once per batch, shared by both metrics) decoding for BLEU and/or
+        ROUGE.  Every statistic is a plain number so that workers sum them."""
+        loss, sample_size, logging_output = super(TranslationTask, self).valid_step(sample, model, criterion)
+        if not (self.cfg.eval_bleu or self.cfg.eval_rouge):
+            return loss, sample_size, logging_output
+        hyps, refs = self._decode_validation(sample, model)
+        if self.cfg.eval_bleu:
+            import sacrebleu
+
+            bleu = sacrebleu.corpus_bleu(hyps, [refs], tokenize="none" if self.cfg.eval_tokenized_bleu else "13a")
+            logging_output["_bleu_sys_len"] = bleu.sys_len
+            logging_output["_bleu_ref_len"] = bleu.ref_len
+            for i in range(4):
+                logging_output[f"_bleu_counts_{i}"] = bleu.counts[i]
+                logging_output[f"_bleu_totals_{i}"] = bleu.totals[i]
+        if self.cfg.eval_rouge:
+            logging_output["_rouge_n"] = len(hyps)
+            for t in ROUGE_TYPES:
+                logging_output[f"_{t}_f"] = 0.0
+            for hyp, ref in zip(hyps, refs):
+                for t, values in sentence_rouge(self.rouge_scorer, hyp, [ref]).items():
+                    logging_output[f"_{t}_f"] += values["fmeasure"]
+        return loss, sample_size, logging_output
 
     def reduce_metrics(self, logging_outputs, criterion):
         """As fairseq's translation task, but every BLEU statistic is its own scalar meter:
         fairseq logs numpy arrays, which end up in checkpoints and make them unreadable for
         torch's weights-only loader ("Unsupported global: numpy...")."""
         super(TranslationTask, self).reduce_metrics(logging_outputs, criterion)
+        if self.cfg.eval_rouge:
+            self._reduce_rouge(logging_outputs)
         if not self.cfg.eval_bleu:
             return
         keys = [f"_bleu_{kind}_{i}" for kind in ("counts", "totals") for i in range(4)] + ["_bleu_sys_len", "_bleu_ref_len"]
@@ -147,6 +186,17 @@ class FConvTranslationTask(TranslationTask):
             return round(bleu.score, 2)
 
         metrics.log_derived("bleu", compute_bleu)
+
+    @staticmethod
+    def _reduce_rouge(logging_outputs) -> None:
+        """Mean per-summary ROUGE F1 over the validation set: ``rouge1``, ``rouge2``, ``rougeL``."""
+        count = float(sum(utils.item(log.get("_rouge_n", 0)) for log in logging_outputs))
+        if count <= 0:
+            return
+        metrics.log_scalar("_stat_rouge_n", count, round=None)
+        for t in ROUGE_TYPES:
+            metrics.log_scalar(f"_stat_{t}_f", float(sum(utils.item(log.get(f"_{t}_f", 0)) for log in logging_outputs)), round=None)
+            metrics.log_derived(t, lambda meters, t=t: round(meters[f"_stat_{t}_f"].sum / meters["_stat_rouge_n"].sum, 2))
 
     # -- sequence-level training support (sequence_risk) ---------------------------
     def build_candidate_generator(self, model, beam: int, nbest: int, sampling: bool = False, max_len_b: int = 200):
