@@ -61,7 +61,7 @@ def _model_options(state: Dict[str, Any]) -> Tuple[Dict[str, Any], Any]:
     if arch not in FCONV_ARCHS:
         raise ConversionError(
             f"the checkpoint's arch is {arch!r}; fconv-ext-convert converts fairseq's fconv models "
-            f"({', '.join(sorted(FCONV_ARCHS))}). fconv_lm goes to fconv_ext_lm; fconv_self_att is not supported yet"
+            f"({', '.join(sorted(FCONV_ARCHS))}). fconv_lm goes to fconv_ext_lm, fconv_self_att to fconv_ext_self_att"
         )
     return model, cfg
 
@@ -117,6 +117,10 @@ def convert_checkpoint(state: Dict[str, Any]) -> Dict[str, Any]:
 
     if checkpoint_arch(state) in FCONV_LM_ARCHS:  # fconv_lm -> fconv_ext_lm (convert_lm.py)
         return convert_lm_checkpoint(state)
+    from .convert_self_att import convert_self_att_checkpoint, is_self_att_checkpoint
+
+    if is_self_att_checkpoint(state):  # fconv_self_att -> fconv_ext_self_att (convert_self_att.py)
+        return convert_self_att_checkpoint(state)
     options, cfg = _model_options(state)
     weights = state["model"]
     padding_idx = 1  # fairseq's Dictionary: <s>=0, <pad>=1, </s>=2, <unk>=3

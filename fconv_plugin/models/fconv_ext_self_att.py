@@ -1,0 +1,598 @@
+"""fconv_ext_self_att: the self-attention ConvS2S of Fan et al. 2018 ("Hierarchical Neural
+Story Generation"), equivalent to fairseq's ``fconv_self_att`` / ``fconv_self_att_wp``.
+
+    FConvExtSelfAttConfig   the model's options (every field documented)
+    FConvExtSelfAttModel    build_model(): config -> encoder + decoder (+ frozen pretrained model)
+    FConvExtSelfAttEncoder  embed -> fc1 -> [conv, GLU, (self-attention), residual] x N -> fc2 -> (z, z + e)
+    FConvExtSelfAttDecoder  embed -> fc1 -> [causal conv, GLU, (encoder attention), (gated multi-head
+                            self-attention), residual] x M -> fc2 -> (fusion with the pretrained model) -> fc3
+    ModelFusion             gated fusion of the decoder's hidden state with the pretrained model's
+                            (paper, section 4.3 "Model fusion")
+
+What differs from fairseq's implementation (its known problems, REFERENCE.md problem 7):
+
+* a real incremental decoder: convolutions keep their window, self-attention caches the
+  projected keys/values of past steps, encoder attention projects the encoder output once;
+  fairseq's decoder recomputes the whole prefix at every step;
+* padded source positions are masked in every attention (fairseq attends to them), so a
+  sentence gets the same output padded or not;
+* weight norm (with the paper's initialisation) on every linear/conv layer, as fairseq's
+  docstrings promise but its ``Linear``/conv helpers do not do;
+* layer specs are parsed safely (no ``eval``); the pretrained model is loaded weights-only.
+
+Converted fairseq checkpoints (``fconv-ext-convert``) give the same log-probabilities as
+fairseq's model on batches without padding: weight norm is set up with ``g = ||v||`` so the
+effective weights are fairseq's.  On padded batches fairseq's output depends on the padding
+and ours does not.  The alignment returned for ``--print-alignment`` is the encoder attention
+averaged over layers (fairseq sums it).
+
+Tensors are batch-major: ``B`` batch, ``S`` source length, ``T`` target length, ``C`` conv
+channels, ``E`` embedding dim, ``V`` vocabulary.
+"""
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn as nn
+from fairseq.dataclass import FairseqDataclass
+from fairseq.models import (
+    FairseqEncoder,
+    FairseqEncoderDecoderModel,
+    FairseqIncrementalDecoder,
+    register_model,
+    register_model_architecture,
+)
+from fairseq.modules import FairseqDropout
+from fairseq.utils import safe_getattr
+from omegaconf import II, OmegaConf
+from torch import Tensor
+
+from ..checkpoint import load_checkpoint_file
+from ..modules import (
+    ConvDecoderLayer,
+    ConvEncoderLayer,
+    Embedding,
+    LayerSpecError,
+    LearnedPositions,
+    Linear,
+    fold_weight_norm_,
+    parse_attention,
+    parse_layers,
+    safe_literal,
+    scale_grad,
+)
+from ..modules.downsampled_attention import DownsampledMultiHeadAttention, GatedSelfAttention
+from .fconv_ext import SQRT_HALF, _build_conv_stack, _residual_input
+
+logger = logging.getLogger(__name__)
+
+IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
+
+
+@dataclass
+class FConvExtSelfAttConfig(FairseqDataclass):
+    # Defaults are fairseq's fconv_self_att base architecture.
+    dropout: float = field(default=0.1, metadata={"help": "dropout probability"})
+    encoder_embed_dim: int = field(default=512, metadata={"help": "encoder embedding dimension"})
+    encoder_layers: str = field(
+        default="[(512, 3)] * 3",
+        metadata={"help": "encoder conv layers as a list of (out_channels, kernel_width[, residual]); "
+                  "parsed safely (literals, lists, tuples, + and * only)"},
+    )
+    decoder_embed_dim: int = field(default=512, metadata={"help": "decoder embedding dimension"})
+    decoder_layers: str = field(
+        default="[(512, 3)] * 8", metadata={"help": "decoder conv layers, same syntax as --encoder-layers"}
+    )
+    decoder_out_embed_dim: int = field(
+        default=256, metadata={"help": "dimension of the decoder output before the vocabulary projection"}
+    )
+    decoder_attention: str = field(
+        default="True",
+        metadata={"help": "attention over the encoder output in every decoder layer (True), none (False), "
+                  "or a list of True/False per decoder layer"},
+    )
+    self_attention: str = field(
+        default="False",
+        metadata={"help": "gated multi-head self-attention in every decoder layer (True), none (False), "
+                  "or a list of True/False per decoder layer, e.g. [True] + [False] * 5"},
+    )
+    encoder_attention: str = field(
+        default="False",
+        metadata={"help": "self-attention (causal, as fairseq's) in every encoder layer (True), none (False), "
+                  "or a list of True/False per encoder layer"},
+    )
+    multihead_attention_nheads: int = field(
+        default=1, metadata={"help": "number of heads of the decoder's attention over the encoder output"}
+    )
+    multihead_self_attention_nheads: int = field(
+        default=1, metadata={"help": "number of heads of the decoder's self-attention"}
+    )
+    encoder_attention_nheads: int = field(
+        default=1, metadata={"help": "number of heads of the encoder's self-attention"}
+    )
+    project_input: str = field(
+        default="False",
+        metadata={"help": "True: learned query/key/value projections inside the decoder's attention modules"},
+    )
+    gated_attention: str = field(
+        default="False",
+        metadata={"help": "True: the self-attention projections are gated 3-layer networks (GLU between)"},
+    )
+    downsample: str = field(
+        default="False",
+        metadata={"help": "True: self-attention head h sees every (h+1)-th past position (multi-scale heads)"},
+    )
+    pretrained: str = field(
+        default="False",
+        metadata={"help": "True: fuse with the frozen pretrained model of --pretrained-checkpoint (model fusion)"},
+    )
+    pretrained_checkpoint: str = field(
+        default="",
+        metadata={"help": "checkpoint of the pretrained model for fusion: an fconv_ext_self_att checkpoint or a "
+                  "fairseq fconv_self_att one (converted in memory); a relative path is also looked up in "
+                  "the data directory"},
+    )
+    max_source_positions: int = field(
+        default=II("task.max_source_positions"),
+        metadata={"help": "longest source (in tokens, EOS included) the model accepts"},
+    )
+    max_target_positions: int = field(
+        default=II("task.max_target_positions"),
+        metadata={"help": "longest target (in tokens, EOS included) the model accepts"},
+    )
+
+
+def _flag(cfg, name: str) -> bool:
+    """A single True/False option given as a string (fairseq's ``--project-input True``)."""
+    return parse_flag(getattr(cfg, name), name)
+
+
+def parse_flag(text, name: str) -> bool:
+    value = text
+    if isinstance(value, str):
+        try:
+            value = safe_literal(value)
+        except LayerSpecError as err:
+            raise LayerSpecError(f"--{name.replace('_', '-')}: {err}") from None
+    if not isinstance(value, bool):
+        raise LayerSpecError(f"--{name.replace('_', '-')} must be True or False, got {text!r}")
+    return value
+
+
+def _per_layer(cfg, name: str, num_layers: int) -> List[bool]:
+    try:
+        return parse_attention(getattr(cfg, name), num_layers)
+    except LayerSpecError as err:
+        raise LayerSpecError(f"--{name.replace('_', '-')}: {err}") from None
+
+
+def _layers(cfg, name: str):
+    try:
+        return parse_layers(getattr(cfg, name))
+    except LayerSpecError as err:
+        raise LayerSpecError(f"--{name.replace('_', '-')}: {err}") from None
+
+
+@register_model("fconv_ext_self_att", dataclass=FConvExtSelfAttConfig)
+class FConvExtSelfAttModel(FairseqEncoderDecoderModel):
+    """Convolutional encoder-decoder with gated multi-head self-attention and optional
+    fusion with a frozen pretrained model (Fan et al. 2018)."""
+
+    def __init__(self, encoder: "FConvExtSelfAttEncoder", decoder: "FConvExtSelfAttDecoder"):
+        super().__init__(encoder, decoder)
+        # The encoder output feeds every encoder-attention layer: its gradient is scaled
+        # by 1 / (2N), N = number of those layers (Gehring et al. 2017, section 3.4).
+        encoder.grad_scale = 1.0 / (2.0 * decoder.num_attention_layers)
+
+    @classmethod
+    def build_model(cls, cfg: FConvExtSelfAttConfig, task):
+        pretrained = None
+        if _flag(cfg, "pretrained"):
+            pretrained = load_pretrained_model(cfg.pretrained_checkpoint, task)
+        return cls.build_with_pretrained(cfg, task, pretrained)
+
+    @classmethod
+    def build_with_pretrained(
+        cls, cfg: FConvExtSelfAttConfig, task, pretrained: Optional["FConvExtSelfAttModel"]
+    ) -> "FConvExtSelfAttModel":
+        """build_model() with the (frozen) pretrained model for fusion given, or None."""
+        encoder_layers, decoder_layers = _layers(cfg, "encoder_layers"), _layers(cfg, "decoder_layers")
+        attention = _per_layer(cfg, "decoder_attention", len(decoder_layers))
+        if not any(attention):
+            raise LayerSpecError(
+                "--decoder-attention selects no layer: fconv_ext_self_att needs attention over the "
+                "encoder output in at least one decoder layer"
+            )
+        encoder = FConvExtSelfAttEncoder(
+            task.source_dictionary,
+            embed_dim=cfg.encoder_embed_dim,
+            max_positions=cfg.max_source_positions,
+            layers=encoder_layers,
+            self_attention=_per_layer(cfg, "encoder_attention", len(encoder_layers)),
+            self_attention_heads=cfg.encoder_attention_nheads,
+            dropout=cfg.dropout,
+            pretrained=None if pretrained is None else pretrained.encoder,
+        )
+        decoder = FConvExtSelfAttDecoder(
+            task.target_dictionary,
+            embed_dim=cfg.decoder_embed_dim,
+            out_embed_dim=cfg.decoder_out_embed_dim,
+            max_positions=cfg.max_target_positions,
+            layers=decoder_layers,
+            attention=attention,
+            attention_heads=cfg.multihead_attention_nheads,
+            self_attention=_per_layer(cfg, "self_attention", len(decoder_layers)),
+            self_attention_heads=cfg.multihead_self_attention_nheads,
+            project_input=_flag(cfg, "project_input"),
+            gated=_flag(cfg, "gated_attention"),
+            downsample=_flag(cfg, "downsample"),
+            dropout=cfg.dropout,
+            pretrained=None if pretrained is None else pretrained.decoder,
+        )
+        return cls(encoder, decoder)
+
+    def make_generation_fast_(self, **kwargs):
+        """Inference only: fold weight norm into plain weights, then fairseq's part."""
+        if not self._is_generation_fast:
+            fold_weight_norm_(self)
+        super().make_generation_fast_(**kwargs)
+
+
+def load_pretrained_model(path: str, task) -> FConvExtSelfAttModel:
+    """Load the frozen pretrained model for fusion, weights-only (fconv_plugin.checkpoint).
+
+    ``path`` is an fconv_ext_self_att checkpoint, or a fairseq fconv_self_att one that is
+    converted in memory (fconv-ext-convert's code); a relative path that does not exist is
+    also looked up in the task's data directory, as fairseq does."""
+    if not path:
+        raise ValueError("--pretrained True needs --pretrained-checkpoint (the pretrained model's checkpoint)")
+    if not os.path.exists(path):
+        data = safe_getattr(getattr(task, "cfg", None), "data", None)
+        candidate = os.path.join(str(data).split(os.pathsep)[0], path) if data else None
+        if candidate and os.path.exists(candidate):
+            path = candidate
+    logger.info(f"fusion: loading the pretrained model from {path}")
+    return pretrained_model_from_state(load_checkpoint_file(path), task, path)
+
+
+def pretrained_model_from_state(state: Dict, task, path: str = "<checkpoint>") -> FConvExtSelfAttModel:
+    """Build the pretrained model of a loaded checkpoint, load its weights, freeze it."""
+    from ..convert_self_att import convert_self_att_checkpoint, is_self_att_checkpoint
+
+    if is_self_att_checkpoint(state):  # fairseq's fconv_self_att
+        state = convert_self_att_checkpoint(state)
+    cfg = state.get("cfg")
+    model_cfg = cfg.get("model") if isinstance(cfg, dict) else None
+    if not isinstance(model_cfg, dict) or model_cfg.get("_name") != "fconv_ext_self_att":
+        raise ValueError(
+            f"--pretrained-checkpoint {path!r} is neither an fconv_ext_self_att nor a fairseq "
+            "fconv_self_att checkpoint"
+        )
+    if parse_flag(model_cfg.get("pretrained", "False"), "pretrained"):
+        raise ValueError(f"--pretrained-checkpoint {path!r} is itself a fusion model; fuse with its base model")
+    known = set(FConvExtSelfAttConfig.__dataclass_fields__) - {"_name"}
+    conf = OmegaConf.merge(
+        OmegaConf.structured(FConvExtSelfAttConfig), {k: v for k, v in model_cfg.items() if k in known}
+    )
+    model = FConvExtSelfAttModel.build_with_pretrained(conf, task, None)
+    model.load_state_dict(state["model"], strict=True)
+    for p in model.parameters():
+        p.requires_grad = False
+    return model
+
+
+class FConvExtSelfAttEncoder(FairseqEncoder):
+    """Convolutional encoder: non-causal conv blocks, optionally followed by (causal,
+    as fairseq's) self-attention with padded positions masked."""
+
+    def __init__(
+        self,
+        dictionary,
+        embed_dim: int,
+        max_positions: int,
+        layers,
+        self_attention: List[bool],
+        self_attention_heads: int,
+        dropout: float,
+        pretrained: Optional["FConvExtSelfAttEncoder"] = None,
+    ):
+        super().__init__(dictionary)
+        self.dropout_module = FairseqDropout(dropout, module_name=self.__class__.__name__)
+        self.padding_idx = dictionary.pad()
+        self.grad_scale = 1.0  # set by FConvExtSelfAttModel to 1 / (2 * attention layers)
+
+        self.embed_tokens = Embedding(len(dictionary), embed_dim, self.padding_idx)
+        self.embed_positions = LearnedPositions(max_positions, embed_dim, self.padding_idx)
+        in_channels = layers[0][0]
+        self.fc1 = Linear(embed_dim, in_channels, dropout=dropout)
+        self.convolutions, self.projections, self.residuals, out_channels = _build_conv_stack(
+            in_channels, layers, ConvEncoderLayer, dropout
+        )
+        # fairseq's encoder attention: no input projection, no gating, no downsampling
+        self.self_attention = nn.ModuleList(
+            GatedSelfAttention(channels, embed_dim, self_attention_heads) if use else None
+            for (channels, _, _), use in zip(layers, self_attention)
+        )
+        self.fc2 = Linear(out_channels, embed_dim)
+        # fusion: the frozen pretrained encoder runs beside this one
+        self.pretrained = pretrained
+
+    def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None, **unused):
+        """src_tokens: B x S, left-padded.  Returns keys ``z`` and values ``z + e``
+        (B x S x E each), the padding mask (B x S or None) and, for fusion, the pretrained
+        encoder's output under ``"pretrained"``."""
+        x = self.embed_tokens(src_tokens) + self.embed_positions(src_tokens)  # B x S x E
+        x = self.dropout_module(x)
+        input_embedding = x
+        x = self.fc1(x)  # B x S x C
+        padding_mask = src_tokens.eq(self.padding_idx)  # B x S
+        if not padding_mask.any():
+            padding_mask = None
+
+        residuals = [x]
+        for proj, conv, attention, back in zip(
+            self.projections, self.convolutions, self.self_attention, self.residuals
+        ):
+            residual = _residual_input(residuals, proj, back)
+            if padding_mask is not None:  # padded frames enter every conv as zeros
+                x = x.masked_fill(padding_mask.unsqueeze(-1), 0)
+            x = self.dropout_module(x)
+            x = nn.functional.glu(conv(x), dim=-1)  # B x S x 2C -> B x S x C
+            if attention is not None:
+                x = attention(x, key_padding_mask=padding_mask)
+            if residual is not None:
+                x = (x + residual) * SQRT_HALF
+            residuals.append(x)
+
+        x = self.fc2(x)  # B x S x E
+        if padding_mask is not None:
+            x = x.masked_fill(padding_mask.unsqueeze(-1), 0)
+        x = scale_grad(x, self.grad_scale)  # backward only: gradient * 1/(2N)
+        y = (x + input_embedding) * SQRT_HALF  # values: z + e
+        out = {"encoder_out": (x, y), "encoder_padding_mask": padding_mask}
+        if self.pretrained is not None:
+            out["pretrained"] = self.pretrained(src_tokens, src_lengths)
+        return out
+
+    def reorder_encoder_out(self, encoder_out, new_order: Tensor):
+        keys, values = encoder_out["encoder_out"]
+        mask = encoder_out["encoder_padding_mask"]
+        out = {
+            "encoder_out": (keys.index_select(0, new_order), values.index_select(0, new_order)),
+            "encoder_padding_mask": None if mask is None else mask.index_select(0, new_order),
+        }
+        if "pretrained" in encoder_out:
+            out["pretrained"] = self.pretrained.reorder_encoder_out(encoder_out["pretrained"], new_order)
+        return out
+
+    def max_positions(self) -> int:
+        return self.embed_positions.max_positions
+
+
+class ModelFusion(nn.Module):
+    """Gated fusion of the decoder state ``x`` with the frozen pretrained decoder's ``p``
+    (Fan et al. 2018, section 4.3; fairseq's ``gate1``/``gate2``/``joining``):
+
+        y = [x; p],  g1 = sigmoid(W1 y),  g2 = sigmoid(W2 y)
+        out = joining([g1 * x; g2 * p])
+
+    ``joining`` = Linear(2d, 2d), LayerNorm, GLU, Linear(d, 2d), LayerNorm, GLU, Linear(d, d),
+    LayerNorm."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.gate1 = Linear(dim * 2, dim)
+        self.gate2 = Linear(dim * 2, dim)
+        self.joining = nn.Sequential(
+            Linear(dim * 2, dim * 2),
+            nn.LayerNorm(dim * 2),
+            nn.GLU(),  # 2d -> d
+            Linear(dim, dim * 2),
+            nn.LayerNorm(dim * 2),
+            nn.GLU(),  # 2d -> d
+            Linear(dim, dim),
+            nn.LayerNorm(dim),
+        )
+
+    def forward(self, x: Tensor, pretrained: Tensor) -> Tensor:  # B x T x d each
+        y = torch.cat([x, pretrained], dim=-1)  # B x T x 2d
+        gated = torch.cat(
+            [torch.sigmoid(self.gate1(y)) * x, torch.sigmoid(self.gate2(y)) * pretrained], dim=-1
+        )  # B x T x 2d
+        return self.joining(gated)  # B x T x d
+
+
+class FConvExtSelfAttDecoder(FairseqIncrementalDecoder):
+    """Convolutional decoder: causal conv blocks, each optionally followed by attention
+    over the encoder output and by gated multi-head self-attention."""
+
+    def __init__(
+        self,
+        dictionary,
+        embed_dim: int,
+        out_embed_dim: int,
+        max_positions: int,
+        layers,
+        attention: List[bool],
+        attention_heads: int,
+        self_attention: List[bool],
+        self_attention_heads: int,
+        project_input: bool,
+        gated: bool,
+        downsample: bool,
+        dropout: float,
+        pretrained: Optional["FConvExtSelfAttDecoder"] = None,
+    ):
+        super().__init__(dictionary)
+        # state-dict layout version, for upgrade_state_dict_named when it changes
+        self.register_buffer("version", torch.tensor([1.0]))
+        self.dropout_module = FairseqDropout(dropout, module_name=self.__class__.__name__)
+        self.need_attn = True
+        padding_idx = dictionary.pad()
+
+        self.embed_tokens = Embedding(len(dictionary), embed_dim, padding_idx)
+        self.embed_positions = LearnedPositions(max_positions, embed_dim, padding_idx)
+        in_channels = layers[0][0]
+        self.fc1 = Linear(embed_dim, in_channels, dropout=dropout)
+        self.convolutions, self.projections, self.residuals, out_channels = _build_conv_stack(
+            in_channels, layers, ConvDecoderLayer, dropout
+        )
+        # attention over the encoder output: query = W h + g (target embedding)
+        self.attention_query = nn.ModuleList(
+            Linear(channels, embed_dim, dropout=dropout) if use else None
+            for (channels, _, _), use in zip(layers, attention)
+        )
+        self.attention = nn.ModuleList(
+            DownsampledMultiHeadAttention(channels, embed_dim, attention_heads, project_input=project_input)
+            if use else None
+            for (channels, _, _), use in zip(layers, attention)
+        )
+        self.num_attention_layers = sum(attention)
+        self.self_attention = nn.ModuleList(
+            GatedSelfAttention(channels, embed_dim, self_attention_heads, project_input, gated, downsample)
+            if use else None
+            for (channels, _, _), use in zip(layers, self_attention)
+        )
+        self.fc2 = Linear(out_channels, out_embed_dim)
+        self.fc3 = Linear(out_embed_dim, len(dictionary), dropout=dropout)
+        # model fusion: the frozen pretrained decoder and the gates that join the two
+        self.pretrained = pretrained
+        self.fusion = ModelFusion(out_embed_dim) if pretrained is not None else None
+
+    def forward(
+        self,
+        prev_output_tokens: Tensor,  # B x T (right-padded, BOS first)
+        encoder_out=None,
+        incremental_state: Optional[IncrementalState] = None,
+        **unused,
+    ):
+        """Returns logits (B x T x V) and the encoder attention averaged over layers
+        (B x T x S; eval mode with ``need_attn`` only).  With ``incremental_state`` only
+        the newest position is computed (T = 1)."""
+        x, avg_attn = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
+        x = self.dropout_module(x)
+        if self.fusion is not None:
+            hidden, _ = self.pretrained.extract_features(
+                prev_output_tokens, encoder_out["pretrained"], incremental_state
+            )
+            x = self.fusion(x, hidden)
+        return self.fc3(x), avg_attn  # B x T x V
+
+    def extract_features(
+        self,
+        prev_output_tokens: Tensor,
+        encoder_out,
+        incremental_state: Optional[IncrementalState] = None,
+        **unused,
+    ):
+        """The decoder state before the vocabulary projection (``fc2`` output, before
+        dropout: B x T x out_embed_dim) and the averaged encoder attention."""
+        keys, values = encoder_out["encoder_out"]  # B x S x E each
+        padding_mask = encoder_out["encoder_padding_mask"]  # B x S or None
+
+        incremental = incremental_state is not None
+        positions = self.embed_positions(prev_output_tokens, incremental=incremental)
+        if incremental:
+            prev_output_tokens = prev_output_tokens[:, -1:]  # B x 1
+        x = self.embed_tokens(prev_output_tokens) + positions  # B x T x E
+        x = self.dropout_module(x)
+        target_embedding = x  # g: added to every attention query
+        x = self.fc1(x)  # B x T x C
+
+        avg_attn: Optional[Tensor] = None
+        residuals = [x]
+        for proj, conv, query_proj, attention, self_attention, back in zip(
+            self.projections, self.convolutions, self.attention_query, self.attention,
+            self.self_attention, self.residuals,
+        ):
+            residual = _residual_input(residuals, proj, back)
+            x = self.dropout_module(x)
+            x = nn.functional.glu(conv(x, incremental_state), dim=-1)  # B x T x 2C -> B x T x C
+            if attention is not None:
+                query = query_proj(x) + target_embedding  # B x T x E
+                context, attn = attention(
+                    query, keys, values, key_padding_mask=padding_mask,
+                    incremental_state=incremental_state, static_kv=True,
+                )
+                x = x + context
+                if not self.training and self.need_attn:
+                    attn = attn / self.num_attention_layers
+                    avg_attn = attn if avg_attn is None else avg_attn + attn
+            if self_attention is not None:
+                x = self_attention(x, incremental_state=incremental_state)
+            if residual is not None:
+                x = (x + residual) * SQRT_HALF
+            residuals.append(x)
+        return self.fc2(x), avg_attn  # B x T x out_embed_dim
+
+    def max_positions(self) -> int:
+        return self.embed_positions.max_positions
+
+    def make_generation_fast_(self, need_attn: bool = False, **kwargs):
+        self.need_attn = need_attn
+
+
+# ----------------------------------------------------------------------------- presets
+
+
+def _default(args, name, value):
+    setattr(args, name, safe_getattr(args, name, value))
+
+
+def base_architecture(args):
+    """fairseq's ``fconv_self_att``: 3 encoder layers and 8 decoder layers of 512 units,
+    encoder attention in every decoder layer, no self-attention (the dataclass defaults)."""
+    _default(args, "dropout", 0.1)
+    _default(args, "encoder_embed_dim", 512)
+    _default(args, "encoder_layers", "[(512, 3)] * 3")
+    _default(args, "decoder_embed_dim", 512)
+    _default(args, "decoder_layers", "[(512, 3)] * 8")
+    _default(args, "decoder_out_embed_dim", 256)
+    _default(args, "decoder_attention", "True")
+    _default(args, "self_attention", "False")
+    _default(args, "encoder_attention", "False")
+    _default(args, "multihead_attention_nheads", 1)
+    _default(args, "multihead_self_attention_nheads", 1)
+    _default(args, "encoder_attention_nheads", 1)
+    _default(args, "project_input", "False")
+    _default(args, "gated_attention", "False")
+    _default(args, "downsample", "False")
+    _default(args, "pretrained_checkpoint", "")
+    _default(args, "pretrained", "False")
+
+
+@register_model_architecture("fconv_ext_self_att", "fconv_ext_self_att_wp")
+def fconv_ext_self_att_wp(args):
+    """fairseq's ``fconv_self_att_wp`` (WritingPrompts, Fan et al. 2018): 3 encoder layers,
+    7 decoder layers with kernel width 4, gated multi-scale self-attention with 4
+    downsampled heads and input projections."""
+    _default(args, "encoder_embed_dim", 256)
+    _default(args, "encoder_layers", "[(128, 3)] * 2 + [(512,3)] * 1")
+    _default(args, "decoder_embed_dim", 256)
+    _default(args, "decoder_layers", "[(512, 4)] * 4 + [(768, 4)] * 2 + [(1024, 4)] * 1")
+    _default(args, "decoder_out_embed_dim", 256)
+    _default(args, "self_attention", "True")
+    _default(args, "multihead_self_attention_nheads", 4)
+    _default(args, "project_input", "True")
+    _default(args, "gated_attention", "True")
+    _default(args, "downsample", "True")
+    base_architecture(args)
+
+
+@register_model_architecture("fconv_ext_self_att", "fconv_ext_self_att_tiny")
+def fconv_ext_self_att_tiny(args):
+    """A few-second model for tests and CPU smoke runs with the wp features on (not from the paper)."""
+    _default(args, "encoder_embed_dim", 32)
+    _default(args, "encoder_layers", "[(32, 3)] * 2")
+    _default(args, "decoder_embed_dim", 32)
+    _default(args, "decoder_layers", "[(32, 4)] * 2")
+    _default(args, "decoder_out_embed_dim", 32)
+    _default(args, "self_attention", "True")
+    _default(args, "multihead_self_attention_nheads", 2)
+    _default(args, "project_input", "True")
+    _default(args, "gated_attention", "True")
+    _default(args, "downsample", "True")
+    fconv_ext_self_att_wp(args)
