@@ -6,9 +6,8 @@ carried over as they are (convolutions re-laid out from ConvTBC to Conv1d), and 
 adaptive softmax (fairseq's own module on both sides) is copied unchanged, so the
 converted model computes the same log-probabilities.
 
-fconv_lm builds its adaptive softmax only when trained with ``--criterion adaptive_loss``;
-fconv_ext_lm builds it whenever ``--adaptive-softmax-cutoff`` is set.  The converted
-config therefore keeps the cutoff exactly when the checkpoint holds adaptive-softmax
+Both build the adaptive softmax only when trained with ``--criterion adaptive_loss`` and a
+cutoff; the converted config says so exactly when the checkpoint holds adaptive-softmax
 weights.
 """
 
@@ -103,6 +102,8 @@ def _model_config(options: Dict[str, Any], cfg: Dict[str, Any], weights: Dict[st
     if has_adaptive and cutoff is None:
         raise ConversionError("the checkpoint has adaptive-softmax weights but no adaptive_softmax_cutoff in its config")
     model_cfg["adaptive_softmax_cutoff"] = cutoff if has_adaptive else None
+    # fconv_lm and fconv_ext_lm build the adaptive softmax only for this criterion
+    model_cfg["criterion"] = "adaptive_loss" if has_adaptive else (options.get("criterion") or "cross_entropy")
 
     try:
         layers = parse_layers(model_cfg["decoder_layers"])

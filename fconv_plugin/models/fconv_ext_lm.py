@@ -17,13 +17,12 @@ causal convolutions are :mod:`fconv_plugin.modules`; the adaptive softmax (Grave
 ``fconv_lm``.  Tensors are batch-major: ``B`` batch, ``T`` length, ``C`` conv channels,
 ``E`` embedding dim, ``V`` vocabulary.
 
-Two choices differ from ``fconv_lm`` (both default to fconv_lm's behaviour):
-
-* ``--adaptive-softmax-cutoff`` alone turns on the adaptive softmax (as fairseq's
-  ``transformer_lm`` does); ``fconv_lm`` silently ignores it unless the criterion is
-  ``adaptive_loss``.  ``--adaptive-softmax-cutoff none`` switches a preset's cutoff off.
-* ``--decoder-learned-pos`` adds learned absolute positions; ``fconv_lm`` (and the paper)
-  have none, and neither do the presets.
+As in ``fconv_lm``, the adaptive softmax is built only when ``--adaptive-softmax-cutoff``
+is set *and* the model is trained with ``--criterion adaptive_loss`` (fairseq's
+``AdaptiveSoftmax.get_log_prob`` is inference-only, so ``cross_entropy`` needs the full
+softmax); the presets carry fconv_lm's cutoffs, which ``cross_entropy`` runs ignore (a log
+line says so).  One addition: ``--decoder-learned-pos`` adds learned absolute positions,
+which ``fconv_lm`` (and the paper) do not have; off by default and in the presets.
 """
 
 import logging
@@ -99,23 +98,27 @@ class FConvExtLMConfig(FairseqDataclass):
         default=None,
         metadata={
             "help": "comma separated list of adaptive softmax cutoff points, e.g. 10000,20000,200000; "
-            "setting it turns on the adaptive softmax (train with --criterion adaptive_loss, or "
-            "cross_entropy over its full distribution); 'none' turns a preset's cutoff off"
+            "used with --criterion adaptive_loss only (as fconv_lm)"
         },
     )
     adaptive_softmax_dropout: float = field(
         default=0.0, metadata={"help": "dropout inside the adaptive softmax tail projections"}
+    )
+    criterion: str = field(
+        default=II("criterion._name"),
+        metadata={"help": "the training criterion (fairseq's --criterion; fixed in the checkpoint): "
+                  "the adaptive softmax exists only for adaptive_loss, as in fconv_lm"},
     )
     tokens_per_sample: int = II("task.tokens_per_sample")
     max_target_positions: Optional[int] = II("task.max_target_positions")
 
 
 def parse_cutoff(text: Optional[str]) -> Optional[List[int]]:
-    """``"10000,20000"`` -> ``[10000, 20000]``; None, ``""`` or ``"none"`` -> None.
+    """``"10000,20000"`` -> ``[10000, 20000]``; None or ``""`` -> None.
 
     Parsed with the safe spec parser (fconv_lm uses ``eval``); the cutoffs must be
     positive and increasing."""
-    if text is None or str(text).strip().lower() in ("", "none", "null"):
+    if text is None or not str(text).strip():
         return None
     try:
         value = safe_literal(str(text))
@@ -152,11 +155,17 @@ class FConvExtLanguageModel(FairseqLanguageModel):
             raise LayerSpecError(f"--decoder-layers: {err}") from None
         dictionary = task.target_dictionary
         cutoff = parse_cutoff(cfg.adaptive_softmax_cutoff)
+        if cutoff is not None and cfg.criterion != "adaptive_loss":
+            logger.info(
+                "--adaptive-softmax-cutoff %s is not used: the criterion is %s, not adaptive_loss "
+                "(full softmax, as fconv_lm)", cfg.adaptive_softmax_cutoff, cfg.criterion
+            )
+            cutoff = None
         if cutoff is not None and cutoff[-1] > len(dictionary):
             raise ValueError(
                 f"--adaptive-softmax-cutoff {cfg.adaptive_softmax_cutoff}: the last cutoff is larger "
-                f"than the vocabulary ({len(dictionary)} types); lower the cutoffs, or pass "
-                "--adaptive-softmax-cutoff none for a full softmax"
+                f"than the vocabulary ({len(dictionary)} types); lower the cutoffs, or train with "
+                "--criterion cross_entropy for a full softmax"
             )
         max_positions = None
         if cfg.decoder_learned_pos:
