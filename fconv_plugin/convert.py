@@ -217,7 +217,8 @@ def main(argv=None) -> int:
         print(f"fconv-ext-convert: error: {err}", file=sys.stderr)
         return 2
     torch.save(converted, args.output)
-    print(f"wrote {args.output} (fconv_ext, {sum(v.numel() for v in converted['model'].values())} values)")
+    model_name = converted["cfg"]["model"]["_name"]  # fconv_ext, fconv_ext_lm, ...
+    print(f"wrote {args.output} ({model_name}, {sum(v.numel() for v in converted['model'].values())} values)")
     return 0
 
 
