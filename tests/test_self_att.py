@@ -288,3 +288,18 @@ def test_train_and_generate_tiny_preset(tmp_path):
               "--path", str(save / "checkpoint_last.pt"), "--beam", "3", "--batch-size", "5", "--max-len-b", "12")
     hyps = [line for line in out.splitlines() if line.startswith("H-")]
     assert len(hyps) == 13
+
+    # model fusion with the model just trained (frozen), then generation from the fusion checkpoint
+    fusion = tmp_path / "fusion"
+    log = run(f"{bin_dir}/fairseq-train", str(data), "--user-dir", "fconv_plugin", "--arch", "fconv_ext_self_att_tiny",
+              "--pretrained", "True", "--pretrained-checkpoint", str(save / "checkpoint_last.pt"),
+              "--optimizer", "adam", "--lr", "0.002", "--max-tokens", "800", "--max-update", "3",
+              "--no-progress-bar", "--save-dir", str(fusion), "--no-epoch-checkpoints", "--seed", "1")
+    assert "fusion: loading the pretrained model" in log
+    state = torch.load(fusion / "checkpoint_last.pt", weights_only=True)
+    pretrained = torch.load(save / "checkpoint_last.pt", weights_only=True)["model"]
+    # the pretrained weights are frozen: unchanged inside the fusion checkpoint
+    assert torch.equal(state["model"]["decoder.pretrained.fc2.bias"], pretrained["decoder.fc2.bias"])
+    out = run(f"{bin_dir}/fairseq-generate", str(data), "--user-dir", "fconv_plugin",
+              "--path", str(fusion / "checkpoint_last.pt"), "--beam", "3", "--batch-size", "5", "--max-len-b", "12")
+    assert len([line for line in out.splitlines() if line.startswith("H-")]) == 13

@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 from fairseq.dataclass import FairseqDataclass
 from fairseq.models import (
+    ARCH_MODEL_REGISTRY,
     FairseqEncoder,
     FairseqEncoderDecoderModel,
     FairseqIncrementalDecoder,
@@ -266,7 +267,7 @@ def pretrained_model_from_state(state: Dict, task, path: str = "<checkpoint>") -
         state = convert_self_att_checkpoint(state)
     cfg = state.get("cfg")
     model_cfg = cfg.get("model") if isinstance(cfg, dict) else None
-    if not isinstance(model_cfg, dict) or model_cfg.get("_name") != "fconv_ext_self_att":
+    if not isinstance(model_cfg, dict) or ARCH_MODEL_REGISTRY.get(model_cfg.get("_name")) is not FConvExtSelfAttModel:
         raise ValueError(
             f"--pretrained-checkpoint {path!r} is neither an fconv_ext_self_att nor a fairseq "
             "fconv_self_att checkpoint"
