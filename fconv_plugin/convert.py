@@ -186,7 +186,12 @@ def _check_loads(model_cfg: Dict[str, Any], weights: Dict[str, torch.Tensor], cf
         _dummy_dictionary(weights["encoder.embed_tokens.weight"].size(0)),
         _dummy_dictionary(weights["decoder.embed_tokens.weight"].size(0)),
     )
-    expected = model.state_dict()
+    check_weights_match(model.state_dict(), weights)
+
+
+def check_weights_match(expected: Dict[str, torch.Tensor], weights: Dict[str, torch.Tensor]) -> None:
+    """Converted ``weights`` have exactly the names and shapes of the target model's
+    ``expected`` state dict, or a ConversionError says what differs."""
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
     if missing or unexpected:

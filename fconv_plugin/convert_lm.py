@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from .convert import ConversionError, _conv, _dummy_dictionary
+from .convert import ConversionError, _conv, _dummy_dictionary, check_weights_match
 from .modules.layer_spec import LayerSpecError, parse_attention, parse_layers
 
 #: fairseq archs handled here (fconv_lm's registered presets)
@@ -172,16 +172,4 @@ def _check_loads(model_cfg: Dict[str, Any], weights: Dict[str, torch.Tensor]) ->
         model = build_fconv_ext_lm(model_cfg, _dummy_dictionary(weights["decoder.embed_tokens.weight"].size(0)))
     except (LayerSpecError, ValueError) as err:
         raise ConversionError(f"the converted config does not build an fconv_ext_lm: {err}") from None
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    if missing or unexpected:
-        raise ConversionError(
-            "the converted weights do not match the architecture in the checkpoint's config "
-            f"(missing: {missing[:5]}, unexpected: {unexpected[:5]})"
-        )
-    for name, tensor in expected.items():
-        if tensor.shape != weights[name].shape:
-            raise ConversionError(
-                f"{name}: shape {tuple(weights[name].shape)} does not match the config's {tuple(tensor.shape)}"
-            )
+    check_weights_match(model.state_dict(), weights)

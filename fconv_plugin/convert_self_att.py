@@ -24,7 +24,7 @@ from typing import Any, Dict, Tuple
 
 import torch
 
-from .convert import ConversionError, _dummy_dictionary
+from .convert import ConversionError, _dummy_dictionary, check_weights_match
 
 #: fairseq archs this module converts
 SELF_ATT_ARCHS = {"fconv_self_att", "fconv_self_att_wp"}
@@ -159,18 +159,7 @@ def convert_self_att_checkpoint(state: Dict[str, Any]) -> Dict[str, Any]:
     model = _build_for_layout(model_cfg, weights)
     expected = model.state_dict()
     new_weights = convert_self_att_state_dict(weights, expected)
-    missing = sorted(set(expected) - set(new_weights))
-    unexpected = sorted(set(new_weights) - set(expected))
-    if missing or unexpected:
-        raise ConversionError(
-            "the converted weights do not match the architecture in the checkpoint's config "
-            f"(missing: {missing[:5]}, unexpected: {unexpected[:5]})"
-        )
-    for name, tensor in expected.items():
-        if tensor.shape != new_weights[name].shape:
-            raise ConversionError(
-                f"{name}: shape {tuple(new_weights[name].shape)} does not match the config's {tuple(tensor.shape)}"
-            )
+    check_weights_match(expected, new_weights)
 
     cfg = dict(cfg)
     cfg["model"] = model_cfg
