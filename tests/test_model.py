@@ -52,6 +52,43 @@ def test_cached_decoding_equals_full_decoding():
     assert torch.allclose(full_attn.sum(-1), torch.ones(3, 10), atol=1e-5)
 
 
+def test_beams_share_the_encoder_output():
+    """reorder_encoder_out keeps one encoder row per sentence while the beams of a sentence
+    stay together (what beam search asks for), and falls back to one row per decoder row
+    otherwise; either way the decoder sees exactly what a plain row-by-row copy gives."""
+    model, src_dict, tgt_dict = small_model(seed=4)
+    src = random_batch(src_dict, [7, 3, 5], seed=7)
+    prev = random_batch(tgt_dict, [6] * 12, seed=8, left_pad=False)
+    prev[:, 0] = tgt_dict.eos()
+
+    def plain(enc, order):  # the row-by-row reference: every decoder row its own copy
+        keys, values = enc["encoder_out"]
+        mask = enc["encoder_padding_mask"]
+        return {"encoder_out": (keys[order], values[order]), "encoder_padding_mask": mask[order]}
+
+    with torch.no_grad():
+        enc = model.encoder(src)
+        expand = torch.arange(3).repeat_interleave(4)  # 3 sentences x beam 4
+        shared = model.encoder.reorder_encoder_out(enc, expand)
+        assert shared["beams"] == 4 and shared["encoder_out"][0].size(0) == 3  # nothing copied
+        reference = plain(enc, expand)
+        assert torch.allclose(model.decoder(prev, shared)[0], model.decoder(prev, reference)[0], atol=1e-6)
+
+        # a beam-search step that drops sentence 1 and shuffles beams inside sentences 0 and 2
+        step = torch.tensor([1, 0, 3, 3, 10, 8, 8, 9])
+        shared2 = model.encoder.reorder_encoder_out(shared, step)
+        assert shared2["beams"] == 4 and shared2["encoder_out"][0].size(0) == 2
+        reference2 = plain(reference, step)
+        assert torch.allclose(model.decoder(prev[:8], shared2)[0], model.decoder(prev[:8], reference2)[0], atol=1e-6)
+
+        # an order that mixes sentences inside a group: one row per decoder row
+        mixed = torch.tensor([0, 4, 8, 1, 5, 9, 2, 6])
+        shared3 = model.encoder.reorder_encoder_out(shared, mixed)
+        assert shared3["beams"] == 1 and shared3["encoder_out"][0].size(0) == 8
+        reference3 = plain(reference, mixed)
+        assert torch.allclose(model.decoder(prev[:8], shared3)[0], model.decoder(prev[:8], reference3)[0], atol=1e-6)
+
+
 def test_padded_batch_equals_each_sentence_alone():
     model, src_dict, tgt_dict = small_model(seed=3)
     lengths = [9, 4, 1]

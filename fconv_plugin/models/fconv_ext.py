@@ -284,11 +284,34 @@ class FConvExtEncoder(FairseqEncoder):
         return {"encoder_out": (x, y), "encoder_padding_mask": padding_mask}
 
     def reorder_encoder_out(self, encoder_out, new_order: Tensor):
-        keys, values = encoder_out["encoder_out"]
-        mask = encoder_out["encoder_padding_mask"]
+        """Row ``i`` of the result is row ``new_order[i]`` of ``encoder_out``.
+
+        Beam search only ever moves hypotheses between the beams of one sentence, so all
+        ``k`` beams of a sentence read the same encoder output.  The tensors therefore stay
+        one row per sentence and ``encoder_out["beams"] = k`` says how many consecutive
+        decoder rows share each of them: expanding a batch to its beams copies nothing, and
+        a step only selects sentences when some have finished (fairseq's ``fconv`` copies
+        all ``B*k`` rows of keys and values at every step).  An order that does not keep the
+        beams of a sentence together falls back to one row per decoder row."""
+        keys, values = encoder_out["encoder_out"]  # B x S x E each, B = sentences
+        mask = encoder_out["encoder_padding_mask"]  # B x S or None
+        beams = encoder_out.get("beams", 1)
+        sentence = torch.div(new_order, beams, rounding_mode="floor")  # sentence of each new row
+        rows, sentences = new_order.numel(), keys.size(0)
+        # group size of the new order: the beam size (fixed during a search), or on the first
+        # call (B rows -> B*k rows) the expansion factor
+        k = beams if beams > 1 else max(rows // sentences, 1)
+        grouped = sentence.view(-1, k) if rows % k == 0 else None  # B' x k
+        if grouped is not None and bool((grouped == grouped[:, :1]).all()):
+            picked = grouped[:, 0]  # B': one sentence per group of k rows
+            if picked.numel() != sentences or not torch.equal(picked, torch.arange(sentences, device=picked.device)):
+                keys, values = keys.index_select(0, picked), values.index_select(0, picked)
+                mask = None if mask is None else mask.index_select(0, picked)
+            return {"encoder_out": (keys, values), "encoder_padding_mask": mask, "beams": k}
         return {
-            "encoder_out": (keys.index_select(0, new_order), values.index_select(0, new_order)),
-            "encoder_padding_mask": None if mask is None else mask.index_select(0, new_order),
+            "encoder_out": (keys.index_select(0, sentence), values.index_select(0, sentence)),
+            "encoder_padding_mask": None if mask is None else mask.index_select(0, sentence),
+            "beams": 1,
         }
 
     def max_positions(self) -> int:
@@ -354,8 +377,9 @@ class FConvExtDecoder(FairseqIncrementalDecoder):
         """Returns logits (B x T x V) and the attention averaged over the attention
         layers (B x T x S; only in eval mode with ``need_attn``).  With
         ``incremental_state``, only the last position is computed (T = 1)."""
-        keys, values = encoder_out["encoder_out"]  # B x S x E each
-        padding_mask = encoder_out["encoder_padding_mask"]  # B x S or None
+        keys, values = encoder_out["encoder_out"]  # B' x S x E each (B' = B / beams)
+        padding_mask = encoder_out["encoder_padding_mask"]  # B' x S or None
+        beams = encoder_out.get("beams", 1)  # decoder rows per encoder row (reorder_encoder_out)
         length_scale = source_length_scale(values, padding_mask)
 
         incremental = incremental_state is not None
@@ -377,7 +401,7 @@ class FConvExtDecoder(FairseqIncrementalDecoder):
             x = conv(x, incremental_state)  # B x T x 2C
             x = self.gate(x)  # B x T x C
             if attention is not None:
-                x, attn = attention(x, target_embedding, keys, values, padding_mask, length_scale)
+                x, attn = attention(x, target_embedding, keys, values, padding_mask, length_scale, beams)
                 if not self.training and self.need_attn:
                     attn = attn / self.num_attention_layers
                     avg_attn = attn if avg_attn is None else avg_attn + attn

@@ -49,14 +49,19 @@ class MultiStepAttention(nn.Module):
         values: Tensor,  # B x S x E
         padding_mask: Optional[Tensor],  # B x S, True at padding
         length_scale: Union[float, Tensor],  # from source_length_scale()
+        beams: int = 1,  # consecutive rows of x that share one row of keys/values (beam search)
     ) -> Tuple[Tensor, Tensor]:
         residual = x
         query = (self.in_projection(x) + target_embedding) * math.sqrt(0.5)  # B x T x E
-        scores = torch.bmm(query, keys.transpose(1, 2))  # B x T x S
+        rows, steps, _ = query.shape
+        # the beams of a sentence attend over the same source: B x T x E -> B/beams x beams*T x E
+        query = query.reshape(rows // beams, beams * steps, -1)
+        scores = torch.bmm(query, keys.transpose(1, 2))  # B/beams x beams*T x S
         if padding_mask is not None:
             # -inf in float32 so that fp16 stays finite elsewhere
             scores = scores.float().masked_fill(padding_mask.unsqueeze(1), float("-inf")).type_as(scores)
-        attn = F.softmax(scores, dim=-1)  # B x T x S
-        context = torch.bmm(attn, values) * length_scale  # B x T x E
+        attn = F.softmax(scores, dim=-1)  # B/beams x beams*T x S
+        context = torch.bmm(attn, values) * length_scale  # B/beams x beams*T x E
+        context = context.view(rows, steps, -1)  # B x T x E
         x = (self.out_projection(context) + residual) * math.sqrt(0.5)
-        return x, attn
+        return x, attn.view(rows, steps, -1)  # B x T x S
