@@ -62,5 +62,5 @@ grep '^H-' "$WORK/generate.log" | sed 's/^H-//' | sort -n -k1,1 | cut -f3 \
 
 stage "ROUGE-1/2/L F1 (rouge-score) on $(wc -l < "$WORK/test.hyp") test summaries"
 fconv-ext-rouge --ref "$RAW/test.short" --hyp "$WORK/test.hyp" | tee "$WORK/rouge.txt"
-echo -n "lead baseline (first 8 source words): "
-fconv-ext-rouge --ref "$RAW/test.short" --lead-of "$RAW/test.long" --lead-words 8 | tee -a "$WORK/rouge.txt"
+fconv-ext-rouge --ref "$RAW/test.short" --lead-of "$RAW/test.long" --lead-words 8 \
+  | sed 's/^/lead baseline (first 8 source words): /' | tee -a "$WORK/rouge.txt"
