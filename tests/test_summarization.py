@@ -21,6 +21,7 @@ from conftest import REPO, SHARED_DATA
 
 DEBIAN = os.path.join(SHARED_DATA, "debian-descriptions")
 BIN = os.path.dirname(sys.executable)
+needs_corpus = pytest.mark.skipif(not os.path.isdir(DEBIAN), reason="../shared/data/debian-descriptions is not beside the repository")
 
 # Two stanzas of a Translation-en index as apt stores it (continuation lines start with a
 # space, " ." separates paragraphs), plus a duplicate long description and a too-short one.
@@ -86,6 +87,7 @@ def test_apt_index_parsed_folded_deduplicated(tmp_path):
     assert written == 2
 
 
+@needs_corpus
 def test_split_rule_reproduces_the_fixed_corpus():
     """The hash split of the builder puts every line of ../shared/data/debian-descriptions in
     the split it is in: the recipe makes the same kind of corpus, not a look-alike."""
@@ -183,6 +185,7 @@ def test_summarization_preset_is_the_papers_model():
 
 
 @pytest.mark.slow
+@needs_corpus
 def test_train_with_validation_rouge_and_score(tmp_path):
     """A slice of the real corpus through prepare.sh, fairseq-train with validation ROUGE as
     the best-checkpoint metric, fairseq-generate with headline bounds, fconv-ext-rouge."""
