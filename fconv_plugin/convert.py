@@ -147,19 +147,7 @@ def convert_checkpoint(state: Dict[str, Any]) -> Dict[str, Any]:
     new_weights = convert_state_dict(weights)
     _check_loads(model_cfg, new_weights, cfg)
 
-    cfg = dict(cfg)
-    cfg["model"] = model_cfg
-    history = [
-        {k: v for k, v in h.items() if k != "optimizer"} for h in state.get("optimizer_history", [])
-    ] or [{"criterion_name": "CrossEntropyCriterion", "optimizer_name": "converted", "lr_scheduler_state": {}, "num_updates": 0}]
-    return {
-        "args": None,
-        "cfg": cfg,
-        "model": new_weights,
-        "optimizer_history": history,
-        "extra_state": {"converted_from": "fconv"},
-        "last_optimizer_state": None,
-    }
+    return converted_checkpoint(state, cfg, model_cfg, new_weights, "fconv")
 
 
 def build_fconv_ext(model_cfg: Dict[str, Any], src_dict: Dictionary, tgt_dict: Dictionary):
@@ -204,6 +192,25 @@ def check_weights_match(expected: Dict[str, torch.Tensor], weights: Dict[str, to
             raise ConversionError(
                 f"{name}: shape {tuple(weights[name].shape)} does not match the config's {tuple(tensor.shape)}"
             )
+
+
+def converted_checkpoint(state: Dict[str, Any], cfg, model_cfg: Dict[str, Any], weights: Dict[str, torch.Tensor], source: str) -> Dict[str, Any]:
+    """The checkpoint written for a converted model: its config with ``model_cfg``, the new
+    weights, the optimizer history without optimizer state (fine-tune with
+    ``--reset-optimizer``), and where it came from."""
+    cfg = dict(cfg)
+    cfg["model"] = model_cfg
+    history = [
+        {k: v for k, v in h.items() if k != "optimizer"} for h in state.get("optimizer_history", [])
+    ] or [{"criterion_name": "CrossEntropyCriterion", "optimizer_name": "converted", "lr_scheduler_state": {}, "num_updates": 0}]
+    return {
+        "args": None,
+        "cfg": cfg,
+        "model": weights,
+        "optimizer_history": history,
+        "extra_state": {"converted_from": source},
+        "last_optimizer_state": None,
+    }
 
 
 def main(argv=None) -> int:

@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from .convert import ConversionError, _conv, _dummy_dictionary, check_weights_match
+from .convert import ConversionError, _conv, _dummy_dictionary, check_weights_match, converted_checkpoint
 from .modules.layer_spec import LayerSpecError, parse_attention, parse_layers
 
 #: fairseq archs handled here (fconv_lm's registered presets)
@@ -135,18 +135,7 @@ def convert_lm_checkpoint(state: Dict[str, Any]) -> Dict[str, Any]:
     new_weights = convert_lm_state_dict(weights)
     _check_loads(model_cfg, new_weights)
 
-    cfg["model"] = model_cfg
-    history = [
-        {k: v for k, v in h.items() if k != "optimizer"} for h in state.get("optimizer_history", [])
-    ] or [{"criterion_name": "CrossEntropyCriterion", "optimizer_name": "converted", "lr_scheduler_state": {}, "num_updates": 0}]
-    return {
-        "args": None,
-        "cfg": cfg,
-        "model": new_weights,
-        "optimizer_history": history,
-        "extra_state": {"converted_from": "fconv_lm"},
-        "last_optimizer_state": None,
-    }
+    return converted_checkpoint(state, cfg, model_cfg, new_weights, "fconv_lm")
 
 
 def build_fconv_ext_lm(model_cfg: Dict[str, Any], dictionary):

@@ -24,7 +24,7 @@ from typing import Any, Dict, Tuple
 
 import torch
 
-from .convert import ConversionError, _dummy_dictionary, check_weights_match
+from .convert import ConversionError, _dummy_dictionary, check_weights_match, converted_checkpoint
 
 #: fairseq archs this module converts
 SELF_ATT_ARCHS = {"fconv_self_att", "fconv_self_att_wp"}
@@ -161,19 +161,7 @@ def convert_self_att_checkpoint(state: Dict[str, Any]) -> Dict[str, Any]:
     new_weights = convert_self_att_state_dict(weights, expected)
     check_weights_match(expected, new_weights)
 
-    cfg = dict(cfg)
-    cfg["model"] = model_cfg
-    history = [
-        {k: v for k, v in h.items() if k != "optimizer"} for h in state.get("optimizer_history", [])
-    ] or [{"criterion_name": "CrossEntropyCriterion", "optimizer_name": "converted", "lr_scheduler_state": {}, "num_updates": 0}]
-    return {
-        "args": None,
-        "cfg": cfg,
-        "model": new_weights,
-        "optimizer_history": history,
-        "extra_state": {"converted_from": arch},
-        "last_optimizer_state": None,
-    }
+    return converted_checkpoint(state, cfg, model_cfg, new_weights, arch)
 
 
 def _build_for_layout(model_cfg: Dict[str, Any], weights: Dict[str, torch.Tensor]):
