@@ -1,6 +1,7 @@
 """The ``fconv_translation`` task: fairseq's translation task with validation BLEU on by
-default, a clear error for examples longer than the model accepts, and the candidate
-generation + sentence cost that sequence-level training (``sequence_risk``) needs.
+default (ROUGE-1/2/L with ``--eval-rouge``, for summarization), a clear error for examples
+longer than the model accepts, and the candidate generation + sentence cost that
+sequence-level training (``sequence_risk``) needs.
 
     fairseq-train DATA --user-dir fconv_plugin --task fconv_translation --arch fconv_ext_iwslt_de_en \\
         --best-checkpoint-metric bleu --maximize-best-checkpoint-metric ...
