@@ -159,6 +159,32 @@ def test_folded_inference_model_equals_training_model():
         model.train()
 
 
+def test_bfloat16_inference_is_opt_in_and_close_to_float32():
+    fp32, src_dict, tgt_dict = small_model(seed=11)
+    bf16, _, _ = small_model(seed=11, inference_dtype="bfloat16")
+    src = random_batch(src_dict, [7, 3, 5], seed=12)
+    prev = random_batch(tgt_dict, [6, 6, 6], seed=13, left_pad=False)
+    with torch.no_grad():
+        fp32.make_generation_fast_(need_attn=False)
+        bf16.make_generation_fast_(need_attn=False)
+        assert {p.dtype for p in fp32.parameters()} == {torch.float32}
+        assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
+        expected = fp32.get_normalized_probs(fp32(src, None, prev), log_probs=True)
+        actual = bf16.get_normalized_probs(bf16(src, None, prev), log_probs=True)
+        # cached decoding in bfloat16 gives the full forward's log-probabilities
+        state, cached = {}, []
+        enc = bf16.encoder(src)
+        for t in range(prev.size(1)):
+            logits, _ = bf16.decoder(prev[:, : t + 1], enc, incremental_state=state)
+            cached.append(bf16.get_normalized_probs((logits, None), log_probs=True))
+    assert actual.dtype == torch.float32  # log-softmax in float32
+    assert 0 < (actual - expected).abs().max() < 0.1  # not exact, but close
+    assert (actual.argmax(-1) == expected.argmax(-1)).float().mean() > 0.9
+    assert torch.equal(torch.cat(cached, dim=1), actual)
+    with pytest.raises(ValueError, match="inference-dtype"):
+        small_model(inference_dtype="float8")
+
+
 def test_max_positions_is_what_the_model_accepts():
     model, src_dict, tgt_dict = small_model(max_source_positions=8, max_target_positions=6)
     assert model.max_positions() == (8, 6)

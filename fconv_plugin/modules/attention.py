@@ -17,14 +17,15 @@ def source_length_scale(values: Tensor, padding_mask: Optional[Tensor]) -> Union
     The context is a weighted sum over ``s`` vectors; the paper (section 3.4) scales it
     by ``m * sqrt(1/m)`` to undo the variance change of that sum.  fairseq's ``fconv``
     uses the true (unpadded) length, so padded and unpadded batches agree.
-    Returns a float (no padding) or a ``B x 1 x 1`` tensor.
+    Returns a float (no padding) or a ``B x 1 x 1`` tensor (computed in float32, so that
+    a bfloat16 model scales by the same factor).
     """
     s = values.size(1)
     if padding_mask is None:
         return s * math.sqrt(1.0 / s)
-    lengths = s - padding_mask.type_as(values).sum(dim=1, keepdim=True)  # B x 1
+    lengths = (s - padding_mask.sum(dim=1, keepdim=True)).float()  # B x 1
     lengths = lengths.unsqueeze(-1)  # B x 1 x 1
-    return lengths * lengths.rsqrt()
+    return (lengths * lengths.rsqrt()).to(values.dtype)
 
 
 class MultiStepAttention(nn.Module):

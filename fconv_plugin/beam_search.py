@@ -1,0 +1,273 @@
+"""Beam search for fconv_ext: fairseq's ``SequenceGenerator`` results, less work per step.
+
+fairseq's beam search (``SequenceGenerator._generate`` with ``search.BeamSearch``) makes,
+at every step and for every hypothesis, several passes over the whole vocabulary that
+do not change which candidates win:
+
+* ``lprobs[lprobs != lprobs] = -inf`` (a NaN check and a masked write, ``B*k x V``);
+* ``logits.div_(temperature)`` even when the temperature is 1;
+* ``lprobs + scores`` (``B*k x V``) before one ``topk`` over the ``k*V`` continuations
+  of each sentence.
+
+At the gettext benchmark's shapes (``B*k`` = 320 rows, ``V`` = 8192) those cost about as
+much as the vocabulary projection itself.  :class:`FConvBeamSearch` keeps fairseq's
+algorithm step for step (same candidates, same end-of-sentence handling, same length
+normalisation, fairseq's own ``finalize_hypos``) and changes only how the candidates
+are found:
+
+1. the best ``2k`` tokens of each hypothesis (adding the hypothesis score, a constant
+   per row, does not change their order): the row's maxima over blocks of 64 tokens
+   pick the at most ``2k`` blocks that can hold them, and ``topk`` runs on those;
+2. the hypothesis score is added to those ``k * 2k`` candidates only, and the best
+   ``2k`` of each sentence are kept, as fairseq's ``topk`` over ``k*V`` does;
+3. NaN: ``topk`` ranks NaN above everything, so a NaN anywhere in a row shows up among
+   that row's candidates; only then is the row cleaned (NaN -> -inf, as fairseq does)
+   and searched again.
+
+Results are fairseq's (tests compare tokens and scores with ``SequenceGenerator``),
+except where two candidates tie exactly in float32: which one comes first is
+unspecified in either implementation.  Anything this class does not implement
+(prefix tokens, constraints, LM fusion, n-gram blocking, ``--match-source-len``,
+suppressed tokens, ensembles, sampling and other search strategies, vocabularies
+smaller than ``2k + 1``) is handed to ``SequenceGenerator._generate`` unchanged.
+
+:func:`install` makes fairseq's ``FairseqTask.build_generator`` (every task: translation,
+fconv_translation, the hub interface) return this class for fconv_ext models, unless
+``FCONV_EXT_BEAM_SEARCH=fairseq`` is set in the environment.
+"""
+
+import functools
+import math
+import os
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from fairseq import search
+from fairseq.sequence_generator import SequenceGenerator
+from fairseq.tasks.fairseq_task import FairseqTask
+from torch import Tensor
+
+BLOCK = 64  # tokens per block in the first candidate pass (block maxima are one vectorised pass)
+ENV_SWITCH = "FCONV_EXT_BEAM_SEARCH"  # =fairseq: use fairseq's SequenceGenerator instead
+
+
+def top_tokens(lprobs: Tensor, n: int) -> Tuple[Tensor, Tensor]:
+    """``torch.topk(lprobs, n)`` (values sorted, descending) for ``R x V`` rows.
+
+    Any of the row's best ``n`` values lies in a block whose maximum is among the ``n``
+    largest block maxima, so ``topk`` only needs to look at those ``n`` blocks (plus the
+    tail that does not fill a block)."""
+    rows, vocab = lprobs.shape
+    blocks = vocab // BLOCK
+    if blocks <= n:  # small vocabulary: nothing to save
+        return torch.topk(lprobs, n)
+    block_max = lprobs[:, : blocks * BLOCK].view(rows, blocks, BLOCK).amax(dim=-1)  # R x blocks
+    best_blocks = torch.topk(block_max, n, sorted=False).indices  # R x n
+    offsets = torch.arange(BLOCK, device=lprobs.device)
+    columns = (best_blocks.unsqueeze(-1) * BLOCK + offsets).view(rows, n * BLOCK)  # R x n*BLOCK
+    if vocab > blocks * BLOCK:  # the tail is always a candidate
+        tail = torch.arange(blocks * BLOCK, vocab, device=lprobs.device).expand(rows, -1)
+        columns = torch.cat([columns, tail], dim=1)
+    values, picked = torch.topk(lprobs.gather(1, columns), n)  # R x n
+    return values, columns.gather(1, picked)
+
+
+class FConvBeamSearch(SequenceGenerator):
+    """Drop-in ``SequenceGenerator`` (same constructor, same outputs) with a leaner step."""
+
+    def fast_path_unavailable(self, sample, prefix_tokens, constraints) -> Optional[str]:
+        """Why this batch goes to fairseq's implementation (None: it does not)."""
+        if type(self.search) is not search.BeamSearch:
+            return f"search strategy {type(self.search).__name__}"
+        if self.model.models_size != 1 or not self.model.has_incremental_states():
+            return "ensemble or non-incremental decoder"
+        if prefix_tokens is not None or constraints is not None:
+            return "prefix tokens or constraints"
+        if self.lm_model is not None or self.repeat_ngram_blocker is not None:
+            return "LM fusion or n-gram blocking"
+        if self.match_source_len or self.token_indices_to_suppress is not None:
+            return "match-source-len or suppressed tokens"
+        if self.vocab_size - 1 < 2 * self.beam_size:
+            return "vocabulary smaller than 2 * beam + 1"
+        if "src_tokens" not in sample["net_input"]:
+            return "no src_tokens"
+        return None
+
+    def _generate(
+        self,
+        sample: Dict[str, Dict[str, Tensor]],
+        prefix_tokens: Optional[Tensor] = None,
+        constraints: Optional[Tensor] = None,
+        bos_token: Optional[int] = None,
+    ):
+        if self.fast_path_unavailable(sample, prefix_tokens, constraints) is not None:
+            return super()._generate(sample, prefix_tokens, constraints, bos_token)
+        net_input = sample["net_input"]
+        src_tokens = net_input["src_tokens"]
+        src_lengths = net_input.get("src_lengths")
+        if src_lengths is None:
+            src_lengths = (src_tokens.ne(self.eos) & src_tokens.ne(self.pad)).long().sum(dim=1)
+        bsz, src_len = src_tokens.shape[:2]
+        k = self.beam_size
+        n_cand = 2 * k  # candidates per sentence: 2k in case half of them end the sentence
+        vocab = self.vocab_size
+        device = src_tokens.device
+        max_len = min(int(self.max_len_a * src_len + self.max_len_b), self.max_len - 1)
+        assert self.min_len <= max_len, "min_len cannot be larger than max_len, please adjust these!"
+
+        model = self.model.single_model
+        incremental_states: List[Dict[str, Dict[str, Optional[Tensor]]]] = [{}]
+        encoder_outs = self.model.forward_encoder(net_input)
+        expand = torch.arange(bsz, device=device).repeat_interleave(k)  # B*k: beams of sentence i together
+        encoder_outs = self.model.reorder_encoder_out(encoder_outs, expand)
+
+        # row r = sentence r // k, beam r % k; column t = output position t (0: BOS)
+        tokens = torch.full((bsz * k, max_len + 2), self.pad, dtype=torch.long, device=device)
+        tokens[:, 0] = self.eos if bos_token is None else bos_token
+        scores = torch.zeros(bsz * k, max_len + 1, device=device)  # cumulative log-probabilities
+        attn: Optional[Tensor] = None
+        cands_to_ignore = torch.zeros(bsz, k, dtype=torch.bool, device=device)
+        finalized: List[List[Dict[str, Tensor]]] = [[] for _ in range(bsz)]
+        finished = [False] * bsz
+        remaining = bsz
+        bbsz_offsets = (torch.arange(bsz, device=device) * k).unsqueeze(1)  # B x 1: first row of each sentence
+        cand_offsets = torch.arange(n_cand, device=device)
+        reorder_state: Optional[Tensor] = None
+        batch_idxs: Optional[Tensor] = None
+
+        for step in range(max_len + 1):  # one extra step for the final EOS
+            if reorder_state is not None:
+                if batch_idxs is not None:  # sentences were removed: rows still index the old batch
+                    shift = batch_idxs - torch.arange(batch_idxs.numel(), device=device)
+                    reorder_state.view(-1, k).add_(shift.unsqueeze(-1) * k)
+                self.model.reorder_incremental_state(incremental_states, reorder_state)
+                encoder_outs = self.model.reorder_encoder_out(encoder_outs, reorder_state)
+
+            lprobs, step_attn = self._next_token_lprobs(model, tokens[:, : step + 1], encoder_outs[0], incremental_states[0])
+            lprobs[:, self.pad] = -math.inf  # never select pad
+            if self.unk_penalty != 0:
+                lprobs[:, self.unk] -= self.unk_penalty
+            if step >= max_len:  # only EOS is left
+                lprobs[:, : self.eos] = -math.inf
+                lprobs[:, self.eos + 1 :] = -math.inf
+            if step < self.min_len:
+                lprobs[:, self.eos] = -math.inf
+            if step_attn is not None:
+                if attn is None:
+                    attn = torch.empty(bsz * k, step_attn.size(1), max_len + 2, dtype=scores.dtype, device=device)
+                attn[:, :, step + 1].copy_(step_attn)
+
+            cand_scores, cand_indices, cand_beams = self._candidates(lprobs, scores, step, bsz, k, n_cand)
+            cand_bbsz_idx = cand_beams + bbsz_offsets  # B x 2k: rows of the candidates
+
+            # candidates among the first k that end in EOS (and are not ignored) finish a hypothesis
+            eos_mask = cand_indices.eq(self.eos) & cand_scores.ne(-math.inf)  # B x 2k
+            eos_mask[:, :k][cands_to_ignore] = False
+            eos_bbsz_idx = torch.masked_select(cand_bbsz_idx[:, :k], mask=eos_mask[:, :k])
+            finalized_sents: List[int] = []
+            if eos_bbsz_idx.numel() > 0:
+                eos_scores = torch.masked_select(cand_scores[:, :k], mask=eos_mask[:, :k])
+                finalized_sents = self.finalize_hypos(step, eos_bbsz_idx, eos_scores, tokens, scores, finalized,
+                                                      finished, k, attn, src_lengths, max_len)
+                remaining -= len(finalized_sents)
+            if remaining == 0:
+                break
+            assert step < max_len, f"{step} < {max_len}"
+
+            if finalized_sents:  # drop finished sentences from the batch
+                keep = torch.ones(bsz, dtype=torch.bool, device=device)
+                keep[finalized_sents] = False
+                batch_idxs = torch.arange(bsz, device=device).masked_select(keep)
+                bsz = batch_idxs.numel()
+                eos_mask, cand_beams = eos_mask[batch_idxs], cand_beams[batch_idxs]
+                bbsz_offsets = bbsz_offsets[:bsz]
+                cand_bbsz_idx = cand_beams + bbsz_offsets
+                cand_scores, cand_indices = cand_scores[batch_idxs], cand_indices[batch_idxs]
+                src_lengths, cands_to_ignore = src_lengths[batch_idxs], cands_to_ignore[batch_idxs]
+                scores = scores.view(-1, k * scores.size(1))[batch_idxs].view(bsz * k, -1)
+                tokens = tokens.view(-1, k * tokens.size(1))[batch_idxs].view(bsz * k, -1)
+                if attn is not None:
+                    attn = attn.view(-1, k * attn.size(1) * attn.size(2))[batch_idxs].view(bsz * k, attn.size(1), -1)
+            else:
+                batch_idxs = None
+
+            # the k best candidates that do not end in EOS continue (EOS ones sort last)
+            eos_mask[:, :k] = cands_to_ignore | eos_mask[:, :k]
+            active_mask = eos_mask.long() * n_cand + cand_offsets  # B x 2k: rank, EOS/ignored after the rest
+            new_cands_to_ignore, active_hypos = torch.topk(active_mask, k=k, dim=1, largest=False)  # B x k
+            cands_to_ignore = new_cands_to_ignore.ge(n_cand)
+            assert (~cands_to_ignore).any(dim=1).all()
+            active_bbsz_idx = torch.gather(cand_bbsz_idx, 1, active_hypos).view(-1)  # B*k rows they extend
+
+            tokens[:, : step + 1] = tokens[:, : step + 1].index_select(0, active_bbsz_idx)
+            tokens.view(bsz, k, -1)[:, :, step + 1] = torch.gather(cand_indices, 1, active_hypos)
+            if step > 0:
+                scores[:, :step] = scores[:, :step].index_select(0, active_bbsz_idx)
+            scores.view(bsz, k, -1)[:, :, step] = torch.gather(cand_scores, 1, active_hypos)
+            if attn is not None:
+                attn[:, :, : step + 2] = attn[:, :, : step + 2].index_select(0, active_bbsz_idx)
+            reorder_state = active_bbsz_idx
+
+        for sent in range(len(finalized)):  # best first, sorted as fairseq sorts them
+            order = torch.sort(torch.tensor([float(h["score"].item()) for h in finalized[sent]]), descending=True)[1]
+            finalized[sent] = [finalized[sent][i] for i in order]
+        return finalized
+
+    def _next_token_lprobs(self, model, tokens: Tensor, encoder_out, incremental_state) -> Tuple[Tensor, Optional[Tensor]]:
+        """Log-probabilities of the next token (B*k x V) and the attention (B*k x S or None),
+        computed as fairseq's EnsembleModel.forward_decoder does for one model."""
+        decoder_out = model.decoder.forward(tokens, encoder_out=encoder_out, incremental_state=incremental_state)
+        logits = decoder_out[0][:, -1:, :]  # B*k x 1 x V
+        if self.temperature != 1.0:  # x / 1.0 == x: fairseq's division by 1 changes nothing
+            logits = logits.div_(self.temperature)
+        extra = decoder_out[1] if len(decoder_out) > 1 else None
+        lprobs = model.get_normalized_probs((logits, extra), log_probs=True, sample=None)[:, -1, :]
+        attn = extra["attn"] if isinstance(extra, dict) else extra
+        if isinstance(attn, (list, tuple)):
+            attn = attn[0] if attn else None
+        return lprobs, (attn[:, -1, :] if attn is not None else None)
+
+    def _candidates(self, lprobs: Tensor, scores: Tensor, step: int, bsz: int, k: int, n_cand: int):
+        """The 2k best continuations of each sentence: (scores, tokens, beams), each B x 2k,
+        scores descending, as fairseq's BeamSearch.step returns them."""
+        if step == 0:  # all beams are still the same hypothesis: only the first one counts
+            rows = lprobs.view(bsz, k, -1)[:, 0, :]  # B x V
+            row_scores, row_tokens = top_tokens(rows, n_cand)
+            if torch.isnan(row_scores).any():
+                rows = rows.masked_fill(torch.isnan(rows), -math.inf)
+                row_scores, row_tokens = top_tokens(rows, n_cand)
+            return row_scores, row_tokens, torch.zeros_like(row_tokens)
+        row_scores, row_tokens = top_tokens(lprobs, n_cand)  # B*k x 2k
+        if torch.isnan(row_scores).any():  # fairseq: NaN -> -inf before anything else
+            lprobs = lprobs.masked_fill(torch.isnan(lprobs), -math.inf)
+            row_scores, row_tokens = top_tokens(lprobs, n_cand)
+        totals = row_scores + scores[:, step - 1 : step]  # B*k x 2k: cumulative score of each continuation
+        cand_scores, flat = torch.topk(totals.view(bsz, k * n_cand), n_cand)  # B x 2k over k*2k
+        cand_tokens = row_tokens.view(bsz, k * n_cand).gather(1, flat)
+        cand_beams = torch.div(flat, n_cand, rounding_mode="trunc")
+        return cand_scores, cand_tokens, cand_beams
+
+
+def _is_fconv_ext(model) -> bool:
+    from .models.fconv_ext import FConvExtModel
+
+    return isinstance(model, FConvExtModel)
+
+
+def _with_fconv_beam_search(original):
+    @functools.wraps(original)
+    def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **kwargs):
+        if (seq_gen_cls is None and os.environ.get(ENV_SWITCH, "") != "fairseq"
+                and not getattr(args, "print_alignment", False) and not getattr(args, "score_reference", False)
+                and models and all(_is_fconv_ext(m) for m in models)):
+            seq_gen_cls = FConvBeamSearch
+        return original(self, models, args, seq_gen_cls=seq_gen_cls, extra_gen_cls_kwargs=extra_gen_cls_kwargs, **kwargs)
+
+    build_generator._fconv_ext_beam_search = True
+    return build_generator
+
+
+def install() -> None:
+    """fconv_ext models get :class:`FConvBeamSearch` from every task's build_generator (idempotent)."""
+    if not getattr(FairseqTask.build_generator, "_fconv_ext_beam_search", False):
+        FairseqTask.build_generator = _with_fconv_beam_search(FairseqTask.build_generator)

@@ -1,0 +1,168 @@
+"""FConvBeamSearch returns what fairseq's SequenceGenerator returns: same n-best lists,
+same tokens, bit-identical scores, positional scores and attention, for every option it
+implements; everything else is handed to fairseq."""
+
+import argparse
+import math
+from typing import Optional
+
+import pytest
+import torch
+from fairseq.sequence_generator import SequenceGenerator
+from fairseq.tasks.translation import TranslationConfig, TranslationTask
+
+from conftest import make_dictionary, random_batch
+from fconv_plugin.beam_search import ENV_SWITCH, FConvBeamSearch, top_tokens
+from fconv_plugin.convert import build_fconv_ext
+
+SMALL = {
+    "encoder_embed_dim": 16, "decoder_embed_dim": 16, "decoder_out_embed_dim": 16, "dropout": 0.1,
+    "encoder_layers": "[(16, 3)] * 2", "decoder_layers": "[(16, 3)] * 2", "decoder_attention": "True",
+    "share_input_output_embed": False, "max_source_positions": 64, "max_target_positions": 64,
+}
+
+
+def small_model(vocab: int, seed: int = 0, eos_bias: Optional[float] = None):
+    """A random fconv_ext model whose hypotheses end at different steps (EOS made likelier)."""
+    torch.manual_seed(seed)
+    src_dict, tgt_dict = make_dictionary(vocab), make_dictionary(vocab)
+    model = build_fconv_ext(SMALL, src_dict, tgt_dict)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        model.decoder.fc3.bias[tgt_dict.eos()] += eos_bias if eos_bias is not None else (2.0 if vocab < 100 else 3.0)
+    return model.eval(), tgt_dict
+
+
+def sample_for(dictionary, lengths=(7, 3, 9, 5, 1, 8), seed=3):
+    src = random_batch(dictionary, list(lengths), seed=seed)
+    return {"net_input": {"src_tokens": src, "src_lengths": torch.tensor(lengths)}, "id": torch.arange(len(lengths))}
+
+
+def decode_both(model, tgt_dict, sample, **options):
+    out = []
+    for cls in (SequenceGenerator, FConvBeamSearch):
+        gen = cls([model], tgt_dict, **options)
+        with torch.no_grad():
+            out.append(gen.generate([model], sample))
+    return out
+
+
+def assert_same(expected, actual):
+    assert len(expected) == len(actual)
+    for nbest_a, nbest_b in zip(expected, actual):
+        assert len(nbest_a) == len(nbest_b)
+        for a, b in zip(nbest_a, nbest_b):
+            assert torch.equal(a["tokens"], b["tokens"])
+            assert torch.equal(a["score"], b["score"])
+            assert torch.equal(a["positional_scores"], b["positional_scores"])
+            assert torch.equal(a["attention"], b["attention"])
+
+
+CASES = {
+    "default": {},
+    "min_len": {"min_len": 3},
+    "unk_penalty_lenpen": {"unk_penalty": 0.5, "len_penalty": 0.6},
+    "unnormalized_temperature": {"normalize_scores": False, "temperature": 0.7},
+    "max_len_reached": {"max_len_a": 0, "max_len_b": 3},
+}
+
+
+@pytest.mark.parametrize("vocab", [60, 901])  # 901: the blockwise candidate search with a tail block
+@pytest.mark.parametrize("beam", [1, 2, 5])
+@pytest.mark.parametrize("case", list(CASES))
+def test_same_results_as_fairseq(vocab, beam, case):
+    model, tgt_dict = small_model(vocab)
+    options = {"beam_size": beam, "max_len_a": 1.2, "max_len_b": 10, **CASES[case]}
+    expected, actual = decode_both(model, tgt_dict, sample_for(tgt_dict), **options)
+    assert_same(expected, actual)
+    if case == "default":  # the batch shrinks during the search: hypotheses of different lengths
+        assert len({len(h[0]["tokens"]) for h in expected}) > 2
+
+
+def test_attention_is_returned_like_fairseq():
+    model, tgt_dict = small_model(901)
+    model.make_generation_fast_(need_attn=True)
+    expected, actual = decode_both(model, tgt_dict, sample_for(tgt_dict), beam_size=4, max_len_b=8)
+    assert expected[0][0]["attention"].numel() > 0
+    assert_same(expected, actual)
+
+
+def test_nan_log_probabilities_are_treated_as_fairseq_does():
+    """fairseq replaces NaN by -inf before the search; here NaN is found among the candidates."""
+    model, tgt_dict = small_model(901)
+    forward = model.decoder.forward
+    calls = {"n": 0}
+
+    def with_nan(*args, **kwargs):
+        logits, extra = forward(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] % 3 == 2:  # some steps: NaN in a few rows, at the row's best token and elsewhere
+            logits = logits.clone()
+            best = logits[0, -1].argmax()
+            logits[0, -1, best] = float("nan")
+            logits[2:4, -1, 100:110] = float("nan")
+        return logits, extra
+
+    model.decoder.forward = with_nan
+    expected, actual = decode_both(model, tgt_dict, sample_for(tgt_dict), beam_size=3, max_len_b=8)
+    assert_same(expected, actual)
+
+
+def test_prefix_tokens_are_handed_to_fairseq():
+    model, tgt_dict = small_model(60)
+    sample = sample_for(tgt_dict)
+    prefix = torch.full((6, 2), tgt_dict.index("w5"), dtype=torch.long)
+    results = []
+    for cls in (SequenceGenerator, FConvBeamSearch):
+        gen = cls([model], tgt_dict, beam_size=3, max_len_b=8)
+        if cls is FConvBeamSearch:
+            assert gen.fast_path_unavailable(sample, prefix, None) == "prefix tokens or constraints"
+        with torch.no_grad():
+            results.append(gen.generate([model], sample, prefix_tokens=prefix))
+    assert_same(*results)
+    assert all(h[0]["tokens"][:2].tolist() == prefix[0].tolist() for h in results[1])
+
+
+@pytest.mark.parametrize("vocab,n", [(8192, 10), (901, 4), (901, 2), (50, 10)])
+def test_top_tokens_equals_topk(vocab, n):
+    g = torch.Generator().manual_seed(vocab + n)
+    x = torch.log_softmax(6 * torch.randn(37, vocab, generator=g), dim=-1)
+    x[:, 1] = -math.inf
+    x[5, :] = -math.inf
+    x[5, 3] = -1.0
+    x[7, 700 % vocab] = float("nan")
+    values, indices = top_tokens(x, n)
+    ref_values, ref_indices = torch.topk(x, n)
+    assert torch.equal(values[:, 1:].nan_to_num(), ref_values[:, 1:].nan_to_num())
+    assert torch.isnan(values[7, 0]) and torch.isnan(ref_values[7, 0])
+    keep = torch.arange(37) != 5  # row 5: ties at -inf, any of them is a correct answer
+    assert torch.equal(indices[keep], ref_indices[keep])
+    assert indices[5, 0].item() == 3
+
+
+def _translation_task(tgt_dict):
+    return TranslationTask(TranslationConfig(), tgt_dict, tgt_dict)
+
+
+def test_build_generator_picks_it_for_fconv_ext_only(monkeypatch):
+    from fairseq.models.fconv import FConvModel
+
+    model, tgt_dict = small_model(60)
+    task = _translation_task(tgt_dict)
+    args = argparse.Namespace(beam=3, max_len_a=0, max_len_b=10)
+    assert type(task.build_generator([model], args)) is FConvBeamSearch
+    assert type(task.build_generator([model], argparse.Namespace(print_alignment="hard", beam=3))) is not FConvBeamSearch
+    fconv = FConvModel.build_model(argparse.Namespace(
+        arch="fconv", encoder_embed_dim=8, decoder_embed_dim=8, decoder_out_embed_dim=8, encoder_layers="[(8, 3)]",
+        decoder_layers="[(8, 3)]", decoder_attention="True", dropout=0.1, share_input_output_embed=False,
+        max_source_positions=64, max_target_positions=64, encoder_embed_path=None, decoder_embed_path=None),
+        _StubTask(tgt_dict))
+    assert type(task.build_generator([fconv], args)) is SequenceGenerator
+    monkeypatch.setenv(ENV_SWITCH, "fairseq")
+    assert type(task.build_generator([model], args)) is SequenceGenerator
+
+
+class _StubTask:
+    def __init__(self, d):
+        self.source_dictionary = self.target_dictionary = d
