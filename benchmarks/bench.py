@@ -1,22 +1,33 @@
 """Side-by-side benchmark: fconv_ext vs fairseq's fconv, same weights, same data, same threads.
 
     python benchmarks/bench.py --data /tmp/gt/bin --fconv-checkpoint CK.pt [--reps 3] [--out benchmarks/results]
+        [--context lstm=CK_LSTM.pt transformer=CK_TRANSFORMER.pt] [--train-presets checkpoint fconv_wmt_en_de]
     python benchmarks/bench.py --smoke            # seconds: tiny model, tiny data, no claims
 
 The fairseq fconv checkpoint is converted to fconv_ext in this run (fconv-ext-convert's code), so both
 sides decode the same model; hypotheses are compared and must be identical.  Every measurement runs in
-its own child process (one process tree), the two sides alternating, ``--reps`` times; the medians and
-the ratios fconv_ext / fconv are written to ``OUT.json`` and ``OUT.md`` with the machine's description.
+its own child process (one process tree), the sides alternating, ``--reps`` times; the medians and
+the ratios (side / fconv) are written to ``OUT.json`` and ``OUT.md`` with the machine's description.
+
+Sides:
+* ``fconv``: fairseq's fconv checkpoint; ``fconv_ext``: its conversion; ``fconv_ext_bf16``: the conversion
+  with ``inference_dtype=bfloat16`` (opt-in, not exact: its BLEU is reported next to the others);
+* ``--context NAME=CK``: other fairseq models (lstm, transformer) on the same data, generation only.
+
+Every side decodes with the generator ``fairseq-generate`` would use for it (``task.build_generator``:
+fairseq's SequenceGenerator for fconv and the context models, fconv_ext's FConvBeamSearch for fconv_ext)
+after ``make_generation_fast_``, with max_len_a 1.2, max_len_b 10.
 
 Measured per side:
-* generation (fairseq's SequenceGenerator, as fairseq-generate does it, after prepare_for_inference_):
-  beam 5 batch 64, beam 1 batch 64 on the test set, beam 5 batch 1 on --latency-sentences
-  sentences spread evenly over the length-sorted test set (ms per sentence); sentences/s, target tokens/s;
+* generation: beam 5 batch 64, beam 1 batch 64 on the test set, beam 5 batch 1 on --latency-sentences
+  sentences spread evenly over the length-sorted test set (ms per sentence); sentences/s, target tokens/s,
+  BLEU of the test set (sacrebleu on the BPE-removed tokenized text, tokenize=none);
 * training: target words/s over --train-updates updates (forward, backward, NAG step) on the same
-  batches, for the checkpoint's architecture;
+  batches, for the checkpoint's architecture and each ``--train-presets`` preset (random weights,
+  the data's dictionaries);
 * peak resident memory of the child process;
-* efficiency: analytic matmul FLOPs of the work (per layer, same formula for both sides) divided by the
-  machine's measured fp32 matmul rate for the model's shapes, over the measured time.
+* efficiency (float32 sides): analytic matmul FLOPs of the work (per layer, same formula for both
+  sides) divided by the machine's measured fp32 matmul rate for the model's shapes, over the time.
 """
 
 import argparse
@@ -34,25 +45,40 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 GEN_CONFIGS = [("beam5_batch64", 5, 64), ("beam1_batch64", 1, 64), ("beam5_batch1", 5, 1)]
+MAX_LEN_A, MAX_LEN_B = 1.2, 10
 
 
 # --------------------------------------------------------------------------- child side
-def _load(side, checkpoint, data):
+def _load(checkpoint, data, dtype="float32"):
     sys.path.insert(0, REPO)
     import fconv_plugin  # noqa: F401  (registers fconv_ext; allow-lists fconv's Namespace)
     from fairseq import checkpoint_utils
 
-    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides={"data": data})
+    overrides = {"data": data}
+    if dtype != "float32":  # nested form: also reaches checkpoints whose config predates the field
+        overrides["model"] = {"inference_dtype": dtype}
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides)
     return models[0], cfg, task
+
+
+def tokenized_bleu(task, hyps):
+    """BLEU of ``hyps`` (id -> token ids) against the test targets, BPE removed, tokenize=none."""
+    import sacrebleu
+    import torch
+
+    d, dataset = task.target_dictionary, task.dataset("test")
+    ids = sorted(hyps)
+    sys_out = [d.string(torch.tensor(hyps[i]), "subword_nmt") for i in ids]
+    refs = [d.string(dataset.tgt[i], "subword_nmt") for i in ids]
+    return sacrebleu.corpus_bleu(sys_out, [refs], tokenize="none").score
 
 
 def child_generate(args):
     import torch
     from fairseq import utils
-    from fairseq.sequence_generator import SequenceGenerator
 
     torch.set_num_threads(args.threads)
-    model, cfg, task = _load(args.side, args.checkpoint, args.data)
+    model, cfg, task = _load(args.checkpoint, args.data, args.dtype)
     model.eval()
     model.make_generation_fast_(beamable_mm_beam_size=args.beam, need_attn=False)
     task.load_dataset("test")
@@ -66,7 +92,7 @@ def child_generate(args):
         # batches come in length order: take evenly spaced ones so that all lengths are represented
         stride = len(batches) / args.max_sentences
         batches = [batches[int(i * stride)] for i in range(args.max_sentences)]
-    gen = SequenceGenerator([model], task.target_dictionary, beam_size=args.beam, max_len_a=1.2, max_len_b=10)
+    gen = task.build_generator([model], argparse.Namespace(beam=args.beam, max_len_a=MAX_LEN_A, max_len_b=MAX_LEN_B))
     hyps, tokens = {}, 0
     start = time.perf_counter()
     with torch.no_grad():
@@ -76,11 +102,11 @@ def child_generate(args):
                 tokens += len(hyps[i])
     seconds = time.perf_counter() - start
     steps = sum(len(h) for h in hyps.values())
-    flops = generation_flops(model, batches, hyps, args.beam)
+    flops = generation_flops(model, batches, hyps, args.beam) if _is_conv(model) and args.dtype == "float32" else None
     digest = hashlib.sha1(json.dumps(sorted(hyps.items())).encode()).hexdigest()
     return {"seconds": seconds, "sentences": len(hyps), "tokens": tokens, "hyp_sha1": digest,
-            "hyps": {str(k): v for k, v in hyps.items()} if args.keep_hyps else None,
-            "flops": flops, "decoder_steps": steps, "peak_rss_mb": peak_rss_mb()}
+            "flops": flops, "decoder_steps": steps, "peak_rss_mb": peak_rss_mb(), "generator": type(gen).__name__,
+            "bleu": tokenized_bleu(task, hyps), "params": sum(p.numel() for p in model.parameters())}
 
 
 def child_train(args):
@@ -88,7 +114,7 @@ def child_train(args):
     from fairseq import utils
 
     torch.set_num_threads(args.threads)
-    model, cfg, task = _load(args.side, args.checkpoint, args.data)
+    model, cfg, task = _load(args.checkpoint, args.data)
     model.train()
     task.load_dataset("train")
     dataset = task.dataset("train")
@@ -122,11 +148,16 @@ def child_train(args):
     seconds = time.perf_counter() - start
     flops = 3 * sum(forward_flops(model, b["net_input"]["src_tokens"].numel(), b["target"].numel(),
                                   b["net_input"]["src_tokens"].size(1), b["target"].size(1)) for b in batches[1:])
-    return {"seconds": seconds, "words": words, "losses": losses, "flops": flops, "peak_rss_mb": peak_rss_mb()}
+    return {"seconds": seconds, "words": words, "losses": losses, "flops": flops, "peak_rss_mb": peak_rss_mb(),
+            "params": sum(p.numel() for p in params)}
 
 
 def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _is_conv(model):
+    return hasattr(model, "decoder") and hasattr(model.decoder, "convolutions") and hasattr(model.decoder, "fc3")
 
 
 # --------------------------------------------------------------------------- FLOP model
@@ -213,10 +244,10 @@ def matmul_rate(model, threads, seconds=1.0):
 
 
 # --------------------------------------------------------------------------- parent side
-def run_child(mode, side, checkpoint, data, threads, **kw):
+def run_child(mode, checkpoint, data, threads, **kw):
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = f.name
-    cmd = [sys.executable, __file__, "--child", mode, "--side", side, "--checkpoint", checkpoint, "--data", data,
+    cmd = [sys.executable, __file__, "--child", mode, "--checkpoint", checkpoint, "--data", data,
            "--threads", str(threads), "--child-out", out] + [f"--{k.replace('_', '-')}={v}" for k, v in kw.items()]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -228,8 +259,14 @@ def run_child(mode, side, checkpoint, data, threads, **kw):
     return result
 
 
-def median(values):
-    return statistics.median(values)
+def alternate(sides, reps, measure):
+    """``measure(name, checkpoint, dtype)`` for every side, ``reps`` times, the order reversed every
+    other repetition so that no side always runs first."""
+    runs = {name: [] for name in sides}
+    for rep in range(reps):
+        for name in (list(sides) if rep % 2 == 0 else list(sides)[::-1]):
+            runs[name].append(measure(name, *sides[name]))
+    return runs
 
 
 def machine():
@@ -246,6 +283,20 @@ def machine():
     return info
 
 
+def _fairseq_cli(name):
+    return os.path.join(os.path.dirname(sys.executable), name)
+
+
+def untrained_checkpoint(arch, data, out_dir, extra=()):
+    """A fairseq checkpoint of ``arch`` for the data's dictionaries (one update at lr 1e-9:
+    the weights are the initialisation), for training-speed measurements."""
+    subprocess.run([_fairseq_cli("fairseq-train"), data, "--arch", arch, "--optimizer", "nag", "--lr", "1e-9",
+                    "--max-update", "1", "--max-tokens", "500", "--save-dir", out_dir, "--no-epoch-checkpoints",
+                    "--no-save-optimizer-state", "--disable-validation", "--no-progress-bar", *extra],
+                   check=True, capture_output=True)
+    return os.path.join(out_dir, "checkpoint_last.pt")
+
+
 def smoke_setup(workdir):
     """A tiny fconv model trained for a few updates on a slice of the gettext corpus."""
     src = os.path.join(REPO, "..", "shared", "data", "gettext-en-de")
@@ -255,11 +306,10 @@ def smoke_setup(workdir):
             with open(os.path.join(src, f"{split}.{lang}"), encoding="utf-8") as f_in, \
                     open(os.path.join(workdir, f"{split}.{lang}"), "w", encoding="utf-8") as f_out:
                 f_out.writelines(next(f_in) for _ in range(n))
-    bindir = os.path.dirname(sys.executable)
-    subprocess.run([f"{bindir}/fairseq-preprocess", "--source-lang", "en", "--target-lang", "de", "--joined-dictionary",
+    subprocess.run([_fairseq_cli("fairseq-preprocess"), "--source-lang", "en", "--target-lang", "de", "--joined-dictionary",
                     "--trainpref", f"{workdir}/train", "--validpref", f"{workdir}/valid", "--testpref", f"{workdir}/test",
                     "--destdir", bin_dir, "--workers", "1"], check=True, capture_output=True)
-    subprocess.run([f"{bindir}/fairseq-train", bin_dir, "--arch", "fconv", "--encoder-embed-dim", "32",
+    subprocess.run([_fairseq_cli("fairseq-train"), bin_dir, "--arch", "fconv", "--encoder-embed-dim", "32",
                     "--decoder-embed-dim", "32", "--decoder-out-embed-dim", "32", "--encoder-layers", "[(32, 3)] * 2",
                     "--decoder-layers", "[(32, 3)] * 2", "--optimizer", "nag", "--lr", "0.25", "--clip-norm", "0.1",
                     "--max-update", "20", "--max-tokens", "2000", "--save-dir", f"{workdir}/ck", "--no-epoch-checkpoints",
@@ -267,12 +317,28 @@ def smoke_setup(workdir):
     return bin_dir, f"{workdir}/ck/checkpoint_last.pt"
 
 
+def convert_to(fconv_checkpoint, out):
+    import torch
+
+    from fconv_plugin.checkpoint import load_checkpoint_file
+    from fconv_plugin.convert import convert_checkpoint
+
+    torch.save(convert_checkpoint(load_checkpoint_file(fconv_checkpoint)), out)
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", help="binarized data directory with train/test splits")
     p.add_argument("--fconv-checkpoint", help="a trained fairseq fconv checkpoint")
+    p.add_argument("--context", nargs="*", default=[], metavar="NAME=CHECKPOINT",
+                   help="other fairseq models on the same data (e.g. lstm=..., transformer=...), generation only")
+    p.add_argument("--train-presets", nargs="*", default=["checkpoint"],
+                   help="'checkpoint' (the fconv checkpoint's architecture) and/or fairseq fconv presets, "
+                        "e.g. fconv_wmt_en_de (random weights); PRESET:N times N updates instead of --train-updates")
+    p.add_argument("--no-bf16", action="store_true", help="skip the fconv_ext_bf16 side")
     p.add_argument("--reps", type=int, default=3, help="repetitions per measurement (median reported)")
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, the same for both sides")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, the same for every side")
     p.add_argument("--latency-sentences", type=int, default=200, help="sentences decoded at batch 1 (evenly spaced by length)")
     p.add_argument("--train-updates", type=int, default=20, help="timed training updates")
     p.add_argument("--train-max-tokens", type=int, default=4000, help="tokens per training batch")
@@ -280,13 +346,12 @@ def main():
     p.add_argument("--smoke", action="store_true", help="tiny model and data, seconds; for CI")
     # child options
     p.add_argument("--child", choices=["generate", "train"], help=argparse.SUPPRESS)
-    p.add_argument("--side", help=argparse.SUPPRESS)
     p.add_argument("--checkpoint", help=argparse.SUPPRESS)
     p.add_argument("--child-out", help=argparse.SUPPRESS)
+    p.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     p.add_argument("--beam", type=int, default=5, help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, default=64, help=argparse.SUPPRESS)
     p.add_argument("--max-sentences", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--keep-hyps", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
 
     if args.child:
@@ -301,52 +366,60 @@ def main():
         args.reps, args.latency_sentences, args.train_updates, args.train_max_tokens = 1, 10, 3, 500
     if not (args.data and args.fconv_checkpoint):
         p.error("--data and --fconv-checkpoint are required (or --smoke)")
-
     sys.path.insert(0, REPO)
-    import torch
 
-    from fconv_plugin.checkpoint import load_checkpoint_file
-    from fconv_plugin.convert import convert_checkpoint
+    converted = convert_to(args.fconv_checkpoint, os.path.join(work, "fconv_ext.pt"))
+    sides = {"fconv": (args.fconv_checkpoint, "float32"), "fconv_ext": (converted, "float32")}
+    if not args.no_bf16:
+        sides["fconv_ext_bf16"] = (converted, "bfloat16")
+    for spec in args.context:
+        name, _, path = spec.partition("=")
+        sides[name] = (path, "float32")
 
-    converted = os.path.join(work, "fconv_ext.pt")
-    torch.save(convert_checkpoint(load_checkpoint_file(args.fconv_checkpoint)), converted)
-    sides = {"fconv": args.fconv_checkpoint, "fconv_ext": converted}
-
-    report = {"machine": machine(), "threads": args.threads, "reps": args.reps, "date": time.strftime("%Y-%m-%d"),
+    report = {"machine": machine(), "threads": args.threads, "reps": args.reps, "train_max_tokens": args.train_max_tokens, "date": time.strftime("%Y-%m-%d"),
               "command": " ".join(sys.argv), "generation": {}, "training": {}}
-    for name, beam, batch in GEN_CONFIGS:
+    for config, beam, batch in GEN_CONFIGS:
         limit = args.latency_sentences if batch == 1 else 0
-        runs = {s: [] for s in sides}
-        for rep in range(args.reps):
-            for side in (sides if rep % 2 == 0 else list(sides)[::-1]):  # alternate the order
-                runs[side].append(run_child("generate", side, sides[side], args.data, args.threads,
-                                            beam=beam, batch=batch, max_sentences=limit))
-        same = len({r["hyp_sha1"] for rs in runs.values() for r in rs}) == 1
-        entry = {"identical_hypotheses": same}
-        for side, rs in runs.items():
+        runs = alternate(sides, args.reps, lambda name, ck, dtype: run_child(
+            "generate", ck, args.data, args.threads, dtype=dtype, beam=beam, batch=batch, max_sentences=limit))
+        entry = {}
+        for name, rs in runs.items():
             sec = median([r["seconds"] for r in rs])
-            entry[side] = {"seconds": sec, "sentences": rs[0]["sentences"], "sentences_per_s": rs[0]["sentences"] / sec,
+            entry[name] = {"seconds": sec, "sentences": rs[0]["sentences"], "sentences_per_s": rs[0]["sentences"] / sec,
                            "tokens_per_s": rs[0]["tokens"] / sec, "ms_per_sentence": 1000 * sec / rs[0]["sentences"],
-                           "peak_rss_mb": max(r["peak_rss_mb"] for r in rs), "flops": rs[0]["flops"]}
-        entry["ratio_sentences_per_s"] = entry["fconv_ext"]["sentences_per_s"] / entry["fconv"]["sentences_per_s"]
-        report["generation"][name] = entry
-        print(f"{name}: fconv {entry['fconv']['seconds']:.2f}s, fconv_ext {entry['fconv_ext']['seconds']:.2f}s, "
-              f"ratio {entry['ratio_sentences_per_s']:.2f}x, identical={same}", flush=True)
+                           "peak_rss_mb": max(r["peak_rss_mb"] for r in rs), "flops": rs[0]["flops"],
+                           "bleu": rs[0]["bleu"], "generator": rs[0]["generator"], "params": rs[0]["params"],
+                           "same_hypotheses_every_rep": len({r["hyp_sha1"] for r in rs}) == 1,
+                           "same_hypotheses_as_fconv": {r["hyp_sha1"] for r in rs} == {r["hyp_sha1"] for r in runs["fconv"]}}
+        for name in entry:
+            entry[name]["ratio_sentences_per_s"] = entry[name]["sentences_per_s"] / entry["fconv"]["sentences_per_s"]
+        entry["identical_hypotheses"] = entry["fconv_ext"]["same_hypotheses_as_fconv"]
+        report["generation"][config] = entry
+        print(f"{config}: " + ", ".join(f"{n} {e['seconds']:.2f}s ({e['ratio_sentences_per_s']:.2f}x, BLEU {e['bleu']:.2f})"
+                                        for n, e in entry.items() if isinstance(e, dict)) +
+              f"; fconv_ext identical={entry['identical_hypotheses']}", flush=True)
 
-    runs = {s: [] for s in sides}
-    for rep in range(args.reps):
-        for side in (sides if rep % 2 == 0 else list(sides)[::-1]):
-            runs[side].append(run_child("train", side, sides[side], args.data, args.threads,
-                                        train_updates=args.train_updates, train_max_tokens=args.train_max_tokens))
-    entry = {}
-    for side, rs in runs.items():
-        sec = median([r["seconds"] for r in rs])
-        entry[side] = {"seconds": sec, "words_per_s": rs[0]["words"] / sec, "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
-                       "flops": rs[0]["flops"], "first_losses": rs[0]["losses"][:3]}
-    entry["ratio_words_per_s"] = entry["fconv_ext"]["words_per_s"] / entry["fconv"]["words_per_s"]
-    report["training"]["checkpoint_arch"] = entry
-    print(f"training: fconv {entry['fconv']['words_per_s']:.0f} w/s, fconv_ext {entry['fconv_ext']['words_per_s']:.0f} w/s, "
-          f"ratio {entry['ratio_words_per_s']:.2f}x", flush=True)
+    for spec in args.train_presets:
+        preset, _, updates = spec.partition(":")
+        updates = int(updates or args.train_updates)
+        if preset == "checkpoint":
+            train_sides = {"fconv": (args.fconv_checkpoint, "float32"), "fconv_ext": (converted, "float32")}
+        else:
+            fresh = untrained_checkpoint(preset, args.data, os.path.join(work, preset))
+            train_sides = {"fconv": (fresh, "float32"),
+                           "fconv_ext": (convert_to(fresh, os.path.join(work, preset + "_ext.pt")), "float32")}
+        runs = alternate(train_sides, args.reps, lambda name, ck, dtype: run_child(
+            "train", ck, args.data, args.threads, train_updates=updates, train_max_tokens=args.train_max_tokens))
+        entry = {}
+        for name, rs in runs.items():
+            sec = median([r["seconds"] for r in rs])
+            entry[name] = {"seconds": sec, "words_per_s": rs[0]["words"] / sec, "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+                           "flops": rs[0]["flops"], "first_losses": rs[0]["losses"][:3], "params": rs[0]["params"],
+                           "updates": updates}
+        entry["ratio_words_per_s"] = entry["fconv_ext"]["words_per_s"] / entry["fconv"]["words_per_s"]
+        report["training"][preset] = entry
+        print(f"training {preset}: fconv {entry['fconv']['words_per_s']:.0f} w/s, fconv_ext "
+              f"{entry['fconv_ext']['words_per_s']:.0f} w/s, ratio {entry['ratio_words_per_s']:.2f}x", flush=True)
 
     # the machine's matmul rate for these shapes, in this process tree
     from fairseq import checkpoint_utils
@@ -357,11 +430,12 @@ def main():
     rate = matmul_rate(model, args.threads)
     report["matmul_gflops"] = rate / 1e9
     for entry in report["generation"].values():
-        for side in sides:
+        for side in entry.values():
+            if isinstance(side, dict):
+                side["efficiency"] = side["flops"] / rate / side["seconds"] if side["flops"] else None
+    for entry in report["training"].values():
+        for side in ("fconv", "fconv_ext"):
             entry[side]["efficiency"] = entry[side]["flops"] / rate / entry[side]["seconds"]
-    for side in sides:
-        report["training"]["checkpoint_arch"][side]["efficiency"] = (
-            report["training"]["checkpoint_arch"][side]["flops"] / rate / report["training"]["checkpoint_arch"][side]["seconds"])
 
     with open(args.out + ".json", "w") as f:
         json.dump(report, f, indent=1)
@@ -371,27 +445,38 @@ def main():
     return 0
 
 
+def median(values):
+    return statistics.median(values)
+
+
 def markdown(r):
     m = r["machine"]
     lines = [f"Benchmark {r['date']} on {m['cpu']} ({m['cpus']} CPUs), {r['threads']} threads, torch {m['torch']}, "
-             f"fairseq {m['fairseq']}; median of {r['reps']}; matmul rate {r['matmul_gflops']:.0f} GFLOP/s.",
+             f"fairseq {m['fairseq']}; median of {r['reps']}; fp32 matmul rate {r['matmul_gflops']:.0f} GFLOP/s.",
              f"Command: `{r['command']}`", "",
-             "| generation | fconv s | fconv_ext s | fconv sent/s | fconv_ext sent/s | ratio | fconv eff. | fconv_ext eff. | identical | peak RSS MB (fconv / ext) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, e in r["generation"].items():
-        a, b = e["fconv"], e["fconv_ext"]
-        lines.append(f"| {name} | {a['seconds']:.2f} | {b['seconds']:.2f} | {a['sentences_per_s']:.1f} | {b['sentences_per_s']:.1f} | "
-                     f"{e['ratio_sentences_per_s']:.2f}x | {a['efficiency']:.0%} | {b['efficiency']:.0%} | {e['identical_hypotheses']} | "
-                     f"{a['peak_rss_mb']:.0f} / {b['peak_rss_mb']:.0f} |")
-    t = r["training"]["checkpoint_arch"]
-    lines += ["", "| training | fconv words/s | fconv_ext words/s | ratio | fconv eff. | fconv_ext eff. | peak RSS MB (fconv / ext) |",
-              "|---|---|---|---|---|---|---|",
-              f"| checkpoint arch | {t['fconv']['words_per_s']:.0f} | {t['fconv_ext']['words_per_s']:.0f} | {t['ratio_words_per_s']:.2f}x | "
-              f"{t['fconv']['efficiency']:.0%} | {t['fconv_ext']['efficiency']:.0%} | {t['fconv']['peak_rss_mb']:.0f} / {t['fconv_ext']['peak_rss_mb']:.0f} |"]
-    for name, e in r["generation"].items():
-        if name.endswith("batch1"):
-            lines.append(f"\nLatency {name}: fconv {e['fconv']['ms_per_sentence']:.1f} ms/sentence, "
-                         f"fconv_ext {e['fconv_ext']['ms_per_sentence']:.1f} ms/sentence.")
+             "Generation (max_len_a 1.2, max_len_b 10; BLEU: test set, BPE removed, tokenized, sacrebleu tokenize=none; "
+             "ratio = sentences/s over fconv's; eff. = FLOP floor / time, fp32 conv models only):", "",
+             "| config | model | generator | params | s | sent/s | ratio vs fconv | eff. | BLEU | same hyps as fconv | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for config, e in r["generation"].items():
+        for name, s in e.items():
+            if not isinstance(s, dict):
+                continue
+            eff = f"{s['efficiency']:.0%}" if s.get("efficiency") else "-"
+            lines.append(f"| {config} | {name} | {s['generator']} | {s['params'] / 1e6:.1f}M | {s['seconds']:.2f} | "
+                         f"{s['sentences_per_s']:.1f} | {s['ratio_sentences_per_s']:.2f}x | {eff} | {s['bleu']:.2f} | "
+                         f"{s['same_hypotheses_as_fconv']} | {s['peak_rss_mb']:.0f} |")
+    lines += ["", f"Training: NAG, batches of {r.get('train_max_tokens', 4000)} tokens, the same batches and seed on both sides; "
+              "eff. = 3 x forward FLOPs / matmul rate / time.", "", "| training | params | fconv words/s | fconv_ext words/s | ratio | fconv eff. | fconv_ext eff. | peak RSS MB (fconv / ext) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for preset, t in r["training"].items():
+        lines.append(f"| {preset} ({t['fconv'].get('updates', '?')} updates) | {t['fconv']['params'] / 1e6:.1f}M | {t['fconv']['words_per_s']:.0f} | "
+                     f"{t['fconv_ext']['words_per_s']:.0f} | {t['ratio_words_per_s']:.2f}x | {t['fconv']['efficiency']:.0%} | "
+                     f"{t['fconv_ext']['efficiency']:.0%} | {t['fconv']['peak_rss_mb']:.0f} / {t['fconv_ext']['peak_rss_mb']:.0f} |")
+    for config, e in r["generation"].items():
+        if config.endswith("batch1"):
+            lines.append(f"\nLatency {config} (ms/sentence): " + ", ".join(
+                f"{n} {s['ms_per_sentence']:.1f}" for n, s in e.items() if isinstance(s, dict)) + ".")
     return "\n".join(lines) + "\n"
 
 

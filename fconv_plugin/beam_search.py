@@ -32,7 +32,8 @@ suppressed tokens, ensembles, sampling and other search strategies, vocabularies
 smaller than ``2k + 1``) is handed to ``SequenceGenerator._generate`` unchanged.
 
 :func:`install` makes fairseq's ``FairseqTask.build_generator`` (every task: translation,
-fconv_translation, the hub interface) return this class for fconv_ext models, unless
+fconv_translation, the hub interface) return this class for fconv_ext models
+(:class:`FConvBeamSearchWithAlignment` with ``--print-alignment``), unless
 ``FCONV_EXT_BEAM_SEARCH=fairseq`` is set in the environment.
 """
 
@@ -43,7 +44,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 from fairseq import search
-from fairseq.sequence_generator import SequenceGenerator
+from fairseq.sequence_generator import SequenceGenerator, SequenceGeneratorWithAlignment
 from fairseq.tasks.fairseq_task import FairseqTask
 from torch import Tensor
 
@@ -248,6 +249,11 @@ class FConvBeamSearch(SequenceGenerator):
         return cand_scores, cand_tokens, cand_beams
 
 
+class FConvBeamSearchWithAlignment(SequenceGeneratorWithAlignment, FConvBeamSearch):
+    """fairseq's ``--print-alignment`` generator on top of :class:`FConvBeamSearch`: its
+    ``generate`` calls ``super()._generate``, which this class order resolves to ours."""
+
+
 def _is_fconv_ext(model) -> bool:
     from .models.fconv_ext import FConvExtModel
 
@@ -258,9 +264,12 @@ def _with_fconv_beam_search(original):
     @functools.wraps(original)
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **kwargs):
         if (seq_gen_cls is None and os.environ.get(ENV_SWITCH, "") != "fairseq"
-                and not getattr(args, "print_alignment", False) and not getattr(args, "score_reference", False)
-                and models and all(_is_fconv_ext(m) for m in models)):
-            seq_gen_cls = FConvBeamSearch
+                and not getattr(args, "score_reference", False) and models and all(_is_fconv_ext(m) for m in models)):
+            if getattr(args, "print_alignment", False):
+                seq_gen_cls = FConvBeamSearchWithAlignment
+                extra_gen_cls_kwargs = dict(extra_gen_cls_kwargs or {}, print_alignment=args.print_alignment)
+            else:
+                seq_gen_cls = FConvBeamSearch
         return original(self, models, args, seq_gen_cls=seq_gen_cls, extra_gen_cls_kwargs=extra_gen_cls_kwargs, **kwargs)
 
     build_generator._fconv_ext_beam_search = True

@@ -8,11 +8,11 @@ from typing import Optional
 
 import pytest
 import torch
-from fairseq.sequence_generator import SequenceGenerator
+from fairseq.sequence_generator import SequenceGenerator, SequenceGeneratorWithAlignment
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from conftest import make_dictionary, random_batch
-from fconv_plugin.beam_search import ENV_SWITCH, FConvBeamSearch, top_tokens
+from fconv_plugin.beam_search import ENV_SWITCH, FConvBeamSearch, FConvBeamSearchWithAlignment, top_tokens
 from fconv_plugin.convert import build_fconv_ext
 
 SMALL = {
@@ -88,6 +88,21 @@ def test_attention_is_returned_like_fairseq():
     assert_same(expected, actual)
 
 
+def test_print_alignment_gives_fairseqs_alignments():
+    model, tgt_dict = small_model(901)
+    model.make_generation_fast_(need_attn=True)
+    sample = sample_for(tgt_dict)
+    results = []
+    for cls in (SequenceGeneratorWithAlignment, FConvBeamSearchWithAlignment):
+        gen = cls([model], tgt_dict, beam_size=3, max_len_b=8, print_alignment="hard")
+        with torch.no_grad():
+            results.append(gen.generate([model], sample))
+    assert_same(*results)
+    assert sum(len(nbest[0]["alignment"]) for nbest in results[0]) > 10
+    for nbest_a, nbest_b in zip(*results):
+        assert [a["alignment"] for a in nbest_a] == [b["alignment"] for b in nbest_b]  # (source, target) pairs
+
+
 def test_nan_log_probabilities_are_treated_as_fairseq_does():
     """fairseq replaces NaN by -inf before the search; here NaN is found among the candidates."""
     model, tgt_dict = small_model(901)
@@ -152,7 +167,7 @@ def test_build_generator_picks_it_for_fconv_ext_only(monkeypatch):
     task = _translation_task(tgt_dict)
     args = argparse.Namespace(beam=3, max_len_a=0, max_len_b=10)
     assert type(task.build_generator([model], args)) is FConvBeamSearch
-    assert type(task.build_generator([model], argparse.Namespace(print_alignment="hard", beam=3))) is not FConvBeamSearch
+    assert type(task.build_generator([model], argparse.Namespace(print_alignment="hard", beam=3))) is FConvBeamSearchWithAlignment
     fconv = FConvModel.build_model(argparse.Namespace(
         arch="fconv", encoder_embed_dim=8, decoder_embed_dim=8, decoder_out_embed_dim=8, encoder_layers="[(8, 3)]",
         decoder_layers="[(8, 3)]", decoder_attention="True", dropout=0.1, share_input_output_embed=False,

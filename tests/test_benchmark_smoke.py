@@ -24,5 +24,8 @@ def test_benchmark_smoke(tmp_path):
     for name, entry in report["generation"].items():
         assert entry["identical_hypotheses"], name
         assert entry["fconv"]["sentences"] == entry["fconv_ext"]["sentences"] > 0
-    assert report["training"]["checkpoint_arch"]["fconv_ext"]["words_per_s"] > 0
+    assert report["training"]["checkpoint"]["fconv_ext"]["words_per_s"] > 0
+    assert report["generation"]["beam5_batch64"]["fconv_ext"]["generator"] == "FConvBeamSearch"
+    assert report["generation"]["beam5_batch64"]["fconv"]["generator"] == "SequenceGenerator"
+    assert report["generation"]["beam5_batch64"]["fconv_ext_bf16"]["bleu"] >= 0
     assert "| beam5_batch64 |" in (tmp_path / "smoke.md").read_text()
