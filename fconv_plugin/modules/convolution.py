@@ -30,20 +30,37 @@ IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
 def conv_time_major(x: Tensor, weight: Tensor, bias: Tensor, pad_left: int, pad_right: int) -> Tensor:
     """1-D convolution of a ``B x T x C`` tensor with a Conv1d weight (``out x in x k``).
+    Output ``t`` sees inputs ``t - pad_left .. t + pad_right``.
 
-    Computed by ``torch.conv_tbc`` (one matrix product per kernel tap over the time-major
+    float32: ``torch.conv_tbc`` (one matrix product per kernel tap over the time-major
     ``T x B x C`` input, accumulated in place; the kernel fairseq's ``ConvTBC`` uses) on a
     transposed copy of ``x``: forward + backward of a ConvS2S layer (B=64, T=30, 256 -> 512,
     k=3) take 14.8 ms against 16.7 ms for one matrix product over unfolded windows and 25.7 ms
     for ``F.conv1d`` (2 threads, this project's CPU; ``benchmarks/conv_layouts.py``).
-    Output ``t`` sees inputs ``t - pad_left .. t + pad_right``.
+
+    bfloat16 / float16: one matrix product over the unfolded windows, which sums all taps
+    inside the product (in float32); conv_tbc would add the taps up in the low precision
+    (bfloat16 decoding of the gettext test set: 28.12 BLEU against 28.73).
     """
+    if x.dtype in (torch.bfloat16, torch.float16):
+        return _conv_unfolded(x, weight, bias, pad_left, pad_right)
     length = x.size(1)
     pad = max(pad_left, pad_right)  # conv_tbc pads both sides by the same amount
     x = x.transpose(0, 1).contiguous()  # T x B x C
     out = torch.conv_tbc(x, weight.permute(2, 1, 0).contiguous(), bias, pad)  # (T + 2*pad - k + 1) x B x out
     first = pad - pad_left  # output j starts its window at input j - pad
     return out[first : first + length].transpose(0, 1)  # B x T x out (a view)
+
+
+def _conv_unfolded(x: Tensor, weight: Tensor, bias: Tensor, pad_left: int, pad_right: int) -> Tensor:
+    """The same convolution as one matrix product over sliding windows (unfold)."""
+    out_channels, in_channels, k = weight.shape
+    bsz, length, _ = x.shape
+    x = F.pad(x, (0, 0, pad_left, pad_right))  # pad the time dimension
+    windows = x.unfold(1, k, 1)  # B x T x C x k (a view)
+    windows = windows.reshape(bsz * length, in_channels * k)  # (B*T) x (C*k), channel-major like the weight
+    out = F.linear(windows, weight.reshape(out_channels, in_channels * k), bias)
+    return out.view(bsz, length, out_channels)  # B x T x out
 
 
 class SameConv1d(nn.Conv1d):
