@@ -187,6 +187,20 @@ def test_bfloat16_inference_is_opt_in_and_close_to_float32():
         small_model(inference_dtype="float8")
 
 
+@pytest.mark.parametrize("channels", [16, 512])  # conv_tbc below 512 input channels, one product above
+@pytest.mark.parametrize("k,pad_left,pad_right", [(3, 1, 1), (3, 2, 0), (4, 1, 2), (4, 3, 0), (1, 0, 0), (5, 4, 0)])
+def test_both_convolution_paths_compute_the_same_convolution(channels, k, pad_left, pad_right):
+    from fconv_plugin.modules.convolution import _conv_unfolded, conv_time_major
+
+    torch.manual_seed(k)
+    x = torch.randn(3, 7, channels, dtype=torch.float64)
+    weight, bias = torch.randn(6, channels, k, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    reference = torch.nn.functional.conv1d(
+        torch.nn.functional.pad(x.transpose(1, 2), (pad_left, pad_right)), weight, bias).transpose(1, 2)
+    for conv in (conv_time_major, _conv_unfolded):
+        assert torch.allclose(conv(x, weight, bias, pad_left, pad_right), reference, atol=1e-10)
+
+
 def test_max_positions_is_what_the_model_accepts():
     model, src_dict, tgt_dict = small_model(max_source_positions=8, max_target_positions=6)
     assert model.max_positions() == (8, 6)

@@ -32,17 +32,19 @@ def conv_time_major(x: Tensor, weight: Tensor, bias: Tensor, pad_left: int, pad_
     """1-D convolution of a ``B x T x C`` tensor with a Conv1d weight (``out x in x k``).
     Output ``t`` sees inputs ``t - pad_left .. t + pad_right``.
 
-    float32: ``torch.conv_tbc`` (one matrix product per kernel tap over the time-major
-    ``T x B x C`` input, accumulated in place; the kernel fairseq's ``ConvTBC`` uses) on a
-    transposed copy of ``x``: forward + backward of a ConvS2S layer (B=64, T=30, 256 -> 512,
-    k=3) take 14.8 ms against 16.7 ms for one matrix product over unfolded windows and 25.7 ms
-    for ``F.conv1d`` (2 threads, this project's CPU; ``benchmarks/conv_layouts.py``).
+    Two ways to compute it, chosen by what was faster for forward + backward on this project's
+    2-core CPU (``benchmarks/conv_layouts.py`` and the shapes of fconv_iwslt_de_en / fconv_wmt_en_de):
 
-    bfloat16 / float16: one matrix product over the unfolded windows, which sums all taps
-    inside the product (in float32); conv_tbc would add the taps up in the low precision
-    (bfloat16 decoding of the gettext test set: 28.12 BLEU against 28.73).
+    * ``torch.conv_tbc`` (one matrix product per kernel tap over a time-major ``T x B x C`` copy,
+      accumulated in place; the kernel fairseq's ``ConvTBC`` uses) for narrow float32 layers
+      (< 512 input channels, k > 1): 15.7 vs 17.6 ms at B=64, T=30, 256 -> 512, k=3;
+    * one matrix product over the unfolded windows otherwise: wider layers (440 vs 490 ms at
+      B=300, T=13, 1024 -> 2048, k=3), k = 1 (no copy at all), and bfloat16 / float16, where
+      conv_tbc would add the taps up in the low precision (bfloat16 decoding of the gettext
+      test set: 28.12 BLEU against 28.73) while the single product sums them in float32.
     """
-    if x.dtype in (torch.bfloat16, torch.float16):
+    _, in_channels, k = weight.shape
+    if k == 1 or in_channels >= 512 or x.dtype in (torch.bfloat16, torch.float16):
         return _conv_unfolded(x, weight, bias, pad_left, pad_right)
     length = x.size(1)
     pad = max(pad_left, pad_right)  # conv_tbc pads both sides by the same amount
@@ -56,7 +58,8 @@ def _conv_unfolded(x: Tensor, weight: Tensor, bias: Tensor, pad_left: int, pad_r
     """The same convolution as one matrix product over sliding windows (unfold)."""
     out_channels, in_channels, k = weight.shape
     bsz, length, _ = x.shape
-    x = F.pad(x, (0, 0, pad_left, pad_right))  # pad the time dimension
+    if pad_left or pad_right:
+        x = F.pad(x, (0, 0, pad_left, pad_right))  # pad the time dimension
     windows = x.unfold(1, k, 1)  # B x T x C x k (a view)
     windows = windows.reshape(bsz * length, in_channels * k)  # (B*T) x (C*k), channel-major like the weight
     out = F.linear(windows, weight.reshape(out_channels, in_channels * k), bias)
