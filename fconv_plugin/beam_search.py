@@ -111,7 +111,6 @@ class FConvBeamSearch(SequenceGenerator):
         bsz, src_len = src_tokens.shape[:2]
         k = self.beam_size
         n_cand = 2 * k  # candidates per sentence: 2k in case half of them end the sentence
-        vocab = self.vocab_size
         device = src_tokens.device
         max_len = min(int(self.max_len_a * src_len + self.max_len_b), self.max_len - 1)
         assert self.min_len <= max_len, "min_len cannot be larger than max_len, please adjust these!"
