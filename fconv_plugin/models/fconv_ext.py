@@ -393,11 +393,17 @@ class FConvExtDecoder(FairseqIncrementalDecoder):
         prev_output_tokens: Tensor,  # B x T (right-padded, BOS first)
         encoder_out=None,
         incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
+        logits_out: Optional[Tensor] = None,
         **unused,
     ):
         """Returns logits (B x T x V) and the attention averaged over the attention
         layers (B x T x S; only in eval mode with ``need_attn``).  With
-        ``incremental_state``, only the last position is computed (T = 1)."""
+        ``incremental_state``, only the last position is computed (T = 1).
+
+        ``logits_out`` (optional, ``B*T x V``, contiguous): a buffer the logits are written
+        into, the same numbers as ``fc3(x)``.  The beam search passes one that lives for the
+        whole search: on a CPU a fresh ``B*T x V`` tensor per step costs page faults that
+        add up to a third of the vocabulary projection itself."""
         keys, values = encoder_out["encoder_out"]  # B' x S x E each (B' = B / beams)
         padding_mask = encoder_out["encoder_padding_mask"]  # B' x S or None
         beams = encoder_out.get("beams", 1)  # decoder rows per encoder row (reorder_encoder_out)
@@ -432,11 +438,27 @@ class FConvExtDecoder(FairseqIncrementalDecoder):
 
         x = self.fc2(x)  # B x T x out_embed_dim
         x = self.dropout_module(x)
-        x = self.fc3(x)  # B x T x V
-        return x, avg_attn
+        if logits_out is None:
+            return self.fc3(x), avg_attn  # B x T x V
+        # what F.linear does for a 3-D input: one addmm over the B*T rows, here into the buffer
+        rows, steps, _ = x.shape
+        torch.addmm(self.fc3.bias, x.reshape(rows * steps, -1), self.fc3.weight.t(), out=logits_out)  # B*T x V
+        return logits_out.view(rows, steps, -1), avg_attn  # B x T x V
 
     def max_positions(self) -> int:
         return self.embed_positions.max_positions
+
+    def reorder_incremental_state_scripting(self, incremental_state, new_order: Tensor):
+        """Beam search's reorder: what fairseq's version does, without walking every submodule
+        at every step to find the few that keep state (the module tree does not change)."""
+        stateful = self.__dict__.get("_stateful_modules")
+        if stateful is None:
+            stateful = [m for m in self.modules() if hasattr(m, "reorder_incremental_state")]
+            self.__dict__["_stateful_modules"] = stateful
+        for module in stateful:
+            result = module.reorder_incremental_state(incremental_state, new_order)
+            if result is not None:
+                incremental_state = result
 
     def make_generation_fast_(self, need_attn: bool = False, **kwargs):
         self.need_attn = need_attn

@@ -13,7 +13,7 @@ through :func:`ConvEncoderLayer`/:func:`ConvDecoderLayer`, which apply the paper
 initialisation and weight norm over the output channels.
 """
 
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -28,7 +28,8 @@ from .weight_norm import init_conv_
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
 
-def conv_time_major(x: Tensor, weight: Tensor, bias: Tensor, pad_left: int, pad_right: int) -> Tensor:
+def conv_time_major(x: Tensor, weight: Tensor, bias: Tensor, pad_left: int, pad_right: int,
+                    tbc_weight: Optional[Tensor] = None) -> Tensor:
     """1-D convolution of a ``B x T x C`` tensor with a Conv1d weight (``out x in x k``).
     Output ``t`` sees inputs ``t - pad_left .. t + pad_right``.
 
@@ -42,6 +43,9 @@ def conv_time_major(x: Tensor, weight: Tensor, bias: Tensor, pad_left: int, pad_
       B=300, T=13, 1024 -> 2048, k=3), k = 1 (no copy at all), and bfloat16 / float16, where
       conv_tbc would add the taps up in the low precision (bfloat16 decoding of the gettext
       test set: 28.12 BLEU against 28.73) while the single product sums them in float32.
+
+    ``tbc_weight``: the weight already in conv_tbc's ``k x in x out`` layout, if the caller keeps
+    one (inference; see :func:`cached_weight_layout`).
     """
     _, in_channels, k = weight.shape
     if k == 1 or in_channels >= 512 or x.dtype in (torch.bfloat16, torch.float16):
@@ -49,7 +53,9 @@ def conv_time_major(x: Tensor, weight: Tensor, bias: Tensor, pad_left: int, pad_
     length = x.size(1)
     pad = max(pad_left, pad_right)  # conv_tbc pads both sides by the same amount
     x = x.transpose(0, 1).contiguous()  # T x B x C
-    out = torch.conv_tbc(x, weight.permute(2, 1, 0).contiguous(), bias, pad)  # (T + 2*pad - k + 1) x B x out
+    if tbc_weight is None:
+        tbc_weight = weight.permute(2, 1, 0).contiguous()  # out x in x k -> k x in x out
+    out = torch.conv_tbc(x, tbc_weight, bias, pad)  # (T + 2*pad - k + 1) x B x out
     first = pad - pad_left  # output j starts its window at input j - pad
     return out[first : first + length].transpose(0, 1)  # B x T x out (a view)
 
@@ -66,12 +72,29 @@ def _conv_unfolded(x: Tensor, weight: Tensor, bias: Tensor, pad_left: int, pad_r
     return out.view(bsz, length, out_channels)  # B x T x out
 
 
+def cached_weight_layout(module: nn.Module, layout: str, make: Callable[[Tensor], Tensor]) -> Optional[Tensor]:
+    """``make(module.weight)``, a re-laid-out copy of the weight, computed once and kept while
+    the weight is a plain tensor that does not change (inference, after
+    :func:`~fconv_plugin.modules.weight_norm.fold_weight_norm_`).  While weight norm is live
+    (training) it returns None: the caller computes the layout from the current weight, so
+    training stays exact."""
+    if parametrize.is_parametrized(module, "weight"):
+        return None
+    key = (module.weight.data_ptr(), module.weight._version, module.weight.dtype)
+    cache = module.__dict__.setdefault("_weight_layouts", {})
+    if layout not in cache or cache[layout][0] != key:
+        cache[layout] = (key, make(module.weight.detach()).contiguous())
+    return cache[layout][1]
+
+
 class SameConv1d(nn.Conv1d):
     """Non-causal convolution; input and output ``B x T x C``."""
 
     def forward(self, x: Tensor) -> Tensor:
         k = self.kernel_size[0]
-        return conv_time_major(x, self.weight, self.bias, (k - 1) // 2, k // 2)
+        # out x in x k -> k x in x out (conv_tbc's layout), kept between calls in inference
+        tbc_weight = cached_weight_layout(self, "tbc", lambda w: w.permute(2, 1, 0))
+        return conv_time_major(x, self.weight, self.bias, (k - 1) // 2, k // 2, tbc_weight)
 
 
 @with_incremental_state
@@ -104,18 +127,14 @@ class CausalConv1d(nn.Conv1d):
     def _linearized_weight(self) -> Tensor:
         """The weight as ``out x (k * in)`` matching a ``B x k x C`` window, frame-major.
 
-        Cached once the weight is a plain tensor (after :func:`fold_weight_norm_` in
-        inference); recomputed while weight norm is live, so training stays exact."""
-        if parametrize.is_parametrized(self, "weight"):
-            w = self.weight
+        Kept between steps once the weight is a plain tensor (inference, see
+        :func:`cached_weight_layout`); recomputed while weight norm is live (training)."""
+
+        def linearize(w: Tensor) -> Tensor:
             return w.permute(0, 2, 1).reshape(w.size(0), -1)  # out x in x k -> out x (k*in)
-        key = (self.weight.data_ptr(), self.weight._version)
-        cached = getattr(self, "_linearized_cache", None)
-        if cached is None or cached[0] != key:
-            w = self.weight.detach()
-            cached = (key, w.permute(0, 2, 1).reshape(w.size(0), -1).contiguous())
-            self._linearized_cache = cached
-        return cached[1]
+
+        cached = cached_weight_layout(self, "linearized", linearize)
+        return linearize(self.weight) if cached is None else cached
 
     def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor):
         window = self._get_window(incremental_state)
