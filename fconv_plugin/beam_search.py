@@ -76,8 +76,6 @@ def top_tokens(lprobs: Tensor, n: int) -> Tuple[Tensor, Tensor]:
 class FConvBeamSearch(SequenceGenerator):
     """Drop-in ``SequenceGenerator`` (same constructor, same outputs) with a leaner step."""
 
-    DEDUP = False
-
     def fast_path_unavailable(self, sample, prefix_tokens, constraints) -> Optional[str]:
         """Why this batch goes to fairseq's implementation (None: it does not)."""
         if type(self.search) is not search.BeamSearch:
@@ -119,9 +117,9 @@ class FConvBeamSearch(SequenceGenerator):
 
         model = self.model.single_model
         incremental_states: List[Dict[str, Dict[str, Optional[Tensor]]]] = [{}]
-        sentence_encoder_outs = self.model.forward_encoder(net_input)  # one row per sentence
+        encoder_outs = self.model.forward_encoder(net_input)
         expand = torch.arange(bsz, device=device).repeat_interleave(k)  # B*k: beams of sentence i together
-        encoder_outs = self.model.reorder_encoder_out(sentence_encoder_outs, expand)
+        encoder_outs = self.model.reorder_encoder_out(encoder_outs, expand)
         buffers = _StepBuffers.for_model(model, bsz * k, device)
 
         # row r = sentence r // k, beam r % k; column t = output position t (0: BOS)
@@ -147,17 +145,8 @@ class FConvBeamSearch(SequenceGenerator):
                 self.model.reorder_incremental_state(incremental_states, reorder_state)
                 encoder_outs = self.model.reorder_encoder_out(encoder_outs, reorder_state)
 
-            if step == 0 and self.DEDUP:
-                # the k beams of a sentence are still one hypothesis (BOS): decode one row per
-                # sentence (B rows, B x V log-probabilities), then give each beam a copy of its state
-                lprobs, step_attn = self._next_token_lprobs(model, tokens[::k, :1], sentence_encoder_outs[0],
-                                                            incremental_states[0], buffers)
-                self.model.reorder_incremental_state(incremental_states, expand)
-                if step_attn is not None:
-                    step_attn = step_attn.repeat_interleave(k, dim=0)  # B*k x S
-            else:
-                lprobs, step_attn = self._next_token_lprobs(model, tokens[:, : step + 1], encoder_outs[0],
-                                                            incremental_states[0], buffers)
+            lprobs, step_attn = self._next_token_lprobs(model, tokens[:, : step + 1], encoder_outs[0],
+                                                        incremental_states[0], buffers)
             lprobs[:, self.pad] = -math.inf  # never select pad
             if self.unk_penalty != 0:
                 lprobs[:, self.unk] -= self.unk_penalty
@@ -254,8 +243,8 @@ class FConvBeamSearch(SequenceGenerator):
     def _candidates(self, lprobs: Tensor, scores: Tensor, step: int, bsz: int, k: int, n_cand: int):
         """The 2k best continuations of each sentence: (scores, tokens, beams), each B x 2k,
         scores descending, as fairseq's BeamSearch.step returns them."""
-        if step == 0:  # all beams are still the same hypothesis: lprobs has one row per sentence
-            rows = lprobs if self.DEDUP else lprobs.view(bsz, k, -1)[:, 0, :]  # B x V
+        if step == 0:  # all beams are still the same hypothesis: only the first one counts
+            rows = lprobs.view(bsz, k, -1)[:, 0, :]  # B x V
             row_scores, row_tokens = top_tokens(rows, n_cand)
             if torch.isnan(row_scores).any():
                 rows = rows.masked_fill(torch.isnan(rows), -math.inf)
