@@ -217,8 +217,9 @@ class FConvBeamSearch(SequenceGenerator):
             reorder_state = None if in_place and batch_idxs is None else active_bbsz_idx
 
         for sent in range(len(finalized)):  # best first, sorted as fairseq sorts them
-            order = torch.sort(torch.tensor([float(h["score"].item()) for h in finalized[sent]]), descending=True)[1]
-            finalized[sent] = [finalized[sent][i] for i in order]
+            if len(finalized[sent]) > 1:  # the same float32 scores fairseq sorts, in one tensor
+                order = torch.sort(torch.stack([h["score"] for h in finalized[sent]]), descending=True)[1]
+                finalized[sent] = [finalized[sent][i] for i in order.tolist()]
         return finalized
 
     def _next_token_lprobs(self, model, tokens: Tensor, encoder_out, incremental_state,

@@ -27,8 +27,6 @@ SAFE_GLOBALS = [argparse.Namespace]
 torch.serialization.add_safe_globals(SAFE_GLOBALS)
 
 
-
-
 def _is_unreadable_file_error(err: BaseException) -> bool:
     if isinstance(err, (EOFError, zipfile.BadZipFile, pickle.UnpicklingError)):
         return True
@@ -93,9 +91,12 @@ def load_checkpoint_file(path: str) -> Dict[str, Any]:
     """
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist (check the path)")
+    # (not the ``safe_globals`` context manager: on exit it removes the classes again, also
+    # from the process-wide list this module's import added them to, so that fairseq's own
+    # loading of an fconv checkpoint later in the process would be refused)
+    torch.serialization.add_safe_globals(SAFE_GLOBALS)
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as err:
         raise _explain(path, err) from None
     if not isinstance(state, dict) or "model" not in state:

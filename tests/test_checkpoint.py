@@ -116,3 +116,17 @@ def test_fconv_ext_checkpoint_whose_config_carries_code_is_refused(tmp_path):
     with pytest.raises(LayerSpecError, match="--encoder-layers"):
         checkpoint_utils.load_model_ensemble_and_task([str(path)])
     assert not marker.exists()
+
+
+def test_reading_a_checkpoint_keeps_namespace_allowed_for_fairseq(tmp_path):
+    """load_checkpoint_file must not take argparse.Namespace off torch's process-wide allow-list
+    (torch's safe_globals context manager does on exit): fairseq's own loader, later in the same
+    process (fairseq-generate after a conversion, the benchmark), still reads fconv checkpoints."""
+    ref, _, _, _ = build_twins("fconv_iwslt_de_en")
+    path = tmp_path / "fconv.pt"
+    torch.save({"args": None, "cfg": {"model": fconv_args("fconv_iwslt_de_en")}, "model": ref.state_dict(),
+                "optimizer_history": []}, path)
+    load_checkpoint_file(str(path))
+    assert argparse.Namespace in torch.serialization.get_safe_globals()
+    state = torch.load(path, weights_only=True)  # what fairseq's load_checkpoint_to_cpu calls
+    assert isinstance(state["cfg"]["model"], argparse.Namespace)
