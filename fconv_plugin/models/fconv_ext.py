@@ -112,7 +112,7 @@ class FConvExtConfig(FairseqDataclass):
     inference_dtype: str = field(
         default="float32",
         metadata={"help": "opt-in, inference only: 'bfloat16' casts the model to bfloat16 when decoding starts "
-                  "(make_generation_fast_; CPUs with AVX-512 BF16/AMX run it ~1.5x faster); log-probabilities "
+                  "(make_generation_fast_; faster than float32 at batch 64 on CPUs with AMX, slower without AMX); log-probabilities "
                   "and beam scores stay float32. Not exact: BLEU moves slightly (benchmarks/results.md). "
                   "fairseq-generate: --model-overrides \"{'model': {'inference_dtype': 'bfloat16'}}\". "
                   "Training always runs in the checkpoint's own precision"},
