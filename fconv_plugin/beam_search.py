@@ -15,18 +15,20 @@ algorithm step for step (same candidates, same end-of-sentence handling, same le
 normalisation, fairseq's own ``finalize_hypos``) and changes only how the candidates
 are found:
 
-1. the best ``2k`` tokens of each hypothesis (adding the hypothesis score, a constant
-   per row, does not change their order): the row's maxima over blocks of 64 tokens
-   pick the at most ``2k`` blocks that can hold them, and ``topk`` runs on those;
-2. the hypothesis score is added to those ``k * 2k`` candidates only, and the best
-   ``2k`` of each sentence are kept, as fairseq's ``topk`` over ``k*V`` does;
+1. the best ``2k + 1`` tokens of each hypothesis (adding the hypothesis score, a
+   constant per row, does not change their order): the row's maxima over blocks of 64
+   tokens pick the at most ``2k + 1`` blocks that can hold them, and ``topk`` runs on those;
+2. the hypothesis score is added to those ``k * (2k + 1)`` candidates only, and the best
+   ``2k`` of each sentence are kept, as fairseq's ``topk`` over ``k*V`` does (the one
+   more per hypothesis shows whether the ``2k``-th place is tied);
 3. NaN: ``topk`` ranks NaN above everything, so a NaN anywhere in a row shows up among
    that row's candidates; only then is the row cleaned (NaN -> -inf, as fairseq does)
    and searched again.
 
-Results are fairseq's (tests compare tokens and scores with ``SequenceGenerator``),
-except where two candidates tie exactly in float32: which one comes first is
-unspecified in either implementation.  Anything this class does not implement
+Results are fairseq's (tests compare tokens and scores with ``SequenceGenerator``), ties
+included: where two of a sentence's best candidates have exactly the same score, ``topk``'s
+order among them depends on the tensor it runs on, so that sentence's candidates are
+found again with fairseq's own ``topk`` over ``k x V``.  Anything this class does not implement
 (prefix tokens, constraints, LM fusion, n-gram blocking, ``--match-source-len``,
 suppressed tokens, ensembles, sampling and other search strategies, vocabularies
 smaller than ``2k + 1``) is handed to ``SequenceGenerator._generate`` unchanged.
@@ -243,23 +245,49 @@ class FConvBeamSearch(SequenceGenerator):
 
     def _candidates(self, lprobs: Tensor, scores: Tensor, step: int, bsz: int, k: int, n_cand: int):
         """The 2k best continuations of each sentence: (scores, tokens, beams), each B x 2k,
-        scores descending, as fairseq's BeamSearch.step returns them."""
-        if step == 0:  # all beams are still the same hypothesis: only the first one counts
-            rows = lprobs.view(bsz, k, -1)[:, 0, :]  # B x V
-            row_scores, row_tokens = top_tokens(rows, n_cand)
-            if torch.isnan(row_scores).any():
-                rows = rows.masked_fill(torch.isnan(rows), -math.inf)
-                row_scores, row_tokens = top_tokens(rows, n_cand)
-            return row_scores, row_tokens, torch.zeros_like(row_tokens)
-        row_scores, row_tokens = top_tokens(lprobs, n_cand)  # B*k x 2k
+        scores descending, as fairseq's BeamSearch.step returns them.
+
+        Each hypothesis contributes its 2k + 1 best tokens; the sentence's 2k + 1 best of those
+        pools are then its 2k + 1 best continuations over all ``k x V``.  If two of them have the
+        same finite score, which one comes first is up to ``topk``'s tie order, which depends on
+        the tensor it runs on: such sentences are searched again exactly as fairseq does (one
+        ``topk`` over ``k x V``), so that ties come out in fairseq's order too."""
+        rows = lprobs.view(bsz, k, -1)[:, 0, :] if step == 0 else lprobs  # step 0: the k beams are one (B x V)
+        per_row = n_cand + 1  # one more than needed: it shows a tie at the 2k-th place
+        row_scores, row_tokens = top_tokens(rows, per_row)  # rows x 2k+1
         if torch.isnan(row_scores).any():  # fairseq: NaN -> -inf before anything else
-            lprobs = lprobs.masked_fill(torch.isnan(lprobs), -math.inf)
-            row_scores, row_tokens = top_tokens(lprobs, n_cand)
-        totals = row_scores + scores[:, step - 1 : step]  # B*k x 2k: cumulative score of each continuation
-        cand_scores, flat = torch.topk(totals.view(bsz, k * n_cand), n_cand)  # B x 2k over k*2k
-        cand_tokens = row_tokens.view(bsz, k * n_cand).gather(1, flat)
-        cand_beams = torch.div(flat, n_cand, rounding_mode="trunc")
+            rows = rows.masked_fill(torch.isnan(rows), -math.inf)
+            row_scores, row_tokens = top_tokens(rows, per_row)
+        if step == 0:
+            best, best_tokens, best_beams = row_scores, row_tokens, torch.zeros_like(row_tokens)  # B x 2k+1
+        else:
+            totals = row_scores + scores[:, step - 1 : step]  # B*k x 2k+1: cumulative score of each continuation
+            best, flat = torch.topk(totals.view(bsz, k * per_row), per_row)  # B x 2k+1 over k*(2k+1)
+            best_tokens = row_tokens.view(bsz, k * per_row).gather(1, flat)
+            best_beams = torch.div(flat, per_row, rounding_mode="trunc")
+        cand_scores, cand_tokens, cand_beams = best[:, :n_cand], best_tokens[:, :n_cand], best_beams[:, :n_cand]
+        tied = ((best[:, 1:] == best[:, :-1]) & (best[:, 1:] > -math.inf)).any(dim=1)  # B
+        if tied.any():
+            self._fairseq_candidates(rows, scores, step, bsz, k, n_cand, tied.nonzero().squeeze(1),
+                                     cand_scores, cand_tokens, cand_beams)
         return cand_scores, cand_tokens, cand_beams
+
+    @staticmethod
+    def _fairseq_candidates(rows: Tensor, scores: Tensor, step: int, bsz: int, k: int, n_cand: int, sentences: Tensor,
+                            cand_scores: Tensor, cand_tokens: Tensor, cand_beams: Tensor) -> None:
+        """fairseq's BeamSearch.step for ``sentences`` (one ``topk`` over each one's ``k x V``
+        continuations), written into their rows of the candidate tensors."""
+        vocab = rows.size(-1)
+        if step == 0:
+            totals = rows.index_select(0, sentences)  # n x V: fairseq's lprobs[:, ::beam_size, :]
+        else:
+            beam_rows = rows.view(bsz, k, vocab).index_select(0, sentences)  # n x k x V
+            last = scores.view(bsz, k, -1).index_select(0, sentences)[:, :, step - 1 : step]  # n x k x 1
+            totals = (beam_rows + last).view(sentences.numel(), k * vocab)  # n x k*V
+        values, flat = torch.topk(totals, n_cand)  # n x 2k
+        cand_scores[sentences] = values
+        cand_tokens[sentences] = flat.fmod(vocab)
+        cand_beams[sentences] = torch.div(flat, vocab, rounding_mode="trunc")
 
 
 class _StepBuffers:

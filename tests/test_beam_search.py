@@ -124,6 +124,33 @@ def test_nan_log_probabilities_are_treated_as_fairseq_does():
     assert_same(expected, actual)
 
 
+@pytest.mark.parametrize("vocab", [60, 901])
+@pytest.mark.parametrize("beam", [1, 2, 5])
+def test_exact_ties_come_out_in_fairseqs_order(vocab, beam, monkeypatch):
+    """Logits rounded to halves: many candidates share one score exactly.  topk's order among
+    equal values depends on the tensor it runs on, so the blockwise search hands tied
+    sentences to fairseq's own topk; n-best lists, tokens and scores stay fairseq's."""
+    model, tgt_dict = small_model(vocab)
+    forward = model.decoder.forward
+
+    def with_ties(*args, **kwargs):
+        logits, extra = forward(*args, **kwargs)
+        return (logits * 2).round() / 2, extra
+
+    model.decoder.forward = with_ties
+    searched_again = []
+    original = FConvBeamSearch._fairseq_candidates
+
+    def counting(*args, **kwargs):
+        searched_again.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(FConvBeamSearch, "_fairseq_candidates", staticmethod(counting))
+    expected, actual = decode_both(model, tgt_dict, sample_for(tgt_dict), beam_size=beam, max_len_b=8)
+    assert_same(expected, actual)
+    assert searched_again  # the ties were there and were handed over
+
+
 def test_prefix_tokens_are_handed_to_fairseq():
     model, tgt_dict = small_model(60)
     sample = sample_for(tgt_dict)
