@@ -229,13 +229,14 @@ class FConvBeamSearch(SequenceGenerator):
         """Log-probabilities of the next token (R x V, R = rows of ``tokens``) and the attention
         (R x S or None), the numbers fairseq's EnsembleModel.forward_decoder computes for one model."""
         rows = tokens.size(0)
+        logits_out = buffers.logits(rows)  # None: the decoder allocates its own (and is not asked to take one)
         decoder_out = model.decoder.forward(tokens, encoder_out=encoder_out, incremental_state=incremental_state,
-                                            logits_out=buffers.logits(rows))
+                                            **({} if logits_out is None else {"logits_out": logits_out}))
         logits = decoder_out[0][:, -1:, :]  # R x 1 x V
         if self.temperature != 1.0:  # x / 1.0 == x: fairseq's division by 1 changes nothing
             logits = logits.div_(self.temperature)
         extra = decoder_out[1] if len(decoder_out) > 1 else None
-        lprobs = buffers.log_softmax(logits.view(rows, -1))  # R x V
+        lprobs = buffers.log_softmax(logits.reshape(rows, -1))  # R x V
         if lprobs is None:
             lprobs = model.get_normalized_probs((logits, extra), log_probs=True, sample=None)[:, -1, :]
         attn = extra["attn"] if isinstance(extra, dict) else extra
