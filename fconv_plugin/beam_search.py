@@ -33,25 +33,22 @@ found again with fairseq's own ``topk`` over ``k x V``.  Anything this class doe
 suppressed tokens, ensembles, sampling and other search strategies, vocabularies
 smaller than ``2k + 1``) is handed to ``SequenceGenerator._generate`` unchanged.
 
-:func:`install` makes fairseq's ``FairseqTask.build_generator`` (every task: translation,
-fconv_translation, the hub interface) return this class for fconv_ext models
-(:class:`FConvBeamSearchWithAlignment` with ``--print-alignment``), unless
+:mod:`fconv_plugin.fairseq_fixes` (entry ``beam_search``) makes fairseq's
+``FairseqTask.build_generator`` (every task: translation, fconv_translation, the hub
+interface) return this class for fconv_ext models (:class:`FConvBeamSearchWithAlignment`
+with ``--print-alignment``), unless ``FCONV_EXT_NO_BEAM_SEARCH=1`` or
 ``FCONV_EXT_BEAM_SEARCH=fairseq`` is set in the environment.
 """
 
-import functools
 import math
-import os
 from typing import Dict, List, Optional, Tuple
 
 import torch
 from fairseq import search
 from fairseq.sequence_generator import SequenceGenerator, SequenceGeneratorWithAlignment
-from fairseq.tasks.fairseq_task import FairseqTask
 from torch import Tensor
 
 BLOCK = 64  # tokens per block in the first candidate pass (block maxima are one vectorised pass)
-ENV_SWITCH = "FCONV_EXT_BEAM_SEARCH"  # =fairseq: use fairseq's SequenceGenerator instead
 
 
 def top_tokens(lprobs: Tensor, n: int) -> Tuple[Tensor, Tensor]:
@@ -229,9 +226,12 @@ class FConvBeamSearch(SequenceGenerator):
         """Log-probabilities of the next token (R x V, R = rows of ``tokens``) and the attention
         (R x S or None), the numbers fairseq's EnsembleModel.forward_decoder computes for one model."""
         rows = tokens.size(0)
-        logits_out = buffers.logits(rows)  # None: the decoder allocates its own (and is not asked to take one)
-        decoder_out = model.decoder.forward(tokens, encoder_out=encoder_out, incremental_state=incremental_state,
-                                            **({} if logits_out is None else {"logits_out": logits_out}))
+        logits_out = buffers.logits(rows)  # None: the decoder's forward allocates the logits
+        if logits_out is None:
+            decoder_out = model.decoder(tokens, encoder_out=encoder_out, incremental_state=incremental_state)
+        else:  # forward's two halves, the logits written into the buffer (FConvExtDecoder.output_layer)
+            features, step_attn = model.decoder.extract_features(tokens, encoder_out, incremental_state)
+            decoder_out = (model.decoder.output_layer(features, out=logits_out), step_attn)
         logits = decoder_out[0][:, -1:, :]  # R x 1 x V
         if self.temperature != 1.0:  # x / 1.0 == x: fairseq's division by 1 changes nothing
             logits = logits.div_(self.temperature)
@@ -331,30 +331,3 @@ class FConvBeamSearchWithAlignment(SequenceGeneratorWithAlignment, FConvBeamSear
     """fairseq's ``--print-alignment`` generator on top of :class:`FConvBeamSearch`: its
     ``generate`` calls ``super()._generate``, which this class order resolves to ours."""
 
-
-def _is_fconv_ext(model) -> bool:
-    from .models.fconv_ext import FConvExtModel
-
-    return isinstance(model, FConvExtModel)
-
-
-def _with_fconv_beam_search(original):
-    @functools.wraps(original)
-    def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **kwargs):
-        if (seq_gen_cls is None and os.environ.get(ENV_SWITCH, "") != "fairseq"
-                and not getattr(args, "score_reference", False) and models and all(_is_fconv_ext(m) for m in models)):
-            if getattr(args, "print_alignment", False):
-                seq_gen_cls = FConvBeamSearchWithAlignment
-                extra_gen_cls_kwargs = dict(extra_gen_cls_kwargs or {}, print_alignment=args.print_alignment)
-            else:
-                seq_gen_cls = FConvBeamSearch
-        return original(self, models, args, seq_gen_cls=seq_gen_cls, extra_gen_cls_kwargs=extra_gen_cls_kwargs, **kwargs)
-
-    build_generator._fconv_ext_beam_search = True
-    return build_generator
-
-
-def install() -> None:
-    """fconv_ext models get :class:`FConvBeamSearch` from every task's build_generator (idempotent)."""
-    if not getattr(FairseqTask.build_generator, "_fconv_ext_beam_search", False):
-        FairseqTask.build_generator = _with_fconv_beam_search(FairseqTask.build_generator)

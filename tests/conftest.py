@@ -14,7 +14,8 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 import fconv_plugin  # noqa: E402,F401  (registers fconv_ext)
-from fconv_plugin.convert import build_fconv_ext, convert_checkpoint  # noqa: E402
+from fconv_plugin.convert import convert_checkpoint  # noqa: E402
+from fconv_plugin.models import build_model_from_config  # noqa: E402
 
 
 def make_dictionary(size: int) -> Dictionary:
@@ -52,7 +53,7 @@ def build_twins(arch: str, vocab: int = 60, noise: float = 0.02, seed: int = 0, 
         for p in ref.parameters():
             p.add_(noise * torch.randn_like(p))
     converted = convert_checkpoint({"cfg": {"model": args}, "model": ref.state_dict()})
-    ext = build_fconv_ext(converted["cfg"]["model"], src_dict, tgt_dict)
+    ext = build_model_from_config(converted["cfg"]["model"], src_dict, tgt_dict)
     ext.load_state_dict(converted["model"], strict=True)
     return ref.eval(), ext.eval(), src_dict, tgt_dict
 

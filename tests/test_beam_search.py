@@ -12,10 +12,11 @@ from fairseq.sequence_generator import SequenceGenerator, SequenceGeneratorWithA
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from conftest import make_dictionary, random_batch
-from fconv_plugin.beam_search import ENV_SWITCH, FConvBeamSearch, FConvBeamSearchWithAlignment, top_tokens
-from fconv_plugin.convert import build_fconv_ext
+from fconv_plugin.beam_search import FConvBeamSearch, FConvBeamSearchWithAlignment, top_tokens
+from fconv_plugin.models import build_model_from_config
 
 SMALL = {
+    "_name": "fconv_ext",
     "encoder_embed_dim": 16, "decoder_embed_dim": 16, "decoder_out_embed_dim": 16, "dropout": 0.1,
     "encoder_layers": "[(16, 3)] * 2", "decoder_layers": "[(16, 3)] * 2", "decoder_attention": "True",
     "share_input_output_embed": False, "max_source_positions": 64, "max_target_positions": 64,
@@ -26,7 +27,7 @@ def small_model(vocab: int, seed: int = 0, eos_bias: Optional[float] = None):
     """A random fconv_ext model whose hypotheses end at different steps (EOS made likelier)."""
     torch.manual_seed(seed)
     src_dict, tgt_dict = make_dictionary(vocab), make_dictionary(vocab)
-    model = build_fconv_ext(SMALL, src_dict, tgt_dict)
+    model = build_model_from_config(SMALL, src_dict, tgt_dict)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -106,20 +107,20 @@ def test_print_alignment_gives_fairseqs_alignments():
 def test_nan_log_probabilities_are_treated_as_fairseq_does():
     """fairseq replaces NaN by -inf before the search; here NaN is found among the candidates."""
     model, tgt_dict = small_model(901)
-    forward = model.decoder.forward
+    output_layer = model.decoder.output_layer  # both generators' logits come from here
     calls = {"n": 0}
 
     def with_nan(*args, **kwargs):
-        logits, extra = forward(*args, **kwargs)
+        logits = output_layer(*args, **kwargs)
         calls["n"] += 1
         if calls["n"] % 3 == 2:  # some steps: NaN in a few rows, at the row's best token and elsewhere
             logits = logits.clone()
             best = logits[0, -1].argmax()
             logits[0, -1, best] = float("nan")
             logits[2:4, -1, 100:110] = float("nan")
-        return logits, extra
+        return logits
 
-    model.decoder.forward = with_nan
+    model.decoder.output_layer = with_nan
     expected, actual = decode_both(model, tgt_dict, sample_for(tgt_dict), beam_size=3, max_len_b=8)
     assert_same(expected, actual)
 
@@ -131,13 +132,12 @@ def test_exact_ties_come_out_in_fairseqs_order(vocab, beam, monkeypatch):
     equal values depends on the tensor it runs on, so the blockwise search hands tied
     sentences to fairseq's own topk; n-best lists, tokens and scores stay fairseq's."""
     model, tgt_dict = small_model(vocab)
-    forward = model.decoder.forward
+    output_layer = model.decoder.output_layer  # both generators' logits come from here
 
     def with_ties(*args, **kwargs):
-        logits, extra = forward(*args, **kwargs)
-        return (logits * 2).round() / 2, extra
+        return (output_layer(*args, **kwargs) * 2).round() / 2
 
-    model.decoder.forward = with_ties
+    model.decoder.output_layer = with_ties
     searched_again = []
     original = FConvBeamSearch._fairseq_candidates
 
@@ -201,7 +201,7 @@ def test_build_generator_picks_it_for_fconv_ext_only(monkeypatch):
         max_source_positions=64, max_target_positions=64, encoder_embed_path=None, decoder_embed_path=None),
         _StubTask(tgt_dict))
     assert type(task.build_generator([fconv], args)) is SequenceGenerator
-    monkeypatch.setenv(ENV_SWITCH, "fairseq")
+    monkeypatch.setenv("FCONV_EXT_BEAM_SEARCH", "fairseq")  # the switch (fconv_plugin.fairseq_fixes) is read per call
     assert type(task.build_generator([model], args)) is SequenceGenerator
 
 

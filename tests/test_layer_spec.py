@@ -11,7 +11,8 @@ def test_parses_fairseq_presets_to_the_same_lists_as_eval():
         "[(256, 3)] * 4",
         "[(32, 3), (32, 2, 2)] + 2 * [(16, 5, 0)]",
     ]:
-        expected = [t if len(t) == 3 else t + (1,) for t in eval(spec)]  # trusted literals, test only
+        # trusted literals, test only; residual and dilation default to 1
+        expected = [t + (1,) * (4 - len(t)) for t in eval(spec)]
         assert parse_layers(spec) == expected
 
 
@@ -32,6 +33,17 @@ def test_parses_fairseq_presets_to_the_same_lists_as_eval():
 def test_refuses_anything_but_literals(spec, tmp_path):
     with pytest.raises(LayerSpecError, match="invalid layer specification|too large|items"):
         parse_layers(spec)
+
+
+def test_dilation_is_the_optional_fourth_element():
+    layers = parse_layers("[(512, 3, 1, 2)] * 2 + [(256, 5)]")
+    assert layers == [(512, 3, 1, 2), (512, 3, 1, 2), (256, 5, 1, 1)]
+    assert [layer.dilation for layer in layers] == [2, 2, 1]
+    assert layers[0].out_channels == 512 and layers[0].kernel_width == 3 and layers[0].residual == 1
+    with pytest.raises(LayerSpecError, match="dilation=0"):
+        parse_layers("[(512, 3, 1, 0)]")
+    with pytest.raises(LayerSpecError, match="layer 0 is"):
+        parse_layers("[(512, 3, 1, 2, 1)]")
 
 
 def test_messages_say_what_is_wrong():
@@ -59,8 +71,8 @@ def test_attention_selection():
 
 def test_model_config_with_code_is_refused_before_building():
     from conftest import make_dictionary
-    from fconv_plugin.convert import build_fconv_ext
+    from fconv_plugin.models import build_model_from_config
 
-    cfg = {"encoder_layers": "__import__('os').system('echo pwned')", "max_source_positions": 8, "max_target_positions": 8}
+    cfg = {"_name": "fconv_ext", "encoder_layers": "__import__('os').system('echo pwned')", "max_source_positions": 8, "max_target_positions": 8}
     with pytest.raises(LayerSpecError, match="--encoder-layers"):
-        build_fconv_ext(cfg, make_dictionary(10), make_dictionary(10))
+        build_model_from_config(cfg, make_dictionary(10), make_dictionary(10))

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from conftest import REPO, SHARED_DATA, StubTask, make_dictionary
 from fconv_plugin.convert import ConversionError, convert_checkpoint
-from fconv_plugin.convert_lm import build_fconv_ext_lm
+from fconv_plugin.models import build_model_from_config
 from fconv_plugin.models.fconv_ext_lm import FConvExtLanguageModel, FConvExtLMConfig, parse_cutoff
 from fconv_plugin.modules import LayerSpecError, safe_literal
 
@@ -50,7 +50,7 @@ def build_lm_twins(criterion="cross_entropy", cutoff=None, layers=BOTTLENECK_LAY
         for p in ref.parameters():
             p.add_(noise * torch.randn_like(p))
     converted = convert_checkpoint({"cfg": {"model": args}, "model": ref.state_dict()})
-    ext = build_fconv_ext_lm(converted["cfg"]["model"], dictionary)
+    ext = build_model_from_config(converted["cfg"]["model"], dictionary)
     ext.load_state_dict(converted["model"], strict=True)
     return ref.eval(), ext.eval(), dictionary, converted
 
@@ -124,14 +124,14 @@ def test_training_gradients_match_fconv_lm_with_adaptive_loss():
                   "decoder.adaptive_softmax.tail.0.0.weight", "decoder.adaptive_softmax.tail.1.2.weight"]
     for name in same_names:
         ext_name = name.replace("weight_g", "parametrizations.weight.original0").replace(
-            "weight_v", "parametrizations.weight.original1")
+            "weight_v", "parametrizations.weight.original1").replace("decoder.projections.", "decoder.stack.projections.")
         assert torch.allclose(g_ext[ext_name], g_ref[name], atol=1e-5), name
     # convolutions: fconv's ConvTBC g is 1 x 1 x out and v is k x in x out; ours Conv1d out x in x k
     for i in (0, 2, 8):
-        prefix = f"decoder.convolutions.{i}."
-        assert torch.allclose(g_ext[prefix + "parametrizations.weight.original0"].flatten(),
+        prefix, ext_prefix = f"decoder.convolutions.{i}.", f"decoder.stack.convolutions.{i}."
+        assert torch.allclose(g_ext[ext_prefix + "parametrizations.weight.original0"].flatten(),
                               g_ref[prefix + "weight_g"].flatten(), atol=1e-5)
-        assert torch.allclose(g_ext[prefix + "parametrizations.weight.original1"],
+        assert torch.allclose(g_ext[ext_prefix + "parametrizations.weight.original1"],
                               g_ref[prefix + "weight_v"].permute(2, 1, 0), atol=1e-5)
 
 

@@ -7,9 +7,10 @@ import torch
 from fairseq.sequence_generator import SequenceGenerator
 
 from conftest import make_dictionary, random_batch
-from fconv_plugin.convert import build_fconv_ext
+from fconv_plugin.models import build_model_from_config
 
 SMALL = {
+    "_name": "fconv_ext",
     "dropout": 0.1,
     "encoder_embed_dim": 16,
     "encoder_layers": "[(16, 3), (24, 2), (24, 3, 2)]",
@@ -26,7 +27,7 @@ SMALL = {
 def small_model(seed=0, **overrides):
     torch.manual_seed(seed)
     src_dict, tgt_dict = make_dictionary(40), make_dictionary(45)
-    model = build_fconv_ext({**SMALL, **overrides}, src_dict, tgt_dict)
+    model = build_model_from_config({**SMALL, **overrides}, src_dict, tgt_dict)
     with torch.no_grad():  # non-trivial biases and gains
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -232,11 +233,11 @@ def test_preset_hyperparameters_match_fairseq():
 def test_initialisation_follows_the_paper():
     torch.manual_seed(0)
     dropout = 0.2
-    model = build_fconv_ext(
+    model = build_model_from_config(
         {**SMALL, "dropout": dropout, "encoder_layers": "[(256, 3)]", "encoder_embed_dim": 128},
         make_dictionary(2000), make_dictionary(50),
     )
-    conv = model.encoder.convolutions[0]
+    conv = model.encoder.stack.convolutions[0]
     v = conv.parametrizations.weight.original1
     # v ~ N(0, 4 (1 - p) / (k * in)), g = ||v|| so that w == v at init
     assert v.std().item() == pytest.approx(math.sqrt(4 * (1 - dropout) / (3 * 256)), rel=0.05)
@@ -266,6 +267,6 @@ def test_pretrained_embeddings_are_loaded(tmp_path):
     path = tmp_path / "emb.txt"
     vec = [0.5 * (i + 1) for i in range(16)]
     path.write_text("2 16\n" + "w3 " + " ".join(map(str, vec)) + "\nnot_in_dict " + " ".join(["1"] * 16) + "\n")
-    model = build_fconv_ext({**SMALL, "encoder_embed_path": str(path)}, src_dict, make_dictionary(20))
+    model = build_model_from_config({**SMALL, "encoder_embed_path": str(path)}, src_dict, make_dictionary(20))
     row = model.encoder.embed_tokens.weight[src_dict.index("w3")]
     assert torch.allclose(row, torch.tensor(vec))

@@ -110,12 +110,12 @@ def test_gradients_match_fconv():
         assert torch.allclose(g_ext[name], g_ref[name], atol=1e-5), name
     # convolution weight-norm gain: fconv g is 1 x 1 x out, fconv_ext g is out x 1 x 1
     assert torch.allclose(
-        g_ext["encoder.convolutions.0.parametrizations.weight.original0"].flatten(),
+        g_ext["encoder.stack.convolutions.0.parametrizations.weight.original0"].flatten(),
         g_ref["encoder.convolutions.0.weight_g"].flatten(),
         atol=1e-5,
     )
     assert torch.allclose(
-        g_ext["decoder.convolutions.1.parametrizations.weight.original1"],
+        g_ext["decoder.stack.convolutions.1.parametrizations.weight.original1"],
         g_ref["decoder.convolutions.1.weight_v"].permute(2, 1, 0),
         atol=1e-5,
     )

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import make_dictionary, random_batch
-from fconv_plugin.convert import build_fconv_ext
+from fconv_plugin.models import build_model_from_config
 
 
 @st.composite
@@ -36,7 +36,7 @@ def configs(draw):
 
 def build(cfg, seed):
     torch.manual_seed(seed)
-    model = build_fconv_ext(cfg, make_dictionary(25), make_dictionary(27))
+    model = build_model_from_config({"_name": "fconv_ext", **cfg}, make_dictionary(25), make_dictionary(27))
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))

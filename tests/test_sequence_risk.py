@@ -7,11 +7,11 @@ from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEn
 from omegaconf import OmegaConf
 
 from conftest import make_dictionary, random_batch
-from fconv_plugin.convert import build_fconv_ext
+from fconv_plugin.models import build_model_from_config
 from fconv_plugin.criterions import SequenceRiskCriterion, expected_risk
 from fconv_plugin.tasks import FConvTranslationConfig, FConvTranslationTask
 
-TINY = {"encoder_embed_dim": 16, "encoder_layers": "[(16, 3)] * 2", "decoder_embed_dim": 16,
+TINY = {"_name": "fconv_ext", "encoder_embed_dim": 16, "encoder_layers": "[(16, 3)] * 2", "decoder_embed_dim": 16,
         "decoder_layers": "[(16, 3)] * 2", "decoder_out_embed_dim": 16, "dropout": 0.0,
         "max_source_positions": 64, "max_target_positions": 64}
 
@@ -38,7 +38,7 @@ def make_sample(task, seed=0):
 
 def make_model(task, seed=0):
     torch.manual_seed(seed)
-    return build_fconv_ext(TINY, task.source_dictionary, task.target_dictionary)
+    return build_model_from_config(TINY, task.source_dictionary, task.target_dictionary)
 
 
 def test_expected_risk_and_its_gradient_match_a_direct_computation():

@@ -29,7 +29,7 @@ def test_gate_is_wired_through_the_config():
         model = FConvGatedModel.build_model(cfg, Task()).eval()
         src = torch.tensor([[5, 6, 7, 2]])
         outputs[gate] = model(src, None, torch.tensor([[2, 8, 9]]))[0]
-    assert model.encoder.gate is gtu
+    assert model.encoder.stack.gate is gtu and model.decoder.stack.gate is gtu
     assert not torch.allclose(outputs["glu"], outputs["gtu"])  # same weights, other gate
 
 

@@ -1,6 +1,22 @@
-from .fconv_ext import FConvExtConfig, FConvExtDecoder, FConvExtEncoder, FConvExtModel
-from . import architectures  # noqa: E402,F401  (registers the presets; needs the model first)
-from . import fconv_ext_lm  # noqa: E402,F401  (registers fconv_ext_lm, the gated conv language model, and its presets)
-from . import fconv_ext_self_att  # noqa: E402,F401  (registers fconv_ext_self_att, Fan et al. 2018 story generation, and its presets)
+"""The fconv_ext model family: one file per model, each built from :mod:`fconv_plugin.modules`."""
 
-__all__ = ["FConvExtConfig", "FConvExtDecoder", "FConvExtEncoder", "FConvExtModel"]
+from .fconv_ext import FConvExtConfig, FConvExtDecoder, FConvExtEncoder, FConvExtModel
+from .fconv_ext_lm import FConvExtLanguageModel, FConvExtLMConfig
+from .fconv_ext_self_att import FConvExtSelfAttConfig, FConvExtSelfAttModel
+from . import architectures  # noqa: E402,F401  (the fconv_ext presets; need the model registered first)
+from .build import build_model_from_config
+from .foreign import native_checkpoint, register_checkpoint_converter
+
+__all__ = [
+    "FConvExtConfig",
+    "FConvExtDecoder",
+    "FConvExtEncoder",
+    "FConvExtLMConfig",
+    "FConvExtLanguageModel",
+    "FConvExtModel",
+    "FConvExtSelfAttConfig",
+    "FConvExtSelfAttModel",
+    "build_model_from_config",
+    "native_checkpoint",
+    "register_checkpoint_converter",
+]

@@ -14,9 +14,8 @@ length, ``C`` conv channels, ``E`` embedding dim, ``V`` vocabulary.
 """
 
 import logging
-import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -34,14 +33,19 @@ from omegaconf import II
 from torch import Tensor
 
 from ..modules import (
-    ConvDecoderLayer,
-    ConvEncoderLayer,
+    SQRT_HALF,
+    AfterConv,
+    ConvStack,
     Embedding,
+    Gate,
+    IncrementalState,
     LayerSpecError,
     LearnedPositions,
     Linear,
     MultiStepAttention,
+    embed_prefix,
     fold_weight_norm_,
+    glu,
     parse_attention,
     parse_layers,
     scale_grad,
@@ -49,20 +53,6 @@ from ..modules import (
 )
 
 logger = logging.getLogger(__name__)
-
-#: The gate of a conv block: ``2C`` channels in, ``C`` out.  The paper's gated linear unit
-#: ``GLU([A; B]) = A * sigmoid(B)`` (Dauphin et al. 2017); variants swap it (user_dir/).
-Gate = Callable[[Tensor], Tensor]
-
-
-def glu(x: Tensor) -> Tensor:
-    return F.glu(x, dim=-1)
-
-
-#: Residual connections and attention outputs are multiplied by sqrt(0.5) so that the
-#: sum of two unit-variance terms keeps unit variance (paper, section 3.4).
-SQRT_HALF = math.sqrt(0.5)
-
 
 @dataclass
 class FConvExtConfig(FairseqDataclass):
@@ -76,9 +66,9 @@ class FConvExtConfig(FairseqDataclass):
     encoder_layers: str = field(
         default="[(512, 3)] * 20",
         metadata={
-            "help": "encoder conv layers as a list of (out_channels, kernel_width[, residual]); "
-            "residual 1 = previous layer (default), 0 = none, N = N layers back. "
-            "Parsed safely: literals, lists, tuples, + and * only"
+            "help": "encoder conv layers as a list of (out_channels, kernel_width[, residual[, dilation]]); "
+            "residual 1 = previous layer (default), 0 = none, N = N layers back; dilation d (default 1) "
+            "spaces the taps d frames apart. Parsed safely: literals, lists, tuples, + and * only"
         },
     )
     decoder_embed_dim: int = field(default=512, metadata={"help": "decoder embedding dimension"})
@@ -216,32 +206,6 @@ class FConvExtModel(FairseqEncoderDecoderModel):
         super().make_generation_fast_(**kwargs)
 
 
-def _residual_input(residuals: List[Tensor], proj: Optional[nn.Module], back: int) -> Optional[Tensor]:
-    """The residual for a layer: the output ``back`` layers ago (0 = none), projected
-    to this layer's width where the widths differ."""
-    if back == 0:
-        return None
-    residual = residuals[-back]
-    return residual if proj is None else proj(residual)
-
-
-def _build_conv_stack(in_channels: int, layers, make_conv, dropout: float):
-    """Create the per-layer convolutions and residual projections of a layer spec.
-
-    Returns ``(convolutions, projections, residuals, out_channels)``; a conv outputs
-    ``2 * out_channels`` for the GLU, which halves it again."""
-    convolutions, projections, residuals = nn.ModuleList(), nn.ModuleList(), []
-    layer_in_channels = [in_channels]
-    for out_channels, kernel_width, residual in layers:
-        residual_dim = out_channels if residual == 0 else layer_in_channels[-residual]
-        projections.append(Linear(residual_dim, out_channels) if residual_dim != out_channels else None)
-        convolutions.append(make_conv(in_channels, out_channels * 2, kernel_width, dropout))
-        residuals.append(residual)
-        in_channels = out_channels
-        layer_in_channels.append(out_channels)
-    return convolutions, projections, residuals, in_channels
-
-
 class FConvExtEncoder(FairseqEncoder):
     """Convolutional encoder (paper, section 3.2): stacked non-causal conv blocks."""
 
@@ -257,7 +221,6 @@ class FConvExtEncoder(FairseqEncoder):
     ):
         super().__init__(dictionary)
         self.dropout_module = FairseqDropout(dropout, module_name=self.__class__.__name__)
-        self.gate = gate
         self.padding_idx = dictionary.pad()
         self.grad_scale = 1.0  # set by FConvExtModel to 1 / (2 * attention layers)
 
@@ -266,12 +229,11 @@ class FConvExtEncoder(FairseqEncoder):
             self.embed_tokens = utils.load_embedding(embed_dict, dictionary, self.embed_tokens)
         self.embed_positions = LearnedPositions(max_positions, embed_dim, self.padding_idx)
 
-        in_channels = layers[0][0]
+        in_channels = layers[0].out_channels
         self.fc1 = Linear(embed_dim, in_channels, dropout=dropout)
-        self.convolutions, self.projections, self.residuals, out_channels = _build_conv_stack(
-            in_channels, layers, ConvEncoderLayer, dropout
-        )
-        self.fc2 = Linear(out_channels, embed_dim)
+        self.stack = ConvStack(in_channels, layers, dropout, causal=False, gate=gate,
+                               module_name=self.__class__.__name__)
+        self.fc2 = Linear(self.stack.out_channels, embed_dim)
 
     def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None, **unused):
         """src_tokens: B x S, left-padded.  Returns the keys ``z`` (B x S x E), the
@@ -285,17 +247,8 @@ class FConvExtEncoder(FairseqEncoder):
         if not padding_mask.any():
             padding_mask = None
 
-        residuals = [x]
-        for proj, conv, back in zip(self.projections, self.convolutions, self.residuals):
-            residual = _residual_input(residuals, proj, back)
-            if padding_mask is not None:  # padded frames enter every conv as zeros
-                x = x.masked_fill(padding_mask.unsqueeze(-1), 0)
-            x = self.dropout_module(x)
-            x = conv(x)  # B x S x 2C
-            x = self.gate(x)  # B x S x C: GLU = A * sigmoid(B)
-            if residual is not None:
-                x = (x + residual) * SQRT_HALF
-            residuals.append(x)
+        # [conv, gate, (what a variant adds), residual] x N
+        x = self.stack(x, padding_mask=padding_mask, after_conv=self.after_conv(padding_mask))  # B x S x C
 
         x = self.fc2(x)  # B x S x E
         if padding_mask is not None:
@@ -303,6 +256,11 @@ class FConvExtEncoder(FairseqEncoder):
         x = scale_grad(x, self.grad_scale)  # backward only: gradient * 1/(2N)
         y = (x + input_embedding) * SQRT_HALF  # values: z + e
         return {"encoder_out": (x, y), "encoder_padding_mask": padding_mask}
+
+    def after_conv(self, padding_mask: Optional[Tensor]) -> Optional[AfterConv]:
+        """What follows each conv block's gate: nothing in ConvS2S's encoder; the
+        self-attention model adds self-attention here."""
+        return None
 
     def reorder_encoder_out(self, encoder_out, new_order: Tensor):
         """Row ``i`` of the result is row ``new_order[i]`` of ``encoder_out``.
@@ -357,7 +315,6 @@ class FConvExtDecoder(FairseqIncrementalDecoder):
         gate: Gate = glu,
     ):
         super().__init__(dictionary)
-        self.gate = gate
         # state-dict layout version, for upgrade_state_dict_named when it changes
         self.register_buffer("version", torch.tensor([1.0]))
         self.dropout_module = FairseqDropout(dropout, module_name=self.__class__.__name__)
@@ -369,18 +326,17 @@ class FConvExtDecoder(FairseqIncrementalDecoder):
             self.embed_tokens = utils.load_embedding(embed_dict, dictionary, self.embed_tokens)
         self.embed_positions = LearnedPositions(max_positions, embed_dim, padding_idx)
 
-        in_channels = layers[0][0]
+        in_channels = layers[0].out_channels
         self.fc1 = Linear(embed_dim, in_channels, dropout=dropout)
-        self.convolutions, self.projections, self.residuals, out_channels = _build_conv_stack(
-            in_channels, layers, ConvDecoderLayer, dropout
-        )
+        self.stack = ConvStack(in_channels, layers, dropout, causal=True, gate=gate,
+                               module_name=self.__class__.__name__)
         self.attention = nn.ModuleList(
-            MultiStepAttention(channels, embed_dim) if use else None
-            for (channels, _, _), use in zip(layers, attention)
+            MultiStepAttention(layer.out_channels, embed_dim) if use else None
+            for layer, use in zip(layers, attention)
         )
         self.num_attention_layers = sum(attention)
 
-        self.fc2 = Linear(out_channels, out_embed_dim)
+        self.fc2 = Linear(self.stack.out_channels, out_embed_dim)
         if share_embed:
             self.fc3 = nn.Linear(out_embed_dim, len(dictionary))
             self.fc3.weight = self.embed_tokens.weight
@@ -392,63 +348,73 @@ class FConvExtDecoder(FairseqIncrementalDecoder):
         self,
         prev_output_tokens: Tensor,  # B x T (right-padded, BOS first)
         encoder_out=None,
-        incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
-        logits_out: Optional[Tensor] = None,
+        incremental_state: Optional[IncrementalState] = None,
         **unused,
     ):
         """Returns logits (B x T x V) and the attention averaged over the attention
         layers (B x T x S; only in eval mode with ``need_attn``).  With
-        ``incremental_state``, only the last position is computed (T = 1).
+        ``incremental_state``, only the last position is computed (T = 1)."""
+        x, avg_attn = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
+        return self.output_layer(x), avg_attn
 
-        ``logits_out`` (optional, ``B*T x V``, contiguous): a buffer the logits are written
-        into, the same numbers as ``fc3(x)``.  The beam search passes one that lives for the
-        whole search: on a CPU a fresh ``B*T x V`` tensor per step costs page faults (addmm
-        at 320 x 8192, one thread: 11.2 ms into a fresh tensor, 9.3 ms into a kept one)."""
+    def extract_features(
+        self,
+        prev_output_tokens: Tensor,  # B x T
+        encoder_out=None,
+        incremental_state: Optional[IncrementalState] = None,
+        **unused,
+    ) -> Tuple[Tensor, Optional[Tensor]]:
+        """The decoder state before the vocabulary projection (B x T x out_embed_dim, after
+        dropout) and the averaged attention (or None)."""
         keys, values = encoder_out["encoder_out"]  # B' x S x E each (B' = B / beams)
         padding_mask = encoder_out["encoder_padding_mask"]  # B' x S or None
         beams = encoder_out.get("beams", 1)  # decoder rows per encoder row (reorder_encoder_out)
         length_scale = source_length_scale(values, padding_mask)
 
-        incremental = incremental_state is not None
-        positions = self.embed_positions(prev_output_tokens, incremental=incremental)
-        if incremental:
-            prev_output_tokens = prev_output_tokens[:, -1:]  # B x 1
-        x = self.embed_tokens(prev_output_tokens) + positions  # B x T x E
-        x = self.dropout_module(x)
+        x = embed_prefix(prev_output_tokens, self.embed_tokens, self.embed_positions, incremental_state is not None)
+        x = self.dropout_module(x)  # B x T x E
         target_embedding = x  # g: used in every attention query
 
         x = self.fc1(x)  # B x T x C
+        average_attention = not self.training and self.need_attn
         avg_attn: Optional[Tensor] = None
-        residuals = [x]
-        for proj, conv, attention, back in zip(
-            self.projections, self.convolutions, self.attention, self.residuals
-        ):
-            residual = _residual_input(residuals, proj, back)
-            x = self.dropout_module(x)
-            x = conv(x, incremental_state)  # B x T x 2C
-            x = self.gate(x)  # B x T x C
-            if attention is not None:
-                x, attn = attention(x, target_embedding, keys, values, padding_mask, length_scale, beams)
-                if not self.training and self.need_attn:
-                    attn = attn / self.num_attention_layers
-                    avg_attn = attn if avg_attn is None else avg_attn + attn
-            if residual is not None:
-                x = (x + residual) * SQRT_HALF
-            residuals.append(x)
+
+        def attend(layer: int, h: Tensor) -> Tensor:  # after the gate of decoder layer `layer`
+            nonlocal avg_attn
+            attention = self.attention[layer]
+            if attention is None:
+                return h
+            h, attn = attention(h, target_embedding, keys, values, padding_mask, length_scale, beams)
+            if average_attention:
+                attn = attn / self.num_attention_layers
+                avg_attn = attn if avg_attn is None else avg_attn + attn
+            return h
+
+        # [causal conv, gate, attention, residual] x M
+        x = self.stack(x, incremental_state=incremental_state, after_conv=attend)  # B x T x C
 
         x = self.fc2(x)  # B x T x out_embed_dim
-        x = self.dropout_module(x)
-        if logits_out is None:
-            return self.fc3(x), avg_attn  # B x T x V
-        # what F.linear does for a 3-D input: one addmm over the B*T rows, here into the buffer
-        rows, steps, _ = x.shape
-        torch.addmm(self.fc3.bias, x.reshape(rows * steps, -1), self.fc3.weight.t(), out=logits_out)  # B*T x V
-        return logits_out.view(rows, steps, -1), avg_attn  # B x T x V
+        return self.dropout_module(x), avg_attn
+
+    def output_layer(self, features: Tensor, out: Optional[Tensor] = None, **unused) -> Tensor:
+        """The logits ``fc3(features)`` (B x T x V).
+
+        ``out`` (optional, contiguous ``B*T x V``): a buffer to write them into, the same
+        numbers (one ``addmm``, what ``F.linear`` computes for a 3-D input).  This is the one
+        thing :class:`~fconv_plugin.beam_search.FConvBeamSearch` asks of a decoder beyond
+        fairseq's interface: it passes a buffer that lives for the whole search, because on a
+        CPU a fresh ``B*T x V`` tensor per step costs page faults (addmm at 320 x 8192, one
+        thread: 11.2 ms into a fresh tensor, 9.3 ms into a kept one)."""
+        if out is None:
+            return self.fc3(features)  # B x T x V
+        rows, steps, _ = features.shape
+        torch.addmm(self.fc3.bias, features.reshape(rows * steps, -1), self.fc3.weight.t(), out=out)  # B*T x V
+        return out.view(rows, steps, -1)  # B x T x V
 
     def max_positions(self) -> int:
         return self.embed_positions.max_positions
 
-    def reorder_incremental_state_scripting(self, incremental_state, new_order: Tensor):
+    def reorder_incremental_state_scripting(self, incremental_state: IncrementalState, new_order: Tensor):
         """Beam search's reorder: what fairseq's version does, without walking every submodule
         at every step to find the few that keep state (the module tree does not change)."""
         stateful = self.__dict__.get("_stateful_modules")

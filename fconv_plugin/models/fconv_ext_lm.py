@@ -43,20 +43,21 @@ from omegaconf import II
 from torch import Tensor
 
 from ..modules import (
-    ConvDecoderLayer,
+    ConvStack,
     Embedding,
+    Gate,
+    IncrementalState,
     LayerSpecError,
     LearnedPositions,
     Linear,
+    embed_prefix,
     fold_weight_norm_,
+    glu,
     parse_layers,
     safe_literal,
 )
-from .fconv_ext import SQRT_HALF, Gate, _build_conv_stack, _residual_input, glu
 
 logger = logging.getLogger(__name__)
-
-IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
 # Dauphin et al. 2017, table 1 (GCNN-14 for WikiText-103, GCNN-13 bottleneck for Google
 # Billion Word), written as fairseq's fconv_lm presets write them.
@@ -85,9 +86,9 @@ class FConvExtLMConfig(FairseqDataclass):
     decoder_layers: str = field(
         default="[(1268, 4)] * 13",
         metadata={
-            "help": "causal conv layers as a list of (out_channels, kernel_width[, residual]); "
-            "residual 1 = previous layer (default), 0 = none, N = N layers back. "
-            "Parsed safely: literals, lists, tuples, + and * only"
+            "help": "causal conv layers as a list of (out_channels, kernel_width[, residual[, dilation]]); "
+            "residual 1 = previous layer (default), 0 = none, N = N layers back; dilation d (default 1) "
+            "spaces the taps d frames apart. Parsed safely: literals, lists, tuples, + and * only"
         },
     )
     decoder_learned_pos: bool = field(
@@ -212,7 +213,6 @@ class FConvExtLMDecoder(FairseqIncrementalDecoder):
         # state-dict layout version, for upgrade_state_dict_named when it changes
         self.register_buffer("version", torch.tensor([1.0]))
         self.dropout_module = FairseqDropout(dropout, module_name=self.__class__.__name__)
-        self.gate = gate
         padding_idx = dictionary.pad()
 
         self.embed_tokens = Embedding(len(dictionary), embed_dim, padding_idx)
@@ -220,11 +220,11 @@ class FConvExtLMDecoder(FairseqIncrementalDecoder):
             LearnedPositions(max_positions, embed_dim, padding_idx) if max_positions else None
         )
 
-        in_channels = layers[0][0]
+        in_channels = layers[0].out_channels
         self.fc1 = Linear(embed_dim, in_channels, dropout=dropout)
-        self.convolutions, self.projections, self.residuals, out_channels = _build_conv_stack(
-            in_channels, layers, ConvDecoderLayer, dropout
-        )
+        self.stack = ConvStack(in_channels, layers, dropout, causal=True, gate=gate,
+                               module_name=self.__class__.__name__)
+        out_channels = self.stack.out_channels
 
         if adaptive_softmax_cutoff is not None:
             # the conv output goes straight into the adaptive softmax (as in fconv_lm)
@@ -255,27 +255,11 @@ class FConvExtLMDecoder(FairseqIncrementalDecoder):
     def extract_features(
         self, prev_output_tokens: Tensor, encoder_out=None, incremental_state: Optional[IncrementalState] = None, **unused
     ):
-        incremental = incremental_state is not None
-        positions = None
-        if self.embed_positions is not None:
-            positions = self.embed_positions(prev_output_tokens, incremental=incremental)  # B x T x E
-        if incremental:
-            prev_output_tokens = prev_output_tokens[:, -1:]  # B x 1
-        x = self.embed_tokens(prev_output_tokens)  # B x T x E
-        if positions is not None:
-            x = x + positions
-        x = self.dropout_module(x)
+        x = embed_prefix(prev_output_tokens, self.embed_tokens, self.embed_positions, incremental_state is not None)
+        x = self.dropout_module(x)  # B x T x E
 
         x = self.fc1(x)  # B x T x C
-        residuals = [x]
-        for proj, conv, back in zip(self.projections, self.convolutions, self.residuals):
-            residual = _residual_input(residuals, proj, back)
-            x = self.dropout_module(x)
-            x = conv(x, incremental_state)  # B x T x 2C
-            x = self.gate(x)  # B x T x C: GLU = A * sigmoid(B)
-            if residual is not None:
-                x = (x + residual) * SQRT_HALF  # paper (ConvS2S), section 3.4
-            residuals.append(x)
+        x = self.stack(x, incremental_state=incremental_state)  # [causal conv, GLU, residual] x L
         return x, None
 
     def output_layer(self, features: Tensor, **unused) -> Tensor:

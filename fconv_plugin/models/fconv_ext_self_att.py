@@ -40,7 +40,6 @@ import torch.nn as nn
 from fairseq.dataclass import FairseqDataclass
 from fairseq.models import (
     ARCH_MODEL_REGISTRY,
-    FairseqEncoder,
     FairseqEncoderDecoderModel,
     FairseqIncrementalDecoder,
     register_model,
@@ -53,24 +52,26 @@ from torch import Tensor
 
 from ..checkpoint import load_checkpoint_file
 from ..modules import (
-    ConvDecoderLayer,
-    ConvEncoderLayer,
+    AfterConv,
+    ConvStack,
     Embedding,
+    Gate,
+    IncrementalState,
     LayerSpecError,
     LearnedPositions,
     Linear,
+    embed_prefix,
     fold_weight_norm_,
+    glu,
     parse_attention,
     parse_layers,
     safe_literal,
-    scale_grad,
 )
 from ..modules.downsampled_attention import DownsampledMultiHeadAttention, GatedSelfAttention
-from .fconv_ext import SQRT_HALF, _build_conv_stack, _residual_input
+from .fconv_ext import FConvExtEncoder
+from .foreign import native_checkpoint
 
 logger = logging.getLogger(__name__)
-
-IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
 
 @dataclass
@@ -189,6 +190,11 @@ class FConvExtSelfAttModel(FairseqEncoderDecoderModel):
         encoder.grad_scale = 1.0 / (2.0 * decoder.num_attention_layers)
 
     @classmethod
+    def gate_for(cls, cfg) -> Gate:
+        """The gate of every conv block (variants may override it, as for fconv_ext)."""
+        return glu
+
+    @classmethod
     def build_model(cls, cfg: FConvExtSelfAttConfig, task):
         pretrained = None
         if _flag(cfg, "pretrained"):
@@ -215,6 +221,7 @@ class FConvExtSelfAttModel(FairseqEncoderDecoderModel):
             self_attention=_per_layer(cfg, "encoder_attention", len(encoder_layers)),
             self_attention_heads=cfg.encoder_attention_nheads,
             dropout=cfg.dropout,
+            gate=cls.gate_for(cfg),
             pretrained=None if pretrained is None else pretrained.encoder,
         )
         decoder = FConvExtSelfAttDecoder(
@@ -231,6 +238,7 @@ class FConvExtSelfAttModel(FairseqEncoderDecoderModel):
             gated=_flag(cfg, "gated_attention"),
             downsample=_flag(cfg, "downsample"),
             dropout=cfg.dropout,
+            gate=cls.gate_for(cfg),
             pretrained=None if pretrained is None else pretrained.decoder,
         )
         return cls(encoder, decoder)
@@ -261,10 +269,7 @@ def load_pretrained_model(path: str, task) -> FConvExtSelfAttModel:
 
 def pretrained_model_from_state(state: Dict, task, path: str = "<checkpoint>") -> FConvExtSelfAttModel:
     """Build the pretrained model of a loaded checkpoint, load its weights, freeze it."""
-    from ..convert_self_att import convert_self_att_checkpoint, is_self_att_checkpoint
-
-    if is_self_att_checkpoint(state):  # fairseq's fconv_self_att
-        state = convert_self_att_checkpoint(state)
+    state = native_checkpoint(state)  # fairseq's fconv_self_att: converted (fconv_plugin.convert)
     cfg = state.get("cfg")
     model_cfg = cfg.get("model") if isinstance(cfg, dict) else None
     if not isinstance(model_cfg, dict) or ARCH_MODEL_REGISTRY.get(model_cfg.get("_name")) is not FConvExtSelfAttModel:
@@ -285,9 +290,10 @@ def pretrained_model_from_state(state: Dict, task, path: str = "<checkpoint>") -
     return model
 
 
-class FConvExtSelfAttEncoder(FairseqEncoder):
-    """Convolutional encoder: non-causal conv blocks, optionally followed by (causal,
-    as fairseq's) self-attention with padded positions masked."""
+class FConvExtSelfAttEncoder(FConvExtEncoder):
+    """fconv_ext's convolutional encoder, with (causal, as fairseq's) self-attention after
+    the gate of selected layers, padded positions masked, and for fusion the frozen
+    pretrained encoder running beside it."""
 
     def __init__(
         self,
@@ -298,67 +304,35 @@ class FConvExtSelfAttEncoder(FairseqEncoder):
         self_attention: List[bool],
         self_attention_heads: int,
         dropout: float,
+        gate: Gate = glu,
         pretrained: Optional["FConvExtSelfAttEncoder"] = None,
     ):
-        super().__init__(dictionary)
-        self.dropout_module = FairseqDropout(dropout, module_name=self.__class__.__name__)
-        self.padding_idx = dictionary.pad()
-        self.grad_scale = 1.0  # set by FConvExtSelfAttModel to 1 / (2 * attention layers)
-
-        self.embed_tokens = Embedding(len(dictionary), embed_dim, self.padding_idx)
-        self.embed_positions = LearnedPositions(max_positions, embed_dim, self.padding_idx)
-        in_channels = layers[0][0]
-        self.fc1 = Linear(embed_dim, in_channels, dropout=dropout)
-        self.convolutions, self.projections, self.residuals, out_channels = _build_conv_stack(
-            in_channels, layers, ConvEncoderLayer, dropout
-        )
+        super().__init__(dictionary, embed_dim, None, max_positions, layers, dropout, gate)
         # fairseq's encoder attention: no input projection, no gating, no downsampling
         self.self_attention = nn.ModuleList(
-            GatedSelfAttention(channels, embed_dim, self_attention_heads) if use else None
-            for (channels, _, _), use in zip(layers, self_attention)
+            GatedSelfAttention(layer.out_channels, embed_dim, self_attention_heads) if use else None
+            for layer, use in zip(layers, self_attention)
         )
-        self.fc2 = Linear(out_channels, embed_dim)
-        # fusion: the frozen pretrained encoder runs beside this one
         self.pretrained = pretrained
 
+    def after_conv(self, padding_mask: Optional[Tensor]) -> Optional[AfterConv]:
+        def self_attend(layer: int, h: Tensor) -> Tensor:  # B x S x C
+            attention = self.self_attention[layer]
+            return h if attention is None else attention(h, key_padding_mask=padding_mask)
+
+        return self_attend
+
     def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None, **unused):
-        """src_tokens: B x S, left-padded.  Returns keys ``z`` and values ``z + e``
-        (B x S x E each), the padding mask (B x S or None) and, for fusion, the pretrained
-        encoder's output under ``"pretrained"``."""
-        x = self.embed_tokens(src_tokens) + self.embed_positions(src_tokens)  # B x S x E
-        x = self.dropout_module(x)
-        input_embedding = x
-        x = self.fc1(x)  # B x S x C
-        padding_mask = src_tokens.eq(self.padding_idx)  # B x S
-        if not padding_mask.any():
-            padding_mask = None
-
-        residuals = [x]
-        for proj, conv, attention, back in zip(
-            self.projections, self.convolutions, self.self_attention, self.residuals
-        ):
-            residual = _residual_input(residuals, proj, back)
-            if padding_mask is not None:  # padded frames enter every conv as zeros
-                x = x.masked_fill(padding_mask.unsqueeze(-1), 0)
-            x = self.dropout_module(x)
-            x = nn.functional.glu(conv(x), dim=-1)  # B x S x 2C -> B x S x C
-            if attention is not None:
-                x = attention(x, key_padding_mask=padding_mask)
-            if residual is not None:
-                x = (x + residual) * SQRT_HALF
-            residuals.append(x)
-
-        x = self.fc2(x)  # B x S x E
-        if padding_mask is not None:
-            x = x.masked_fill(padding_mask.unsqueeze(-1), 0)
-        x = scale_grad(x, self.grad_scale)  # backward only: gradient * 1/(2N)
-        y = (x + input_embedding) * SQRT_HALF  # values: z + e
-        out = {"encoder_out": (x, y), "encoder_padding_mask": padding_mask}
+        """fconv_ext's encoder output (keys ``z``, values ``z + e``, padding mask) and, for
+        fusion, the pretrained encoder's output under ``"pretrained"``."""
+        out = super().forward(src_tokens, src_lengths)
         if self.pretrained is not None:
             out["pretrained"] = self.pretrained(src_tokens, src_lengths)
         return out
 
     def reorder_encoder_out(self, encoder_out, new_order: Tensor):
+        """One row per decoder row (the decoder's attention modules do not share encoder
+        rows between beams as fconv_ext's do)."""
         keys, values = encoder_out["encoder_out"]
         mask = encoder_out["encoder_padding_mask"]
         out = {
@@ -368,9 +342,6 @@ class FConvExtSelfAttEncoder(FairseqEncoder):
         if "pretrained" in encoder_out:
             out["pretrained"] = self.pretrained.reorder_encoder_out(encoder_out["pretrained"], new_order)
         return out
-
-    def max_positions(self) -> int:
-        return self.embed_positions.max_positions
 
 
 class ModelFusion(nn.Module):
@@ -425,6 +396,7 @@ class FConvExtSelfAttDecoder(FairseqIncrementalDecoder):
         gated: bool,
         downsample: bool,
         dropout: float,
+        gate: Gate = glu,
         pretrained: Optional["FConvExtSelfAttDecoder"] = None,
     ):
         super().__init__(dictionary)
@@ -436,28 +408,27 @@ class FConvExtSelfAttDecoder(FairseqIncrementalDecoder):
 
         self.embed_tokens = Embedding(len(dictionary), embed_dim, padding_idx)
         self.embed_positions = LearnedPositions(max_positions, embed_dim, padding_idx)
-        in_channels = layers[0][0]
+        in_channels = layers[0].out_channels
         self.fc1 = Linear(embed_dim, in_channels, dropout=dropout)
-        self.convolutions, self.projections, self.residuals, out_channels = _build_conv_stack(
-            in_channels, layers, ConvDecoderLayer, dropout
-        )
+        self.stack = ConvStack(in_channels, layers, dropout, causal=True, gate=gate,
+                               module_name=self.__class__.__name__)
         # attention over the encoder output: query = W h + g (target embedding)
         self.attention_query = nn.ModuleList(
-            Linear(channels, embed_dim, dropout=dropout) if use else None
-            for (channels, _, _), use in zip(layers, attention)
+            Linear(layer.out_channels, embed_dim, dropout=dropout) if use else None
+            for layer, use in zip(layers, attention)
         )
         self.attention = nn.ModuleList(
-            DownsampledMultiHeadAttention(channels, embed_dim, attention_heads, project_input=project_input)
+            DownsampledMultiHeadAttention(layer.out_channels, embed_dim, attention_heads, project_input=project_input)
             if use else None
-            for (channels, _, _), use in zip(layers, attention)
+            for layer, use in zip(layers, attention)
         )
         self.num_attention_layers = sum(attention)
         self.self_attention = nn.ModuleList(
-            GatedSelfAttention(channels, embed_dim, self_attention_heads, project_input, gated, downsample)
+            GatedSelfAttention(layer.out_channels, embed_dim, self_attention_heads, project_input, gated, downsample)
             if use else None
-            for (channels, _, _), use in zip(layers, self_attention)
+            for layer, use in zip(layers, self_attention)
         )
-        self.fc2 = Linear(out_channels, out_embed_dim)
+        self.fc2 = Linear(self.stack.out_channels, out_embed_dim)
         self.fc3 = Linear(out_embed_dim, len(dictionary), dropout=dropout)
         # model fusion: the frozen pretrained decoder and the gates that join the two
         self.pretrained = pretrained
@@ -494,39 +465,33 @@ class FConvExtSelfAttDecoder(FairseqIncrementalDecoder):
         keys, values = encoder_out["encoder_out"]  # B x S x E each
         padding_mask = encoder_out["encoder_padding_mask"]  # B x S or None
 
-        incremental = incremental_state is not None
-        positions = self.embed_positions(prev_output_tokens, incremental=incremental)
-        if incremental:
-            prev_output_tokens = prev_output_tokens[:, -1:]  # B x 1
-        x = self.embed_tokens(prev_output_tokens) + positions  # B x T x E
-        x = self.dropout_module(x)
+        x = embed_prefix(prev_output_tokens, self.embed_tokens, self.embed_positions, incremental_state is not None)
+        x = self.dropout_module(x)  # B x T x E
         target_embedding = x  # g: added to every attention query
         x = self.fc1(x)  # B x T x C
 
+        average_attention = not self.training and self.need_attn
         avg_attn: Optional[Tensor] = None
-        residuals = [x]
-        for proj, conv, query_proj, attention, self_attention, back in zip(
-            self.projections, self.convolutions, self.attention_query, self.attention,
-            self.self_attention, self.residuals,
-        ):
-            residual = _residual_input(residuals, proj, back)
-            x = self.dropout_module(x)
-            x = nn.functional.glu(conv(x, incremental_state), dim=-1)  # B x T x 2C -> B x T x C
+
+        def attend(layer: int, h: Tensor) -> Tensor:  # after the gate of decoder layer `layer`
+            nonlocal avg_attn
+            attention, self_attention = self.attention[layer], self.self_attention[layer]
             if attention is not None:
-                query = query_proj(x) + target_embedding  # B x T x E
+                query = self.attention_query[layer](h) + target_embedding  # B x T x E
                 context, attn = attention(
                     query, keys, values, key_padding_mask=padding_mask,
                     incremental_state=incremental_state, static_kv=True,
                 )
-                x = x + context
-                if not self.training and self.need_attn:
+                h = h + context
+                if average_attention:
                     attn = attn / self.num_attention_layers
                     avg_attn = attn if avg_attn is None else avg_attn + attn
             if self_attention is not None:
-                x = self_attention(x, incremental_state=incremental_state)
-            if residual is not None:
-                x = (x + residual) * SQRT_HALF
-            residuals.append(x)
+                h = self_attention(h, incremental_state=incremental_state)
+            return h
+
+        # [causal conv, gate, encoder attention, self-attention, residual] x M
+        x = self.stack(x, incremental_state=incremental_state, after_conv=attend)  # B x T x C
         return self.fc2(x), avg_attn  # B x T x out_embed_dim
 
     def max_positions(self) -> int:

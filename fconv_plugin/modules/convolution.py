@@ -8,6 +8,10 @@
   incremental decoding it keeps its own window of the last ``k - 1`` input frames and
   computes one output frame per step with a single matrix product.
 
+Both take a ``dilation`` ``d`` (default 1): the ``k`` taps are ``d`` frames apart, so a layer
+sees ``(k - 1) * d + 1`` frames and every padding above is multiplied by ``d``; the causal
+convolution's incremental window then holds the last ``(k - 1) * d`` frames.
+
 Both hold their weight in PyTorch's ``Conv1d`` layout ``out x in x k`` and are built
 through :func:`ConvEncoderLayer`/:func:`ConvDecoderLayer`, which apply the paper's
 initialisation and weight norm over the output channels.
@@ -25,13 +29,14 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from .weight_norm import init_conv_
 
+#: fairseq's incremental decoding state: module key -> name -> tensor
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
 
 def conv_time_major(x: Tensor, weight: Tensor, bias: Tensor, pad_left: int, pad_right: int,
-                    tbc_weight: Optional[Tensor] = None) -> Tensor:
+                    tbc_weight: Optional[Tensor] = None, dilation: int = 1) -> Tensor:
     """1-D convolution of a ``B x T x C`` tensor with a Conv1d weight (``out x in x k``).
-    Output ``t`` sees inputs ``t - pad_left .. t + pad_right``.
+    Output ``t`` sees inputs ``t - pad_left .. t + pad_right`` (every ``dilation``-th one).
 
     Two ways to compute it, chosen by what was faster for forward + backward on this project's
     2-core CPU (``benchmarks/conv_layouts.py`` and the shapes of fconv_iwslt_de_en / fconv_wmt_en_de):
@@ -44,10 +49,16 @@ def conv_time_major(x: Tensor, weight: Tensor, bias: Tensor, pad_left: int, pad_
       conv_tbc would add the taps up in the low precision (bfloat16 decoding of the gettext
       test set: 28.12 BLEU against 28.73) while the single product sums them in float32.
 
+    Dilated layers (``dilation > 1``; conv_tbc has no dilation) go through ``F.conv1d``.
+
     ``tbc_weight``: the weight already in conv_tbc's ``k x in x out`` layout, if the caller keeps
     one (inference; see :func:`cached_weight_layout`).
     """
     _, in_channels, k = weight.shape
+    if dilation > 1 and k > 1:
+        x = F.pad(x, (0, 0, pad_left, pad_right))  # pad the time dimension
+        out = F.conv1d(x.transpose(1, 2), weight, bias, dilation=dilation)  # B x out x T
+        return out.transpose(1, 2)  # B x T x out (a view)
     if k == 1 or in_channels >= 512 or x.dtype in (torch.bfloat16, torch.float16):
         return _conv_unfolded(x, weight, bias, pad_left, pad_right)
     length = x.size(1)
@@ -91,10 +102,10 @@ class SameConv1d(nn.Conv1d):
     """Non-causal convolution; input and output ``B x T x C``."""
 
     def forward(self, x: Tensor) -> Tensor:
-        k = self.kernel_size[0]
+        k, d = self.kernel_size[0], self.dilation[0]
         # out x in x k -> k x in x out (conv_tbc's layout), kept between calls in inference
         tbc_weight = cached_weight_layout(self, "tbc", lambda w: w.permute(2, 1, 0))
-        return conv_time_major(x, self.weight, self.bias, (k - 1) // 2, k // 2, tbc_weight)
+        return conv_time_major(x, self.weight, self.bias, (k - 1) // 2 * d, k // 2 * d, tbc_weight, d)
 
 
 @with_incremental_state
@@ -102,22 +113,24 @@ class CausalConv1d(nn.Conv1d):
     """Causal convolution; input and output ``B x T x C``.
 
     With an ``incremental_state`` the input is the newest frame only (``B x 1 x C``);
-    the window of the previous ``k - 1`` frames lives in that state under this module's
-    own key, and :meth:`reorder_incremental_state` reorders it for beam search.
+    the window of the previous ``(k - 1) * d`` frames lives in that state under this
+    module's own key, and :meth:`reorder_incremental_state` reorders it for beam search.
     """
 
     def forward(self, x: Tensor, incremental_state: Optional[IncrementalState] = None) -> Tensor:
-        k = self.kernel_size[0]
+        k, d = self.kernel_size[0], self.dilation[0]
         if incremental_state is None:
-            return conv_time_major(x, self.weight, self.bias, k - 1, 0)  # only the past: t sees t-k+1..t
+            return conv_time_major(x, self.weight, self.bias, (k - 1) * d, 0, dilation=d)  # t sees t-(k-1)d..t
 
         bsz = x.size(0)
         if k > 1:
             window = self._get_window(incremental_state)
             if window is None:  # first step: the past is zero padding
-                window = x.new_zeros(bsz, k - 1, x.size(2))
-            window = torch.cat([window, x[:, -1:, :]], dim=1)  # B x k x C
+                window = x.new_zeros(bsz, (k - 1) * d, x.size(2))
+            window = torch.cat([window, x[:, -1:, :]], dim=1)  # B x ((k-1)d + 1) x C
             self._set_window(incremental_state, window[:, 1:, :])
+            if d > 1:
+                window = window[:, ::d, :]  # B x k x C: the frames the taps see
         else:
             window = x[:, -1:, :]
         # B x k x C -> B x (k*C), one output frame: B x 1 x C'
@@ -149,15 +162,17 @@ class CausalConv1d(nn.Conv1d):
         self.set_incremental_state(incremental_state, "window", {"window": window})
 
 
-def ConvEncoderLayer(in_channels: int, out_channels: int, kernel_width: int, dropout: float) -> SameConv1d:
+def ConvEncoderLayer(in_channels: int, out_channels: int, kernel_width: int, dropout: float,
+                     dilation: int = 1) -> SameConv1d:
     """Weight-normalised encoder convolution with the paper's init."""
-    m = SameConv1d(in_channels, out_channels, kernel_width)
+    m = SameConv1d(in_channels, out_channels, kernel_width, dilation=dilation)
     init_conv_(m, kernel_width, in_channels, dropout)
     return weight_norm(m, name="weight", dim=0)
 
 
-def ConvDecoderLayer(in_channels: int, out_channels: int, kernel_width: int, dropout: float) -> CausalConv1d:
+def ConvDecoderLayer(in_channels: int, out_channels: int, kernel_width: int, dropout: float,
+                     dilation: int = 1) -> CausalConv1d:
     """Weight-normalised causal decoder convolution with the paper's init."""
-    m = CausalConv1d(in_channels, out_channels, kernel_width)
+    m = CausalConv1d(in_channels, out_channels, kernel_width, dilation=dilation)
     init_conv_(m, kernel_width, in_channels, dropout)
     return weight_norm(m, name="weight", dim=0)

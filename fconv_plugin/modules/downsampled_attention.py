@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from fairseq.incremental_decoding_utils import with_incremental_state
 from torch import Tensor
 
+from .convolution import IncrementalState
 from .weight_norm import Linear
 
-IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
 
 def GatedLinear(in_features: int, out_features: int) -> nn.Sequential:

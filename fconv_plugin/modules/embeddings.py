@@ -47,3 +47,19 @@ class LearnedPositions(nn.Embedding):
         else:
             positions = utils.make_positions(tokens, self.padding_idx)  # B x T
         return F.embedding(positions, self.weight, self.padding_idx)
+
+
+def embed_prefix(
+    prev_output_tokens: torch.Tensor,  # B x T
+    embed_tokens: nn.Embedding,
+    embed_positions: "LearnedPositions | None",
+    incremental: bool,
+) -> torch.Tensor:
+    """A decoder's input: token embedding + learned position (when the model has positions),
+    B x T x E; in an incremental step only the newest position, B x 1 x E (its position is
+    the length of the whole prefix)."""
+    positions = None if embed_positions is None else embed_positions(prev_output_tokens, incremental=incremental)
+    if incremental:
+        prev_output_tokens = prev_output_tokens[:, -1:]  # B x 1
+    x = embed_tokens(prev_output_tokens)  # B x T x E
+    return x if positions is None else x + positions

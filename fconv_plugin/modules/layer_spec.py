@@ -10,13 +10,24 @@ evaluated: integer/boolean literals, lists, tuples, ``+`` (concatenation) and ``
 """
 
 import ast
-from typing import List, Sequence, Tuple, Union
+from typing import List, NamedTuple, Sequence, Union
 
 #: Upper bound on the number of layers / list items a spec may expand to; protects
 #: against ``[(512, 3)] * 10**12`` style inputs that would exhaust memory.
 MAX_SPEC_ITEMS = 10_000
 
-LayerSpec = Tuple[int, int, int]  # (out_channels, kernel_width, residual)
+
+
+class ConvLayerSpec(NamedTuple):
+    """One conv block of a layer spec: ``(out_channels, kernel_width[, residual[, dilation]])``."""
+
+    out_channels: int
+    kernel_width: int
+    residual: int = 1  # 1 = previous layer's output, 0 = none, N = the output N layers back
+    dilation: int = 1  # taps d frames apart: a window of (k - 1) * d + 1 frames
+
+
+LayerSpec = ConvLayerSpec  # the name earlier versions exported
 
 
 class LayerSpecError(ValueError):
@@ -92,41 +103,43 @@ def safe_literal(text: str):
     return _evaluate(text, tree.body)
 
 
-def parse_layers(text: str) -> List[LayerSpec]:
-    """Parse a conv layer spec into ``[(out_channels, kernel_width, residual), ...]``.
+def parse_layers(text: str) -> List[ConvLayerSpec]:
+    """Parse a conv layer spec into :class:`ConvLayerSpec` tuples
+    ``(out_channels, kernel_width, residual, dilation)``.
 
-    Each entry is ``(out_channels, kernel_width)`` or ``(out_channels, kernel_width,
-    residual)``; ``residual`` is 1 (previous layer, the default), 0 (no residual) or
-    N (the output N layers back), as in fairseq's ``fconv``.
+    Each entry is ``(out_channels, kernel_width[, residual[, dilation]])``: ``residual`` is
+    1 (previous layer, the default), 0 (no residual) or N (the output N layers back), as
+    in fairseq's ``fconv``; ``dilation`` (default 1) spaces the kernel's taps ``d`` frames
+    apart, so the receptive field grows with depth without more layers (ByteNet-style
+    stacks; the paper's section 3.2 on context size).
     """
     value = safe_literal(text)
     if not isinstance(value, list) or not value:
         raise LayerSpecError(
             f"invalid layer specification {text!r}: expected a non-empty list of "
-            "(out_channels, kernel_width[, residual]) tuples"
+            "(out_channels, kernel_width[, residual[, dilation]]) tuples"
         )
-    layers: List[LayerSpec] = []
+    layers: List[ConvLayerSpec] = []
     for i, item in enumerate(value):
-        if not isinstance(item, (tuple, list)) or len(item) not in (2, 3) or not all(
+        if not isinstance(item, (tuple, list)) or len(item) not in (2, 3, 4) or not all(
             _is_int(v) for v in item
         ):
             raise LayerSpecError(
                 f"invalid layer specification {text!r}: layer {i} is {item!r}, expected "
-                "(out_channels, kernel_width) or (out_channels, kernel_width, residual) of integers"
+                "(out_channels, kernel_width[, residual[, dilation]]) of integers"
             )
-        channels, width = item[0], item[1]
-        residual = item[2] if len(item) == 3 else 1
-        if channels <= 0 or width <= 0:
+        layer = ConvLayerSpec(*item)
+        if layer.out_channels <= 0 or layer.kernel_width <= 0 or layer.dilation <= 0:
             raise LayerSpecError(
-                f"invalid layer specification {text!r}: layer {i} has out_channels={channels} "
-                f"and kernel_width={width}; both must be positive"
+                f"invalid layer specification {text!r}: layer {i} has out_channels={layer.out_channels}, "
+                f"kernel_width={layer.kernel_width} and dilation={layer.dilation}; all must be positive"
             )
-        if residual < 0 or residual > i + 1:
+        if layer.residual < 0 or layer.residual > i + 1:
             raise LayerSpecError(
                 f"invalid layer specification {text!r}: layer {i} asks for a residual "
-                f"connection {residual} layers back, but only {i + 1} earlier outputs exist"
+                f"connection {layer.residual} layers back, but only {i + 1} earlier outputs exist"
             )
-        layers.append((channels, width, residual))
+        layers.append(layer)
     return layers
 
 
