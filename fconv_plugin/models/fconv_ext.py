@@ -19,13 +19,11 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from fairseq import utils
 from fairseq.dataclass import FairseqDataclass
 from fairseq.models import (
     FairseqEncoder,
     FairseqEncoderDecoderModel,
-    FairseqIncrementalDecoder,
     register_model,
 )
 from fairseq.modules import FairseqDropout
@@ -35,15 +33,16 @@ from torch import Tensor
 from ..modules import (
     SQRT_HALF,
     AfterConv,
+    AttentionAverage,
     ConvStack,
     Embedding,
     Gate,
     IncrementalState,
+    LAYERS_HELP,
     LayerSpecError,
     LearnedPositions,
     Linear,
     MultiStepAttention,
-    embed_prefix,
     fold_weight_norm_,
     glu,
     parse_attention,
@@ -51,45 +50,30 @@ from ..modules import (
     scale_grad,
     source_length_scale,
 )
+from .conv_decoder import ConvDecoder
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass
-class FConvExtConfig(FairseqDataclass):
+class ConvSeq2SeqConfig(FairseqDataclass):
+    """The options of every convolutional encoder-decoder here (fconv_ext, fconv_ext_self_att);
+    the defaults are fairseq's ``fconv``."""
+
     dropout: float = field(
         default=0.1, metadata={"help": "dropout probability (embeddings, conv inputs, decoder output)"}
     )
     encoder_embed_dim: int = field(default=512, metadata={"help": "encoder embedding dimension"})
-    encoder_embed_path: Optional[str] = field(
-        default=None, metadata={"help": "path to pre-trained encoder embeddings (text: word v1 v2 ...)"}
-    )
-    encoder_layers: str = field(
-        default="[(512, 3)] * 20",
-        metadata={
-            "help": "encoder conv layers as a list of (out_channels, kernel_width[, residual[, dilation]]); "
-            "residual 1 = previous layer (default), 0 = none, N = N layers back; dilation d (default 1) "
-            "spaces the taps d frames apart. Parsed safely: literals, lists, tuples, + and * only"
-        },
-    )
+    encoder_layers: str = field(default="[(512, 3)] * 20", metadata={"help": "encoder " + LAYERS_HELP})
     decoder_embed_dim: int = field(default=512, metadata={"help": "decoder embedding dimension"})
-    decoder_embed_path: Optional[str] = field(
-        default=None, metadata={"help": "path to pre-trained decoder embeddings (text: word v1 v2 ...)"}
-    )
-    decoder_layers: str = field(
-        default="[(512, 3)] * 20",
-        metadata={"help": "decoder conv layers, same syntax as --encoder-layers"},
-    )
+    decoder_layers: str = field(default="[(512, 3)] * 20", metadata={"help": "decoder " + LAYERS_HELP})
     decoder_out_embed_dim: int = field(
         default=256, metadata={"help": "dimension of the decoder output before the vocabulary projection"}
     )
     decoder_attention: str = field(
         default="True",
-        metadata={"help": "attention in every decoder layer (True), none (False), or a list of True/False per layer"},
-    )
-    share_input_output_embed: bool = field(
-        default=False,
-        metadata={"help": "tie the decoder input embedding and the output projection "
-                  "(requires --decoder-out-embed-dim == --decoder-embed-dim)"},
+        metadata={"help": "attention over the encoder output in every decoder layer (True), none (False), "
+                  "or a list of True/False per decoder layer"},
     )
     max_source_positions: int = field(
         default=II("task.max_source_positions"),
@@ -99,11 +83,26 @@ class FConvExtConfig(FairseqDataclass):
         default=II("task.max_target_positions"),
         metadata={"help": "longest target (in tokens, EOS included) the model accepts"},
     )
+
+
+@dataclass
+class FConvExtConfig(ConvSeq2SeqConfig):
+    encoder_embed_path: Optional[str] = field(
+        default=None, metadata={"help": "path to pre-trained encoder embeddings (text: word v1 v2 ...)"}
+    )
+    decoder_embed_path: Optional[str] = field(
+        default=None, metadata={"help": "path to pre-trained decoder embeddings (text: word v1 v2 ...)"}
+    )
+    share_input_output_embed: bool = field(
+        default=False,
+        metadata={"help": "tie the decoder input embedding and the output projection "
+                  "(requires --decoder-out-embed-dim == --decoder-embed-dim)"},
+    )
     inference_dtype: str = field(
         default="float32",
         metadata={"help": "opt-in, inference only: 'bfloat16' casts the model to bfloat16 when decoding starts "
                   "(make_generation_fast_; faster than float32 at batch 64 on CPUs with AMX, slower without AMX); log-probabilities "
-                  "and beam scores stay float32. Not exact: BLEU moves slightly (benchmarks/results.md). "
+                  "and beam scores stay float32. Not exact: BLEU moves slightly (benchmarks/README.md). "
                   "fairseq-generate: --model-overrides \"{'model': {'inference_dtype': 'bfloat16'}}\". "
                   "Training always runs in the checkpoint's own precision"},
     )
@@ -297,7 +296,7 @@ class FConvExtEncoder(FairseqEncoder):
         return self.embed_positions.max_positions
 
 
-class FConvExtDecoder(FairseqIncrementalDecoder):
+class FConvExtDecoder(ConvDecoder):
     """Convolutional decoder (paper, sections 3.2-3.3): causal conv blocks, each
     optionally followed by its own attention over the encoder output."""
 
@@ -314,22 +313,9 @@ class FConvExtDecoder(FairseqIncrementalDecoder):
         share_embed: bool,
         gate: Gate = glu,
     ):
-        super().__init__(dictionary)
-        # state-dict layout version, for upgrade_state_dict_named when it changes
-        self.register_buffer("version", torch.tensor([1.0]))
-        self.dropout_module = FairseqDropout(dropout, module_name=self.__class__.__name__)
-        self.need_attn = True
-        padding_idx = dictionary.pad()
-
-        self.embed_tokens = Embedding(len(dictionary), embed_dim, padding_idx)
+        super().__init__(dictionary, embed_dim, max_positions, layers, dropout, gate)
         if embed_dict:
             self.embed_tokens = utils.load_embedding(embed_dict, dictionary, self.embed_tokens)
-        self.embed_positions = LearnedPositions(max_positions, embed_dim, padding_idx)
-
-        in_channels = layers[0].out_channels
-        self.fc1 = Linear(embed_dim, in_channels, dropout=dropout)
-        self.stack = ConvStack(in_channels, layers, dropout, causal=True, gate=gate,
-                               module_name=self.__class__.__name__)
         self.attention = nn.ModuleList(
             MultiStepAttention(layer.out_channels, embed_dim) if use else None
             for layer, use in zip(layers, attention)
@@ -371,30 +357,25 @@ class FConvExtDecoder(FairseqIncrementalDecoder):
         beams = encoder_out.get("beams", 1)  # decoder rows per encoder row (reorder_encoder_out)
         length_scale = source_length_scale(values, padding_mask)
 
-        x = embed_prefix(prev_output_tokens, self.embed_tokens, self.embed_positions, incremental_state is not None)
-        x = self.dropout_module(x)  # B x T x E
+        x = self.embed(prev_output_tokens, incremental_state)  # B x T x E
         target_embedding = x  # g: used in every attention query
 
         x = self.fc1(x)  # B x T x C
-        average_attention = not self.training and self.need_attn
-        avg_attn: Optional[Tensor] = None
+        average = AttentionAverage(self.num_attention_layers, enabled=not self.training and self.need_attn)
 
         def attend(layer: int, h: Tensor) -> Tensor:  # after the gate of decoder layer `layer`
-            nonlocal avg_attn
             attention = self.attention[layer]
             if attention is None:
                 return h
             h, attn = attention(h, target_embedding, keys, values, padding_mask, length_scale, beams)
-            if average_attention:
-                attn = attn / self.num_attention_layers
-                avg_attn = attn if avg_attn is None else avg_attn + attn
+            average.add(attn)
             return h
 
         # [causal conv, gate, attention, residual] x M
         x = self.stack(x, incremental_state=incremental_state, after_conv=attend)  # B x T x C
 
         x = self.fc2(x)  # B x T x out_embed_dim
-        return self.dropout_module(x), avg_attn
+        return self.dropout_module(x), average.value
 
     def output_layer(self, features: Tensor, out: Optional[Tensor] = None, **unused) -> Tensor:
         """The logits ``fc3(features)`` (B x T x V).
@@ -410,21 +391,3 @@ class FConvExtDecoder(FairseqIncrementalDecoder):
         rows, steps, _ = features.shape
         torch.addmm(self.fc3.bias, features.reshape(rows * steps, -1), self.fc3.weight.t(), out=out)  # B*T x V
         return out.view(rows, steps, -1)  # B x T x V
-
-    def max_positions(self) -> int:
-        return self.embed_positions.max_positions
-
-    def reorder_incremental_state_scripting(self, incremental_state: IncrementalState, new_order: Tensor):
-        """Beam search's reorder: what fairseq's version does, without walking every submodule
-        at every step to find the few that keep state (the module tree does not change)."""
-        stateful = self.__dict__.get("_stateful_modules")
-        if stateful is None:
-            stateful = [m for m in self.modules() if hasattr(m, "reorder_incremental_state")]
-            self.__dict__["_stateful_modules"] = stateful
-        for module in stateful:
-            result = module.reorder_incremental_state(incremental_state, new_order)
-            if result is not None:
-                incremental_state = result
-
-    def make_generation_fast_(self, need_attn: bool = False, **kwargs):
-        self.need_attn = need_attn

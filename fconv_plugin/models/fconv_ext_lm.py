@@ -27,35 +27,28 @@ which ``fconv_lm`` (and the paper) do not have; off by default and in the preset
 
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import List, Optional
 
-import torch
 from fairseq.dataclass import FairseqDataclass
-from fairseq.models import (
-    FairseqIncrementalDecoder,
-    FairseqLanguageModel,
-    register_model,
-    register_model_architecture,
-)
-from fairseq.modules import AdaptiveSoftmax, FairseqDropout
+from fairseq.models import FairseqLanguageModel, register_model
+from fairseq.modules import AdaptiveSoftmax
 from fairseq.utils import safe_getattr
 from omegaconf import II
 from torch import Tensor
 
 from ..modules import (
-    ConvStack,
-    Embedding,
     Gate,
     IncrementalState,
+    LAYERS_HELP,
     LayerSpecError,
-    LearnedPositions,
     Linear,
-    embed_prefix,
     fold_weight_norm_,
     glu,
     parse_layers,
     safe_literal,
 )
+from .conv_decoder import ConvDecoder
+from .presets import Preset, register_presets
 
 logger = logging.getLogger(__name__)
 
@@ -85,11 +78,7 @@ class FConvExtLMConfig(FairseqDataclass):
     )
     decoder_layers: str = field(
         default="[(1268, 4)] * 13",
-        metadata={
-            "help": "causal conv layers as a list of (out_channels, kernel_width[, residual[, dilation]]); "
-            "residual 1 = previous layer (default), 0 = none, N = N layers back; dilation d (default 1) "
-            "spaces the taps d frames apart. Parsed safely: literals, lists, tuples, + and * only"
-        },
+        metadata={"help": "causal " + LAYERS_HELP},
     )
     decoder_learned_pos: bool = field(
         default=False,
@@ -190,7 +179,7 @@ class FConvExtLanguageModel(FairseqLanguageModel):
         super().make_generation_fast_(**kwargs)
 
 
-class FConvExtLMDecoder(FairseqIncrementalDecoder):
+class FConvExtLMDecoder(ConvDecoder):
     """Causal conv blocks over the token embeddings (paper, section 2), no attention.
 
     ``max_positions=None``: no position embeddings (fconv_lm, the paper); the model then
@@ -209,21 +198,7 @@ class FConvExtLMDecoder(FairseqIncrementalDecoder):
         adaptive_softmax_dropout: float = 0.0,
         gate: Gate = glu,
     ):
-        super().__init__(dictionary)
-        # state-dict layout version, for upgrade_state_dict_named when it changes
-        self.register_buffer("version", torch.tensor([1.0]))
-        self.dropout_module = FairseqDropout(dropout, module_name=self.__class__.__name__)
-        padding_idx = dictionary.pad()
-
-        self.embed_tokens = Embedding(len(dictionary), embed_dim, padding_idx)
-        self.embed_positions = (
-            LearnedPositions(max_positions, embed_dim, padding_idx) if max_positions else None
-        )
-
-        in_channels = layers[0].out_channels
-        self.fc1 = Linear(embed_dim, in_channels, dropout=dropout)
-        self.stack = ConvStack(in_channels, layers, dropout, causal=True, gate=gate,
-                               module_name=self.__class__.__name__)
+        super().__init__(dictionary, embed_dim, max_positions, layers, dropout, gate)
         out_channels = self.stack.out_channels
 
         if adaptive_softmax_cutoff is not None:
@@ -255,8 +230,7 @@ class FConvExtLMDecoder(FairseqIncrementalDecoder):
     def extract_features(
         self, prev_output_tokens: Tensor, encoder_out=None, incremental_state: Optional[IncrementalState] = None, **unused
     ):
-        x = embed_prefix(prev_output_tokens, self.embed_tokens, self.embed_positions, incremental_state is not None)
-        x = self.dropout_module(x)  # B x T x E
+        x = self.embed(prev_output_tokens, incremental_state)  # B x T x E
 
         x = self.fc1(x)  # B x T x C
         x = self.stack(x, incremental_state=incremental_state)  # [causal conv, GLU, residual] x L
@@ -269,51 +243,25 @@ class FConvExtLMDecoder(FairseqIncrementalDecoder):
         x = self.dropout_module(x)
         return self.fc3(x)  # B x T x V
 
-    def max_positions(self):
-        if self.embed_positions is None:
-            return float("inf")  # nothing in the model depends on the length (as fconv_lm)
-        return self.embed_positions.max_positions
 
+# ----------------------------------------------------------------------------- presets
 
-def _default(args, name, value):
-    setattr(args, name, safe_getattr(args, name, value))
-
-
-def base_lm_architecture(args):
-    """fairseq's ``fconv_lm`` defaults (13 layers of 1268 units, kernel width 4).
-
-    ``--arch fconv_ext_lm`` itself is registered by ``register_model`` and takes the same
-    values from the config dataclass defaults."""
-    _default(args, "dropout", 0.1)
-    _default(args, "decoder_embed_dim", 128)
-    _default(args, "decoder_layers", "[(1268, 4)] * 13")
-    _default(args, "decoder_learned_pos", False)
-    _default(args, "adaptive_softmax_cutoff", None)
-    _default(args, "adaptive_softmax_dropout", 0.0)
-
-
-@register_model_architecture("fconv_ext_lm", "fconv_ext_lm_dauphin_wikitext103")
-def fconv_ext_lm_dauphin_wikitext103(args):
-    """WikiText-103 (paper, GCNN-14): 280-d embeddings, adaptive softmax 10k/20k/200k."""
-    _default(args, "decoder_embed_dim", 280)
-    _default(args, "decoder_layers", WIKITEXT103_LAYERS)
-    _default(args, "adaptive_softmax_cutoff", "10000,20000,200000")
-    base_lm_architecture(args)
-
-
-@register_model_architecture("fconv_ext_lm", "fconv_ext_lm_dauphin_gbw")
-def fconv_ext_lm_dauphin_gbw(args):
-    """Google Billion Word (paper, GCNN-13 with bottleneck blocks): adaptive softmax 10k/50k/200k."""
-    _default(args, "decoder_embed_dim", 128)
-    _default(args, "decoder_layers", GBW_LAYERS)
-    _default(args, "adaptive_softmax_cutoff", "10000,50000,200000")
-    base_lm_architecture(args)
-
-
-@register_model_architecture("fconv_ext_lm", "fconv_ext_lm_tiny")
-def fconv_ext_lm_tiny(args):
-    """A few-second model for tests and CPU smoke runs (not from the paper): a bottleneck
-    block whose residual skips 3 layers back, like the GBW preset in small."""
-    _default(args, "decoder_embed_dim", 32)
-    _default(args, "decoder_layers", "[(32, 4)] + [(16, 1, 0), (16, 4, 0), (32, 1, 3)] + [(32, 3)]")
-    base_lm_architecture(args)
+#: ``--arch fconv_ext_lm`` itself is fairseq's ``fconv_lm`` (13 layers of 1268 units, kernel
+#: width 4): the config dataclass defaults.
+PRESETS = {
+    "fconv_ext_lm_dauphin_wikitext103": Preset(
+        "WikiText-103 (paper, GCNN-14): 280-d embeddings, adaptive softmax 10k/20k/200k.",
+        {"decoder_embed_dim": 280, "decoder_layers": WIKITEXT103_LAYERS,
+         "adaptive_softmax_cutoff": "10000,20000,200000"},
+    ),
+    "fconv_ext_lm_dauphin_gbw": Preset(
+        "Google Billion Word (paper, GCNN-13 with bottleneck blocks): adaptive softmax 10k/50k/200k.",
+        {"decoder_embed_dim": 128, "decoder_layers": GBW_LAYERS, "adaptive_softmax_cutoff": "10000,50000,200000"},
+    ),
+    "fconv_ext_lm_tiny": Preset(
+        "A few-second model for tests and CPU smoke runs (not from the paper): a bottleneck block whose "
+        "residual skips 3 layers back, like the GBW preset in small.",
+        {"decoder_embed_dim": 32, "decoder_layers": "[(32, 4)] + [(16, 1, 0), (16, 4, 0), (32, 1, 3)] + [(32, 3)]"},
+    ),
+}
+register_presets("fconv_ext_lm", FConvExtLMConfig, PRESETS)

@@ -37,30 +37,24 @@ from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
-from fairseq.dataclass import FairseqDataclass
 from fairseq.models import (
     ARCH_MODEL_REGISTRY,
     FairseqEncoderDecoderModel,
-    FairseqIncrementalDecoder,
     register_model,
-    register_model_architecture,
 )
-from fairseq.modules import FairseqDropout
 from fairseq.utils import safe_getattr
-from omegaconf import II, OmegaConf
+from omegaconf import OmegaConf
 from torch import Tensor
 
 from ..checkpoint import load_checkpoint_file
 from ..modules import (
     AfterConv,
-    ConvStack,
-    Embedding,
+    AttentionAverage,
     Gate,
     IncrementalState,
+    LAYERS_HELP,
     LayerSpecError,
-    LearnedPositions,
     Linear,
-    embed_prefix,
     fold_weight_norm_,
     glu,
     parse_attention,
@@ -68,34 +62,19 @@ from ..modules import (
     safe_literal,
 )
 from ..modules.downsampled_attention import DownsampledMultiHeadAttention, GatedSelfAttention
-from .fconv_ext import FConvExtEncoder
+from .fconv_ext import ConvSeq2SeqConfig, FConvExtEncoder
+from .conv_decoder import ConvDecoder
+from .presets import Preset, register_presets
 from .foreign import native_checkpoint
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class FConvExtSelfAttConfig(FairseqDataclass):
-    # Defaults are fairseq's fconv_self_att base architecture.
-    dropout: float = field(default=0.1, metadata={"help": "dropout probability"})
-    encoder_embed_dim: int = field(default=512, metadata={"help": "encoder embedding dimension"})
-    encoder_layers: str = field(
-        default="[(512, 3)] * 3",
-        metadata={"help": "encoder conv layers as a list of (out_channels, kernel_width[, residual]); "
-                  "parsed safely (literals, lists, tuples, + and * only)"},
-    )
-    decoder_embed_dim: int = field(default=512, metadata={"help": "decoder embedding dimension"})
-    decoder_layers: str = field(
-        default="[(512, 3)] * 8", metadata={"help": "decoder conv layers, same syntax as --encoder-layers"}
-    )
-    decoder_out_embed_dim: int = field(
-        default=256, metadata={"help": "dimension of the decoder output before the vocabulary projection"}
-    )
-    decoder_attention: str = field(
-        default="True",
-        metadata={"help": "attention over the encoder output in every decoder layer (True), none (False), "
-                  "or a list of True/False per decoder layer"},
-    )
+class FConvExtSelfAttConfig(ConvSeq2SeqConfig):
+    # Defaults are fairseq's fconv_self_att base architecture: 3 encoder and 8 decoder layers.
+    encoder_layers: str = field(default="[(512, 3)] * 3", metadata={"help": "encoder " + LAYERS_HELP})
+    decoder_layers: str = field(default="[(512, 3)] * 8", metadata={"help": "decoder " + LAYERS_HELP})
     self_attention: str = field(
         default="False",
         metadata={"help": "gated multi-head self-attention in every decoder layer (True), none (False), "
@@ -136,14 +115,6 @@ class FConvExtSelfAttConfig(FairseqDataclass):
         metadata={"help": "checkpoint of the pretrained model for fusion: an fconv_ext_self_att checkpoint or a "
                   "fairseq fconv_self_att one (converted in memory); a relative path is also looked up in "
                   "the data directory"},
-    )
-    max_source_positions: int = field(
-        default=II("task.max_source_positions"),
-        metadata={"help": "longest source (in tokens, EOS included) the model accepts"},
-    )
-    max_target_positions: int = field(
-        default=II("task.max_target_positions"),
-        metadata={"help": "longest target (in tokens, EOS included) the model accepts"},
     )
 
 
@@ -377,7 +348,7 @@ class ModelFusion(nn.Module):
         return self.joining(gated)  # B x T x d
 
 
-class FConvExtSelfAttDecoder(FairseqIncrementalDecoder):
+class FConvExtSelfAttDecoder(ConvDecoder):
     """Convolutional decoder: causal conv blocks, each optionally followed by attention
     over the encoder output and by gated multi-head self-attention."""
 
@@ -399,19 +370,7 @@ class FConvExtSelfAttDecoder(FairseqIncrementalDecoder):
         gate: Gate = glu,
         pretrained: Optional["FConvExtSelfAttDecoder"] = None,
     ):
-        super().__init__(dictionary)
-        # state-dict layout version, for upgrade_state_dict_named when it changes
-        self.register_buffer("version", torch.tensor([1.0]))
-        self.dropout_module = FairseqDropout(dropout, module_name=self.__class__.__name__)
-        self.need_attn = True
-        padding_idx = dictionary.pad()
-
-        self.embed_tokens = Embedding(len(dictionary), embed_dim, padding_idx)
-        self.embed_positions = LearnedPositions(max_positions, embed_dim, padding_idx)
-        in_channels = layers[0].out_channels
-        self.fc1 = Linear(embed_dim, in_channels, dropout=dropout)
-        self.stack = ConvStack(in_channels, layers, dropout, causal=True, gate=gate,
-                               module_name=self.__class__.__name__)
+        super().__init__(dictionary, embed_dim, max_positions, layers, dropout, gate)
         # attention over the encoder output: query = W h + g (target embedding)
         self.attention_query = nn.ModuleList(
             Linear(layer.out_channels, embed_dim, dropout=dropout) if use else None
@@ -465,16 +424,13 @@ class FConvExtSelfAttDecoder(FairseqIncrementalDecoder):
         keys, values = encoder_out["encoder_out"]  # B x S x E each
         padding_mask = encoder_out["encoder_padding_mask"]  # B x S or None
 
-        x = embed_prefix(prev_output_tokens, self.embed_tokens, self.embed_positions, incremental_state is not None)
-        x = self.dropout_module(x)  # B x T x E
+        x = self.embed(prev_output_tokens, incremental_state)  # B x T x E
         target_embedding = x  # g: added to every attention query
         x = self.fc1(x)  # B x T x C
 
-        average_attention = not self.training and self.need_attn
-        avg_attn: Optional[Tensor] = None
+        average = AttentionAverage(self.num_attention_layers, enabled=not self.training and self.need_attn)
 
         def attend(layer: int, h: Tensor) -> Tensor:  # after the gate of decoder layer `layer`
-            nonlocal avg_attn
             attention, self_attention = self.attention[layer], self.self_attention[layer]
             if attention is not None:
                 query = self.attention_query[layer](h) + target_embedding  # B x T x E
@@ -483,82 +439,38 @@ class FConvExtSelfAttDecoder(FairseqIncrementalDecoder):
                     incremental_state=incremental_state, static_kv=True,
                 )
                 h = h + context
-                if average_attention:
-                    attn = attn / self.num_attention_layers
-                    avg_attn = attn if avg_attn is None else avg_attn + attn
+                average.add(attn)
             if self_attention is not None:
                 h = self_attention(h, incremental_state=incremental_state)
             return h
 
         # [causal conv, gate, encoder attention, self-attention, residual] x M
         x = self.stack(x, incremental_state=incremental_state, after_conv=attend)  # B x T x C
-        return self.fc2(x), avg_attn  # B x T x out_embed_dim
-
-    def max_positions(self) -> int:
-        return self.embed_positions.max_positions
-
-    def make_generation_fast_(self, need_attn: bool = False, **kwargs):
-        self.need_attn = need_attn
+        return self.fc2(x), average.value  # B x T x out_embed_dim
 
 
 # ----------------------------------------------------------------------------- presets
 
 
-def _default(args, name, value):
-    setattr(args, name, safe_getattr(args, name, value))
-
-
-def base_architecture(args):
-    """fairseq's ``fconv_self_att``: 3 encoder layers and 8 decoder layers of 512 units,
-    encoder attention in every decoder layer, no self-attention (the dataclass defaults)."""
-    _default(args, "dropout", 0.1)
-    _default(args, "encoder_embed_dim", 512)
-    _default(args, "encoder_layers", "[(512, 3)] * 3")
-    _default(args, "decoder_embed_dim", 512)
-    _default(args, "decoder_layers", "[(512, 3)] * 8")
-    _default(args, "decoder_out_embed_dim", 256)
-    _default(args, "decoder_attention", "True")
-    _default(args, "self_attention", "False")
-    _default(args, "encoder_attention", "False")
-    _default(args, "multihead_attention_nheads", 1)
-    _default(args, "multihead_self_attention_nheads", 1)
-    _default(args, "encoder_attention_nheads", 1)
-    _default(args, "project_input", "False")
-    _default(args, "gated_attention", "False")
-    _default(args, "downsample", "False")
-    _default(args, "pretrained_checkpoint", "")
-    _default(args, "pretrained", "False")
-
-
-@register_model_architecture("fconv_ext_self_att", "fconv_ext_self_att_wp")
-def fconv_ext_self_att_wp(args):
-    """fairseq's ``fconv_self_att_wp`` (WritingPrompts, Fan et al. 2018): 3 encoder layers,
-    7 decoder layers with kernel width 4, gated multi-scale self-attention with 4
-    downsampled heads and input projections."""
-    _default(args, "encoder_embed_dim", 256)
-    _default(args, "encoder_layers", "[(128, 3)] * 2 + [(512,3)] * 1")
-    _default(args, "decoder_embed_dim", 256)
-    _default(args, "decoder_layers", "[(512, 4)] * 4 + [(768, 4)] * 2 + [(1024, 4)] * 1")
-    _default(args, "decoder_out_embed_dim", 256)
-    _default(args, "self_attention", "True")
-    _default(args, "multihead_self_attention_nheads", 4)
-    _default(args, "project_input", "True")
-    _default(args, "gated_attention", "True")
-    _default(args, "downsample", "True")
-    base_architecture(args)
-
-
-@register_model_architecture("fconv_ext_self_att", "fconv_ext_self_att_tiny")
-def fconv_ext_self_att_tiny(args):
-    """A few-second model for tests and CPU smoke runs with the wp features on (not from the paper)."""
-    _default(args, "encoder_embed_dim", 32)
-    _default(args, "encoder_layers", "[(32, 3)] * 2")
-    _default(args, "decoder_embed_dim", 32)
-    _default(args, "decoder_layers", "[(32, 4)] * 2")
-    _default(args, "decoder_out_embed_dim", 32)
-    _default(args, "self_attention", "True")
-    _default(args, "multihead_self_attention_nheads", 2)
-    _default(args, "project_input", "True")
-    _default(args, "gated_attention", "True")
-    _default(args, "downsample", "True")
-    fconv_ext_self_att_wp(args)
+#: ``--arch fconv_ext_self_att`` itself is fairseq's ``fconv_self_att``: 3 encoder and 8
+#: decoder layers of 512 units, encoder attention in every decoder layer, no
+#: self-attention (the config dataclass defaults).
+WRITING_PROMPTS = {
+    "encoder_embed_dim": 256, "encoder_layers": "[(128, 3)] * 2 + [(512,3)] * 1",
+    "decoder_embed_dim": 256, "decoder_layers": "[(512, 4)] * 4 + [(768, 4)] * 2 + [(1024, 4)] * 1",
+    "decoder_out_embed_dim": 256, "self_attention": "True", "multihead_self_attention_nheads": 4,
+    "project_input": "True", "gated_attention": "True", "downsample": "True",
+}
+PRESETS = {
+    "fconv_ext_self_att_wp": Preset(
+        "fairseq's fconv_self_att_wp (WritingPrompts, Fan et al. 2018): 3 encoder layers, 7 decoder layers "
+        "with kernel width 4, gated multi-scale self-attention with 4 downsampled heads and input projections.",
+        WRITING_PROMPTS,
+    ),
+    "fconv_ext_self_att_tiny": Preset(
+        "A few-second model for tests and CPU smoke runs with the wp features on (not from the paper).",
+        {**WRITING_PROMPTS, "encoder_embed_dim": 32, "encoder_layers": "[(32, 3)] * 2", "decoder_embed_dim": 32,
+         "decoder_layers": "[(32, 4)] * 2", "decoder_out_embed_dim": 32, "multihead_self_attention_nheads": 2},
+    ),
+}
+register_presets("fconv_ext_self_att", FConvExtSelfAttConfig, PRESETS)

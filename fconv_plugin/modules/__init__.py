@@ -1,14 +1,16 @@
 """Building blocks of fconv_ext, one concept per file."""
 
-from .attention import MultiStepAttention, source_length_scale
+from .attention import AttentionAverage, MultiStepAttention, source_length_scale
 from .conv_stack import SQRT_HALF, AfterConv, ConvStack, Gate, glu
 from .convolution import CausalConv1d, ConvDecoderLayer, ConvEncoderLayer, IncrementalState, SameConv1d
 from .embeddings import Embedding, LearnedPositions, embed_prefix
 from .grad_scale import GradScale, scale_grad
-from .layer_spec import ConvLayerSpec, LayerSpecError, parse_attention, parse_layers, safe_literal
+from .layer_spec import LAYERS_HELP, ConvLayerSpec, LayerSpecError, parse_attention, parse_layers, safe_literal
 from .weight_norm import Linear, fold_weight_norm_
 
 __all__ = [
+    "LAYERS_HELP",
+    "AttentionAverage",
     "SQRT_HALF",
     "AfterConv",
     "ConvLayerSpec",

@@ -66,3 +66,18 @@ class MultiStepAttention(nn.Module):
         context = context.view(rows, steps, -1)  # B x T x E
         x = (self.out_projection(context) + residual) * math.sqrt(0.5)
         return x, attn.view(rows, steps, -1)  # B x T x S
+
+
+class AttentionAverage:
+    """The attention of a decoder's attention layers averaged over the layers (``B x T x S``,
+    what ``--print-alignment`` shows); collected only when ``enabled`` (eval mode with
+    ``need_attn``), else :attr:`value` stays None."""
+
+    def __init__(self, num_layers: int, enabled: bool):
+        self.num_layers, self.enabled = num_layers, enabled
+        self.value: Optional[Tensor] = None
+
+    def add(self, attn: Tensor) -> None:
+        if self.enabled:
+            attn = attn / self.num_layers
+            self.value = attn if self.value is None else self.value + attn

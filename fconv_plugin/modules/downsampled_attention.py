@@ -29,8 +29,7 @@ group holds all ``H`` heads (one projection ``E -> E`` split into heads); with d
 there are ``H`` groups of one head each (stride ``h + 1``, projections ``E -> E / H``).
 """
 
-import math
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn

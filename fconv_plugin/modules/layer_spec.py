@@ -18,6 +18,14 @@ MAX_SPEC_ITEMS = 10_000
 
 
 
+#: help text of every ``--*-layers`` option
+LAYERS_HELP = (
+    "conv layers as a list of (out_channels, kernel_width[, residual[, dilation]]); residual 1 = previous "
+    "layer (default), 0 = none, N = N layers back; dilation d (default 1) spaces the taps d frames apart. "
+    "Parsed safely: literals, lists, tuples, + and * only"
+)
+
+
 class ConvLayerSpec(NamedTuple):
     """One conv block of a layer spec: ``(out_channels, kernel_width[, residual[, dilation]])``."""
 
