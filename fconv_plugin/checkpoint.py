@@ -4,27 +4,34 @@ torch >= 2.6 loads checkpoints with ``weights_only=True``: only tensors, contain
 allow-listed classes can be unpickled, so a checkpoint cannot run code.  fairseq
 checkpoints of models without a dataclass config (fairseq's own ``fconv``, ...) store
 their options as an ``argparse.Namespace``, which that loader refuses
-("Unsupported global: argparse.Namespace", REFERENCE.md problem 2); users then turn
-the protection off altogether with ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``.
+("Unsupported global: argparse.Namespace", docs/upstream-problems.md, problem 2); users
+then turn the protection off altogether with ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``.
 
 ``argparse.Namespace`` is a plain attribute bag: rebuilding one sets attributes and
-calls nothing else.  Importing this plugin allow-lists exactly that class, so such
-checkpoints load while weights-only loading stays on for everything else.
-fconv_ext's own checkpoints need no allow-listing (their config is plain dicts).
+calls nothing else, so it is safe to allow (:data:`SAFE_GLOBALS`).
+:func:`load_checkpoint_file` (the converters, the fusion model's pretrained checkpoint)
+allows it while it reads; fairseq's own loading gets it from
+:mod:`fconv_plugin.fairseq_fixes` (entry ``safe_globals``), which also uses
+:func:`checkpoint_error_for` to name an unreadable file (entry ``checkpoint_errors``).
+Importing this module changes nothing.  fconv_ext's own checkpoints need no
+allow-listing (their config is plain dicts).
 """
 
 import argparse
+import contextlib
 import functools
 import os
 import pickle
 import zipfile
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 
 SAFE_GLOBALS = [argparse.Namespace]
 
-torch.serialization.add_safe_globals(SAFE_GLOBALS)
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read; the message names the file and what to do."""
 
 
 def _is_unreadable_file_error(err: BaseException) -> bool:
@@ -35,12 +42,15 @@ def _is_unreadable_file_error(err: BaseException) -> bool:
     )
 
 
-def _explain(path: str, err: BaseException) -> "CheckpointError":
-    first_line = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-    if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in str(err):
-        return CheckpointError(
-            f"refusing to load {path!r}: it contains objects that are not plain data "
-            f"({[l for l in str(err).splitlines() if 'Unsupported global' in l][:1] or first_line}). "
+def _explain(path: str, err: BaseException, cls=CheckpointError) -> CheckpointError:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    # torch's weights-only message: the first line is general advice, the reason is on the line that says
+    # "Unsupported global ..." / "unsupported GLOBAL ..." (code) or "Unsupported operand ..." (not a pickle)
+    reason = next((line for line in lines if "unsupported " in line.lower()), lines[0] if lines else type(err).__name__)
+    reason = reason[:300]
+    if isinstance(err, pickle.UnpicklingError) and "unsupported global" in reason.lower():
+        return cls(
+            f"refusing to load {path!r}: it contains objects that are not plain data ({reason}). "
             "Only load checkpoints you trust; fconv_ext never turns weights-only loading off"
         )
     hint = ""
@@ -48,38 +58,40 @@ def _explain(path: str, err: BaseException) -> "CheckpointError":
         hint = (" fairseq writes the epoch/update checkpoint (checkpoint<E>.pt, checkpoint_<E>_<U>.pt) "
                 "atomically and copies it to checkpoint_last/best.pt, so a crash while copying leaves this "
                 "file damaged: resume with --restore-file pointing at the newest intact one.")
-    return CheckpointError(
+    return cls(
         f"cannot read checkpoint {path!r}: the file is truncated or corrupt ({type(err).__name__}: "
-        f"{first_line}).{hint or ' Use another checkpoint.'}"
+        f"{reason}).{hint or ' Use another checkpoint.'}"
     )
 
 
-def install_clear_load_errors() -> None:
-    """Make fairseq's own checkpoint loading (fairseq-train resume, fairseq-generate,
-    the hub interface) report an unreadable file with :class:`CheckpointError` naming it,
-    instead of a pickle/zip traceback.  Wraps ``checkpoint_utils.load_checkpoint_to_cpu``
-    in this process; idempotent."""
-    from fairseq import checkpoint_utils
-
-    original = checkpoint_utils.load_checkpoint_to_cpu
-    if getattr(original, "_fconv_ext_wrapped", False):
-        return
-
-    @functools.wraps(original)
-    def load_checkpoint_to_cpu(path, *args, **kwargs):
-        try:
-            return original(path, *args, **kwargs)
-        except Exception as err:  # re-raised unless it is an unreadable-file error
-            if _is_unreadable_file_error(err):
-                raise _explain(path, err) from None
-            raise
-
-    load_checkpoint_to_cpu._fconv_ext_wrapped = True
-    checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
+@functools.lru_cache(maxsize=None)
+def _error_class(original: type) -> type:
+    """CheckpointError that is also an ``original`` (EOFError, BadZipFile, UnpicklingError,
+    RuntimeError), so that code catching what torch raised still catches it."""
+    if issubclass(original, CheckpointError):
+        return original
+    try:
+        return type("CheckpointError", (CheckpointError, original), {"__module__": __name__})
+    except TypeError:  # an exception class whose instance layout cannot be combined with RuntimeError's
+        return CheckpointError
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint file that cannot be read; the message names the file and what to do."""
+def checkpoint_error_for(path: str, err: BaseException) -> Optional[CheckpointError]:
+    """The error to raise instead of ``err``, raised by torch while reading the checkpoint
+    ``path``: a :class:`CheckpointError` naming the file and what to do, which is also an
+    instance of ``err``'s class; ``None`` when ``err`` is not about an unreadable file."""
+    if not _is_unreadable_file_error(err):
+        return None
+    return _explain(path, err, _error_class(type(err)))
+
+
+def allow_safe_globals():
+    """A context in which torch's weights-only loader accepts :data:`SAFE_GLOBALS`; on exit
+    it takes off the list only what it added (torch's ``safe_globals`` context manager takes
+    its classes off even when they were allowed before)."""
+    allowed = torch.serialization.get_safe_globals()
+    missing = [g for g in SAFE_GLOBALS if g not in allowed]
+    return torch.serialization.safe_globals(missing) if missing else contextlib.nullcontext()
 
 
 def load_checkpoint_file(path: str) -> Dict[str, Any]:
@@ -91,12 +103,9 @@ def load_checkpoint_file(path: str) -> Dict[str, Any]:
     """
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist (check the path)")
-    # (not the ``safe_globals`` context manager: on exit it removes the classes again, also
-    # from the process-wide list this module's import added them to, so that fairseq's own
-    # loading of an fconv checkpoint later in the process would be refused)
-    torch.serialization.add_safe_globals(SAFE_GLOBALS)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with allow_safe_globals():
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as err:
         raise _explain(path, err) from None
     if not isinstance(state, dict) or "model" not in state:

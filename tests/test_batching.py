@@ -1,12 +1,13 @@
 """fairseq drops the last N mod 8 examples of a split (its longest); with the plugin
-imported every example is in exactly one batch."""
+imported (fconv_plugin.fairseq_fixes, entry keep_last_batch) every example is in exactly
+one batch.  tests/test_fairseq_fixes.py compares the batches with fairseq's own."""
 
 import numpy as np
 import pytest
 from fairseq.data import data_utils
 
 import fconv_plugin  # noqa: F401  (installs the fix)
-from fconv_plugin.data import batching
+from fconv_plugin import fairseq_fixes
 
 
 @pytest.mark.parametrize("n,max_sentences,mult", [(1266, 64, 8), (13, 4, 8), (37, 16, 8), (40, 16, 8), (5, 64, 1)])
@@ -27,5 +28,5 @@ def test_unpatched_fairseq_really_drops_examples():
     batches = original(np.arange(13), None, num_tokens_vec=sizes, max_tokens=10_000, max_sentences=4,
                        required_batch_size_multiple=8)
     assert sum(len(b) for b in batches) < 13
-    batching.install()  # idempotent
+    fairseq_fixes.install_all()  # idempotent
     assert data_utils.batch_by_size.__wrapped__ is original

@@ -1,0 +1,271 @@
+"""Everything that importing ``fconv_plugin`` changes in fairseq and torch, in one place.
+
+Each entry of :data:`FIXES` says what it changes, which upstream problem it works
+around, how far it reaches, and how to turn it off.  ``fconv_plugin/__init__.py`` calls
+:func:`install_all` once; no installed file is changed, only functions in the running
+process are replaced by wrappers (``functools.wraps``: the replaced function is the
+wrapper's ``__wrapped__``).  ``python -m fconv_plugin.fairseq_fixes`` prints the table
+that README.md shows under "What importing the plugin changes" (a test keeps the two
+equal).
+
+Switches: ``FCONV_EXT_NO_<NAME>=1`` (e.g. ``FCONV_EXT_NO_KEEP_LAST_BATCH=1``) in the
+environment when the plugin is imported leaves that change out, and fairseq's function
+stays as it is; ``FCONV_EXT_NO_FIXES=1`` leaves all of them out.  ``0``, ``false``,
+``no``, ``off`` or an empty value count as unset.  ``FCONV_EXT_BEAM_SEARCH=fairseq``
+(documented before this module existed) is the same as ``FCONV_EXT_NO_BEAM_SEARCH=1``,
+and both are also read each time a generator is built.
+
+Where a change can be limited to this plugin's models or to the command it serves, it
+is; each entry's ``scope`` says where it reaches and, when that is the whole process, why.
+"""
+
+import functools
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable, List, Mapping, Optional, Tuple
+
+ALL_OFF = "FCONV_EXT_NO_FIXES"
+_MARK = "_fconv_ext_fix"  # attribute on each wrapper: the name of the fix that installed it
+_UNSET = ("", "0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class Fix:
+    name: str
+    changes: str  # what it changes
+    upstream: str  # the problem it works around, with the fairseq issue where one exists
+    scope: str  # where it reaches, and why when that is the whole process
+    install: Callable[[], None]  # idempotent
+    aliases: Tuple[Tuple[str, str], ...] = ()  # (variable, value) pairs that also turn it off
+
+    @property
+    def switch(self) -> str:
+        return f"FCONV_EXT_NO_{self.name.upper()}"
+
+    def disabled(self, environ: Optional[Mapping[str, str]] = None) -> bool:
+        env = os.environ if environ is None else environ
+        if any(env.get(var, "").strip().lower() not in _UNSET for var in (ALL_OFF, self.switch)):
+            return True
+        return any(env.get(var, "") == value for var, value in self.aliases)
+
+    def how_to_turn_off(self) -> str:
+        return " or ".join([f"`{self.switch}=1`"] + [f"`{var}={value}`" for var, value in self.aliases])
+
+
+def _wrap(owner, attribute: str, name: str, make_wrapper) -> None:
+    """Replace ``owner.attribute`` by ``make_wrapper(original)`` unless this fix already did."""
+    original = getattr(owner, attribute)
+    if getattr(original, _MARK, None) == name:
+        return
+    wrapper = functools.wraps(original)(make_wrapper(original))
+    setattr(wrapper, _MARK, name)
+    setattr(owner, attribute, wrapper)
+
+
+# --- safe_globals ---------------------------------------------------------------------
+
+def _install_safe_globals() -> None:
+    import torch
+
+    from ..checkpoint import SAFE_GLOBALS
+
+    torch.serialization.add_safe_globals(SAFE_GLOBALS)
+
+
+# --- checkpoint_errors ----------------------------------------------------------------
+
+def _install_checkpoint_errors() -> None:
+    from fairseq import checkpoint_utils
+
+    from ..checkpoint import checkpoint_error_for
+
+    def make(original):
+        def load_checkpoint_to_cpu(path, *args, **kwargs):
+            try:
+                return original(path, *args, **kwargs)
+            except Exception as err:  # re-raised as it is unless torch could not read the file
+                replacement = checkpoint_error_for(str(path), err)
+                if replacement is None:
+                    raise
+                raise replacement from None
+
+        return load_checkpoint_to_cpu
+
+    _wrap(checkpoint_utils, "load_checkpoint_to_cpu", "checkpoint_errors", make)
+
+
+# --- interactive_input ----------------------------------------------------------------
+
+def _interactive_modules() -> List[object]:
+    """fairseq_cli.interactive where it is loaded: imported (fairseq-interactive,
+    fconv-ext-interactive, code that imported it) or run as ``python -m fairseq_cli.interactive``."""
+    found = [sys.modules.get("fairseq_cli.interactive")]
+    main = sys.modules.get("__main__")
+    if getattr(getattr(main, "__spec__", None), "name", None) == "fairseq_cli.interactive":
+        found.append(main)
+    return [m for m in found if m is not None and callable(getattr(m, "buffered_read", None))]
+
+
+def _install_interactive_input() -> None:
+    from ..cli import robust_input
+
+    def make(original):
+        def buffered_read(input, buffer_size):
+            return robust_input.buffered_read(input, buffer_size)
+
+        return buffered_read
+
+    for module in _interactive_modules():
+        _wrap(module, "buffered_read", "interactive_input", make)
+
+
+# --- keep_last_batch ------------------------------------------------------------------
+
+def _install_keep_last_batch() -> None:
+    import numpy as np
+    from fairseq.data import data_utils
+
+    from ..data.batching import with_dropped_tail
+
+    def make(original):
+        def batch_by_size(indices, num_tokens_fn, num_tokens_vec=None, max_tokens=None, max_sentences=None,
+                          required_batch_size_multiple=1, fixed_shapes=None):
+            if not isinstance(indices, np.ndarray):  # as fairseq does; an iterator is read once
+                indices = np.fromiter(indices, dtype=np.int64, count=-1)
+            batches = original(indices, num_tokens_fn, num_tokens_vec=num_tokens_vec, max_tokens=max_tokens,
+                               max_sentences=max_sentences, required_batch_size_multiple=required_batch_size_multiple,
+                               fixed_shapes=fixed_shapes)
+            return batches if fixed_shapes is not None else with_dropped_tail(indices, batches)
+
+        return batch_by_size
+
+    _wrap(data_utils, "batch_by_size", "keep_last_batch", make)
+
+
+# --- beam_search ----------------------------------------------------------------------
+
+def _is_fconv_ext(model) -> bool:
+    from ..models.fconv_ext import FConvExtModel
+
+    return isinstance(model, FConvExtModel)
+
+
+def _install_beam_search() -> None:
+    from fairseq.tasks.fairseq_task import FairseqTask
+
+    from ..beam_search import FConvBeamSearch, FConvBeamSearchWithAlignment
+
+    def make(original):
+        def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **kwargs):
+            if (seq_gen_cls is None and not _fix("beam_search").disabled()
+                    and not getattr(args, "score_reference", False) and models
+                    and all(_is_fconv_ext(m) for m in models)):
+                if getattr(args, "print_alignment", False):
+                    seq_gen_cls = FConvBeamSearchWithAlignment
+                    extra_gen_cls_kwargs = dict(extra_gen_cls_kwargs or {}, print_alignment=args.print_alignment)
+                else:
+                    seq_gen_cls = FConvBeamSearch
+            return original(self, models, args, seq_gen_cls=seq_gen_cls, extra_gen_cls_kwargs=extra_gen_cls_kwargs,
+                            **kwargs)
+
+        return build_generator
+
+    _wrap(FairseqTask, "build_generator", "beam_search", make)
+
+
+_ISSUE = "[#{0}](https://github.com/facebookresearch/fairseq/issues/{0})"
+_PROBLEM = "[problem {0}](docs/upstream-problems.md#{1})"
+
+FIXES: Tuple[Fix, ...] = (
+    Fix(
+        name="safe_globals",
+        changes="torch's weights-only allow-list (`torch.serialization.add_safe_globals`) gets "
+                "`argparse.Namespace`: fairseq `fconv` checkpoints load with `weights_only=True`",
+        upstream="torch >= 2.6 refuses checkpoints whose config is an `argparse.Namespace` "
+                 "(\"Unsupported global\"); fairseq " + _ISSUE.format(5610) + " (upstream's fix "
+                 + _ISSUE.format(5611).replace("issues", "pull") + " turns weights-only loading off); "
+                 + _PROBLEM.format(2, "2-weights-only-loading-refuses-fairseq-checkpoints"),
+        scope="process-wide: torch has one allow-list per process and fairseq calls `torch.load` itself. "
+              "It only lets torch read more files (rebuilding a Namespace sets attributes, runs no code); "
+              "every other class is still refused",
+        install=_install_safe_globals,
+    ),
+    Fix(
+        name="checkpoint_errors",
+        changes="`fairseq.checkpoint_utils.load_checkpoint_to_cpu` (resuming, fairseq-generate, "
+                "fairseq-interactive, the hub): a truncated or corrupt file raises `CheckpointError` naming "
+                "the file and what to do, still an instance of the error torch raised",
+        upstream="torch's errors (\"PytorchStreamReader failed reading zip archive\", `EOFError`) do not name "
+                 "the file, and a crash while fairseq copies `checkpoint_last.pt` leaves it damaged; "
+                 "no fairseq issue",
+        scope="process-wide, all checkpoints (the model is known only after reading the file): only the "
+              "error for a file torch cannot read changes",
+        install=_install_checkpoint_errors,
+    ),
+    Fix(
+        name="interactive_input",
+        changes="`fairseq_cli.interactive.buffered_read`: bytes that do not decode become U+FFFD with a "
+                "warning naming the line, instead of stopping the run; every input fairseq reads (a file, "
+                "stdin, an `io.StringIO` as `sys.stdin`) gives the same lines and `--buffer-size` batches",
+        upstream="fairseq reads `--input` with a strict decoder: one stray byte raises `UnicodeDecodeError` "
+                 "and nothing is translated; " + _PROBLEM.format(12, "12-input-that-is-not-utf-8-stops-fairseq-interactive")
+                 + "; no fairseq issue",
+        scope="only where `fairseq_cli.interactive` is loaded when the plugin is imported "
+              "(`fairseq-interactive --user-dir`, `fconv-ext-interactive`)",
+        install=_install_interactive_input,
+    ),
+    Fix(
+        name="keep_last_batch",
+        changes="`fairseq.data.data_utils.batch_by_size`: the last batch, which fairseq drops when its size "
+                "is not a multiple of `--required-batch-size-multiple` (default 8), is kept; the other "
+                "batches are fairseq's",
+        upstream="the last `N mod 8` examples in size order (the longest) are never trained on or decoded; "
+                 "fairseq " + _ISSUE.format(5036) + ", " + _ISSUE.format(5351) + "; "
+                 + _PROBLEM.format(11, "11-batching-drops-the-longest-examples"),
+        scope="process-wide, every task and model: batches are made from the data before any model is "
+              "involved, and losing examples is wrong for all of them (without the plugin: "
+              "`--required-batch-size-multiple 1`)",
+        install=_install_keep_last_batch,
+    ),
+    Fix(
+        name="beam_search",
+        changes="`FairseqTask.build_generator`: fconv_ext models get `FConvBeamSearch` "
+                "(`FConvBeamSearchWithAlignment` with `--print-alignment`): fairseq's hypotheses and scores, "
+                "less work per step",
+        upstream="fairseq's `SequenceGenerator` does vocabulary-wide work each step that cannot change the "
+                 "result; " + _PROBLEM.format(13, "13-beam-search-does-vocabulary-wide-work-that-cannot-change-the-result")
+                 + "; speed, not a bug",
+        scope="only generators whose models are all fconv_ext (not `--score-reference`, not a caller's own "
+              "`seq_gen_cls`); other models and tasks get fairseq's generator",
+        install=_install_beam_search,
+        aliases=(("FCONV_EXT_BEAM_SEARCH", "fairseq"),),
+    ),
+)
+
+
+def _fix(name: str) -> Fix:
+    for fix in FIXES:
+        if fix.name == name:
+            return fix
+    raise KeyError(f"no fix named {name!r} (known: {', '.join(f.name for f in FIXES)})")
+
+
+def install_all(environ: Optional[Mapping[str, str]] = None) -> List[str]:
+    """Install every fix whose switch is not set; returns their names.  Idempotent."""
+    installed = []
+    for fix in FIXES:
+        if not fix.disabled(environ):
+            fix.install()
+            installed.append(fix.name)
+    return installed
+
+
+def markdown_table() -> str:
+    """The table README.md shows under "What importing the plugin changes"."""
+    rows = ["| name | what it changes | upstream problem | scope | how to turn off |", "|---|---|---|---|---|"]
+    for fix in FIXES:
+        cells = [f"`{fix.name}`", fix.changes, fix.upstream, fix.scope, fix.how_to_turn_off()]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(rows)
+
