@@ -136,7 +136,7 @@ def _beam(model, tgt_dict, src, beam):
 
 
 def test_beam_size_changed_between_calls():
-    """REFERENCE problem 5: fconv's BeamableMM keeps the load-time beam size; here any
+    """docs/upstream-problems.md, problem 5: fconv's BeamableMM keeps the load-time beam size; here any
     beam size, in any order, gives the hypotheses a fresh model gives."""
     model, src_dict, tgt_dict = small_model(seed=9)
     model.make_generation_fast_(beamable_mm_beam_size=5, need_attn=False)

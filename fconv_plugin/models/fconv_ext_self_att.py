@@ -9,7 +9,7 @@ Story Generation"), equivalent to fairseq's ``fconv_self_att`` / ``fconv_self_at
     ModelFusion             gated fusion of the decoder's hidden state with the pretrained model's
                             (paper, section 4.3 "Model fusion")
 
-What differs from fairseq's implementation (its known problems, REFERENCE.md problem 7):
+What differs from fairseq's implementation (its known problems, docs/upstream-problems.md, problem 7):
 
 * a real incremental decoder: convolutions keep their window, self-attention caches the
   projected keys/values of past steps, encoder attention projects the encoder output once;

@@ -2,7 +2,7 @@
 
 fairseq's ``fconv`` turns strings such as ``"[(512, 3)] * 9 + [(1024, 3)] * 4"`` into
 lists with ``eval()``, also when a checkpoint's stored config is rebuilt, so a crafted
-checkpoint or command line can run arbitrary code (REFERENCE.md, problem 3).
+checkpoint or command line can run arbitrary code (docs/upstream-problems.md, problem 3).
 
 Here the string is parsed with :mod:`ast` and only a tiny expression language is
 evaluated: integer/boolean literals, lists, tuples, ``+`` (concatenation) and ``*``
