@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 from . import criterions  # noqa: F401,E402
 from . import models  # noqa: F401,E402
+from . import convert  # noqa: F401,E402  (registers the converters for the fusion model's pretrained checkpoint)
 from . import tasks  # noqa: F401,E402
 from . import fairseq_fixes  # noqa: E402
 

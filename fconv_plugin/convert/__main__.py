@@ -1,0 +1,8 @@
+"""``python -m fconv_plugin.convert INPUT OUTPUT`` (= ``fconv-ext-convert``)."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
