@@ -62,3 +62,38 @@ def test_clear_message_without_catalogs(tmp_path, capsys):
     assert gettext_corpus.main(["--lang", "xx", "--locale-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "no gettext catalogs for language 'xx'" in err and "examples/" in err
+
+
+def test_placeholders_and_cpp_stay_whole_through_tokenization():
+    tok = gettext_corpus.tokenizer("en")
+    tokens = tok("Cannot open %s: %1$s, %.*s, %lu%% and {0} with C++ (GID_MAX in /usr/bin, <file>). 50% of it").split()
+    for whole in ("%s", "%1$s", "%.*s", "%lu%%", "{0}", "C++", "GID_MAX", "/usr/bin", "&lt;file&gt;"):
+        assert whole in tokens, (whole, tokens)
+    assert "%" in tokens and "50" in tokens  # a percent sign that is not a placeholder is still split off
+    # Moses keeps a backtick on the word it opens (`foo), and so on a placeholder
+    assert tok("open `foo' or `%s' now").split()[1:6] == ["`foo", "&apos;", "or", "`%s", "&apos;"]
+    plain = gettext_corpus.tokenizer("en", protect=False)("Cannot open %s in C++").split()
+    assert plain == ["Cannot", "open", "%", "s", "in", "C", "+", "+"]  # what plain sacremoses does
+
+
+def test_detokenizer_gives_the_translators_text_back():
+    tok, detok = gettext_corpus.tokenizer("de"), gettext_corpus.detokenizer("de")
+    for text in ("Der Benutzer »%s« existiert nicht, aber --system wurde angegeben.",
+                 "Kann „%s“ nicht öffnen: %s", "Ungültige Konfiguration: GID_MIN (%lu), GID_MAX (%lu)",
+                 "%s: Kann »%s/%s« nicht erzeugen & schließen"):
+        assert detok(tok(text)) == text
+    # English has no such quotes: only sacremoses' own rules
+    assert gettext_corpus.detokenizer("en")(gettext_corpus.tokenizer("en")("The user `%s' does not exist.")) == \
+        "The user `%s' does not exist."
+
+
+def test_tokenize_and_detokenize_filter_stdin(monkeypatch, capsys):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("Datei »%s« nicht gefunden\n"))
+    assert gettext_corpus.main(["--tokenize", "de"]) == 0
+    tokens = capsys.readouterr().out
+    assert tokens == "Datei » %s « nicht gefunden\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO(tokens))
+    assert gettext_corpus.main(["--detokenize", "de"]) == 0
+    assert capsys.readouterr().out == "Datei »%s« nicht gefunden\n"

@@ -1,0 +1,268 @@
+"""Train for a wall-clock budget with a schedule that ends on time (the demo's training stage).
+
+    python fconv_plugin/cli/demo_plan.py train --minutes 12 --save-dir checkpoints \\
+        --log train.log --plan plan.json -- DATA --user-dir fconv_plugin --arch ... --lr 0.004 ...
+    python fconv_plugin/cli/demo_plan.py summary --plan plan.json --bleu bleu.json
+
+(Run as a file, it imports neither torch nor fairseq: ``python -m fconv_plugin.cli.demo_plan``
+works too but loads the plugin, torch and fairseq first.)
+
+A budget in minutes buys a different number of updates on every machine, and a schedule sized
+for one machine is wrong on the others: too long, and training stops while the learning rate is
+still high (or still warming up); too short, and the machine idles.  So ``train`` runs
+``fairseq-train`` twice:
+
+1. **measure**: the first updates of the real run (linear warm-up, ``--warmup`` updates, of
+   which at most a few; at most ``--measure-seconds`` of training), timed one by one from
+   fairseq's log;
+2. **plan and finish**: from the measured updates/s and the time left, ``N`` updates fit in the
+   budget; it prints ``~N updates in M minutes on this machine`` and resumes from
+   ``checkpoint_last.pt`` (fairseq's own resumption: optimizer, data order and update count
+   continue) with ``--lr-scheduler polynomial_decay --total-num-update N --max-update N``: the
+   learning rate decays linearly to 0 exactly when the time is up.  ``--stop-time-hours`` stays
+   on as a safety net if the machine slows down.
+
+The warm-up depends only on the update count, so it is the same in both processes and the
+restart does not change the learning rate.  Progress is a tqdm bar over the planned updates with
+loss, words/s and ETA; the raw fairseq log goes to ``--log``.  ``plan.json`` records what was
+planned and what was done (updates, seconds, words/s) for ``summary``.
+"""
+
+import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, List, Optional, Sequence
+
+# fairseq's --log-format json lines: "... | INFO | train_inner | {...}" and "... | INFO | train | {...}"
+_LOG_LINE = re.compile(r"\| (train_inner|train) \| (\{.*\})\s*$")
+
+#: options the plan owns; passing them through as well would contradict it
+OWNED_OPTIONS = ("--lr-scheduler", "--max-update", "--total-num-update", "--warmup-updates", "--stop-time-hours",
+                 "--log-format", "--log-interval", "--save-dir", "--end-learning-rate", "--power", "--save-interval")
+
+
+@dataclass
+class Update:
+    """One ``train_inner`` line: its update number, when it was read, and its numbers."""
+    num_updates: int
+    time: float
+    words: float  # target words in the update (fairseq's wpb with --log-interval 1)
+    loss: Optional[float] = None
+    wps: Optional[float] = None
+
+
+@dataclass
+class Plan:
+    minutes: float
+    warmup: int
+    measured_updates: int = 0
+    updates_per_second: float = 0.0
+    words_per_second: float = 0.0
+    planned_updates: int = 0
+    updates_done: int = 0
+    train_seconds: float = 0.0
+    words_per_second_overall: float = 0.0
+    deadline_missed_by: float = 0.0
+    commands: List[List[str]] = field(default_factory=list)
+
+
+def parse_line(line: str, now: float) -> Optional[Update]:
+    match = _LOG_LINE.search(line)
+    if not match or match.group(1) != "train_inner":
+        return None
+    stats = json.loads(match.group(2))
+    if "num_updates" not in stats:
+        return None
+
+    def num(key):
+        return float(stats[key]) if key in stats else None
+
+    return Update(int(float(stats["num_updates"])), now, num("wpb") or 0.0, num("loss"), num("wps"))
+
+
+def measure(updates: Sequence[Update], skip: int = 2):
+    """updates/s and words/s from the timed log lines, leaving out the first ``skip`` updates
+    (allocator warm-up, first-batch costs) where there are enough to leave out."""
+    if len(updates) < 2:
+        raise ValueError("need at least two timed updates to measure the speed")
+    skip = min(skip, len(updates) - 2)
+    first, rest = updates[skip], updates[skip + 1:]
+    seconds = rest[-1].time - first.time
+    if seconds <= 0:
+        raise ValueError("timed updates do not advance in time")
+    n = rest[-1].num_updates - first.num_updates
+    return n / seconds, sum(u.words for u in rest) / seconds
+
+
+def plan_updates(done: int, updates_per_second: float, seconds_left: float, restart_seconds: float,
+                 margin: float = 0.95) -> int:
+    """The last update of a schedule that ends within ``seconds_left`` (after a restart that
+    costs ``restart_seconds``): at least one more update than ``done``."""
+    more = math.floor(max(0.0, seconds_left - restart_seconds) * updates_per_second * margin)
+    return done + max(1, more)
+
+
+def _owned(args: Sequence[str]) -> List[str]:
+    return [a for a in args if a.split("=", 1)[0] in OWNED_OPTIONS]
+
+
+def run_fairseq(cmd: List[str], log, on_update: Callable[[Update], None]) -> int:
+    """Run fairseq-train, its output appended to ``log``; ``on_update`` for every train_inner line."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        log.write(line)
+        update = parse_line(line, time.monotonic())
+        if update is not None:
+            on_update(update)
+    log.flush()
+    return proc.wait()
+
+
+def train(args) -> int:
+    from tqdm import tqdm
+
+    passthrough = list(args.fairseq_args)
+    if passthrough and passthrough[0] == "--":
+        passthrough = passthrough[1:]
+    clash = _owned(passthrough)
+    if clash:
+        print(f"demo_plan: error: {', '.join(clash)} are set by the plan; leave them out", file=sys.stderr)
+        return 2
+    budget = args.minutes * 60.0
+    start = time.monotonic()
+    deadline = start + budget
+    plan = Plan(minutes=args.minutes, warmup=args.warmup)
+    base = [sys.executable, "-m", "fairseq_cli.train"] + passthrough + [
+        # the checkpoint is written when each process stops (fairseq saves on --max-update / stop time),
+        # not at epoch ends, which the measured speed does not include
+        "--save-dir", args.save_dir, "--save-interval", "1000000", "--log-format", "json", "--log-interval", "1",
+        "--lr-scheduler", "polynomial_decay", "--warmup-updates", str(args.warmup)]
+    log = open(args.log, "w", encoding="utf-8")
+
+    # 1. measure: the first updates of the run itself, within the warm-up (the decay's end does not
+    # matter there: polynomial_decay only warms up until update --warmup-updates)
+    first_updates = max(3, min(args.warmup, args.measure_updates))
+    measure_seconds = min(args.measure_seconds, 0.25 * budget)
+    cmd1 = base + ["--max-update", str(first_updates), "--total-num-update", str(args.warmup + 1),
+                   "--stop-time-hours", f"{measure_seconds / 3600:.6f}"]
+    plan.commands.append(cmd1)
+    timed: List[Update] = []
+    bar = tqdm(total=first_updates, desc="measuring speed", unit="upd", dynamic_ncols=True, file=sys.stderr)
+
+    def first(update: Update):
+        timed.append(update)
+        bar.update(update.num_updates - bar.n)
+
+    t_launch = time.monotonic()
+    rc = run_fairseq(cmd1, log, first)
+    t_exit = time.monotonic()
+    bar.close()
+    if rc != 0:
+        print(f"demo_plan: fairseq-train failed (exit {rc}); see {args.log}", file=sys.stderr)
+        return rc
+    if len(timed) < 2:
+        print(f"demo_plan: error: fairseq-train logged {len(timed)} update(s) in the first "
+              f"{measure_seconds:.0f} s; too slow to plan (see {args.log})", file=sys.stderr)
+        return 2
+    ups, wps = measure(timed)
+    done = timed[-1].num_updates
+    # a restart costs what the first process spent before its first update and after its last one
+    per_update = 1.0 / ups
+    restart = max(0.0, timed[0].time - t_launch - per_update) + (t_exit - timed[-1].time)
+    total = plan_updates(done, ups, deadline - time.monotonic(), restart, args.margin)
+    plan.measured_updates, plan.updates_per_second, plan.words_per_second = done, ups, wps
+    plan.planned_updates = total
+    minutes = f"{args.minutes:g} minute{'' if args.minutes == 1 else 's'}"
+    print(f"~{total} updates in {minutes} on this machine ({ups:.2f} updates/s, {wps:,.0f} words/s over the "
+          f"first {done} updates, {restart:.0f} s to restart fairseq-train); warm-up {args.warmup} updates, "
+          f"then the learning rate decays linearly to 0 at update {total}", flush=True)
+    if total <= args.warmup:
+        print(f"note: the budget ends inside the warm-up ({args.warmup} updates): a longer DEMO_MINUTES, or a "
+              "shorter DEMO_WARMUP, gives the learning rate time to decay", flush=True)
+
+    # 2. finish: resume from checkpoint_last.pt with the schedule sized to the time left
+    previous = t_exit - t_launch  # an overestimate of fairseq's own training time so far
+    stop_hours = (previous + max(1.0, deadline - time.monotonic())) / 3600
+    cmd2 = base + ["--max-update", str(total), "--total-num-update", str(total),
+                   "--stop-time-hours", f"{stop_hours:.6f}"]
+    plan.commands.append(cmd2)
+    seen: List[Update] = []
+    bar = tqdm(total=total, initial=done, desc="training", unit="upd", dynamic_ncols=True, file=sys.stderr)
+
+    def rest(update: Update):
+        seen.append(update)
+        bar.update(update.num_updates - bar.n)
+        postfix = {}
+        if update.loss is not None:
+            postfix["loss"] = f"{update.loss:.2f}"
+        if update.wps is not None:
+            postfix["words/s"] = f"{update.wps:,.0f}"
+        bar.set_postfix(postfix, refresh=False)
+
+    rc = run_fairseq(cmd2, log, rest)
+    bar.close()
+    log.close()
+    end = time.monotonic()
+    if rc != 0:
+        print(f"demo_plan: fairseq-train failed (exit {rc}); see {args.log}", file=sys.stderr)
+        return rc
+    plan.updates_done = seen[-1].num_updates if seen else done
+    plan.train_seconds = end - start
+    plan.deadline_missed_by = max(0.0, end - deadline)
+    all_updates = timed + seen
+    plan.words_per_second_overall = sum(u.words for u in all_updates) / max(1e-9, plan.train_seconds)
+    with open(args.plan, "w", encoding="utf-8") as f:
+        json.dump(asdict(plan), f, indent=1)
+    late = f", {plan.deadline_missed_by:.0f} s over the budget" if plan.deadline_missed_by >= 1 else ""
+    print(f"trained {plan.updates_done} of ~{total} planned updates in {plan.train_seconds / 60:.1f} minutes "
+          f"({plan.words_per_second_overall:,.0f} words/s including start-up and checkpoints{late})", flush=True)
+    return 0
+
+
+def summary(args) -> int:
+    with open(args.plan, encoding="utf-8") as f:
+        plan = json.load(f)
+    with open(args.bleu, encoding="utf-8") as f:
+        bleu = json.load(f)
+    print(f"BLEU {bleu['score']:.1f} (sacreBLEU, detokenized; {bleu.get('signature', '')})")
+    print(f"updates: {plan['updates_done']} in {plan['train_seconds'] / 60:.1f} minutes of training "
+          f"(planned ~{plan['planned_updates']} for a {plan['minutes']:g}-minute budget)")
+    print(f"this machine: {plan['words_per_second']:,.0f} words/s ({plan['updates_per_second']:.2f} updates/s; "
+          "words = target subword tokens, fairseq's wps)")
+    if args.longer:
+        print(f"train longer: DEMO_MINUTES=30 make demo   ({args.longer})")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fconv_plugin.cli.demo_plan", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="fairseq-train for --minutes with a schedule that ends on time")
+    t.add_argument("--minutes", type=float, required=True, help="wall-clock budget of the whole training stage")
+    t.add_argument("--warmup", type=int, default=40, help="linear warm-up updates (polynomial_decay)")
+    t.add_argument("--save-dir", required=True, help="fairseq's --save-dir")
+    t.add_argument("--log", required=True, help="where fairseq's own log goes")
+    t.add_argument("--plan", required=True, help="JSON file: the plan and what was done")
+    t.add_argument("--measure-updates", type=int, default=20, help="updates timed before planning (within the warm-up)")
+    t.add_argument("--measure-seconds", type=float, default=90.0,
+                   help="at most this much training before planning (and at most a quarter of the budget)")
+    t.add_argument("--margin", type=float, default=0.95, help="plan this fraction of the updates that fit")
+    t.add_argument("fairseq_args", nargs=argparse.REMAINDER, help="-- then fairseq-train's data and options")
+    s = sub.add_parser("summary", help="the end-of-demo lines from plan.json and sacrebleu's JSON")
+    s.add_argument("--plan", required=True)
+    s.add_argument("--bleu", required=True)
+    s.add_argument("--longer", default="", help="what a longer budget gave, for the 'train longer' line")
+    args = parser.parse_args(argv)
+    return train(args) if args.command == "train" else summary(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
