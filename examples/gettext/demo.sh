@@ -33,7 +33,7 @@ mkdir -p "$WORK"
 cd "$WORK"
 
 stage "1/7 corpus: English-$LANG_TGT pairs from /usr/share/locale/$LANG_TGT/LC_MESSAGES/*.mo"
-fconv-ext-gettext-corpus --lang "$LANG_TGT" --out raw
+python "$REPO/fconv_plugin/data/gettext_corpus.py" --lang "$LANG_TGT" --out raw   # = fconv-ext-gettext-corpus
 
 # Moses tokens with the messages' own tokens kept whole (%s, %1$s, C++, GID_MAX, /usr/bin, <file>)
 # and XML characters escaped (&apos; ...), as fairseq's --tokenizer moses does at inference
@@ -71,8 +71,9 @@ python "$REPO/fconv_plugin/cli/demo_plan.py" train --minutes "$MINUTES" --warmup
   --max-tokens 4000 --required-batch-size-multiple 1 --max-epoch 100 --no-epoch-checkpoints --seed 1
 
 stage "6/7 translate the test set (fairseq-generate, beam 5)"
-fairseq-generate bin --user-dir "$REPO/fconv_plugin" --path checkpoints/checkpoint_last.pt \
-  --beam 5 --batch-size 64 --required-batch-size-multiple 1 --remove-bpe --log-format tqdm > generate.log
+python "$REPO/fconv_plugin/cli/demo_plan.py" generate --out generate.log --total "$(wc -l < raw/test.en)" -- \
+  bin --user-dir "$REPO/fconv_plugin" --path checkpoints/checkpoint_last.pt \
+  --beam 5 --batch-size 64 --required-batch-size-multiple 1 --remove-bpe
 grep '^H-' generate.log | sed 's/^H-//' | sort -n -k1,1 | cut -f3 \
   | python "$REPO/fconv_plugin/data/gettext_corpus.py" --detokenize "$LANG_TGT" > "test.hyp.$LANG_TGT"
 echo "decoded $(wc -l < "test.hyp.$LANG_TGT") of $(wc -l < raw/test.en) test sentences"

@@ -227,6 +227,33 @@ def train(args) -> int:
     return 0
 
 
+def generate(args) -> int:
+    """fairseq-generate with its hypotheses (stdout) in ``--out``, its log in ``--out``.err, and a tqdm bar
+    over the ``--total`` sentences (counted from the H- lines as they come) instead of fairseq's log."""
+    from tqdm import tqdm
+
+    passthrough = list(args.fairseq_args)
+    if passthrough and passthrough[0] == "--":
+        passthrough = passthrough[1:]
+    cmd = [sys.executable, "-m", "fairseq_cli.generate"] + passthrough + ["--log-format", "simple"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    bar = tqdm(total=args.total, desc="translating", unit="sent", dynamic_ncols=True, file=sys.stderr)
+    with open(args.out, "w", encoding="utf-8") as out, open(args.out + ".err", "w", encoding="utf-8") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env, bufsize=1)
+        assert proc.stdout is not None
+        for text in proc.stdout:
+            out.write(text)
+            if text.startswith("H-"):
+                bar.update(1)
+        rc = proc.wait()
+    bar.close()
+    if rc != 0:
+        with open(args.out + ".err", encoding="utf-8") as f:
+            sys.stderr.write(f.read()[-3000:])
+        print(f"demo_plan: fairseq-generate failed (exit {rc}); its log: {args.out}.err", file=sys.stderr)
+    return rc
+
+
 def summary(args) -> int:
     with open(args.plan, encoding="utf-8") as f:
         plan = json.load(f)
@@ -256,12 +283,16 @@ def main(argv=None) -> int:
                    help="at most this much training before planning (and at most a quarter of the budget)")
     t.add_argument("--margin", type=float, default=0.95, help="plan this fraction of the updates that fit")
     t.add_argument("fairseq_args", nargs=argparse.REMAINDER, help="-- then fairseq-train's data and options")
+    g = sub.add_parser("generate", help="fairseq-generate with a progress bar over the test sentences")
+    g.add_argument("--out", required=True, help="fairseq-generate's output (S-/H-/P- lines); its log goes to OUT.err")
+    g.add_argument("--total", type=int, required=True, help="sentences to translate (for the bar and its ETA)")
+    g.add_argument("fairseq_args", nargs=argparse.REMAINDER, help="-- then fairseq-generate's data and options")
     s = sub.add_parser("summary", help="the end-of-demo lines from plan.json and sacrebleu's JSON")
     s.add_argument("--plan", required=True)
     s.add_argument("--bleu", required=True)
     s.add_argument("--longer", default="", help="what a longer budget gave, for the 'train longer' line")
     args = parser.parse_args(argv)
-    return train(args) if args.command == "train" else summary(args)
+    return {"train": train, "generate": generate, "summary": summary}[args.command](args)
 
 
 if __name__ == "__main__":
