@@ -63,7 +63,8 @@ def test_printed_table_is_the_modules_table():
 
 def test_every_fix_says_what_why_where_and_how_to_turn_it_off():
     names = [fix.name for fix in fairseq_fixes.FIXES]
-    assert names == ["safe_globals", "checkpoint_errors", "interactive_input", "keep_last_batch", "beam_search"]
+    assert names == ["safe_globals", "checkpoint_errors", "interactive_input", "keep_last_batch", "beam_search",
+                     "torchrun", "resume_broadcast"]
     for fix in fairseq_fixes.FIXES:
         assert fix.changes and fix.upstream and fix.scope and fix.switch == f"FCONV_EXT_NO_{fix.name.upper()}"
     by_name = {fix.name: fix for fix in fairseq_fixes.FIXES}
@@ -392,6 +393,17 @@ def changes_in_effect(model_cfg):
     model = build_model_from_config(model_cfg, d, d)
     generator = TranslationTask(TranslationConfig(), d, d).build_generator([model], argparse.Namespace(beam=2))
     on["beam_search"] = type(generator).__name__ == "FConvBeamSearch"
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.distributed import utils as distributed_utils
+    args = options.parse_args_and_arch(options.get_training_parser(), ["data", "--arch", "fconv_ext_tiny", "--cpu",
+                                                                       "--distributed-world-size", "2"])
+    try:  # fairseq: an AssertionError about GPUs; the plugin: the torchrun command to run instead
+        distributed_utils.call_main(convert_namespace_to_omegaconf(args), print)
+    except Exception as err:
+        on["torchrun"] = type(err).__name__ == "DistributedSetupError"
+    receiver = distributed_utils._broadcast_object_slow  # needs two ranks to run: the installed wrapper
+    on["resume_broadcast"] = getattr(receiver, "_fconv_ext_fix", None) == "resume_broadcast"
     return on
 
 

@@ -174,6 +174,47 @@ def _install_beam_search() -> None:
     _wrap(FairseqTask, "build_generator", "beam_search", make)
 
 
+# --- torchrun -------------------------------------------------------------------------
+
+def _install_torchrun() -> None:
+    from fairseq.distributed import utils as distributed_utils
+
+    from ..cli import cpu_distributed
+
+    def make(original):
+        def call_main(cfg, main, **kwargs):
+            return cpu_distributed.call_main(original, cfg, main, **kwargs)
+
+        return call_main
+
+    _wrap(distributed_utils, "call_main", "torchrun", make)
+
+
+# --- resume_broadcast -----------------------------------------------------------------
+
+def _install_resume_broadcast() -> None:
+    import io
+
+    import torch
+    from fairseq.distributed import utils as distributed_utils
+
+    def make(original):
+        def _broadcast_object_slow(obj, src_rank, group, dist_device):
+            if distributed_utils.get_rank(group) == src_rank:
+                return original(obj, src_rank, group, dist_device)  # the sender: fairseq's
+            # the receivers: fairseq's protocol (the length, then the bytes), read as fairseq read
+            # them before torch 2.6 made weights-only loading the default
+            length = torch.LongTensor([0]).to(dist_device)
+            distributed_utils.broadcast(length, src=src_rank, group=group)
+            buffer = torch.ByteTensor(int(length.item())).to(dist_device)
+            distributed_utils.broadcast(buffer, src=src_rank, group=group)
+            return torch.load(io.BytesIO(buffer.cpu().numpy()), map_location="cpu", weights_only=False)
+
+        return _broadcast_object_slow
+
+    _wrap(distributed_utils, "_broadcast_object_slow", "resume_broadcast", make)
+
+
 _ISSUE = "[#{0}](https://github.com/facebookresearch/fairseq/issues/{0})"
 _PROBLEM = "[problem {0}](docs/upstream-problems.md#{1})"
 
@@ -240,6 +281,40 @@ FIXES: Tuple[Fix, ...] = (
               "`seq_gen_cls`); other models and tasks get fairseq's generator",
         install=_install_beam_search,
         aliases=(("FCONV_EXT_BEAM_SEARCH", "fairseq"),),
+    ),
+    Fix(
+        name="torchrun",
+        changes="`fairseq.distributed.utils.call_main`: a worker started by torchrun (its `RANK`, `WORLD_SIZE`, "
+                "`MASTER_ADDR`, `MASTER_PORT`, `WORLD_SIZE` > 1) without `--distributed-init-method` takes its rank "
+                "and world size from torchrun (`env://`, the GPU from `LOCAL_RANK`, no processes spawned), also on "
+                "CPUs, where the GPU-only `--ddp-backend c10d`/`pytorch_ddp` and `--distributed-backend nccl` become "
+                "`legacy_ddp` and `gloo`; a failing worker's traceback goes into torchrun's error report. Without "
+                "torchrun, a `--distributed-world-size` above the number of GPUs stops with the torchrun command to "
+                "run instead",
+        upstream="fairseq reads torchrun's environment only when `--distributed-world-size` is above 1, and its CPU "
+                 "default is 1: under torchrun every worker trains alone (exit 0, checkpoints overwritten); with "
+                 "`--distributed-world-size N` it computes `rank % torch.cuda.device_count()` (`ZeroDivisionError` "
+                 "on CPUs), and without torchrun that option fails on CPUs with an assertion about GPUs; data-parallel "
+                 "training on CPUs is not supported upstream (fairseq " + _ISSUE.format(2879) + "); "
+                 + _PROBLEM.format(9, "9-data-parallel-training-on-cpus"),
+        scope="only workers started by torchrun with 2+ workers and no `--distributed-init-method`, and only "
+              "`--distributed-world-size` values that cannot run without torchrun; Slurm, TPUs, pipeline "
+              "parallelism, an explicit `--distributed-init-method` and single processes take fairseq's own path",
+        install=_install_torchrun,
+    ),
+    Fix(
+        name="resume_broadcast",
+        changes="`fairseq.distributed.utils._broadcast_object_slow` on the receiving ranks: the training state that "
+                "rank 0 read from `checkpoint_last.pt` and sends to the others when data-parallel training resumes "
+                "is unpickled as before torch 2.6 (`weights_only=False`); the sending side is fairseq's",
+        upstream="the state sent holds the omegaconf `DictConfig` that `load_checkpoint_to_cpu` makes of the "
+                 "checkpoint's config and fairseq's own `_TensorPlaceholder`s, which the receivers' `torch.load` "
+                 "refuses under torch >= 2.6's weights-only default (\"Unsupported global\"): every data-parallel "
+                 "run stops when it resumes from a checkpoint; no fairseq issue found",
+        scope="only data-parallel runs (fairseq broadcasts only between ranks), only bytes sent by rank 0 of the "
+              "same run, which read the file with the weights-only loader; the ranks already unpickle each "
+              "other's bytes in fairseq's `all_gather_list`",
+        install=_install_resume_broadcast,
     ),
 )
 
