@@ -7,8 +7,12 @@ The whole forward path lives in this file, top to bottom:
     FConvExtEncoder  embed -> fc1 -> [conv, GLU, residual] x N -> fc2 -> (z, z + e)
     FConvExtDecoder  embed -> fc1 -> [conv, GLU, attention, residual] x M -> fc2 -> fc3
 
-The building blocks (weight-normalised layers, convolutions, attention, positions,
-gradient scaling, the layer-spec parser) are in :mod:`fconv_plugin.modules`.
+The stack of gated conv blocks is :class:`fconv_plugin.modules.ConvStack`, shared by all
+three models (this file adds what follows each decoder block's gate: multi-step
+attention); the decoder's embedding, ``fc1`` and causal stack are
+:class:`~fconv_plugin.models.conv_decoder.ConvDecoder`.  The other building blocks
+(weight-normalised layers, convolutions, attention, positions, gradient scaling, the
+layer-spec parser) are in :mod:`fconv_plugin.modules`.
 Tensors are batch-major everywhere: ``B`` batch, ``S`` source length, ``T`` target
 length, ``C`` conv channels, ``E`` embedding dim, ``V`` vocabulary.
 """
