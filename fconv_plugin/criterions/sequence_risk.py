@@ -32,6 +32,8 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
 )
 from torch import Tensor
 
+from .fused_label_smoothed_cross_entropy import fused_token_loss, unsupported_reason
+
 
 @dataclass
 class SequenceRiskConfig(LabelSmoothedCrossEntropyCriterionConfig):
@@ -82,8 +84,7 @@ class SequenceRiskCriterion(LabelSmoothedCrossEntropyCriterion):
         self._generator = None
 
     def forward(self, model, sample, reduce=True):
-        net_output = model(**sample["net_input"])
-        tok_loss, nll_loss = self.compute_loss(model, net_output, sample, reduce=reduce)
+        tok_loss, nll_loss = self.token_loss(model, sample, reduce)
         nsentences = sample["target"].size(0)
         sample_size = nsentences if self.sentence_avg else sample["ntokens"]
         logging_output = {
@@ -105,6 +106,17 @@ class SequenceRiskCriterion(LabelSmoothedCrossEntropyCriterion):
             logging_output["risk"] = risk_sum.data
         logging_output["loss"] = loss.data
         return loss, sample_size, logging_output
+
+    def token_loss(self, model, sample, reduce=True) -> Tuple[Tensor, Tensor]:
+        """The token-level label-smoothed loss and nll_loss.  On fconv_ext models it is the
+        fused output layer + loss (no B x T x V tensor, fused_label_smoothed_cross_entropy's
+        numbers); other models, and reduce=False, take fairseq's path through the logits."""
+        if reduce and unsupported_reason(model) is None:
+            tok_loss, nll_loss, _, _, _ = fused_token_loss(model, sample, self.eps, self.padding_idx,
+                                                           self.ignore_prefix_size)
+            return tok_loss, nll_loss
+        net_output = model(**sample["net_input"])
+        return self.compute_loss(model, net_output, sample, reduce=reduce)
 
     # -- candidates -----------------------------------------------------------------
     def generate_candidates(self, model, sample) -> List[List[Tensor]]:

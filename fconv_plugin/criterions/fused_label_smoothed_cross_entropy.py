@@ -1,0 +1,263 @@
+"""``fused_label_smoothed_cross_entropy``: fairseq's ``label_smoothed_cross_entropy`` (same
+options, same loss, same gradients, same logged metrics) without a ``tokens x V`` tensor
+for the whole batch.
+
+fairseq's criterion takes the decoder's logits (``B x T x V``), makes their log-probabilities
+(another ``B x T x V``, in float32), and autograd keeps both for the backward pass, which makes
+two more of the same size.  Here the decoder stops before its vocabulary projection ``fc3``
+(:meth:`FConvExtDecoder.extract_features`'s features, ``B x T x out_embed_dim``) and
+:class:`FusedLinearLabelSmoothedNLL` walks over chunks of rows: ``fc3`` (one matrix product),
+log-softmax, the smoothed NLL and, while the chunk is there, its gradient, turned at once into
+the gradients w.r.t. the features and ``fc3``'s weight and bias (two more products).  Only
+one chunk of ``rows x V`` exists at a time; padding rows are skipped altogether.  This is the
+technique of Wijmans et al. 2024, "Cut Your Losses in Large-Vocabulary Language Models"
+(Apple's cut-cross-entropy) and of Liger-Kernel's fused linear cross entropy, written in
+plain PyTorch so it runs on CPUs and GPUs alike (both of those are Triton kernels for GPUs).
+
+The gradient of fairseq's smoothed loss w.r.t. a row's logits ``z`` (target ``y``,
+``eps_i = eps / (V - 1)``; fairseq's ``label_smoothed_nll_loss``)::
+
+    loss = (1 - eps - eps_i) * (-log p_y) + eps_i * sum_v (-log p_v)
+    d loss / d z = p - (1 - eps - eps_i) * onehot(y) - eps_i        (the p terms add up to 1)
+
+and it is computed in the forward pass: fairseq's loss is a sum, so the backward pass only
+multiplies the stored gradients by the incoming scalar (1, ``alpha`` in ``sequence_risk``, or
+the fp16 loss scale).
+
+The model is called as usual (``model(**net_input)``, through any data-parallel wrapper, so
+DDP sees a normal forward), with the decoder's ``output_layer`` replaced for that one call by
+the fused loss: the "logits" the decoder returns are then the summed loss, which depends on
+the features and on ``fc3``, as the real logits would.  Models whose decoder does not end in
+``output_layer(features)`` = ``fc3`` (only ``fconv_ext`` and its presets do) are refused with
+the criterion to use instead.
+"""
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from fairseq import utils
+from fairseq.criterions import register_criterion
+from fairseq.criterions.label_smoothed_cross_entropy import (
+    LabelSmoothedCrossEntropyCriterion,
+    LabelSmoothedCrossEntropyCriterionConfig,
+)
+from torch import Tensor
+
+from ..models import FConvExtDecoder, FConvExtModel
+
+#: logits elements per chunk: 2**22 float32 = 16 MiB on a CPU (64 rows x 64k, 128 x 32k, 512 x 8k;
+#: small enough to stay near the cache, large enough for efficient matrix products); on a GPU
+#: 2**25 (128 MiB), because there each chunk costs kernel launches.
+CPU_CHUNK_ELEMENTS = 2 ** 22
+CUDA_CHUNK_ELEMENTS = 2 ** 25
+
+
+def chunk_rows_for(vocab: int, device: torch.device) -> int:
+    elements = CUDA_CHUNK_ELEMENTS if device.type == "cuda" else CPU_CHUNK_ELEMENTS
+    return max(8, elements // max(vocab, 1))
+
+
+class FusedLinearLabelSmoothedNLL(torch.autograd.Function):
+    """``label_smoothed_nll_loss(log_softmax(features @ weight.T + bias), target, eps)``, summed,
+    computed ``chunk_rows`` rows at a time.
+
+    features: N x H (any float dtype; the log-softmax is taken in float32 as fairseq does);
+    weight: V x H; bias: V or None; target: N (rows equal to ``ignore_index`` count for nothing).
+    Returns (loss, nll_loss, n_correct): float32 scalars, the last two without gradient;
+    n_correct counts the rows whose argmax log-probability is the target (fairseq's accuracy).
+    """
+
+    @staticmethod
+    def forward(ctx, features: Tensor, weight: Tensor, bias: Optional[Tensor], target: Tensor, epsilon: float,
+                ignore_index: int, chunk_rows: int):
+        vocab = weight.size(0)
+        eps_i = epsilon / (vocab - 1)
+        target_weight = 1.0 - epsilon - eps_i  # of -log p_target (fairseq's formula)
+        need_grad = any(ctx.needs_input_grad[:3])
+
+        keep = target.ne(ignore_index).nonzero().squeeze(1)  # the rows that count
+        x = features.index_select(0, keep)  # n x H
+        t = target.index_select(0, keep)  # n
+        nll = torch.zeros((), dtype=torch.float32, device=features.device)
+        smooth = torch.zeros_like(nll)
+        n_correct = torch.zeros((), dtype=torch.long, device=features.device)
+        if need_grad:
+            grad_x = torch.empty_like(x)  # n x H
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)  # V x H
+            grad_b = torch.zeros(vocab, dtype=torch.float32, device=weight.device) if bias is not None else None
+        for start in range(0, x.size(0), chunk_rows):
+            xc, tc = x[start : start + chunk_rows], t[start : start + chunk_rows]  # r x H, r
+            rows = torch.arange(xc.size(0), device=xc.device)
+            logits = torch.addmm(bias, xc, weight.t()) if bias is not None else xc @ weight.t()  # r x V
+            lprobs = torch.log_softmax(logits.float(), dim=-1)  # r x V, float32 (fairseq: utils.log_softmax)
+            del logits
+            nll -= lprobs[rows, tc].sum()
+            smooth -= lprobs.sum()
+            n_correct += lprobs.argmax(dim=-1).eq(tc).sum()
+            if not need_grad:
+                continue
+            grad = lprobs.exp_()  # r x V: p, in place of the log-probabilities
+            if eps_i != 0.0:
+                grad.sub_(eps_i)
+            grad[rows, tc] -= target_weight  # p - (1 - eps - eps_i) onehot(y) - eps_i
+            grad = grad.to(xc.dtype)
+            grad_x[start : start + chunk_rows] = grad @ weight  # r x H
+            grad_w += (grad.t() @ xc).float()  # V x H
+            if grad_b is not None:
+                grad_b += grad.sum(dim=0, dtype=torch.float32)
+        loss = target_weight * nll + eps_i * smooth
+        if need_grad:
+            grad_features = torch.zeros_like(features)
+            grad_features.index_copy_(0, keep, grad_x)  # padding rows: 0
+            ctx.grads = (grad_features, grad_w, grad_b)
+            ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        ctx.mark_non_differentiable(nll, n_correct)
+        return loss, nll, n_correct
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor, grad_nll: Tensor, grad_correct: Tensor):
+        grad_features, grad_w, grad_b = ctx.grads
+        del ctx.grads  # once only (retain_graph would need them again: not supported)
+        g = grad_loss.float()
+        grad_features = grad_features * g.to(grad_features.dtype)
+        grad_w = (grad_w * g).to(ctx.dtypes[0])
+        grad_b = None if grad_b is None else (grad_b * g).to(ctx.dtypes[1])
+        return grad_features, grad_w, grad_b, None, None, None, None
+
+
+def fused_linear_label_smoothed_nll(features: Tensor, weight: Tensor, bias: Optional[Tensor], target: Tensor,
+                                    epsilon: float, ignore_index: int,
+                                    chunk_rows: Optional[int] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    """Functional form of :class:`FusedLinearLabelSmoothedNLL`; ``features`` may be ``... x H``
+    with ``target`` of the leading shape."""
+    features = features.reshape(-1, features.size(-1))
+    target = target.reshape(-1)
+    if chunk_rows is None:
+        chunk_rows = chunk_rows_for(weight.size(0), features.device)
+    if bias is not None and bias.dtype != weight.dtype:
+        bias = bias.to(weight.dtype)
+    loss, nll, n_correct = FusedLinearLabelSmoothedNLL.apply(
+        features, weight, bias, target, float(epsilon), int(ignore_index), int(chunk_rows)
+    )
+    return loss, nll, n_correct
+
+
+class FusedLossUnsupported(ValueError):
+    """The model's decoder does not end in fconv_ext's ``output_layer`` = ``fc3``."""
+
+
+def _core_model(model: nn.Module) -> nn.Module:
+    while hasattr(model, "module"):  # fairseq's ModuleProxyWrapper / DistributedDataParallel
+        model = model.module
+    return model
+
+
+def unsupported_reason(model: nn.Module) -> Optional[str]:
+    """Why the fused loss cannot run on ``model`` and which criterion to use instead, or None."""
+    core = _core_model(model)
+    name = type(core).__name__
+    decoder = getattr(core, "decoder", None)
+    if getattr(decoder, "adaptive_softmax", None) is not None:
+        return (f"--criterion fused_label_smoothed_cross_entropy: model {name} has an adaptive softmax, which "
+                "computes its own loss; use --criterion adaptive_loss")
+    if not (isinstance(core, FConvExtModel) and isinstance(decoder, FConvExtDecoder)
+            and isinstance(getattr(decoder, "fc3", None), nn.Linear)):
+        return (f"--criterion fused_label_smoothed_cross_entropy works with fconv_ext models only (--arch fconv_ext "
+                f"or an fconv_ext_* preset: it takes the decoder's features and its fc3 projection); model {name} is "
+                "not one. Use --criterion label_smoothed_cross_entropy (the same options and results)")
+    return None
+
+
+def fused_decoder(model: nn.Module) -> FConvExtDecoder:
+    """The decoder whose features and ``fc3`` the fused loss uses; FusedLossUnsupported
+    (saying which criterion to use instead) for other models."""
+    reason = unsupported_reason(model)
+    if reason is not None:
+        raise FusedLossUnsupported(reason)
+    return _core_model(model).decoder
+
+
+@contextmanager
+def _output_layer_replaced(decoder: nn.Module, replacement):
+    """``decoder.output_layer`` is ``replacement`` inside the block (an instance attribute
+    shadowing the method), whatever was there before afterwards."""
+    had = "output_layer" in decoder.__dict__
+    previous = decoder.__dict__.get("output_layer")
+    decoder.output_layer = replacement
+    try:
+        yield
+    finally:
+        if had:
+            decoder.output_layer = previous
+        else:
+            del decoder.output_layer
+
+
+def fused_token_loss(model: nn.Module, sample: Dict, epsilon: float, padding_idx: int,
+                     ignore_prefix_size: int = 0, chunk_rows: Optional[int] = None):
+    """Run ``model`` on ``sample["net_input"]`` and return fairseq's summed label-smoothed loss,
+    nll_loss, the number of correct argmax predictions and of counted target tokens, and the
+    decoder's other outputs (``extra``, e.g. attention), without the ``B x T x V`` logits."""
+    decoder = fused_decoder(model)
+    target = sample["target"]  # B x T (what fconv_ext's get_targets returns)
+    if ignore_prefix_size > 0:
+        target = target[:, ignore_prefix_size:]
+    results = {}
+
+    def fused_output_layer(features: Tensor, **unused) -> Tensor:
+        if ignore_prefix_size > 0:
+            features = features[:, ignore_prefix_size:, :]  # B x T' x H
+        fc3 = decoder.fc3
+        loss, nll, n_correct = fused_linear_label_smoothed_nll(
+            features, fc3.weight, fc3.bias, target, epsilon, padding_idx, chunk_rows
+        )
+        results.update(nll=nll, n_correct=n_correct)
+        return loss  # the decoder's first output: depends on the features and on fc3, as logits do
+
+    with _output_layer_replaced(decoder, fused_output_layer):
+        net_output = model(**sample["net_input"])
+    if "nll" not in results:
+        raise FusedLossUnsupported(
+            f"--criterion fused_label_smoothed_cross_entropy: the decoder of {type(_core_model(model)).__name__} did "
+            "not call its output_layer (a variant that overrides forward?); use --criterion "
+            "label_smoothed_cross_entropy"
+        )
+    total = target.ne(padding_idx).sum()
+    return net_output[0], results["nll"], results["n_correct"], total, net_output[1:]
+
+
+@dataclass
+class FusedLabelSmoothedCrossEntropyConfig(LabelSmoothedCrossEntropyCriterionConfig):
+    """Exactly ``label_smoothed_cross_entropy``'s options."""
+
+
+@register_criterion("fused_label_smoothed_cross_entropy", dataclass=FusedLabelSmoothedCrossEntropyConfig)
+class FusedLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
+    """fairseq's label-smoothed cross entropy, fused with fconv_ext's output projection
+    (module docstring).  Options, loss, gradients and logged metrics are fairseq's;
+    ``reduce=False`` (per-token losses, not used in training) takes fairseq's own path."""
+
+    #: rows per chunk; None: :func:`chunk_rows_for` (tests set a small number to cross chunks)
+    chunk_rows: Optional[int] = None
+
+    def forward(self, model, sample, reduce=True):
+        if not reduce:
+            return super().forward(model, sample, reduce=reduce)
+        loss, nll_loss, n_correct, total, _ = fused_token_loss(
+            model, sample, self.eps, self.padding_idx, self.ignore_prefix_size, self.chunk_rows
+        )
+        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
+        logging_output = {
+            "loss": loss.data,
+            "nll_loss": nll_loss.data,
+            "ntokens": sample["ntokens"],
+            "nsentences": sample["target"].size(0),
+            "sample_size": sample_size,
+        }
+        if self.report_accuracy:
+            logging_output["n_correct"] = utils.item(n_correct.data)
+            logging_output["total"] = utils.item(total.data)
+        return loss, sample_size, logging_output
