@@ -47,6 +47,27 @@ def test_plan_fits_the_time_left():
     assert demo_plan.plan_updates(20, 0.5, 5.0, 10.0) == 21
 
 
+def test_replanning_continues_the_learning_rate_where_it_is():
+    def fairseq_lr(lr, warmup, total, n):  # polynomial_decay, power 1, end 0, after the warm-up
+        return lr * (total - n) / (total - warmup)
+
+    # planned 330, at update 185 the machine turns out slower: 260 in all; and faster: 400
+    for new_total in (260, 400):
+        lr = demo_plan.decay_from(0.004, 40, 330, 185, new_total)
+        assert fairseq_lr(lr, 40, new_total, 185) == pytest.approx(fairseq_lr(0.004, 40, 330, 185))
+        assert fairseq_lr(lr, 40, new_total, new_total) == 0
+    assert demo_plan.decay_from(0.004, 40, 330, 185, 330) == pytest.approx(0.004)
+
+
+def test_lr_is_read_and_replaced_among_fairseqs_options():
+    args = ["bin", "--arch", "a", "--lr", "0.004", "--dropout", "0.1"]
+    assert demo_plan.lr_of(args) == 0.004
+    assert demo_plan.with_lr(args, 0.0035) == ["bin", "--arch", "a", "--lr", "0.0035", "--dropout", "0.1"]
+    assert demo_plan.lr_of(["--lr=0.5"]) == 0.5 and demo_plan.with_lr(["--lr=0.5"], 0.25) == ["--lr=0.25"]
+    assert demo_plan.lr_of(["--lr", "0.1,0.01"]) is None  # one per epoch: no re-planning
+    assert demo_plan.lr_of(["bin"]) is None
+
+
 def test_options_the_plan_owns_are_refused(tmp_path, capsys):
     rc = demo_plan.main(["train", "--minutes", "1", "--save-dir", str(tmp_path), "--log", str(tmp_path / "log"),
                          "--plan", str(tmp_path / "plan.json"), "--", "data", "--max-update", "100"])
@@ -69,11 +90,13 @@ def test_summary_prints_bleu_updates_and_speed(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_one_minute_budget_ends_on_time_with_the_learning_rate_decayed(data_bin, tmp_path):
-    """fairseq-train twice (measure, then resume with the planned schedule): the whole training stage ends
+    """fairseq-train three times (measure; resume with the planned schedule to its halfway point; measure
+    again, re-plan and resume to the end): the whole training stage ends
     within the minute (plus a little for what cannot be planned: a fairseq start-up slower than the first),
     with the planned updates done and the learning rate decayed to (nearly) 0 at the last one."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, SCRIPT, "train", "--minutes", "1", "--warmup", "8", "--measure-updates", "8",
+           "--replan-minutes", "0.5",  # re-plan halfway, as budgets of 4 minutes and more do
            "--save-dir", str(tmp_path / "ck"), "--log", str(tmp_path / "train.log"), "--plan", str(tmp_path / "plan.json"),
            "--", str(data_bin), "--user-dir", os.path.join(REPO, "fconv_plugin"), "--arch", "fconv_ext_tiny",
            "--task", "fconv_translation", "--disable-validation", "--optimizer", "adam", "--lr", "0.004",
@@ -85,12 +108,14 @@ def test_one_minute_budget_ends_on_time_with_the_learning_rate_decayed(data_bin,
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert f"~{plan['planned_updates']} updates in 1 minute on this machine" in proc.stdout
     assert plan["planned_updates"] > plan["measured_updates"] >= 3
+    assert plan["replanned_updates"] == plan["planned_updates"] and "re-planned at update" in proc.stderr
     assert plan["updates_done"] >= 0.9 * plan["planned_updates"]
     assert elapsed <= 60 + 15, f"a 1-minute budget took {elapsed:.0f} s"
     assert os.path.isfile(tmp_path / "ck" / "checkpoint_last.pt")
-    # the learning rate of the last logged update: the decay reached its end
-    lrs = [json.loads(l.split("| train_inner | ", 1)[1])["lr"] for l in (tmp_path / "train.log").read_text().splitlines()
-           if "| train_inner | " in l]
-    # polynomial_decay: lr 0.004 * (N - n) / (N - warm-up) after update n, 0 from n = N on
-    n, total = plan["updates_done"], plan["planned_updates"]
-    assert float(lrs[-1]) <= 0.004 * (total - n) / max(1, total - 8) + 1e-9
+    # the learning rate of the last logged update: the decay reached (or nearly reached) its end, 0
+    lrs = [float(json.loads(l.split("| train_inner | ", 1)[1])["lr"])
+           for l in (tmp_path / "train.log").read_text().splitlines() if "| train_inner | " in l]
+    assert len(lrs) == plan["updates_done"]
+    if plan["updates_done"] == plan["planned_updates"]:
+        assert lrs[-1] == 0
+    assert lrs[-1] <= 0.25 * max(lrs)

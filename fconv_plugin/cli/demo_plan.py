@@ -69,6 +69,7 @@ class Plan:
     train_seconds: float = 0.0
     words_per_second_overall: float = 0.0
     deadline_missed_by: float = 0.0
+    replanned_updates: int = 0
     commands: List[List[str]] = field(default_factory=list)
 
 
@@ -108,6 +109,41 @@ def plan_updates(done: int, updates_per_second: float, seconds_left: float, rest
     return done + max(1, more)
 
 
+def decay_from(lr: float, warmup: int, total: int, reached: int, new_total: int) -> float:
+    """The peak learning rate that makes polynomial_decay (power 1, to 0) with ``new_total`` updates give,
+    at update ``reached``, the learning rate that ``lr`` with ``total`` updates gives there: the schedule
+    goes on from where it is, in a straight line to 0 at ``new_total``.  fairseq's formula after the
+    warm-up: lr * (total - n) / (total - warmup)."""
+    return lr * (total - reached) / (total - warmup) * (new_total - warmup) / (new_total - reached)
+
+
+def lr_of(args: Sequence[str]) -> Optional[float]:
+    """The single ``--lr`` among fairseq-train's options, or None (absent, or one per epoch)."""
+    for i, arg in enumerate(args):
+        value = arg.split("=", 1)[1] if arg.startswith("--lr=") else args[i + 1] if arg == "--lr" and i + 1 < len(args) else None
+        if value is not None:
+            try:
+                return float(value)
+            except ValueError:
+                return None
+    return None
+
+
+def with_lr(args: Sequence[str], lr: float) -> List[str]:
+    out, skip = [], False
+    for i, arg in enumerate(args):
+        if skip:
+            skip = False
+        elif arg == "--lr":
+            out += ["--lr", f"{lr:.8g}"]
+            skip = True
+        elif arg.startswith("--lr="):
+            out.append(f"--lr={lr:.8g}")
+        else:
+            out.append(arg)
+    return out
+
+
 def _owned(args: Sequence[str]) -> List[str]:
     return [a for a in args if a.split("=", 1)[0] in OWNED_OPTIONS]
 
@@ -140,11 +176,12 @@ def train(args) -> int:
     start = time.monotonic()
     deadline = start + budget
     plan = Plan(minutes=args.minutes, warmup=args.warmup)
-    base = [sys.executable, "-m", "fairseq_cli.train"] + passthrough + [
+    owned = [
         # the checkpoint is written when each process stops (fairseq saves on --max-update / stop time),
         # not at epoch ends, which the measured speed does not include
         "--save-dir", args.save_dir, "--save-interval", "1000000", "--log-format", "json", "--log-interval", "1",
         "--lr-scheduler", "polynomial_decay", "--warmup-updates", str(args.warmup)]
+    base = [sys.executable, "-m", "fairseq_cli.train"] + passthrough + owned
     log = open(args.log, "w", encoding="utf-8")
 
     # 1. measure: the first updates of the run itself, within the warm-up (the decay's end does not
@@ -188,12 +225,14 @@ def train(args) -> int:
         print(f"note: the budget ends inside the warm-up ({args.warmup} updates): a longer DEMO_MINUTES, or a "
               "shorter DEMO_WARMUP, gives the learning rate time to decay", flush=True)
 
-    # 2. finish: resume from checkpoint_last.pt with the schedule sized to the time left
+    # 2. finish: resume from checkpoint_last.pt with the schedule sized to the time left.  With time enough,
+    # stop halfway, measure again and re-plan: a machine shared with other work, or one that throttles,
+    # changes speed.  The new schedule continues from the learning rate reached (decay_from).
+    lr0 = lr_of(passthrough)
+    midpoint = done + (total - done) // 2
+    replan = (args.replan_minutes > 0 and lr0 is not None and midpoint > args.warmup
+              and deadline - time.monotonic() >= args.replan_minutes * 60)
     previous = t_exit - t_launch  # an overestimate of fairseq's own training time so far
-    stop_hours = (previous + max(1.0, deadline - time.monotonic())) / 3600
-    cmd2 = base + ["--max-update", str(total), "--total-num-update", str(total),
-                   "--stop-time-hours", f"{stop_hours:.6f}"]
-    plan.commands.append(cmd2)
     seen: List[Update] = []
     bar = tqdm(total=total, initial=done, desc="training", unit="upd", dynamic_ncols=True, file=sys.stderr)
 
@@ -207,6 +246,38 @@ def train(args) -> int:
             postfix["words/s"] = f"{update.wps:,.0f}"
         bar.set_postfix(postfix, refresh=False)
 
+    def finish_cmd(fairseq_args, stop_update, total_update):
+        stop_hours = (previous + max(1.0, deadline - time.monotonic())) / 3600
+        return ([sys.executable, "-m", "fairseq_cli.train"] + fairseq_args + owned
+                + ["--max-update", str(stop_update), "--total-num-update", str(total_update),
+                   "--stop-time-hours", f"{stop_hours:.6f}"])
+
+    if replan:
+        cmd2 = finish_cmd(passthrough, midpoint, total)
+        plan.commands.append(cmd2)
+        t_launch = time.monotonic()
+        rc = run_fairseq(cmd2, log, rest)
+        t_exit = time.monotonic()
+        if rc != 0:
+            bar.close()
+            print(f"demo_plan: fairseq-train failed (exit {rc}); see {args.log}", file=sys.stderr)
+            return rc
+        previous += t_exit - t_launch
+        if len(seen) >= 4:
+            ups2, _ = measure(seen)
+            reached = seen[-1].num_updates
+            restart2 = max(0.0, seen[0].time - t_launch - 1.0 / ups2) + (t_exit - seen[-1].time)
+            new_total = plan_updates(reached, ups2, deadline - time.monotonic(), restart2, args.margin)
+            new_lr = decay_from(lr0, args.warmup, total, reached, new_total)
+            bar.write(f"re-planned at update {reached}: ~{new_total} updates ({ups2:.2f} updates/s since update "
+                      f"{done}); the learning rate continues from {new_lr * (new_total - reached) / (new_total - args.warmup):.6f} "
+                      f"to 0 at update {new_total}")
+            plan.replanned_updates, plan.planned_updates = new_total, new_total
+            total, passthrough = new_total, with_lr(passthrough, new_lr)
+            bar.total = total
+            bar.refresh()
+    cmd2 = finish_cmd(passthrough, total, total)
+    plan.commands.append(cmd2)
     rc = run_fairseq(cmd2, log, rest)
     bar.close()
     log.close()
@@ -282,6 +353,9 @@ def main(argv=None) -> int:
     t.add_argument("--measure-seconds", type=float, default=90.0,
                    help="at most this much training before planning (and at most a quarter of the budget)")
     t.add_argument("--margin", type=float, default=0.95, help="plan this fraction of the updates that fit")
+    t.add_argument("--replan-minutes", type=float, default=4.0,
+                   help="with at least this much time left after planning, stop halfway, measure again and re-plan "
+                        "(0: never)")
     t.add_argument("fairseq_args", nargs=argparse.REMAINDER, help="-- then fairseq-train's data and options")
     g = sub.add_parser("generate", help="fairseq-generate with a progress bar over the test sentences")
     g.add_argument("--out", required=True, help="fairseq-generate's output (S-/H-/P- lines); its log goes to OUT.err")
