@@ -327,3 +327,81 @@ def test_fairseq_train_update_freq_first_update_equals_default_criterion(tmp_pat
         assert fused_meters[key]["sum"] == ref_meters[key]["sum"], key
     for name, want in ref["model"].items():
         torch.testing.assert_close(fused["model"][name], want, **TOL, msg=name)
+
+
+# ----------------------------------------------------------------------- the GPU convolution path
+# (issue 17, part 2; kept beside the fused loss: both are the training-speed work.)  On CUDA every
+# conv layer is one F.conv1d over B x C x T; here that code runs on CPU tensors against the CPU paths.
+
+
+def test_conv_path_choice():
+    from fconv_plugin.modules.convolution import conv_path
+
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for channels, k, d in ((256, 3, 1), (1024, 3, 1), (256, 1, 1), (256, 3, 2)):
+            assert conv_path("cuda", dtype, channels, k, d) == "conv1d"
+    # the CPU keeps its measured choices
+    assert conv_path("cpu", torch.float32, 256, 3) == "tbc"
+    assert conv_path("cpu", torch.float32, 512, 3) == "unfold"
+    assert conv_path("cpu", torch.float32, 256, 1) == "unfold"
+    assert conv_path("cpu", torch.bfloat16, 256, 3) == "unfold"
+    assert conv_path("cpu", torch.float32, 256, 3, 2) == "conv1d"
+
+
+@pytest.mark.parametrize("k,d,causal", [(3, 1, False), (4, 1, False), (2, 1, True), (3, 1, True), (5, 1, True),
+                                        (1, 1, False), (3, 2, True), (3, 3, False)])
+def test_conv1d_path_equals_cpu_paths_and_direct_sum(k, d, causal):
+    from fconv_plugin.modules.convolution import conv_channels_first, conv_time_major
+
+    g = torch.Generator().manual_seed(k * 10 + d)
+    B, T, C, O = 3, 9, 6, 5
+    x = torch.randn(B, T, C, generator=g, requires_grad=True)
+    w = torch.randn(O, C, k, generator=g, requires_grad=True)
+    b = torch.randn(O, generator=g, requires_grad=True)
+    left, right = ((k - 1) * d, 0) if causal else ((k - 1) // 2 * d, k // 2 * d)
+    got = conv_channels_first(x, w, b, left, right, d)
+    # direct sum: out[t] = b + sum_j W[:, :, j] x[t - left + j * d]
+    want = b.expand(B, T, O).clone()
+    for t in range(T):
+        for j in range(k):
+            s = t - left + j * d
+            if 0 <= s < T:
+                want[:, t] += x[:, s] @ w[:, :, j].t()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    cpu = conv_time_major(x, w, b, left, right, dilation=d)  # conv_tbc / unfold / conv1d on this CPU
+    torch.testing.assert_close(got, cpu, rtol=1e-5, atol=1e-5)
+    upstream = torch.randn(B, T, O, generator=g)
+    g1 = torch.autograd.grad((got * upstream).sum(), [x, w, b])
+    g2 = torch.autograd.grad((cpu * upstream).sum(), [x, w, b])
+    for a, c in zip(g1, g2):
+        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
+
+
+def test_model_with_the_cuda_conv_path_on_cpu_equals_the_cpu_paths(monkeypatch):
+    """A whole fconv_ext training step (loss and every gradient) with every layer on the CUDA path
+    gives the CPU paths' numbers (widths 16 and 24, kernels 2, 3 and 4, one dilated layer)."""
+    from fconv_plugin.modules import convolution
+
+    def step(model, sample):
+        model.zero_grad()
+        torch.manual_seed(5)
+        loss, _, _ = LabelSmoothedCrossEntropyCriterion(task, False, 0.1)(model, sample)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    model, task = make_model(encoder_layers="[(16, 3)] * 2 + [(24, 2)]", decoder_layers="[(16, 3), (16, 4, 1, 2)]")
+    sample = make_sample(task)
+    ref_loss, ref_grads = step(model, sample)
+    chosen = []
+    real_path = convolution.conv_path
+
+    def cuda_path(device_type, *args):
+        chosen.append(real_path("cuda", *args))
+        return chosen[-1]
+
+    monkeypatch.setattr(convolution, "conv_path", cuda_path)
+    loss, grads = step(model, sample)
+    assert chosen == ["conv1d"] * 5  # 3 encoder + 2 decoder layers
+    torch.testing.assert_close(loss, ref_loss, **TOL)
+    for name, want in ref_grads.items():
+        torch.testing.assert_close(grads[name], want, **TOL, msg=name)

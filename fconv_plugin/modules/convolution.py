@@ -49,17 +49,17 @@ def conv_time_major(x: Tensor, weight: Tensor, bias: Tensor, pad_left: int, pad_
       conv_tbc would add the taps up in the low precision (bfloat16 decoding of the gettext
       test set: 28.12 BLEU against 28.73) while the single product sums them in float32.
 
-    Dilated layers (``dilation > 1``; conv_tbc has no dilation) go through ``F.conv1d``.
+    Dilated layers (``dilation > 1``; conv_tbc has no dilation) go through ``F.conv1d``, and so does
+    every layer on CUDA (:func:`conv_path`).
 
     ``tbc_weight``: the weight already in conv_tbc's ``k x in x out`` layout, if the caller keeps
     one (inference; see :func:`cached_weight_layout`).
     """
     _, in_channels, k = weight.shape
-    if dilation > 1 and k > 1:
-        x = F.pad(x, (0, 0, pad_left, pad_right))  # pad the time dimension
-        out = F.conv1d(x.transpose(1, 2), weight, bias, dilation=dilation)  # B x out x T
-        return out.transpose(1, 2)  # B x T x out (a view)
-    if k == 1 or in_channels >= 512 or x.dtype in (torch.bfloat16, torch.float16):
+    path = conv_path(x.device.type, x.dtype, in_channels, k, dilation)
+    if path == "conv1d":
+        return conv_channels_first(x, weight, bias, pad_left, pad_right, dilation)
+    if path == "unfold":
         return _conv_unfolded(x, weight, bias, pad_left, pad_right)
     length = x.size(1)
     pad = max(pad_left, pad_right)  # conv_tbc pads both sides by the same amount
@@ -69,6 +69,34 @@ def conv_time_major(x: Tensor, weight: Tensor, bias: Tensor, pad_left: int, pad_
     out = torch.conv_tbc(x, tbc_weight, bias, pad)  # (T + 2*pad - k + 1) x B x out
     first = pad - pad_left  # output j starts its window at input j - pad
     return out[first : first + length].transpose(0, 1)  # B x T x out (a view)
+
+
+def conv_path(device_type: str, dtype: torch.dtype, in_channels: int, k: int, dilation: int = 1) -> str:
+    """Which computation :func:`conv_time_major` uses: ``"conv1d"`` (:func:`conv_channels_first`),
+    ``"unfold"`` (:func:`_conv_unfolded`) or ``"tbc"`` (``torch.conv_tbc``).
+
+    On CUDA every layer is one ``F.conv1d`` (cuDNN picks its own algorithm for the shape and
+    accumulates float16/bfloat16 in float32); ``conv_tbc`` there is one matrix product per tap
+    plus a transposed copy on each side, launches that showed at fconv_iwslt_de_en's 12 ms per
+    update on an H200 (benchmarks/results_gpu.md).  Not measured on a GPU yet (issue 17: no GPU
+    was lent to that session).  On CPUs the measured choices of :func:`conv_time_major`."""
+    if device_type == "cuda" or (dilation > 1 and k > 1):
+        return "conv1d"
+    if k == 1 or in_channels >= 512 or dtype in (torch.bfloat16, torch.float16):
+        return "unfold"
+    return "tbc"
+
+
+def conv_channels_first(x: Tensor, weight: Tensor, bias: Optional[Tensor], pad_left: int, pad_right: int,
+                        dilation: int = 1) -> Tensor:
+    """The convolution as ``F.conv1d`` over ``B x C x T``: the CUDA path (cuDNN), and dilated layers
+    anywhere.  Input and output ``B x T x C``; output ``t`` sees inputs ``t - pad_left .. t + pad_right``."""
+    x = x.transpose(1, 2)  # B x C x T (a view)
+    if pad_left == pad_right:
+        out = F.conv1d(x, weight, bias, padding=pad_left, dilation=dilation)  # B x out x T
+    else:
+        out = F.conv1d(F.pad(x, (pad_left, pad_right)), weight, bias, dilation=dilation)  # B x out x T
+    return out.transpose(1, 2)  # B x T x out (a view)
 
 
 def _conv_unfolded(x: Tensor, weight: Tensor, bias: Tensor, pad_left: int, pad_right: int) -> Tensor:
