@@ -101,6 +101,26 @@ def test_function_in_bfloat16_follows_fairseq_in_bfloat16():
         torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
 
 
+def test_function_under_autocast_follows_fairseq_under_autocast():
+    """--amp: fc3 runs in the autocast dtype (bfloat16 on this CPU, float16 on a GPU), the loss in float32."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(19, 8, generator=g, requires_grad=True)
+    w = torch.randn(30, 8, generator=g, requires_grad=True)
+    b = torch.randn(30, generator=g, requires_grad=True)
+    target = torch.randint(4, 30, (19,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref_loss, _, _ = reference(x, w, b, target, 0.1, 1)
+        loss, _, _ = fused_linear_label_smoothed_nll(x, w, b, target, 0.1, 1, chunk_rows=4)
+    ref_grads = torch.autograd.grad(ref_loss, [x, w, b])
+    grads = torch.autograd.grad(loss, [x, w, b])
+    exact, _, _ = reference(x, w, b, target, 0.1, 1)
+    assert abs(loss.item() - exact.item()) > 1e-6  # the products did run in bfloat16
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=1e-4)
+    for got, want in zip(grads, ref_grads):
+        assert got.dtype == want.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+
+
 # ----------------------------------------------------------------------- the criterion on a model
 
 

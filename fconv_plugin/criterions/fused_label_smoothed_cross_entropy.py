@@ -148,12 +148,26 @@ def fused_linear_label_smoothed_nll(features: Tensor, weight: Tensor, bias: Opti
     target = target.reshape(-1)
     if chunk_rows is None:
         chunk_rows = chunk_rows_for(weight.size(0))
+    device_type = features.device.type
+    dtype = _autocast_dtype(device_type)
+    if dtype is not None:  # --amp: fc3 in the autocast dtype, as F.linear would run it there
+        features, weight = features.to(dtype), weight.to(dtype)
     if bias is not None and bias.dtype != weight.dtype:
         bias = bias.to(weight.dtype)
-    loss, nll, n_correct = FusedLinearLabelSmoothedNLL.apply(
-        features, weight, bias, target, float(epsilon), int(ignore_index), int(chunk_rows)
-    )
+    with torch.autocast(device_type, enabled=False):  # the dtypes are settled above
+        loss, nll, n_correct = FusedLinearLabelSmoothedNLL.apply(
+            features, weight, bias, target, float(epsilon), int(ignore_index), int(chunk_rows)
+        )
     return loss, nll, n_correct
+
+
+def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The dtype autocast gives matrix products on ``device_type`` now, or None outside autocast."""
+    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    if device_type == "cuda" and torch.is_autocast_enabled():
+        return torch.get_autocast_gpu_dtype()
+    return None
 
 
 class FusedLossUnsupported(ValueError):
