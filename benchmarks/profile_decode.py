@@ -5,7 +5,9 @@ for one side of ``bench.py``'s generation configs.
         [--max-batches 5] [--threads 2] [--mode torch|python] [--rows 25]
 
 ``CK.pt`` may be a fairseq fconv checkpoint (profiled with fairseq's SequenceGenerator) or an fconv_ext
-one (FConvBeamSearch, as fairseq-generate would use); convert with ``fconv-ext-convert``.
+one (FConvBeamSearch, as fairseq-generate would use; with ``FCONV_EXT_BEAM_SEARCH=fairseq`` in the
+environment, fairseq's SequenceGenerator: bench.py's ``fconv_ext_seqgen`` side); convert with
+``fconv-ext-convert``.
 """
 
 import argparse
@@ -14,12 +16,13 @@ import os
 import pstats
 import sys
 import time
+from types import SimpleNamespace
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
-from bench import MAX_LEN_A, MAX_LEN_B, _load  # noqa: E402
+from bench_child import prepare_decoding  # noqa: E402
 
 
 def main():
@@ -36,21 +39,11 @@ def main():
     args = p.parse_args()
 
     import torch
-    from fairseq import utils
 
     torch.set_num_threads(args.threads)
-    model, _, task = _load(args.checkpoint, args.data, args.dtype)
-    model.eval()
-    model.make_generation_fast_(beamable_mm_beam_size=args.beam, need_attn=False)
-    task.load_dataset("test")
-    itr = task.get_batch_iterator(
-        dataset=task.dataset("test"), max_sentences=args.batch, required_batch_size_multiple=1,
-        max_positions=utils.resolve_max_positions(task.max_positions(), model.max_positions()),
-    ).next_epoch_itr(shuffle=False)
-    batches = list(itr)
-    stride = max(len(batches) / args.max_batches, 1)
-    batches = [batches[int(i * stride)] for i in range(min(args.max_batches, len(batches)))]
-    gen = task.build_generator([model], argparse.Namespace(beam=args.beam, max_len_a=MAX_LEN_A, max_len_b=MAX_LEN_B))
+    job = SimpleNamespace(checkpoint=args.checkpoint, data=args.data, dtype=args.dtype, beam=args.beam,
+                          batch=args.batch, max_batches=args.max_batches, device="cpu")
+    model, task, gen, batches = prepare_decoding(job)
 
     def run():
         with torch.no_grad():

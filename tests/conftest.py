@@ -73,9 +73,115 @@ def random_batch(dictionary, lengths, seed=1, left_pad=True):
     return out
 
 
-@pytest.fixture
+# --------------------------------------------------------------------------- fixtures
+# The fixtures of the test modules are defined here and reach the tests by name: no test module
+# imports another.  The expensive ones (a prepared corpus slice, a training run) are session-scoped
+# and only read by the tests, so each runs once however the tests are selected.  The end-to-end
+# fixtures run fairseq's own command-line tools (this environment's, BIN) on a slice of the real
+# gettext corpus; ``run`` and ``hypotheses`` are what they and the tests run and read those tools with.
+
+BIN = os.path.dirname(sys.executable)  # fairseq-train, fairseq-generate, fconv-ext-* of this environment
+USER_DIR = os.path.join(REPO, "fconv_plugin")
+N_TEST = 37  # test sentences in data_bin: not a multiple of 8 on purpose (fairseq's batches drop N mod 8)
+
+
+def run(cmd, cwd=None, stdin=None):
+    """Run a command with one thread; its stdout + stderr.  A failure shows the command and both tails."""
+    import subprocess
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=cwd, input=stdin, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+def hypotheses(output):
+    """{sentence id: (hypothesis, score)} from fairseq-generate's H- lines."""
+    hyps = {}
+    for line in output.splitlines():
+        if line.startswith("H-"):
+            ident, score, text = line.split("\t")
+            hyps[int(ident[2:])] = (text, float(score))
+    return hyps
+
+
+@pytest.fixture(scope="session")
 def shared_gettext():
+    """The gettext-en-de corpus beside the repository (raw train/valid/test .en/.de); skips without it."""
     path = os.path.join(SHARED_DATA, "gettext-en-de")
     if not os.path.isfile(os.path.join(path, "train.en")):
         pytest.skip("../shared/data/gettext-en-de is not beside the repository")
     return path
+
+
+@pytest.fixture(scope="session")
+def data_bin(shared_gettext, tmp_path_factory):
+    """fairseq-preprocess'd slice of the gettext corpus (1500 / 60 / N_TEST sentences), prepared the usual
+    way in small: sacremoses tokenization, a joint 500-merge subword-nmt BPE (its codes: ``data_bin.parent
+    / "codes"``), a joined dictionary.  Once per session; tests only read it."""
+    from sacremoses import MosesTokenizer
+    from subword_nmt.apply_bpe import BPE
+    from subword_nmt.learn_bpe import learn_bpe
+
+    root = tmp_path_factory.mktemp("gettext")
+    tokenized = {}
+    for split, n in [("train", 1500), ("valid", 60), ("test", N_TEST)]:
+        for lang in ("en", "de"):
+            tok = MosesTokenizer(lang=lang)
+            with open(os.path.join(shared_gettext, f"{split}.{lang}"), encoding="utf-8") as f:
+                tokenized[split, lang] = [tok.tokenize(next(f), return_str=True, escape=False) for _ in range(n)]
+    with open(root / "codes", "w", encoding="utf-8") as f:
+        learn_bpe(tokenized["train", "en"] + tokenized["train", "de"], f, 500)
+    with open(root / "codes", encoding="utf-8") as f:
+        bpe = BPE(f)
+    for (split, lang), lines in tokenized.items():
+        with open(root / f"{split}.{lang}", "w", encoding="utf-8") as f:
+            f.writelines(bpe.process_line(line) + "\n" for line in lines)
+    run([f"{BIN}/fairseq-preprocess", "--source-lang", "en", "--target-lang", "de", "--joined-dictionary",
+         "--trainpref", str(root / "train"), "--validpref", str(root / "valid"), "--testpref", str(root / "test"),
+         "--destdir", str(root / "bin"), "--workers", "1"])
+    return root / "bin"
+
+
+@pytest.fixture(scope="session")
+def fconv_ext_tiny_run(data_bin, tmp_path_factory):
+    """The save directory of fconv_ext_tiny trained for 2 epochs by fairseq-train, run from the repository
+    root with the relative ``--user-dir fconv_plugin`` the README shows, task fconv_translation, validation
+    BLEU choosing ``checkpoint_best.pt``; fairseq-train's output is in its ``train.log``.  Once per session;
+    tests only read it."""
+    save = tmp_path_factory.mktemp("fconv_ext_tiny")
+    log = run([f"{BIN}/fairseq-train", str(data_bin), "--user-dir", "fconv_plugin", "--arch", "fconv_ext_tiny",
+               "--task", "fconv_translation", "--eval-bleu-detok", "space", "--eval-bleu-args", '{"beam": 1}',
+               "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric", "--save-dir", str(save),
+               "--optimizer", "nag", "--lr", "0.25", "--clip-norm", "0.1", "--max-tokens", "3000", "--max-epoch", "2",
+               "--no-progress-bar", "--seed", "1", "--no-epoch-checkpoints"], cwd=REPO)
+    (save / "train.log").write_text(log)
+    return save
+
+
+def generate(data, checkpoint, *extra, user_dir=True, cwd=None, tool="fairseq-generate"):
+    """fairseq-generate (or ``tool``) on the test split, beam 5, batches of 16, with --user-dir unless
+    ``user_dir=False``.  fairseq's default --required-batch-size-multiple 8 would drop the last N mod 8
+    sentences; the plugin keeps them (no flag needed)."""
+    cmd = [f"{BIN}/{tool}", str(data), "--path", str(checkpoint), "--beam", "5", "--batch-size", "16", *extra]
+    if user_dir:
+        cmd += ["--user-dir", USER_DIR]
+    return run(cmd, cwd=cwd)
+
+
+@pytest.fixture(scope="session")
+def fconv_ext_tiny_generated(data_bin, fconv_ext_tiny_run, tmp_path_factory):
+    """fairseq-generate's output (--print-alignment) for fconv_ext_tiny_run's best checkpoint."""
+    return generate(data_bin, fconv_ext_tiny_run / "checkpoint_best.pt", "--print-alignment",
+                    cwd=tmp_path_factory.mktemp("generate"))
+
+
+@pytest.fixture(scope="session")
+def fconv_ext_tiny_hub(data_bin, fconv_ext_tiny_run):
+    """fairseq's hub interface on fconv_ext_tiny_run's best checkpoint, raw text in and out (moses, BPE)."""
+    from fconv_plugin.models import FConvExtModel
+
+    return FConvExtModel.from_pretrained(str(fconv_ext_tiny_run), checkpoint_file="checkpoint_best.pt",
+                                         data_name_or_path=str(data_bin), source_lang="en", target_lang="de",
+                                         bpe="subword_nmt", bpe_codes=str(data_bin.parent / "codes"),
+                                         tokenizer="moses")

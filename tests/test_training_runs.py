@@ -5,17 +5,15 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
-from conftest import REPO
-from test_e2e import BIN, data_bin, run  # noqa: F401  (module fixture: a slice of the gettext corpus)
+from conftest import BIN, USER_DIR, run
 
 pytestmark = pytest.mark.slow
-TINY = ["--arch", "fconv_ext_tiny", "--user-dir", os.path.join(REPO, "fconv_plugin"), "--optimizer", "adam",
+TINY = ["--arch", "fconv_ext_tiny", "--user-dir", USER_DIR, "--optimizer", "adam",
         "--lr", "0.001", "--max-tokens", "1000", "--no-progress-bar", "--log-interval", "1", "--seed", "3"]
 
 
@@ -34,7 +32,7 @@ def assert_same_weights(a, b, atol):
     ["--task", "fconv_translation", "--no-eval-bleu", "--criterion", "sequence_risk",
      "--risk-candidates", "2", "--risk-beam", "2", "--risk-max-len-b", "8"],
 ])
-def test_two_gloo_workers_equal_update_freq_two(data_bin, tmp_path, criterion):  # noqa: F811
+def test_two_gloo_workers_equal_update_freq_two(data_bin, tmp_path, criterion):
     common = [str(data_bin), *TINY, *criterion, "--dropout", "0", "--max-update", "5", "--disable-validation",
               "--no-epoch-checkpoints"]
     run([f"{BIN}/fconv-ext-train-cpu", "--nproc", "2", *common, "--save-dir", str(tmp_path / "ddp")])
@@ -49,7 +47,7 @@ def losses_by_update(log):
     return {int(u): float(l) for l, u in re.findall(r"train_inner .*?loss=([\d.]+),.*?num_updates=(\d+)", log)}
 
 
-def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(data_bin, tmp_path):  # noqa: F811
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(data_bin, tmp_path):
     common = [str(data_bin), *TINY, "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
               "--max-update", "30", "--save-interval-updates", "3", "--disable-validation", "--cpu"]
     full = run([f"{BIN}/fairseq-train", *common, "--save-dir", str(tmp_path / "full")])
@@ -71,7 +69,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(data_bin, tmp_path):
     assert after and all(losses_by_update(full)[u] == loss for u, loss in after.items())
 
 
-def test_resume_from_an_epoch_checkpoint_equals_uninterrupted(data_bin, tmp_path):  # noqa: F811
+def test_resume_from_an_epoch_checkpoint_equals_uninterrupted(data_bin, tmp_path):
     # fconv_translation makes the batches of every epoch the way an uninterrupted run does
     # (fairseq's translation task rebuilds them with another seed on resume: 2.4e-2 apart here)
     common = [str(data_bin), *TINY, "--task", "fconv_translation", "--no-eval-bleu", "--criterion",

@@ -7,8 +7,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, make_dictionary
-from test_e2e import BIN, data_bin, hypotheses, run, N_TEST  # noqa: F401
+from conftest import BIN, N_TEST, REPO, hypotheses, make_dictionary, run
 
 
 def test_gate_is_wired_through_the_config():
@@ -34,7 +33,7 @@ def test_gate_is_wired_through_the_config():
 
 
 @pytest.mark.slow
-def test_train_and_generate_with_the_template(data_bin, tmp_path):  # noqa: F811
+def test_train_and_generate_with_the_template(data_bin, tmp_path):
     save = tmp_path / "gated"
     log = run([f"{BIN}/fairseq-train", str(data_bin), "--user-dir", os.path.join(REPO, "user_dir"),
                "--arch", "fconv_ext_gated_tiny", "--optimizer", "adam", "--lr", "0.002", "--max-tokens", "3000",
