@@ -65,6 +65,7 @@ class Plan:
     updates_per_second: float = 0.0
     words_per_second: float = 0.0
     planned_updates: int = 0
+    first_planned_updates: int = 0
     updates_done: int = 0
     train_seconds: float = 0.0
     words_per_second_overall: float = 0.0
@@ -148,18 +149,27 @@ def _owned(args: Sequence[str]) -> List[str]:
     return [a for a in args if a.split("=", 1)[0] in OWNED_OPTIONS]
 
 
-def run_fairseq(cmd: List[str], log, on_update: Callable[[Update], None]) -> int:
-    """Run fairseq-train, its output appended to ``log``; ``on_update`` for every train_inner line."""
+_DONE = re.compile(r"done training in ([0-9.]+) seconds")
+
+
+def run_fairseq(cmd: List[str], log, on_update: Callable[[Update], None]):
+    """Run fairseq-train, its output appended to ``log``; ``on_update`` for every train_inner line.
+    Returns its exit status and the training time it reports ("done training in N seconds"), which is
+    what its ``--stop-time-hours`` counts, summed over resumed runs."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
     assert proc.stdout is not None
+    trained = 0.0
     for line in proc.stdout:
         log.write(line)
         update = parse_line(line, time.monotonic())
         if update is not None:
             on_update(update)
+        done = _DONE.search(line)
+        if done:
+            trained = float(done.group(1))
     log.flush()
-    return proc.wait()
+    return proc.wait(), trained
 
 
 def train(args) -> int:
@@ -199,7 +209,7 @@ def train(args) -> int:
         bar.update(update.num_updates - bar.n)
 
     t_launch = time.monotonic()
-    rc = run_fairseq(cmd1, log, first)
+    rc, trained = run_fairseq(cmd1, log, first)
     t_exit = time.monotonic()
     bar.close()
     if rc != 0:
@@ -216,7 +226,7 @@ def train(args) -> int:
     restart = max(0.0, timed[0].time - t_launch - per_update) + (t_exit - timed[-1].time)
     total = plan_updates(done, ups, deadline - time.monotonic(), restart, args.margin)
     plan.measured_updates, plan.updates_per_second, plan.words_per_second = done, ups, wps
-    plan.planned_updates = total
+    plan.planned_updates = plan.first_planned_updates = total
     minutes = f"{args.minutes:g} minute{'' if args.minutes == 1 else 's'}"
     print(f"~{total} updates in {minutes} on this machine ({ups:.2f} updates/s, {wps:,.0f} words/s over the "
           f"first {done} updates, {restart:.0f} s to restart fairseq-train); warm-up {args.warmup} updates, "
@@ -229,10 +239,10 @@ def train(args) -> int:
     # stop halfway, measure again and re-plan: a machine shared with other work, or one that throttles,
     # changes speed.  The new schedule continues from the learning rate reached (decay_from).
     lr0 = lr_of(passthrough)
-    midpoint = done + (total - done) // 2
-    replan = (args.replan_minutes > 0 and lr0 is not None and midpoint > args.warmup
+    replan = (args.replan_minutes > 0 and lr0 is not None
               and deadline - time.monotonic() >= args.replan_minutes * 60)
-    previous = t_exit - t_launch  # an overestimate of fairseq's own training time so far
+    # fairseq's --stop-time-hours counts its own training time, summed over resumed runs (not start-ups)
+    previous = trained
     seen: List[Update] = []
     bar = tqdm(total=total, initial=done, desc="training", unit="upd", dynamic_ncols=True, file=sys.stderr)
 
@@ -246,39 +256,43 @@ def train(args) -> int:
             postfix["words/s"] = f"{update.wps:,.0f}"
         bar.set_postfix(postfix, refresh=False)
 
-    def finish_cmd(fairseq_args, stop_update, total_update):
-        stop_hours = (previous + max(1.0, deadline - time.monotonic())) / 3600
+    def finish_cmd(fairseq_args, stop_update, total_update, time_share=1.0):
+        stop_hours = (previous + time_share * max(1.0, deadline - time.monotonic())) / 3600
         return ([sys.executable, "-m", "fairseq_cli.train"] + fairseq_args + owned
                 + ["--max-update", str(stop_update), "--total-num-update", str(total_update),
                    "--stop-time-hours", f"{stop_hours:.6f}"])
 
     if replan:
-        cmd2 = finish_cmd(passthrough, midpoint, total)
+        # halfway in time, not in updates: a first plan that was off (by a speed that changed, or a
+        # measurement too short) is still corrected with half of the time left; and at the latest three
+        # quarters of the way to the planned end, so that a faster machine has learning rate left to go on from
+        cmd2 = finish_cmd(passthrough, total - (total - done) // 4, total, time_share=0.5)
         plan.commands.append(cmd2)
         t_launch = time.monotonic()
-        rc = run_fairseq(cmd2, log, rest)
+        rc, trained = run_fairseq(cmd2, log, rest)
         t_exit = time.monotonic()
         if rc != 0:
             bar.close()
             print(f"demo_plan: fairseq-train failed (exit {rc}); see {args.log}", file=sys.stderr)
             return rc
-        previous += t_exit - t_launch
+        previous += trained
         if len(seen) >= 4:
             ups2, _ = measure(seen)
             reached = seen[-1].num_updates
             restart2 = max(0.0, seen[0].time - t_launch - 1.0 / ups2) + (t_exit - seen[-1].time)
             new_total = plan_updates(reached, ups2, deadline - time.monotonic(), restart2, args.margin)
-            new_lr = decay_from(lr0, args.warmup, total, reached, new_total)
+            # in the warm-up (a short budget) the warm-up goes on as it was; after it, the decay goes on from
+            # the learning rate reached
+            new_lr = lr0 if reached <= args.warmup else decay_from(lr0, args.warmup, total, reached, new_total)
             bar.write(f"re-planned at update {reached}: ~{new_total} updates ({ups2:.2f} updates/s since update "
-                      f"{done}); the learning rate continues from {new_lr * (new_total - reached) / (new_total - args.warmup):.6f} "
-                      f"to 0 at update {new_total}")
+                      f"{done}); the learning rate decays linearly to 0 at update {new_total}")
             plan.replanned_updates, plan.planned_updates = new_total, new_total
             total, passthrough = new_total, with_lr(passthrough, new_lr)
             bar.total = total
             bar.refresh()
     cmd2 = finish_cmd(passthrough, total, total)
     plan.commands.append(cmd2)
-    rc = run_fairseq(cmd2, log, rest)
+    rc, _ = run_fairseq(cmd2, log, rest)
     bar.close()
     log.close()
     end = time.monotonic()
