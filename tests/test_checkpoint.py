@@ -61,7 +61,7 @@ def test_fairseq_loader_names_a_damaged_checkpoint_last(tmp_path):
 
 
 def test_fconv_checkpoint_with_namespace_loads_weights_only(tmp_path):
-    """fairseq's fconv stores an argparse.Namespace (REFERENCE problem 2): readable with
+    """fairseq's fconv stores an argparse.Namespace (docs/upstream-problems.md, problem 2): readable with
     weights-only loading on, and convertible."""
     ref, _, _, _ = build_twins("fconv_iwslt_de_en")
     args = fconv_args("fconv_iwslt_de_en")
