@@ -1,7 +1,9 @@
 """fused_label_smoothed_cross_entropy against fairseq's label_smoothed_cross_entropy: loss,
 nll_loss, every parameter gradient and the logged metrics, across chunks, padding, label
 smoothing, ignore_prefix_size, report_accuracy, tied embeddings, sequence_risk's token-level
-part, models it refuses, and (slow) a fairseq-train run with --update-freq."""
+part, models it refuses, autocast, and (slow) a fairseq-train run with --update-freq and torch DDP
+over 2 gloo processes.  Also the GPU convolution path (F.conv1d), run on CPU tensors against the
+CPU paths."""
 
 import json
 import os
@@ -425,3 +427,73 @@ def test_model_with_the_cuda_conv_path_on_cpu_equals_the_cpu_paths(monkeypatch):
     torch.testing.assert_close(loss, ref_loss, **TOL)
     for name, want in ref_grads.items():
         torch.testing.assert_close(grads[name], want, **TOL, msg=name)
+
+
+DDP_SCRIPT = r'''
+import os, sys
+import torch
+import torch.distributed as dist
+sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
+from conftest import StubTask, make_dictionary, random_batch  # noqa: E402
+from fconv_plugin.criterions import FusedLabelSmoothedCrossEntropyCriterion  # noqa: E402
+from fconv_plugin.models import build_model_from_config  # noqa: E402
+
+rank, out = int(sys.argv[2]), sys.argv[3]
+dist.init_process_group("gloo", init_method="file://" + out + ".rdzv", rank=rank, world_size=2)
+torch.manual_seed(0)
+d = make_dictionary(40)
+cfg = {"_name": "fconv_ext", "encoder_embed_dim": 8, "encoder_layers": "[(8, 3)] * 2", "decoder_embed_dim": 8,
+       "decoder_layers": "[(8, 3)] * 2", "decoder_out_embed_dim": 8, "dropout": 0.0,
+       "max_source_positions": 64, "max_target_positions": 64}
+model = build_model_from_config(cfg, d, d).train()
+src = random_batch(d, [5, 3], seed=10 + rank)
+tgt = random_batch(d, [4, 6], seed=20 + rank, left_pad=False)
+prev = torch.cat([torch.full((2, 1), d.eos()), tgt[:, :-1]], 1)
+sample = {"net_input": {"src_tokens": src, "src_lengths": src.ne(d.pad()).sum(1), "prev_output_tokens": prev},
+          "target": tgt, "ntokens": int(tgt.ne(d.pad()).sum())}
+grads = {}
+for find_unused in (False, True):
+    model.zero_grad()
+    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=find_unused)
+    loss, _, _ = FusedLabelSmoothedCrossEntropyCriterion(StubTask(d, d), False, 0.1)(ddp, sample)
+    loss.backward()
+    grads[find_unused] = {n: p.grad.clone() for n, p in model.named_parameters()}
+if rank == 0:
+    torch.save(grads, out)
+dist.destroy_process_group()
+'''
+
+
+@pytest.mark.slow
+def test_torch_ddp_two_processes_average_fairseqs_gradients(tmp_path):
+    """Through torch's DistributedDataParallel (gloo, 2 processes; with and without
+    find_unused_parameters): rank 0's gradients are the mean of fairseq's criterion's gradients
+    on the two ranks' batches."""
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    out = str(tmp_path / "grads.pt")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, str(script), REPO, str(r), out], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    for p in procs:
+        log, _ = p.communicate(timeout=120)
+        assert p.returncode == 0, log[-3000:]
+    got = torch.load(out, weights_only=True)
+
+    torch.manual_seed(0)
+    d = make_dictionary(40)
+    cfg = {**TINY, "encoder_embed_dim": 8, "encoder_layers": "[(8, 3)] * 2", "decoder_embed_dim": 8,
+           "decoder_layers": "[(8, 3)] * 2", "decoder_out_embed_dim": 8, "dropout": 0.0}
+    model = build_model_from_config(cfg, d, d).train()
+    crit = LabelSmoothedCrossEntropyCriterion(StubTask(d, d), False, 0.1)
+    for rank in range(2):
+        src = random_batch(d, [5, 3], seed=10 + rank)
+        tgt = random_batch(d, [4, 6], seed=20 + rank, left_pad=False)
+        prev = torch.cat([torch.full((2, 1), d.eos()), tgt[:, :-1]], 1)
+        sample = {"net_input": {"src_tokens": src, "src_lengths": src.ne(d.pad()).sum(1), "prev_output_tokens": prev},
+                  "target": tgt, "ntokens": int(tgt.ne(d.pad()).sum())}
+        (crit(model, sample)[0] / 2).backward()  # DDP averages over the 2 ranks
+    for find_unused in (False, True):
+        assert set(got[find_unused]) == {n for n, _ in model.named_parameters()}
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(got[find_unused][name], p.grad, **TOL, msg=f"{name} {find_unused}")
