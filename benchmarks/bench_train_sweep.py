@@ -137,6 +137,45 @@ def child(side: str, vocab: int, max_tokens: int, steps: int, threads: int) -> d
             "train_peak_mib": peak - rss_imports, "first_loss": losses[0]}
 
 
+def loss_only(vocab: int, rows: int, hidden: int, reps: int, threads: int) -> str:
+    """The part the fused criterion changes, alone, in one process, alternating: fc3 + log-softmax +
+    smoothed NLL, forward and backward, on ``rows`` target tokens (10 of them padding per 300)."""
+    import torch
+    import torch.nn.functional as F
+    from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
+
+    sys.path.insert(0, REPO)
+    from fconv_plugin.criterions.fused_label_smoothed_cross_entropy import fused_linear_label_smoothed_nll
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    x = torch.randn(rows, hidden, requires_grad=True)
+    w = (torch.randn(vocab, hidden) * hidden ** -0.5).requires_grad_(True)
+    b = torch.zeros(vocab, requires_grad=True)
+    t = torch.randint(4, vocab, (rows,))
+    t[:: 30] = 1  # padding
+
+    def fairseq_path():
+        lprobs = torch.log_softmax(F.linear(x, w, b).float(), dim=-1)
+        return label_smoothed_nll_loss(lprobs, t, 0.1, ignore_index=1)[0]
+
+    def fused_path():
+        return fused_linear_label_smoothed_nll(x, w, b, t, 0.1, 1)[0]
+
+    times = {"fairseq": [], "fused": []}
+    for rep in range(reps + 1):
+        for name, f in (("fairseq", fairseq_path), ("fused", fused_path))[:: 1 if rep % 2 else -1]:
+            x.grad = w.grad = b.grad = None
+            t0 = time.perf_counter()
+            f().backward()
+            if rep > 0:  # the first round warms up
+                times[name].append(time.perf_counter() - t0)
+    a, f_ = statistics.median(times["fairseq"]), statistics.median(times["fused"])
+    return (f"loss only, V={vocab}, {rows} tokens, H={hidden}, {threads} threads, median of {reps} alternating: "
+            f"fairseq {a:.3f} s ({', '.join(f'{v:.2f}' for v in times['fairseq'])}), "
+            f"fused {f_:.3f} s ({', '.join(f'{v:.2f}' for v in times['fused'])}): {a / f_:.2f}x")
+
+
 def machine() -> str:
     model = platform.processor() or "?"
     try:
@@ -169,6 +208,9 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--sides", nargs="+", default=list(SIDES), choices=SIDES)
     p.add_argument("--out", default=None, help="write OUT.json and OUT.md")
+    p.add_argument("--loss-only", action="store_true",
+                   help="time only fc3 + loss (forward + backward), fairseq's way vs fused, for each --vocab at "
+                   "the largest --tokens, --reps rounds alternating, in this process")
     p.add_argument("--child", nargs=3, metavar=("SIDE", "VOCAB", "TOKENS"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -176,6 +218,11 @@ def main():
         print(json.dumps(child(side, int(vocab), int(tokens), args.steps, args.threads)))
         return
 
+    if args.loss_only:
+        print(machine())
+        for vocab in args.vocab:
+            print(loss_only(vocab, max(args.tokens), 256, args.reps, args.threads), flush=True)
+        return
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     header = machine()
     runs = []
