@@ -10,7 +10,7 @@ works too but loads the plugin, torch and fairseq first.)
 A budget in minutes buys a different number of updates on every machine, and a schedule sized
 for one machine is wrong on the others: too long, and training stops while the learning rate is
 still high (or still warming up); too short, and the machine idles.  So ``train`` runs
-``fairseq-train`` twice:
+``fairseq-train`` in steps:
 
 1. **measure**: the first updates of the real run (linear warm-up, ``--warmup`` updates, of
    which at most a few; at most ``--measure-seconds`` of training), timed one by one from
@@ -22,8 +22,8 @@ still high (or still warming up); too short, and the machine idles.  So ``train`
    learning rate decays linearly to 0 exactly when the time is up.  ``--stop-time-hours`` stays
    on as a safety net if the machine slows down.
 
-The warm-up depends only on the update count, so it is the same in both processes and the
-restart does not change the learning rate.  Progress is a tqdm bar over the planned updates with
+The warm-up depends only on the update count, so it is the same in every process and a restart
+during it does not change the learning rate.  Progress is a tqdm bar over the planned updates with
 loss, words/s and ETA; the raw fairseq log goes to ``--log``.  ``plan.json`` records what was
 planned and what was done (updates, seconds, words/s) for ``summary``.
 """
