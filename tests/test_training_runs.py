@@ -41,7 +41,19 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(data_bin, tmp_path):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))  # same threads as run()
     deadline = time.time() + 300
-    while not (save / "checkpoint_1_6.pt").exists() and proc.poll() is None and time.time() < deadline:
+    # kill once update 6 is saved: fairseq writes checkpoint_1_6.pt atomically, then copies it to
+    # checkpoint_last.pt (not atomically; a kill during that copy damages checkpoint_last.pt, which
+    # the resume would then refuse). Wait for the copy to be complete: newer than checkpoint_1_6.pt
+    # and as long (the copy truncates first); the next save is 3 updates away.
+    update_ckpt, last = save / "checkpoint_1_6.pt", save / "checkpoint_last.pt"
+
+    def saved_at_6():
+        try:
+            return last.stat().st_mtime >= update_ckpt.stat().st_mtime and last.stat().st_size == update_ckpt.stat().st_size
+        except FileNotFoundError:
+            return False
+
+    while not saved_at_6() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
