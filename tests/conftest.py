@@ -73,6 +73,20 @@ def random_batch(dictionary, lengths, seed=1, left_pad=True):
     return out
 
 
+def assert_padded_batch_equals_each_sentence_alone(model, src_dict, tgt_dict, lengths=(9, 4, 1)):
+    """An encoder-decoder's output for each sentence of a left-padded batch equals its output for
+    that sentence alone (no padding), to 1e-5."""
+    src = random_batch(src_dict, list(lengths), seed=5)
+    prev = random_batch(tgt_dict, [6, 3, 5][: len(lengths)], seed=6, left_pad=False)
+    prev[:, 0] = tgt_dict.eos()
+    with torch.no_grad():
+        batched, _ = model(src, None, prev)
+        for i, n in enumerate(lengths):
+            tgt_len = int(prev[i].ne(tgt_dict.pad()).sum())
+            alone, _ = model(src[i : i + 1, src.size(1) - n :], None, prev[i : i + 1, :tgt_len])
+            assert torch.allclose(batched[i, :tgt_len], alone[0], atol=1e-5), f"sentence {i}"
+
+
 # --------------------------------------------------------------------------- fixtures
 # The fixtures of the test modules are defined here and reach the tests by name: no test module
 # imports another.  The expensive ones (a prepared corpus slice, a training run) are session-scoped

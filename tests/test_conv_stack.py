@@ -9,7 +9,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import BIN, N_TEST, REPO, hypotheses, make_dictionary, random_batch, run
+from conftest import (
+    BIN,
+    N_TEST,
+    REPO,
+    assert_padded_batch_equals_each_sentence_alone,
+    hypotheses,
+    make_dictionary,
+    random_batch,
+    run,
+)
 from fconv_plugin.models import FConvExtLanguageModel, FConvExtModel, FConvExtSelfAttModel, build_model_from_config
 from fconv_plugin.modules import ConvStack, parse_layers
 from fconv_plugin.modules.convolution import CausalConv1d, SameConv1d
@@ -87,17 +96,7 @@ def test_dilated_cached_decoding_equals_full_under_beam_reordering(name):
 
 @pytest.mark.parametrize("name", ["fconv_ext", "fconv_ext_self_att"])
 def test_dilated_padded_batch_equals_each_sentence_alone(name):
-    model, src_dict, tgt_dict = build(name, seed=3)
-    lengths = [9, 4, 1]
-    src = random_batch(src_dict, lengths, seed=5)
-    prev = random_batch(tgt_dict, [6, 3, 5], seed=6, left_pad=False)
-    prev[:, 0] = tgt_dict.eos()
-    with torch.no_grad():
-        batched, _ = model(src, None, prev)
-        for i, n in enumerate(lengths):
-            tgt_len = int(prev[i].ne(tgt_dict.pad()).sum())
-            alone, _ = model(src[i : i + 1, src.size(1) - n :], None, prev[i : i + 1, :tgt_len])
-            assert torch.allclose(batched[i, :tgt_len], alone[0], atol=1e-5), f"sentence {i}"
+    assert_padded_batch_equals_each_sentence_alone(*build(name, seed=3))
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from fairseq.sequence_generator import SequenceGenerator
 
-from conftest import make_dictionary, random_batch
+from conftest import assert_padded_batch_equals_each_sentence_alone, make_dictionary, random_batch
 from fconv_plugin.models import build_model_from_config
 
 SMALL = {
@@ -91,18 +91,7 @@ def test_beams_share_the_encoder_output():
 
 
 def test_padded_batch_equals_each_sentence_alone():
-    model, src_dict, tgt_dict = small_model(seed=3)
-    lengths = [9, 4, 1]
-    src = random_batch(src_dict, lengths, seed=5)
-    prev = random_batch(tgt_dict, [6, 3, 5], seed=6, left_pad=False)
-    prev[:, 0] = tgt_dict.eos()
-    with torch.no_grad():
-        batched, _ = model(src, None, prev)
-        for i, n in enumerate(lengths):
-            alone_src = src[i : i + 1, src.size(1) - n :]
-            tgt_len = int(prev[i].ne(tgt_dict.pad()).sum())
-            alone, _ = model(alone_src, None, prev[i : i + 1, :tgt_len])
-            assert torch.allclose(batched[i, :tgt_len], alone[0], atol=1e-5), f"sentence {i}"
+    assert_padded_batch_equals_each_sentence_alone(*small_model(seed=3))
 
 
 def test_encoder_gradient_scaled_by_one_over_2n():
