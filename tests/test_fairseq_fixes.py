@@ -53,6 +53,15 @@ def test_readme_table_is_the_modules_table():
     assert table == fairseq_fixes.markdown_table(), "run `python -m fconv_plugin.fairseq_fixes` and paste its table"
 
 
+def test_docs_full_table_is_the_modules_full_table():
+    """docs/fairseq-fixes.md holds `python -m fconv_plugin.fairseq_fixes --full`'s table (links relative to docs/)."""
+    with open(os.path.join(REPO, "docs", "fairseq-fixes.md"), encoding="utf-8") as f:
+        table = "\n".join(line for line in f.read().splitlines() if line.startswith("|"))
+    expected = fairseq_fixes.markdown_table(full=True).replace("](docs/upstream-problems.md", "](upstream-problems.md")
+    assert table == expected, "run `python -m fconv_plugin.fairseq_fixes --full` and paste its table"
+    assert len(table.splitlines()) == len(fairseq_fixes.FIXES) + 2
+
+
 def test_printed_table_is_the_modules_table():
     out = subprocess.run([sys.executable, "-m", "fconv_plugin.fairseq_fixes"], cwd=REPO, capture_output=True,
                          text=True, timeout=120)

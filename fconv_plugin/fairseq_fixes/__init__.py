@@ -33,6 +33,7 @@ _UNSET = ("", "0", "false", "no", "off")
 @dataclass(frozen=True)
 class Fix:
     name: str
+    summary: str  # one line for README.md's table: what changes, and where
     changes: str  # what it changes
     upstream: str  # the problem it works around, with the fairseq issue where one exists
     scope: str  # where it reaches, and why when that is the whole process
@@ -221,6 +222,7 @@ _PROBLEM = "[problem {0}](docs/upstream-problems.md#{1})"
 FIXES: Tuple[Fix, ...] = (
     Fix(
         name="safe_globals",
+        summary="torch's weights-only loader may rebuild `argparse.Namespace`, so fairseq `fconv` checkpoints load (process-wide)",
         changes="torch's weights-only allow-list (`torch.serialization.add_safe_globals`) gets "
                 "`argparse.Namespace`: fairseq `fconv` checkpoints load with `weights_only=True`",
         upstream="torch >= 2.6 refuses checkpoints whose config is an `argparse.Namespace` "
@@ -234,6 +236,7 @@ FIXES: Tuple[Fix, ...] = (
     ),
     Fix(
         name="checkpoint_errors",
+        summary="an unreadable checkpoint raises `CheckpointError` naming the file and what to do (process-wide)",
         changes="`fairseq.checkpoint_utils.load_checkpoint_to_cpu` (resuming, fairseq-generate, "
                 "fairseq-interactive, the hub): a truncated or corrupt file raises `CheckpointError` naming "
                 "the file and what to do, still an instance of the error torch raised",
@@ -246,6 +249,7 @@ FIXES: Tuple[Fix, ...] = (
     ),
     Fix(
         name="interactive_input",
+        summary="fairseq-interactive replaces bytes that are not UTF-8 (with a warning) instead of stopping (fairseq-interactive only)",
         changes="`fairseq_cli.interactive.buffered_read`: bytes that do not decode become U+FFFD with a "
                 "warning naming the line, instead of stopping the run; every input fairseq reads (a file, "
                 "stdin, an `io.StringIO` as `sys.stdin`) gives the same lines and `--buffer-size` batches",
@@ -258,6 +262,7 @@ FIXES: Tuple[Fix, ...] = (
     ),
     Fix(
         name="keep_last_batch",
+        summary="batching keeps the last `N mod 8` examples that fairseq drops (process-wide, every task)",
         changes="`fairseq.data.data_utils.batch_by_size`: the last batch, which fairseq drops when its size "
                 "is not a multiple of `--required-batch-size-multiple` (default 8), is kept; the other "
                 "batches are fairseq's",
@@ -271,6 +276,7 @@ FIXES: Tuple[Fix, ...] = (
     ),
     Fix(
         name="beam_search",
+        summary="fconv_ext models decode with `FConvBeamSearch`: fairseq's results, less work (fconv_ext models only)",
         changes="`FairseqTask.build_generator`: fconv_ext models get `FConvBeamSearch` "
                 "(`FConvBeamSearchWithAlignment` with `--print-alignment`): fairseq's hypotheses and scores, "
                 "less work per step",
@@ -284,6 +290,7 @@ FIXES: Tuple[Fix, ...] = (
     ),
     Fix(
         name="torchrun",
+        summary="workers started by torchrun take their rank from it, also on CPUs (torchrun workers only)",
         changes="`fairseq.distributed.utils.call_main`: a worker started by torchrun (its `RANK`, `WORLD_SIZE`, "
                 "`MASTER_ADDR`, `MASTER_PORT`, `WORLD_SIZE` > 1) without `--distributed-init-method` takes its rank "
                 "and world size from torchrun (`env://`, the GPU from `LOCAL_RANK`, no processes spawned), also on "
@@ -304,6 +311,7 @@ FIXES: Tuple[Fix, ...] = (
     ),
     Fix(
         name="resume_broadcast",
+        summary="a resumed data-parallel run: ranks > 0 read rank 0's state as before torch 2.6 (data-parallel resumes only)",
         changes="`fairseq.distributed.utils._broadcast_object_slow` on the receiving ranks: the training state that "
                 "rank 0 read from `checkpoint_last.pt` and sends to the others when data-parallel training resumes "
                 "is unpickled as before torch 2.6 (`weights_only=False`); the sending side is fairseq's",
@@ -336,11 +344,17 @@ def install_all(environ: Optional[Mapping[str, str]] = None) -> List[str]:
     return installed
 
 
-def markdown_table() -> str:
-    """The table README.md shows under "What importing the plugin changes"."""
-    rows = ["| name | what it changes | upstream problem | scope | how to turn off |", "|---|---|---|---|---|"]
+def markdown_table(full: bool = False) -> str:
+    """The table README.md shows under "What importing the plugin changes" (``full``: the
+    one docs/fairseq-fixes.md shows, with the upstream problem and the scope of each change)."""
+    if full:
+        rows = ["| name | what it changes | upstream problem | scope | how to turn off |", "|---|---|---|---|---|"]
+    else:
+        rows = ["| name | what it changes, and where | how to turn off |", "|---|---|---|"]
     for fix in FIXES:
-        cells = [f"`{fix.name}`", fix.changes, fix.upstream, fix.scope, fix.how_to_turn_off()]
+        if full:
+            cells = [f"`{fix.name}`", fix.changes, fix.upstream, fix.scope, fix.how_to_turn_off()]
+        else:
+            cells = [f"`{fix.name}`", fix.summary, fix.how_to_turn_off()]
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(rows)
-
