@@ -55,6 +55,7 @@ from ..modules import (
     source_length_scale,
 )
 from .conv_decoder import ConvDecoder
+from .. import hub
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +143,16 @@ class FConvExtModel(FairseqEncoderDecoderModel):
         # The encoder output feeds every attention layer; its gradient is scaled by
         # 1 / (2N) with N the number of attention layers (paper, section 3.4).
         encoder.grad_scale = 1.0 / (2.0 * decoder.num_attention_layers)
+
+    @classmethod
+    def hub_models(cls):
+        """fairseq's published fconv models, same names and archives (fconv_plugin/hub.py)."""
+        return hub.hub_models(hub.FCONV_MODELS)
+
+    @classmethod
+    def from_pretrained(cls, model_name_or_path, checkpoint_file="model.pt", data_name_or_path=".", **kwargs):
+        """fairseq's from_pretrained; a published name or a fairseq archive is converted on first use (hub.py)."""
+        return hub.from_pretrained(cls, model_name_or_path, checkpoint_file, data_name_or_path, **kwargs)
 
     @classmethod
     def gate_for(cls, cfg) -> Gate:

@@ -64,6 +64,7 @@ from ..modules import (
 from ..modules.downsampled_attention import DownsampledMultiHeadAttention, GatedSelfAttention
 from .fconv_ext import ConvSeq2SeqConfig, FConvExtEncoder
 from .conv_decoder import ConvDecoder
+from .. import hub
 from .presets import Preset, register_presets
 from .foreign import native_checkpoint
 
@@ -159,6 +160,16 @@ class FConvExtSelfAttModel(FairseqEncoderDecoderModel):
         # The encoder output feeds every encoder-attention layer: its gradient is scaled
         # by 1 / (2N), N = number of those layers (Gehring et al. 2017, section 3.4).
         encoder.grad_scale = 1.0 / (2.0 * decoder.num_attention_layers)
+
+    @classmethod
+    def hub_models(cls):
+        """fairseq's published fconv_self_att models, same names and archives (fconv_plugin/hub.py)."""
+        return hub.hub_models(hub.FCONV_SELF_ATT_MODELS)
+
+    @classmethod
+    def from_pretrained(cls, model_name_or_path, checkpoint_file="model.pt", data_name_or_path=".", **kwargs):
+        """fairseq's from_pretrained; a published name or a fairseq archive is converted on first use (hub.py)."""
+        return hub.from_pretrained(cls, model_name_or_path, checkpoint_file, data_name_or_path, **kwargs)
 
     @classmethod
     def gate_for(cls, cfg) -> Gate:
