@@ -30,8 +30,20 @@ included: where two of a sentence's best candidates have exactly the same score,
 order among them depends on the tensor it runs on, so that sentence's candidates are
 found again with fairseq's own ``topk`` over ``k x V``.  Anything this class does not implement
 (prefix tokens, constraints, LM fusion, n-gram blocking, ``--match-source-len``,
-suppressed tokens, ensembles, sampling and other search strategies, vocabularies
-smaller than ``2k + 1``) is handed to ``SequenceGenerator._generate`` unchanged.
+suppressed tokens, decoders without incremental state, sampling and other search
+strategies, vocabularies smaller than ``2k + 1``) is handed to
+``SequenceGenerator._generate`` unchanged.
+
+Ensembles (``--path a.pt:b.pt``) take the same path: each model's log-probabilities of
+the step are computed as for one model, then combined with ``EnsembleModel.forward_decoder``'s
+own arithmetic (``logsumexp`` over the stacked models minus ``log(n)``, attention summed in
+model order and divided by ``n``), so tokens and scores are fairseq's bit for bit.
+
+Which generator decodes is said once at INFO level on this module's logger:
+``decoding with FConvBeamSearch (fconv_ext fast path)``, or ``decoding with fairseq's
+SequenceGenerator: <reason>`` when every batch goes to fairseq (sampling, ``--lm-path``, ...;
+:mod:`fconv_plugin.fairseq_fixes` says so for models that never get this class), and,
+once per generator, the reason when single batches go to fairseq (prefix tokens).
 
 :mod:`fconv_plugin.fairseq_fixes` (entry ``beam_search``) makes fairseq's
 ``FairseqTask.build_generator`` (every task: translation, fconv_translation, the hub
@@ -40,8 +52,9 @@ with ``--print-alignment``), unless ``FCONV_EXT_NO_BEAM_SEARCH=1`` or
 ``FCONV_EXT_BEAM_SEARCH=fairseq`` is set in the environment.
 """
 
+import logging
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 from fairseq import search
@@ -49,6 +62,24 @@ from fairseq.sequence_generator import SequenceGenerator, SequenceGeneratorWithA
 from torch import Tensor
 
 BLOCK = 64  # tokens per block in the first candidate pass (block maxima are one vectorised pass)
+FAST_PATH = "decoding with FConvBeamSearch (fconv_ext fast path)"
+
+logger = logging.getLogger(__name__)
+_ANNOUNCED: Set[str] = set()  # messages announce() has logged in this process
+
+
+def announce(message: str) -> None:
+    """Log ``message`` at INFO level once per process: a generator is built for every
+    ``translate()`` call of the hub interface, and the choice is worth one line, not one per call."""
+    if message not in _ANNOUNCED:
+        _ANNOUNCED.add(message)
+        logger.info(message)
+
+
+def fairseq_generator_message(generator: type, reason: str) -> str:
+    """The line said when another generator (fairseq's, as a rule) decodes instead of FConvBeamSearch."""
+    owner = "fairseq's " if generator.__module__.startswith("fairseq") else ""
+    return f"decoding with {owner}{generator.__name__}: {reason}"
 
 
 def top_tokens(lprobs: Tensor, n: int) -> Tuple[Tensor, Tensor]:
@@ -75,20 +106,43 @@ def top_tokens(lprobs: Tensor, n: int) -> Tuple[Tensor, Tensor]:
 class FConvBeamSearch(SequenceGenerator):
     """Drop-in ``SequenceGenerator`` (same constructor, same outputs) with a leaner step."""
 
-    def fast_path_unavailable(self, sample, prefix_tokens, constraints) -> Optional[str]:
-        """Why this batch goes to fairseq's implementation (None: it does not)."""
+    def __init__(self, models, tgt_dict, **kwargs):
+        super().__init__(models, tgt_dict, **kwargs)
+        self._generator_reason = self.generator_fallback_reason()
+        self._batch_reasons_said: Set[str] = set()
+        if self._generator_reason is None:
+            announce(FAST_PATH)
+        else:
+            announce(fairseq_generator_message(SequenceGenerator, self._generator_reason))
+
+    def generator_fallback_reason(self) -> Optional[str]:
+        """Why every batch of this generator goes to fairseq's implementation (None: none does
+        for a reason of the generator's own; see :meth:`fast_path_unavailable`)."""
         if type(self.search) is not search.BeamSearch:
-            return f"search strategy {type(self.search).__name__}"
-        if self.model.models_size != 1 or not self.model.has_incremental_states():
-            return "ensemble or non-incremental decoder"
-        if prefix_tokens is not None or constraints is not None:
-            return "prefix tokens or constraints"
-        if self.lm_model is not None or self.repeat_ngram_blocker is not None:
-            return "LM fusion or n-gram blocking"
-        if self.match_source_len or self.token_indices_to_suppress is not None:
-            return "match-source-len or suppressed tokens"
+            name = type(self.search).__name__
+            return "sampling" if name == "Sampling" else f"search strategy {name}"
+        if not self.model.has_incremental_states():
+            return "a model without incremental decoding"
+        if self.lm_model is not None:
+            return "--lm-path (LM fusion)"
+        if self.repeat_ngram_blocker is not None:
+            return "--no-repeat-ngram-size"
+        if self.match_source_len:
+            return "--match-source-len"
+        if self.token_indices_to_suppress is not None:
+            return "suppressed tokens"
         if self.vocab_size - 1 < 2 * self.beam_size:
             return "vocabulary smaller than 2 * beam + 1"
+        return None
+
+    def fast_path_unavailable(self, sample, prefix_tokens, constraints) -> Optional[str]:
+        """Why this batch goes to fairseq's implementation (None: it does not)."""
+        if self._generator_reason is not None:
+            return self._generator_reason
+        if prefix_tokens is not None:
+            return "prefix tokens"
+        if constraints is not None:
+            return "constraints"
         if "src_tokens" not in sample["net_input"]:
             return "no src_tokens"
         return None
@@ -100,7 +154,11 @@ class FConvBeamSearch(SequenceGenerator):
         constraints: Optional[Tensor] = None,
         bos_token: Optional[int] = None,
     ):
-        if self.fast_path_unavailable(sample, prefix_tokens, constraints) is not None:
+        reason = self.fast_path_unavailable(sample, prefix_tokens, constraints)
+        if reason is not None:
+            if reason != self._generator_reason and reason not in self._batch_reasons_said:  # once per generator
+                self._batch_reasons_said.add(reason)
+                logger.info(f"FConvBeamSearch: batches with {reason} are decoded by fairseq's SequenceGenerator")
             return super()._generate(sample, prefix_tokens, constraints, bos_token)
         net_input = sample["net_input"]
         src_tokens = net_input["src_tokens"]
@@ -114,12 +172,12 @@ class FConvBeamSearch(SequenceGenerator):
         max_len = min(int(self.max_len_a * src_len + self.max_len_b), self.max_len - 1)
         assert self.min_len <= max_len, "min_len cannot be larger than max_len, please adjust these!"
 
-        model = self.model.single_model
-        incremental_states: List[Dict[str, Dict[str, Optional[Tensor]]]] = [{}]
-        encoder_outs = self.model.forward_encoder(net_input)
+        models = list(self.model.models)  # one, or the members of an ensemble
+        incremental_states: List[Dict[str, Dict[str, Optional[Tensor]]]] = [{} for _ in models]
+        encoder_outs = self.model.forward_encoder(net_input)  # one per model
         expand = torch.arange(bsz, device=device).repeat_interleave(k)  # B*k: beams of sentence i together
         encoder_outs = self.model.reorder_encoder_out(encoder_outs, expand)
-        buffers = _StepBuffers.for_model(model, bsz * k, device)
+        buffers = _StepBuffers.for_models(models, bsz * k, device)
 
         # row r = sentence r // k, beam r % k; column t = output position t (0: BOS)
         tokens = torch.full((bsz * k, max_len + 2), self.pad, dtype=torch.long, device=device)
@@ -144,8 +202,8 @@ class FConvBeamSearch(SequenceGenerator):
                 self.model.reorder_incremental_state(incremental_states, reorder_state)
                 encoder_outs = self.model.reorder_encoder_out(encoder_outs, reorder_state)
 
-            lprobs, step_attn = self._next_token_lprobs(model, tokens[:, : step + 1], encoder_outs[0],
-                                                        incremental_states[0], buffers)
+            lprobs, step_attn = self._step_lprobs(models, tokens[:, : step + 1], encoder_outs, incremental_states,
+                                                  buffers)
             lprobs[:, self.pad] = -math.inf  # never select pad
             if self.unk_penalty != 0:
                 lprobs[:, self.unk] -= self.unk_penalty
@@ -221,10 +279,34 @@ class FConvBeamSearch(SequenceGenerator):
                 finalized[sent] = [finalized[sent][i] for i in order.tolist()]
         return finalized
 
+    def _step_lprobs(self, models: Sequence, tokens: Tensor, encoder_outs: List, incremental_states: List,
+                     buffers: "_StepBuffers") -> Tuple[Tensor, Optional[Tensor]]:
+        """Log-probabilities of the next token for all models together (R x V, R = rows of
+        ``tokens``) and their attention (R x S or None): what fairseq's
+        ``EnsembleModel.forward_decoder`` returns, with the same arithmetic.
+
+        One model: its own log-probabilities.  An ensemble: ``logsumexp`` over the models'
+        log-probabilities stacked in model order, minus ``log(n)`` (the log of the mean
+        probability); the attention of the models that return one, summed in model order
+        and divided by ``n``."""
+        if len(models) == 1:
+            return self._next_token_lprobs(models[0], tokens, encoder_outs[0], incremental_states[0], buffers)
+        log_probs: List[Tensor] = []
+        avg_attn: Optional[Tensor] = None
+        for i, model in enumerate(models):
+            lprobs, attn = self._next_token_lprobs(model, tokens, encoder_outs[i], incremental_states[i], buffers, i)
+            log_probs.append(lprobs)
+            if attn is not None:  # fairseq: the first model's attention, then add_ the others'
+                avg_attn = attn.clone() if avg_attn is None else avg_attn.add_(attn)
+        if avg_attn is not None:
+            avg_attn.div_(len(models))
+        return buffers.ensemble_log_probs(log_probs), avg_attn
+
     def _next_token_lprobs(self, model, tokens: Tensor, encoder_out, incremental_state,
-                           buffers: "_StepBuffers") -> Tuple[Tensor, Optional[Tensor]]:
+                           buffers: "_StepBuffers", index: int = 0) -> Tuple[Tensor, Optional[Tensor]]:
         """Log-probabilities of the next token (R x V, R = rows of ``tokens``) and the attention
-        (R x S or None), the numbers fairseq's EnsembleModel.forward_decoder computes for one model."""
+        (R x S or None), the numbers fairseq's EnsembleModel.forward_decoder computes for one model
+        (``index``: the model's place in the ensemble, where its log-probabilities are kept)."""
         rows = tokens.size(0)
         logits_out = buffers.logits(rows)  # None: the decoder's forward allocates the logits
         if logits_out is None:
@@ -236,7 +318,7 @@ class FConvBeamSearch(SequenceGenerator):
         if self.temperature != 1.0:  # x / 1.0 == x: fairseq's division by 1 changes nothing
             logits = logits.div_(self.temperature)
         extra = decoder_out[1] if len(decoder_out) > 1 else None
-        lprobs = buffers.log_softmax(logits.reshape(rows, -1))  # R x V
+        lprobs = buffers.log_softmax(logits.reshape(rows, -1), index)  # R x V
         if lprobs is None:
             lprobs = model.get_normalized_probs((logits, extra), log_probs=True, sample=None)[:, -1, :]
         attn = extra["attn"] if isinstance(extra, dict) else extra
@@ -292,8 +374,9 @@ class FConvBeamSearch(SequenceGenerator):
 
 
 class _StepBuffers:
-    """The two ``rows x V`` tensors of a decoding step (logits, log-probabilities), allocated
-    once per search and reused at every step, on the first rows as the batch shrinks.
+    """The ``rows x V`` tensors of a decoding step (logits; log-probabilities, one per model;
+    for an ensemble their combination), allocated once per search and reused at every step,
+    on the first rows as the batch shrinks.
 
     Only on a CPU and in float32: there a fresh 10 MB tensor per step (320 rows x 8192 words)
     is returned to the operating system when freed and page-faulted in again at the next
@@ -301,30 +384,51 @@ class _StepBuffers:
     machine.  Elsewhere (CUDA's caching allocator, bfloat16 models) the methods return None
     and the caller computes as usual.  The numbers are the same either way: ``addmm`` is what
     ``F.linear`` calls and ``_log_softmax`` is what ``F.log_softmax(x, dtype=float32)`` calls
-    for a float32 ``x``."""
+    for a float32 ``x``; an ensemble's log-probabilities are written where ``torch.stack``
+    would put them (one contiguous ``models x rows x V`` tensor) and combined by the same
+    ``torch.logsumexp``."""
 
-    def __init__(self, rows: int, vocab: int, device: torch.device, enabled: bool):
+    def __init__(self, rows: int, vocab: int, models: int, device: torch.device, enabled: bool):
         self.enabled = enabled
+        self.models = models
+        self.vocab = vocab
         if enabled:
-            self._logits = torch.empty(rows, vocab, device=device)
-            self._lprobs = torch.empty(rows, vocab, device=device)
+            self._logits = torch.empty(rows, vocab, device=device)  # shared: each model's is used up at once
+            self._lprobs = torch.empty(models * rows * vocab, device=device)  # viewed as models x rows' x V
+            self._average = torch.empty(rows, vocab, device=device) if models > 1 else None
 
     @classmethod
-    def for_model(cls, model, rows: int, device: torch.device) -> "_StepBuffers":
-        fc3 = getattr(model.decoder, "fc3", None)
-        enabled = (device.type == "cpu" and isinstance(fc3, torch.nn.Linear) and fc3.bias is not None
-                   and fc3.weight.dtype == torch.float32
-                   and getattr(model.decoder, "adaptive_softmax", None) is None)
-        return cls(rows, fc3.out_features if enabled else 0, device, enabled)
+    def for_models(cls, models: Sequence, rows: int, device: torch.device) -> "_StepBuffers":
+        fc3s = [getattr(model.decoder, "fc3", None) for model in models]
+        enabled = device.type == "cpu" and all(
+            isinstance(fc3, torch.nn.Linear) and fc3.bias is not None and fc3.weight.dtype == torch.float32
+            and getattr(model.decoder, "adaptive_softmax", None) is None
+            for model, fc3 in zip(models, fc3s))
+        enabled = enabled and len({fc3.out_features for fc3 in fc3s}) == 1
+        return cls(rows, fc3s[0].out_features if enabled else 0, len(models), device, enabled)
 
     def logits(self, rows: int) -> Optional[Tensor]:
         return self._logits[:rows] if self.enabled else None
 
-    def log_softmax(self, logits: Tensor) -> Optional[Tensor]:
-        """``F.log_softmax(logits, -1, dtype=float32)`` into the buffer (None: not handled here)."""
+    def _stacked(self, rows: int) -> Tensor:
+        """models x rows x V, contiguous (what ``torch.stack`` of the models' rows x V returns)."""
+        return self._lprobs[: self.models * rows * self.vocab].view(self.models, rows, self.vocab)
+
+    def log_softmax(self, logits: Tensor, model: int = 0) -> Optional[Tensor]:
+        """``F.log_softmax(logits, -1, dtype=float32)`` into model ``model``'s buffer (None: not handled here)."""
         if not self.enabled or logits.dtype != torch.float32:
             return None
-        return torch.ops.aten._log_softmax.out(logits, -1, False, out=self._lprobs[: logits.size(0)])
+        return torch.ops.aten._log_softmax.out(logits, -1, False, out=self._stacked(logits.size(0))[model])
+
+    def ensemble_log_probs(self, log_probs: List[Tensor]) -> Tensor:
+        """fairseq's ``torch.logsumexp(torch.stack(log_probs, dim=0), dim=0) - math.log(n)``
+        (R x V), without the copy when the models' log-probabilities are already in place."""
+        rows = log_probs[0].size(0)
+        stacked = self._stacked(rows) if self.enabled else None
+        if stacked is None or any(lp.data_ptr() != stacked[i].data_ptr() for i, lp in enumerate(log_probs)):
+            return torch.logsumexp(torch.stack(log_probs, dim=0), dim=0) - math.log(len(log_probs))
+        average = torch.logsumexp(stacked, dim=0, out=self._average[:rows])  # R x V
+        return average.sub_(math.log(len(log_probs)))
 
 
 class FConvBeamSearchWithAlignment(SequenceGeneratorWithAlignment, FConvBeamSearch):

@@ -3,6 +3,7 @@ same tokens, bit-identical scores, positional scores and attention, for every op
 implements; everything else is handed to fairseq."""
 
 import argparse
+import logging
 import math
 from typing import Optional
 
@@ -11,8 +12,9 @@ import torch
 from fairseq.sequence_generator import SequenceGenerator, SequenceGeneratorWithAlignment
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
-from conftest import make_dictionary, random_batch
-from fconv_plugin.beam_search import FConvBeamSearch, FConvBeamSearchWithAlignment, top_tokens
+from conftest import build_twins, make_dictionary, random_batch
+from fconv_plugin import beam_search
+from fconv_plugin.beam_search import FAST_PATH, FConvBeamSearch, FConvBeamSearchWithAlignment, top_tokens
 from fconv_plugin.models import build_model_from_config
 
 SMALL = {
@@ -41,11 +43,15 @@ def sample_for(dictionary, lengths=(7, 3, 9, 5, 1, 8), seed=3):
 
 
 def decode_both(model, tgt_dict, sample, **options):
+    return decode_ensemble_both([model], tgt_dict, sample, **options)
+
+
+def decode_ensemble_both(models, tgt_dict, sample, classes=(SequenceGenerator, FConvBeamSearch), **options):
     out = []
-    for cls in (SequenceGenerator, FConvBeamSearch):
-        gen = cls([model], tgt_dict, **options)
+    for cls in classes:
+        gen = cls(models, tgt_dict, **options)
         with torch.no_grad():
-            out.append(gen.generate([model], sample))
+            out.append(gen.generate(models, sample))
     return out
 
 
@@ -159,7 +165,7 @@ def test_prefix_tokens_are_handed_to_fairseq():
     for cls in (SequenceGenerator, FConvBeamSearch):
         gen = cls([model], tgt_dict, beam_size=3, max_len_b=8)
         if cls is FConvBeamSearch:
-            assert gen.fast_path_unavailable(sample, prefix, None) == "prefix tokens or constraints"
+            assert gen.fast_path_unavailable(sample, prefix, None) == "prefix tokens"
         with torch.no_grad():
             results.append(gen.generate([model], sample, prefix_tokens=prefix))
     assert_same(*results)
@@ -208,3 +214,145 @@ def test_build_generator_picks_it_for_fconv_ext_only(monkeypatch):
 class _StubTask:
     def __init__(self, d):
         self.source_dictionary = self.target_dictionary = d
+
+
+# --- ensembles (--path a.pt:b.pt) ---------------------------------------------------------
+
+def ensemble(n: int, vocab: int, need_attn: bool = False):
+    """n fconv_ext models with different weights over one target dictionary (EOS made likelier:
+    hypotheses of an ensemble of these end at different steps)."""
+    models = []
+    for seed in range(n):
+        model, tgt_dict = small_model(vocab, seed=seed, eos_bias=2.0)
+        model.make_generation_fast_(need_attn=need_attn)
+        models.append(model)
+    return models, tgt_dict
+
+
+@pytest.fixture
+def fast_path_steps(monkeypatch):
+    """Counts the steps FConvBeamSearch's own search ran (0: every batch went to fairseq)."""
+    steps = []
+    original = FConvBeamSearch._candidates
+
+    def counting(self, *args, **kwargs):
+        steps.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(FConvBeamSearch, "_candidates", counting)
+    return steps
+
+
+@pytest.mark.parametrize("n,vocab,beam", [(2, 60, 1), (2, 60, 5), (2, 901, 1), (2, 901, 5), (3, 901, 5)])
+def test_ensemble_same_results_as_fairseq(n, vocab, beam, fast_path_steps):
+    """Tokens, scores, positional scores and attention of every hypothesis (all ``beam`` of
+    them: what --nbest prints from) equal fairseq's EnsembleModel + SequenceGenerator, bit for
+    bit, on a padded batch whose sentences end at different steps."""
+    models, tgt_dict = ensemble(n, vocab, need_attn=True)
+    expected, actual = decode_ensemble_both(models, tgt_dict, sample_for(tgt_dict), beam_size=beam, max_len_a=1.2,
+                                            max_len_b=10)
+    assert_same(expected, actual)
+    assert fast_path_steps  # decoded by FConvBeamSearch, not handed to fairseq
+    assert len({len(h[0]["tokens"]) for h in expected}) > 2
+    assert expected[0][0]["attention"].numel() > 0
+    single, _ = decode_both(models[0], tgt_dict, sample_for(tgt_dict), beam_size=beam, max_len_a=1.2, max_len_b=10)
+    assert any(not torch.equal(a[0]["score"], b[0]["score"]) for a, b in zip(single, actual))  # the ensemble counts
+
+
+def test_ensemble_options_and_without_attention():
+    """Temperature, length penalty, unk penalty, min length; models without need_attn (no attention)."""
+    models, tgt_dict = ensemble(2, 901)
+    options = {"beam_size": 4, "max_len_b": 9, "temperature": 0.7, "len_penalty": 0.6, "unk_penalty": 0.5,
+               "min_len": 2}
+    expected, actual = decode_ensemble_both(models, tgt_dict, sample_for(tgt_dict), **options)
+    assert_same(expected, actual)
+
+
+def test_ensemble_print_alignment_gives_fairseqs_alignments(fast_path_steps):
+    models, tgt_dict = ensemble(2, 901, need_attn=True)
+    classes = (SequenceGeneratorWithAlignment, FConvBeamSearchWithAlignment)
+    results = decode_ensemble_both(models, tgt_dict, sample_for(tgt_dict), classes=classes, beam_size=3, max_len_b=8,
+                                   print_alignment="hard")
+    assert_same(*results)
+    assert fast_path_steps
+    assert sum(len(nbest[0]["alignment"]) for nbest in results[0]) > 10
+    for nbest_a, nbest_b in zip(*results):
+        assert [a["alignment"] for a in nbest_a] == [b["alignment"] for b in nbest_b]
+
+
+def test_ensemble_with_fconv_member_falls_back_to_fairseq(caplog, monkeypatch):
+    """build_generator gives an ensemble with a fairseq fconv member fairseq's own generator
+    (and says so once); its results are what fairseq's unwrapped build_generator gives."""
+    from fairseq.tasks.fairseq_task import FairseqTask
+
+    monkeypatch.setattr(beam_search, "_ANNOUNCED", set())
+    ref, ext, src_dict, tgt_dict = build_twins("fconv_iwslt_de_en", encoder_embed_dim=16, decoder_embed_dim=16,
+                                               decoder_out_embed_dim=16, encoder_layers="[(16, 3)] * 2",
+                                               decoder_layers="[(16, 3)] * 2")
+    task = TranslationTask(TranslationConfig(), src_dict, tgt_dict)
+    args = argparse.Namespace(beam=3, max_len_a=0, max_len_b=8)
+    sample = sample_for(src_dict, seed=4)
+    with caplog.at_level(logging.INFO, logger="fconv_plugin"):
+        ours = task.build_generator([ext, ref], args)
+        task.build_generator([ext, ref], args)
+    assert type(ours) is SequenceGenerator
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("fconv_plugin")]
+    assert said == ["decoding with fairseq's SequenceGenerator: model FConvModel is not an fconv_ext model"]
+    theirs = FairseqTask.build_generator.__wrapped__(task, [ext, ref], args)
+    with torch.no_grad():
+        assert_same(theirs.generate([ext, ref], sample), ours.generate([ext, ref], sample))
+
+
+# --- which generator decodes, said once at INFO level ---------------------------------------
+
+@pytest.fixture
+def said(caplog, monkeypatch):
+    """The fconv_plugin log lines of the test (announce()'s once-per-process memory emptied)."""
+    monkeypatch.setattr(beam_search, "_ANNOUNCED", set())
+    caplog.set_level(logging.INFO, logger="fconv_plugin")
+    return lambda: [r.getMessage() for r in caplog.records if r.name.startswith("fconv_plugin")]
+
+
+def test_build_generator_says_which_generator_decodes(said, monkeypatch):
+    models, tgt_dict = ensemble(2, 60)
+    task = _translation_task(tgt_dict)
+    for _ in range(2):  # the hub interface builds a generator per translate() call: said once
+        assert type(task.build_generator(models, argparse.Namespace(beam=3))) is FConvBeamSearch
+    assert said() == [FAST_PATH]
+    assert type(task.build_generator(models[:1], argparse.Namespace(sampling=True, beam=3))) is FConvBeamSearch
+    assert said()[-1] == "decoding with fairseq's SequenceGenerator: sampling"
+    monkeypatch.setenv("FCONV_EXT_BEAM_SEARCH", "fairseq")
+    assert type(task.build_generator(models, argparse.Namespace(beam=3))) is SequenceGenerator
+    assert said()[-1] == "decoding with fairseq's SequenceGenerator: FCONV_EXT_BEAM_SEARCH=fairseq"
+    assert len(said()) == 3
+
+
+def test_generator_wide_fallbacks_are_said_when_built(said):
+    model, tgt_dict = small_model(60)
+    FConvBeamSearch([model], tgt_dict, beam_size=3, no_repeat_ngram_size=2)
+    FConvBeamSearch([model], tgt_dict, beam_size=40)
+    assert said() == ["decoding with fairseq's SequenceGenerator: --no-repeat-ngram-size",
+                      "decoding with fairseq's SequenceGenerator: vocabulary smaller than 2 * beam + 1"]
+
+
+def test_batch_fallbacks_are_said_once_per_generator(said):
+    model, tgt_dict = small_model(60)
+    sample = sample_for(tgt_dict)
+    prefix = torch.full((6, 1), tgt_dict.index("w5"), dtype=torch.long)
+    gen = FConvBeamSearch([model], tgt_dict, beam_size=2, max_len_b=5)
+    with torch.no_grad():
+        for _ in range(3):
+            gen.generate([model], sample, prefix_tokens=prefix)
+        gen.generate([model], sample)
+    assert said() == [FAST_PATH, "FConvBeamSearch: batches with prefix tokens are decoded by fairseq's SequenceGenerator"]
+
+
+def test_switch_set_at_import_is_said(said):
+    """A switch set before the plugin is imported leaves fairseq's build_generator as it is
+    (no wrapper to say anything later): install_all says so instead."""
+    from fconv_plugin import fairseq_fixes
+
+    assert fairseq_fixes.install_all({"FCONV_EXT_BEAM_SEARCH": "fairseq", "FCONV_EXT_NO_FIXES": ""}) == [
+        fix.name for fix in fairseq_fixes.FIXES if fix.name != "beam_search"]  # idempotent: all installed already
+    assert said() == ["beam_search left out (FCONV_EXT_BEAM_SEARCH=fairseq): "
+                      "every model decodes with fairseq's SequenceGenerator"]

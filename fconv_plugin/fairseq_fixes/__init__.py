@@ -20,12 +20,14 @@ is; each entry's ``scope`` says where it reaches and, when that is the whole pro
 """
 
 import functools
+import logging
 import os
 import sys
 from dataclasses import dataclass
 from typing import Callable, List, Mapping, Optional, Tuple
 
 ALL_OFF = "FCONV_EXT_NO_FIXES"
+logger = logging.getLogger(__name__)
 _MARK = "_fconv_ext_fix"  # attribute on each wrapper: the name of the fix that installed it
 _UNSET = ("", "0", "false", "no", "off")
 
@@ -39,16 +41,25 @@ class Fix:
     scope: str  # where it reaches, and why when that is the whole process
     install: Callable[[], None]  # idempotent
     aliases: Tuple[Tuple[str, str], ...] = ()  # (variable, value) pairs that also turn it off
+    when_off: str = ""  # what a user gets instead when a switch leaves it out (logged at import)
 
     @property
     def switch(self) -> str:
         return f"FCONV_EXT_NO_{self.name.upper()}"
 
-    def disabled(self, environ: Optional[Mapping[str, str]] = None) -> bool:
+    def turned_off_by(self, environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+        """The setting that turns this change off, as ``VARIABLE=value`` (None: it is on)."""
         env = os.environ if environ is None else environ
-        if any(env.get(var, "").strip().lower() not in _UNSET for var in (ALL_OFF, self.switch)):
-            return True
-        return any(env.get(var, "") == value for var, value in self.aliases)
+        for var in (ALL_OFF, self.switch):
+            if env.get(var, "").strip().lower() not in _UNSET:
+                return f"{var}={env[var]}"
+        for var, value in self.aliases:
+            if env.get(var, "") == value:
+                return f"{var}={value}"
+        return None
+
+    def disabled(self, environ: Optional[Mapping[str, str]] = None) -> bool:
+        return self.turned_off_by(environ) is not None
 
     def how_to_turn_off(self) -> str:
         return " or ".join([f"`{self.switch}=1`"] + [f"`{var}={value}`" for var, value in self.aliases])
@@ -152,23 +163,42 @@ def _is_fconv_ext(model) -> bool:
     return isinstance(model, FConvExtModel)
 
 
+def _fairseq_generator_reason(models, args, seq_gen_cls) -> Optional[str]:
+    """Why ``build_generator`` gives these models fairseq's generator (None: FConvBeamSearch)."""
+    switch = _fix("beam_search").turned_off_by()  # also read per call: set after the import
+    if switch is not None:
+        return switch
+    if getattr(args, "score_reference", False):
+        return "--score-reference"
+    if seq_gen_cls is not None:
+        return f"the caller asked for {seq_gen_cls.__name__}"
+    if not models:
+        return "no models"
+    for model in models:
+        if not _is_fconv_ext(model):
+            return f"model {type(model).__name__} is not an fconv_ext model"
+    return None
+
+
 def _install_beam_search() -> None:
     from fairseq.tasks.fairseq_task import FairseqTask
 
-    from ..beam_search import FConvBeamSearch, FConvBeamSearchWithAlignment
+    from ..beam_search import FConvBeamSearch, FConvBeamSearchWithAlignment, announce, fairseq_generator_message
 
     def make(original):
         def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **kwargs):
-            if (seq_gen_cls is None and not _fix("beam_search").disabled()
-                    and not getattr(args, "score_reference", False) and models
-                    and all(_is_fconv_ext(m) for m in models)):
+            reason = _fairseq_generator_reason(models, args, seq_gen_cls)
+            if reason is None:  # FConvBeamSearch says which generator decodes when it is built
                 if getattr(args, "print_alignment", False):
                     seq_gen_cls = FConvBeamSearchWithAlignment
                     extra_gen_cls_kwargs = dict(extra_gen_cls_kwargs or {}, print_alignment=args.print_alignment)
                 else:
                     seq_gen_cls = FConvBeamSearch
-            return original(self, models, args, seq_gen_cls=seq_gen_cls, extra_gen_cls_kwargs=extra_gen_cls_kwargs,
-                            **kwargs)
+            generator = original(self, models, args, seq_gen_cls=seq_gen_cls,
+                                 extra_gen_cls_kwargs=extra_gen_cls_kwargs, **kwargs)
+            if reason is not None:
+                announce(fairseq_generator_message(type(generator), reason))
+            return generator
 
         return build_generator
 
@@ -287,6 +317,7 @@ FIXES: Tuple[Fix, ...] = (
               "`seq_gen_cls`); other models and tasks get fairseq's generator",
         install=_install_beam_search,
         aliases=(("FCONV_EXT_BEAM_SEARCH", "fairseq"),),
+        when_off="every model decodes with fairseq's SequenceGenerator",
     ),
     Fix(
         name="torchrun",
@@ -338,9 +369,12 @@ def install_all(environ: Optional[Mapping[str, str]] = None) -> List[str]:
     """Install every fix whose switch is not set; returns their names.  Idempotent."""
     installed = []
     for fix in FIXES:
-        if not fix.disabled(environ):
+        switch = fix.turned_off_by(environ)
+        if switch is None:
             fix.install()
             installed.append(fix.name)
+        else:
+            logger.info(f"{fix.name} left out ({switch})" + (f": {fix.when_off}" if fix.when_off else ""))
     return installed
 
 
