@@ -4,6 +4,8 @@
         [--context lstm=CK_LSTM.pt transformer=CK_TRANSFORMER.pt] [--train-presets checkpoint fconv_wmt_en_de]
     python benchmarks/bench.py --smoke [--data D --fconv-checkpoint CK.pt]   # minutes: tiny model and data, no claims
     python benchmarks/bench.py --device cuda --dtypes fp16 bf16 ...   # on a GPU (benchmarks/gpu_run.sh)
+    python benchmarks/bench.py ... --opt-ins shortlist int8 shortlist+int8 [--shortlist FILE]
+        [--ensemble-with CK2.pt] [--references RAW_TEST.de]   # the fast-serving opt-ins (issue 14)
 
 The fairseq fconv checkpoint is converted to fconv_ext in this run (fconv-ext-convert's code), so both
 sides decode the same model; hypotheses are compared and must be identical.  Every measurement runs in
@@ -30,7 +32,15 @@ Sides (generation):
 * ``--dtypes fp16``: ``fconv_fp16`` and ``fconv_ext_fp16``, both cast with ``model.half()`` as
   ``fairseq-generate --fp16`` does (meant for GPUs; hypotheses compared, not required to match);
   ``--dtypes`` with no value: float32 sides only;
-* ``--context NAME=CK``: other fairseq models (lstm, transformer) on the same data, generation only.
+* ``--context NAME=CK``: other fairseq models (lstm, transformer) on the same data, generation only;
+* ``--opt-ins``: ``fconv_ext_shortlist`` (model override ``shortlist``: the file of ``--shortlist``, or
+  one built in this run with ``fconv-ext-shortlist``, its build time reported), ``fconv_ext_int8``
+  (``inference_dtype=int8``) and ``fconv_ext_shortlist_int8`` (both): not exact, reported with their speed
+  against fconv and fconv_ext, BLEU delta and share of sentences identical to fconv_ext;
+* ``--ensemble-with CK2``: ``fconv_ext_ensemble2`` (the conversion and CK2's, ``--path a.pt:b.pt``,
+  decoded by the generator ``task.build_generator`` gives two models) against
+  ``fconv_ext_ensemble2_seqgen`` (the same pair, fairseq's SequenceGenerator), on ``--ensemble-configs``;
+* ``--no-seqgen`` leaves out ``fconv_ext_seqgen``.
 Training: ``fconv`` and ``fconv_ext`` on the checkpoint's architecture and each ``--train-presets`` preset.
 
 ``--device cuda``: models and batches on the GPU (batches moved before the clock starts), the clock read
@@ -43,7 +53,9 @@ finished ones (marked partial; efficiencies are filled in at the end).
 Measured per side:
 * generation: beam 5 batch 64, beam 1 batch 64 on the test set, beam 5 batch 1 on --latency-sentences
   sentences spread evenly over the length-sorted test set (ms per sentence); sentences/s, target tokens/s,
-  BLEU of the test set (sacrebleu on the BPE-removed tokenized text, tokenize=none);
+  BLEU of the test set (sacrebleu on the BPE-removed tokenized text, tokenize=none) and detokenized
+  sacreBLEU (BPE removed, sacremoses-detokenized, sacreBLEU's default tokenizer, against ``--references``
+  or the detokenized binarized references);
 * training: target words/s over --train-updates updates (forward, backward, NAG step) on the same
   batches, for the checkpoint's architecture and each ``--train-presets`` preset (random weights,
   the data's dictionaries);
@@ -60,7 +72,7 @@ import time
 from typing import NamedTuple
 
 from bench_child import ChildFailed, load_model, matmul_rate, run_child
-from bench_inputs import convert_to, smoke_setup, untrained_checkpoint
+from bench_inputs import build_shortlist, convert_to, smoke_setup, untrained_checkpoint
 from bench_report import (add_efficiency, generation_line, machine, markdown, summarize_generation,
                           summarize_training, training_line, write_report)
 
@@ -71,16 +83,26 @@ FAIRSEQ_BEAM_SEARCH = {"FCONV_EXT_BEAM_SEARCH": "fairseq"}
 
 
 class Side(NamedTuple):
-    """What one side measures: a checkpoint, the child's dtype and variables added to its environment."""
+    """What one side measures: a checkpoint (``a.pt:b.pt``: an ensemble), the child's dtype, variables
+    added to its environment, model config overrides (``--model-overrides "{'model': {...}}"``) and the
+    generation configs it runs on (empty: all)."""
     checkpoint: str
     dtype: str = "float32"
     env: dict = {}
+    overrides: dict = {}
+    configs: tuple = ()
 
 
 # --dtypes name -> (the sides it adds, the side they derive from, the child's dtype)
 LOW_PRECISION_SIDES = {
     "fp16": [("fconv_fp16", "fconv", "float16"), ("fconv_ext_fp16", "fconv_ext", "float16")],
     "bf16": [("fconv_ext_bf16", "fconv_ext", "bfloat16")],
+}
+# --opt-ins name -> (the side it adds, its model overrides; "SHORTLIST" stands for the shortlist file)
+OPT_IN_SIDES = {
+    "shortlist": ("fconv_ext_shortlist", {"shortlist": "SHORTLIST"}),
+    "int8": ("fconv_ext_int8", {"inference_dtype": "int8"}),
+    "shortlist+int8": ("fconv_ext_shortlist_int8", {"shortlist": "SHORTLIST", "inference_dtype": "int8"}),
 }
 REQUIRED_SIDES = ("fconv", "fconv_ext")  # a failure of these ends the run, even with --keep-going
 
@@ -100,6 +122,21 @@ def parser():
                    help="low-precision generation sides next to the float32 ones (always run): "
                         "fp16 = fconv_fp16 and fconv_ext_fp16 (model.half(), fairseq-generate --fp16), "
                         "bf16 = fconv_ext_bf16 (inference_dtype=bfloat16); no value: none")
+    p.add_argument("--opt-ins", nargs="*", choices=list(OPT_IN_SIDES), default=[],
+                   help="fconv_ext's not-exact fast-serving sides: shortlist = fconv_ext_shortlist, int8 = "
+                        "fconv_ext_int8, shortlist+int8 = fconv_ext_shortlist_int8 (model overrides)")
+    p.add_argument("--shortlist", help="the shortlist file of the shortlist sides (default: built here from "
+                                       "--data's train split with fconv-ext-shortlist, the build timed)")
+    p.add_argument("--shortlist-build-args", default="",
+                   help="extra fconv-ext-shortlist options when the shortlist is built here, e.g. '--n-best 50'")
+    p.add_argument("--ensemble-with", metavar="CK2",
+                   help="a second fairseq fconv checkpoint on the same dictionaries: adds fconv_ext_ensemble2 "
+                        "(both conversions, fconv_ext's generator) and fconv_ext_ensemble2_seqgen (fairseq's)")
+    p.add_argument("--ensemble-configs", nargs="*", choices=[c[0] for c in GEN_CONFIGS], default=["beam5_batch64"],
+                   help="generation configs the ensemble sides run on")
+    p.add_argument("--no-seqgen", action="store_true", help="leave out the fconv_ext_seqgen side")
+    p.add_argument("--references", help="raw (untokenized) test-set targets, one line per sentence, for the "
+                                        "detokenized BLEU (default: the binarized references, detokenized)")
     p.add_argument("--gen-configs", nargs="*", choices=[c[0] for c in GEN_CONFIGS], default=[c[0] for c in GEN_CONFIGS],
                    help="generation configurations to run (default: all)")
     p.add_argument("--reps", type=int, default=3, help="repetitions per measurement (median reported)")
@@ -119,13 +156,22 @@ def parser():
     return p
 
 
-def generation_sides(args, converted):
-    """name -> Side for generation, in the order they alternate."""
-    sides = {"fconv": Side(args.fconv_checkpoint), "fconv_ext": Side(converted),
-             "fconv_ext_seqgen": Side(converted, env=FAIRSEQ_BEAM_SEARCH)}
+def generation_sides(args, converted, shortlist=None, second=None):
+    """name -> Side for generation, in the order they alternate.  ``shortlist``: the shortlist file of
+    the ``--opt-ins`` shortlist sides; ``second``: the ensemble's second fconv_ext checkpoint."""
+    sides = {"fconv": Side(args.fconv_checkpoint), "fconv_ext": Side(converted)}
+    if not args.no_seqgen:
+        sides["fconv_ext_seqgen"] = Side(converted, env=FAIRSEQ_BEAM_SEARCH)
     for precision in args.dtypes:
         for name, base, dtype in LOW_PRECISION_SIDES[precision]:
             sides[name] = Side(sides[base].checkpoint, dtype)
+    for opt_in in args.opt_ins:
+        name, overrides = OPT_IN_SIDES[opt_in]
+        sides[name] = Side(converted, overrides={k: shortlist if v == "SHORTLIST" else v for k, v in overrides.items()})
+    if second:
+        pair, configs = os.pathsep.join([converted, second]), tuple(args.ensemble_configs)
+        sides["fconv_ext_ensemble2"] = Side(pair, configs=configs)
+        sides["fconv_ext_ensemble2_seqgen"] = Side(pair, env=FAIRSEQ_BEAM_SEARCH, configs=configs)
     for spec in args.context:
         name, _, path = spec.partition("=")
         sides[name] = Side(path)
@@ -168,15 +214,29 @@ def main():
         p.error("--data and --fconv-checkpoint are required (or --smoke)")
 
     converted = convert_to(args.fconv_checkpoint, os.path.join(work, "fconv_ext.pt"))
-    sides = generation_sides(args, converted)
     report = {"machine": machine(args.device), "threads": args.threads, "reps": args.reps,
               "train_max_tokens": args.train_max_tokens, "date": time.strftime("%Y-%m-%d"),
-              "command": " ".join(sys.argv), "device": args.device, "generation": {}, "training": {}, "errors": {}}
+              "command": " ".join(sys.argv), "device": args.device, "generation": {}, "training": {}, "errors": {},
+              "references": args.references or "binarized test targets, detokenized"}
+    shortlist = args.shortlist
+    if any("shortlist" in o for o in args.opt_ins):
+        if shortlist is None:
+            shortlist = os.path.join(work, "shortlist.npz")
+            report["shortlist_build"] = build_shortlist(args.data, shortlist, args.shortlist_build_args, args.threads)
+            print(f"shortlist built in {report['shortlist_build']['seconds']:.1f} s: "
+                  f"{report['shortlist_build']['command']}", flush=True)
+        report["shortlist"] = shortlist
+    second = None
+    if args.ensemble_with:
+        second = convert_to(args.ensemble_with, os.path.join(work, "fconv_ext_second.pt"))
+        report["ensemble"] = [args.fconv_checkpoint, args.ensemble_with]
+    sides = generation_sides(args, converted, shortlist, second)
 
     def measure(name, side, label, **job):
         """One child run; with --keep-going a failure of a side other than fconv / fconv_ext is
         recorded in the report and gives None (the side is dropped), otherwise it ends the run."""
-        job.update(checkpoint=side.checkpoint, data=args.data, threads=args.threads, device=args.device)
+        job.update(checkpoint=side.checkpoint, data=args.data, threads=args.threads, device=args.device,
+                   overrides=side.overrides, references=args.references)
         try:
             return run_child(job, env=side.env, log=args.log_children)
         except ChildFailed as err:
@@ -189,9 +249,10 @@ def main():
     def generation_config(config, beam, batch):
         """All generation sides on one config, alternating; the report rewritten after it."""
         limit = args.latency_sentences if batch == 1 else 0
-        runs = alternate(sides, args.reps, lambda name, side: measure(
+        here = {name: side for name, side in sides.items() if not side.configs or config in side.configs}
+        runs = alternate(here, args.reps, lambda name, side: measure(
             name, side, config, mode="generate", dtype=side.dtype, beam=beam, batch=batch, max_batches=limit))
-        for name in set(sides) - set(runs):  # failed (--keep-going): not run again
+        for name in set(here) - set(runs):  # failed (--keep-going): not run again
             del sides[name]
         report["generation"][config] = entry = summarize_generation(runs)
         print(generation_line(config, entry), flush=True)

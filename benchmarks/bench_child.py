@@ -5,19 +5,24 @@
 The parent (``run_child``) writes the job as JSON, so the measurement has no command-line options of
 its own (the options are ``bench.py``'s, defined once).  Job keys:
 
-* every job: ``mode`` (``generate`` or ``train``), ``checkpoint``, ``data``, ``threads``, ``device``
+* every job: ``mode`` (``generate`` or ``train``), ``checkpoint`` (for generation also several
+  joined by ``:``, an ensemble, as ``fairseq-generate --path a.pt:b.pt``), ``data``, ``threads``, ``device``
   (``cpu`` / ``cuda``);
 * generate: ``dtype`` (``float32``, ``bfloat16``: fconv_ext's ``inference_dtype``, ``float16``:
   ``model.half()``), ``beam``, ``batch``, ``max_batches`` (0: the whole test set, else that many
   batches evenly spaced over the length-sorted test set; at batch 1 these are sentences);
+  optional ``overrides`` (model config overrides, e.g. ``{"shortlist": FILE, "inference_dtype": "int8"}``:
+  what ``--model-overrides "{'model': {...}}"`` passes) and ``references`` (the raw, untokenized
+  test targets, one line per sentence id, for detokenized BLEU; absent: the binarized references,
+  detokenized); ``max_len_a`` / ``max_len_b`` (default 1.2 / 10; fairseq-generate's are 0 / 200);
 * train: ``train_updates``, ``train_max_tokens``.
 
 The child's environment is the parent's with ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` set to the
 threads, plus the side's own variables (``fconv_ext_seqgen``: ``FCONV_EXT_BEAM_SEARCH=fairseq``).
 
 Generation decodes with ``task.build_generator`` (what ``fairseq-generate`` would use) after
-``make_generation_fast_``, max_len_a 1.2, max_len_b 10, and reports the time, a hash of the
-hypotheses, BLEU and peak memory.  Training times ``train_updates`` NAG updates after one untimed
+``make_generation_fast_``, max_len_a 1.2, max_len_b 10, and reports the time, the hypotheses (and
+their hash), BLEU (tokenized, and detokenized sacreBLEU) and peak memory.  Training times ``train_updates`` NAG updates after one untimed
 warm-up update on the same shuffled batches (seed 1) for every side.  On CUDA the clock is read after
 ``torch.cuda.synchronize()``, and generation decodes one untimed warm-up batch first.
 """
@@ -74,21 +79,32 @@ def run_child(job, env=None, log=False):
 
 
 # --------------------------------------------------------------------------- child side
-def load_model(checkpoint, data, dtype="float32"):
-    """Model, config and task of ``checkpoint`` on the CPU.  ``dtype``: ``float32``; ``bfloat16``
-    (fconv_ext's own ``inference_dtype`` override, applied by its ``make_generation_fast_``); or
-    ``float16`` (``model.half()``, what ``fairseq-generate --fp16`` does, for any model)."""
+def load_models(checkpoint, data, dtype="float32", model_overrides=None):
+    """Models (one per ``:``-separated path: an ensemble), config and task of ``checkpoint`` on the CPU.
+    ``dtype``: ``float32``; ``bfloat16`` (fconv_ext's own ``inference_dtype`` override, applied by its
+    ``make_generation_fast_``); or ``float16`` (``model.half()``, what ``fairseq-generate --fp16`` does,
+    for any model).  ``model_overrides``: more model config overrides (``shortlist``, ``inference_dtype``
+    ...), passed as ``--model-overrides "{'model': {...}}"`` would pass them."""
     if REPO not in sys.path:
         sys.path.insert(0, REPO)
     import fconv_plugin  # noqa: F401  (registers fconv_ext; allow-lists fconv's Namespace)
     from fairseq import checkpoint_utils
 
-    overrides = {"data": data}
+    model = dict(model_overrides or {})
     if dtype not in ("float32", "float16"):  # nested form: also reaches checkpoints whose config predates the field
-        overrides["model"] = {"inference_dtype": dtype}
-    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides)
+        model.setdefault("inference_dtype", dtype)
+    overrides = {"data": data, **({"model": model} if model else {})}
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(checkpoint.split(os.pathsep),
+                                                                     arg_overrides=overrides)
     if dtype == "float16":
-        models[0].half()
+        for m in models:
+            m.half()
+    return models, cfg, task
+
+
+def load_model(checkpoint, data, dtype="float32", model_overrides=None):
+    """The first model of :func:`load_models`, its config and task."""
+    models, cfg, task = load_models(checkpoint, data, dtype, model_overrides)
     return models[0], cfg, task
 
 
@@ -125,20 +141,49 @@ def tokenized_bleu(task, hyps):
     return sacrebleu.corpus_bleu(sys_out, [refs], tokenize="none").score
 
 
-def prepare_decoding(job):
-    """(model, task, generator, batches) for decoding the test set as ``fairseq-generate`` would:
-    the model in eval mode after ``make_generation_fast_``, the generator ``task.build_generator``
+def detokenized_bleu(task, hyps, references=None):
+    """sacreBLEU (its default 13a tokenizer) of ``hyps`` (id -> token ids), BPE removed and detokenized
+    with sacremoses for the target language, against ``references`` (raw test targets, line = sentence
+    id) or, without them, the binarized references detokenized the same way."""
+    import sacrebleu
+    import torch
+    from sacremoses import MosesDetokenizer
+
+    detok = MosesDetokenizer(lang=task.cfg.target_lang)
+    d, ids = task.target_dictionary, sorted(hyps)
+
+    def text(tokens):
+        return detok.detokenize(d.string(tokens, "subword_nmt").split())
+
+    sys_out = [text(torch.tensor(hyps[i])) for i in ids]
+    if references:
+        with open(references, encoding="utf-8") as f:
+            raw = [line.rstrip("\n") for line in f]
+        if len(raw) != len(task.dataset("test")):
+            raise SystemExit(f"--references {references}: {len(raw)} lines, the test set has "
+                             f"{len(task.dataset('test'))} sentences")
+        refs = [raw[i] for i in ids]
+    else:
+        refs = [text(task.dataset("test").tgt[i]) for i in ids]
+    return sacrebleu.corpus_bleu(sys_out, [refs]).score
+
+
+def prepare_ensemble_decoding(job):
+    """(models, task, generator, batches) for decoding the test set as ``fairseq-generate`` would:
+    the models (one, or an ensemble) in eval mode after ``make_generation_fast_``, the generator ``task.build_generator``
     gives it, and the test set's batches in length order (``job.max_batches`` of them evenly spaced,
     0: all).  Batches stay on the CPU."""
     import argparse
 
     from fairseq import utils
 
-    model, cfg, task = load_model(job.checkpoint, job.data, job.dtype)
-    model.eval()
-    if job.device == "cuda":  # fairseq-generate's order: half (in load_model), cuda, then make_generation_fast_
-        model.cuda()
-    model.make_generation_fast_(beamable_mm_beam_size=job.beam, need_attn=False)
+    models, cfg, task = load_models(job.checkpoint, job.data, job.dtype, getattr(job, "overrides", None))
+    for model in models:
+        model.eval()
+        if job.device == "cuda":  # fairseq-generate's order: half (in load_model), cuda, then make_generation_fast_
+            model.cuda()
+        model.make_generation_fast_(beamable_mm_beam_size=job.beam, need_attn=False)
+    model = models[0]
     task.load_dataset("test")
     itr = task.get_batch_iterator(
         dataset=task.dataset("test"), max_sentences=job.batch, required_batch_size_multiple=1,
@@ -149,8 +194,16 @@ def prepare_decoding(job):
         # batches come in length order: take evenly spaced ones so that all lengths are represented
         stride = len(batches) / job.max_batches
         batches = [batches[int(i * stride)] for i in range(job.max_batches)]
-    gen = task.build_generator([model], argparse.Namespace(beam=job.beam, max_len_a=MAX_LEN_A, max_len_b=MAX_LEN_B))
-    return model, task, gen, batches
+    gen = task.build_generator(models, argparse.Namespace(beam=job.beam, max_len_a=getattr(job, "max_len_a", MAX_LEN_A),
+                                                          max_len_b=getattr(job, "max_len_b", MAX_LEN_B)))
+    return models, task, gen, batches
+
+
+def prepare_decoding(job):
+    """(model, task, generator, batches) of a single-model job (``profile_decode.py``):
+    :func:`prepare_ensemble_decoding`'s first model."""
+    models, task, gen, batches = prepare_ensemble_decoding(job)
+    return models[0], task, gen, batches
 
 
 def child_generate(job):
@@ -160,29 +213,33 @@ def child_generate(job):
     from bench_flops import generation_flops, is_conv
 
     torch.set_num_threads(job.threads)
-    model, task, gen, batches = prepare_decoding(job)
+    models, task, gen, batches = prepare_ensemble_decoding(job)
+    model = models[0]
     if job.device == "cuda":
         batches = [utils.move_to_cuda(b) for b in batches]
         with torch.no_grad():  # warm-up (CUDA context, kernels, allocator), not timed
-            gen.generate([model], batches[0])
+            gen.generate(models, batches[0])
     hyps, tokens = {}, 0
     synchronize(job.device)
     start = time.perf_counter()
     with torch.no_grad():
         for b in batches:
-            for i, out in zip(b["id"].tolist(), gen.generate([model], b)):
+            for i, out in zip(b["id"].tolist(), gen.generate(models, b)):
                 hyps[i] = out[0]["tokens"].tolist()
                 tokens += len(hyps[i])
     synchronize(job.device)
     seconds = time.perf_counter() - start
     steps = sum(len(h) for h in hyps.values())
-    flops = generation_flops(model, batches, hyps, job.beam) if is_conv(model) and job.dtype == "float32" else None
+    exact = job.dtype == "float32" and not getattr(job, "overrides", None) and len(models) == 1
+    flops = generation_flops(model, batches, hyps, job.beam) if is_conv(model) and exact else None
     digest = hashlib.sha1(json.dumps(sorted(hyps.items())).encode()).hexdigest()
     return {"seconds": seconds, "sentences": len(hyps), "tokens": tokens, "hyp_sha1": digest,
             "distinct_hypotheses": len({tuple(h) for h in hyps.values()}),
             "flops": flops, "decoder_steps": steps, "peak_rss_mb": peak_rss_mb(), "generator": type(gen).__name__,
             "peak_gpu_mb": peak_gpu_mb(job.device),
-            "bleu": tokenized_bleu(task, hyps), "params": sum(p.numel() for p in model.parameters())}
+            "bleu": tokenized_bleu(task, hyps), "params": sum(p.numel() for m in models for p in m.parameters()),
+            "detok_bleu": detokenized_bleu(task, hyps, getattr(job, "references", None)),
+            "hyps": {str(i): h for i, h in hyps.items()}}  # for the share of identical sentences (not reported)
 
 
 def child_train(job):

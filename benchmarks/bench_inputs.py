@@ -1,6 +1,6 @@
 """The checkpoints and data ``bench.py`` measures, made in the parent before any measurement: the
-fconv_ext conversion of an fconv checkpoint, untrained preset checkpoints for training speed, and the
-``--smoke`` model and data."""
+fconv_ext conversion of an fconv checkpoint, untrained preset checkpoints for training speed, a shortlist
+file (``fconv-ext-shortlist``, timed), and the ``--smoke`` model and data."""
 
 import os
 import subprocess
@@ -62,3 +62,33 @@ def smoke_setup(workdir):
                     "--max-update", "150", "--max-tokens", "2000", "--save-dir", f"{workdir}/ck", "--no-epoch-checkpoints",
                     "--no-progress-bar", "--disable-validation"], check=True, capture_output=True)
     return bin_dir, f"{workdir}/ck/checkpoint_last.pt"
+
+
+def data_languages(data):
+    """(source, target) languages of a fairseq-preprocess'd directory, from its test split's file names."""
+    pairs = {name.split(".")[1] for name in os.listdir(data) if name.startswith("test.") and name.endswith(".idx")}
+    if len(pairs) != 1:
+        raise SystemExit(f"{data}: cannot tell the language pair from the test split's files ({sorted(pairs)}); "
+                         "pass --shortlist FILE built with fconv-ext-shortlist")
+    src, tgt = pairs.pop().split("-")
+    return src, tgt
+
+
+def build_shortlist(data, out, extra_args="", threads=None):
+    """Build a shortlist for ``data``'s dictionaries from its train split with ``fconv-ext-shortlist``
+    (``extra_args``: more of its options, one string); what was run and how long it took (seconds, wall)."""
+    import shlex
+    import time
+
+    src, tgt = data_languages(data)
+    script = os.path.join(os.path.dirname(sys.executable), "fconv-ext-shortlist")
+    cmd = [script] if os.path.exists(script) else [sys.executable, "-m", "fconv_plugin.cli.shortlist"]
+    cmd += [data, "--source-lang", src, "--target-lang", tgt, "--out", out, *shlex.split(extra_args)]
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+    env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"building the shortlist failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    return {"command": " ".join(shlex.quote(c) for c in cmd), "seconds": seconds, "bytes": os.path.getsize(out)}

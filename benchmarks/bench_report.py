@@ -3,13 +3,21 @@ and ``OUT.json`` / ``OUT.md`` (rewritten after every configuration, marked parti
 
 A generation entry (one configuration) maps each side to its medians, plus:
 ``identical_hypotheses`` (fconv_ext == fconv), ``identical_hypotheses_seqgen`` (fconv_ext_seqgen ==
-fconv_ext) and ``identical_hypotheses_fp16`` (fconv_ext_fp16 == fconv_fp16) where those sides ran.
+fconv_ext), ``identical_hypotheses_fp16`` (fconv_ext_fp16 == fconv_fp16) and
+``identical_hypotheses_ensemble2`` (fconv_ext_ensemble2 == fconv_ext_ensemble2_seqgen) where those sides
+ran.  Every not-exact opt-in side (``OPT_IN_SIDES``) also gets its speed over fconv_ext's, its BLEU deltas
+to fconv_ext and the share of sentences whose hypothesis is identical to fconv_ext's.
 """
 
 import json
 import os
 import platform
 import statistics
+
+# not-exact sides compared with exact float32 fconv_ext (bench.py's --dtypes bf16 and --opt-ins)
+OPT_IN_SIDES = ("fconv_ext_bf16", "fconv_ext_shortlist", "fconv_ext_int8", "fconv_ext_shortlist_int8")
+# environment variables that change which instructions the kernels use (AVX2-only emulation), recorded
+ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 
 
 def median(values):
@@ -23,15 +31,32 @@ def machine(device="cpu"):
             info["cpu"] = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
     except (OSError, StopIteration):
         info["cpu"] = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(next(l.split(":", 1)[1].split() for l in f if l.startswith("flags")))
+        info["cpu_flags"] = sorted(flags & {"avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni",
+                                            "avx_vnni", "amx_bf16", "amx_int8", "amx_tile"})
+    except (OSError, StopIteration):
+        info["cpu_flags"] = []
     import fairseq
     import torch
 
-    info.update(torch=torch.__version__, fairseq=fairseq.__version__)
+    info.update(torch=torch.__version__, fairseq=fairseq.__version__,
+                torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                isa_environment={k: os.environ[k] for k in ISA_VARIABLES if k in os.environ})
     if device == "cuda":
         info.update(gpu=torch.cuda.get_device_name(0), cuda=torch.version.cuda,
                     float32_matmul_precision=torch.get_float32_matmul_precision(),
                     cudnn_allow_tf32=torch.backends.cudnn.allow_tf32)
     return info
+
+
+def share_identical(a, b):
+    """The share of sentences of child result ``a`` whose hypothesis is the same as in ``b``."""
+    ha, hb = a.get("hyps"), b.get("hyps")
+    if not ha or not hb:
+        return None
+    return sum(ha[i] == hb.get(i) for i in ha) / len(ha)
 
 
 def summarize_generation(runs):
@@ -46,7 +71,8 @@ def summarize_generation(runs):
                        "tokens": rs[0]["tokens"], "distinct_hypotheses": rs[0]["distinct_hypotheses"],
                        "tokens_per_s": rs[0]["tokens"] / sec, "ms_per_sentence": 1000 * sec / rs[0]["sentences"],
                        "peak_rss_mb": max(r["peak_rss_mb"] for r in rs), "flops": rs[0]["flops"],
-                       "bleu": rs[0]["bleu"], "generator": rs[0]["generator"], "params": rs[0]["params"],
+                       "bleu": rs[0]["bleu"], "detok_bleu": rs[0].get("detok_bleu"),
+                       "generator": rs[0]["generator"], "params": rs[0]["params"],
                        "same_hypotheses_every_rep": len({r["hyp_sha1"] for r in rs}) == 1,
                        "same_hypotheses_as_fconv": same_hypotheses(name, "fconv")}
         if rs[0].get("peak_gpu_mb") is not None:
@@ -56,11 +82,20 @@ def summarize_generation(runs):
     entry["identical_hypotheses"] = entry["fconv_ext"]["same_hypotheses_as_fconv"]
     # the same pair comparisons: (side, its reference, the entry's flag)
     for side, reference, flag in [("fconv_ext", "fconv_ext_seqgen", "identical_hypotheses_seqgen"),
-                                  ("fconv_ext_fp16", "fconv_fp16", "identical_hypotheses_fp16")]:
+                                  ("fconv_ext_fp16", "fconv_fp16", "identical_hypotheses_fp16"),
+                                  ("fconv_ext_ensemble2", "fconv_ext_ensemble2_seqgen", "identical_hypotheses_ensemble2"),
+                                  *[(name, "fconv_ext", None) for name in OPT_IN_SIDES]]:
         if side in entry and reference in entry:
             entry[side][f"ratio_vs_{reference}"] = entry[side]["sentences_per_s"] / entry[reference]["sentences_per_s"]
             entry[side][f"same_hypotheses_as_{reference}"] = same_hypotheses(side, reference)
-            entry[flag] = same_hypotheses(side, reference)
+            if flag:
+                entry[flag] = same_hypotheses(side, reference)
+            else:  # a not-exact opt-in against exact fconv_ext: what it costs
+                s, ref = entry[side], entry[reference]
+                s["bleu_delta"] = s["bleu"] - ref["bleu"]
+                s["detok_bleu_delta"] = (s["detok_bleu"] - ref["detok_bleu"]
+                                         if None not in (s["detok_bleu"], ref["detok_bleu"]) else None)
+                s["share_identical_to_fconv_ext"] = share_identical(runs[side][0], runs[reference][0])
     return entry
 
 
@@ -101,6 +136,10 @@ def generation_line(config, entry):
     if "identical_hypotheses_fp16" in entry:
         line += (f"; fconv_ext_fp16 vs fconv_fp16 {entry['fconv_ext_fp16']['ratio_vs_fconv_fp16']:.2f}x, "
                  f"identical={entry['identical_hypotheses_fp16']}")
+    if "identical_hypotheses_ensemble2" in entry:
+        line += (f"; ensemble2 {entry['fconv_ext_ensemble2']['generator']} vs SequenceGenerator "
+                 f"{entry['fconv_ext_ensemble2']['ratio_vs_fconv_ext_ensemble2_seqgen']:.2f}x, "
+                 f"identical={entry['identical_hypotheses_ensemble2']}")
     return line
 
 
@@ -118,8 +157,12 @@ def write_report(report, out, complete):
         f.write(markdown(report))
 
 
-def _percent(x):
-    return f"{x:.0%}" if x is not None else "-"
+def _percent(x, fmt=".0%"):
+    return format(x, fmt) if x is not None else "-"
+
+
+def _number(x, fmt=".2f"):
+    return format(x, fmt) if x is not None else "-"
 
 
 def markdown(r):
@@ -137,6 +180,10 @@ def markdown(r):
     lines = [f"Benchmark {r['date']} on {where}, {r['threads']} threads, torch {m['torch']}, "
              f"fairseq {m['fairseq']}; median of {r['reps']}; {rate}.",
              f"Command: `{r['command']}`", ""]
+    if m.get("cpu_flags") is not None:
+        isa = ", ".join(f"{k}={v}" for k, v in m.get("isa_environment", {}).items()) or "none"
+        lines[-1:-1] = [f"CPU flags (of interest): {' '.join(m['cpu_flags'])}; torch CPU capability "
+                        f"{m.get('torch_cpu_capability')}; ISA-limiting environment: {isa}.", ""]
     if not r.get("complete", True):
         lines += ["**Partial results**: the run had not finished when this was written.", ""]
     if gpu:
@@ -145,8 +192,9 @@ def markdown(r):
     mem_head, mem_rule = ("peak GPU MB | peak RSS MB |", "---|---|") if gpu else ("peak RSS MB |", "---|")
     lines += ["Generation (max_len_a 1.2, max_len_b 10; BLEU: test set, BPE removed, tokenized, sacrebleu tokenize=none; "
               "ratio = sentences/s over fconv's; eff. = FLOP floor / time, fp32 conv models only):", "",
-              "| config | model | generator | params | s | sent/s | ratio vs fconv | eff. | BLEU | same hyps as fconv | " + mem_head,
-              "|---|---|---|---|---|---|---|---|---|---|" + mem_rule]
+              "| config | model | generator | params | s | sent/s | ratio vs fconv | eff. | BLEU | detok. BLEU | "
+              "same hyps as fconv | " + mem_head,
+              "|---|---|---|---|---|---|---|---|---|---|---|" + mem_rule]
     for config, e in r["generation"].items():
         for name, s in e.items():
             if not isinstance(s, dict):
@@ -155,7 +203,7 @@ def markdown(r):
             mem = f"{s['peak_gpu_mb']:.0f} | {s['peak_rss_mb']:.0f} |" if gpu else f"{s['peak_rss_mb']:.0f} |"
             lines.append(f"| {config} | {name} | {s['generator']} | {s['params'] / 1e6:.1f}M | {s['seconds']:.2f} | "
                          f"{s['sentences_per_s']:.1f} | {s['ratio_sentences_per_s']:.2f}x | {eff} | {s['bleu']:.2f} | "
-                         f"{s['same_hypotheses_as_fconv']} | " + mem)
+                         f"{_number(s.get('detok_bleu'))} | {s['same_hypotheses_as_fconv']} | " + mem)
     seqgen = [(config, e) for config, e in r["generation"].items() if "identical_hypotheses_seqgen" in e]
     if seqgen:
         lines += ["", "What FConvBeamSearch buys: fconv_ext decoded by FConvBeamSearch against the same model decoded by "
@@ -166,6 +214,34 @@ def markdown(r):
             a, b = e["fconv_ext_seqgen"], e["fconv_ext"]
             lines.append(f"| {config} | {a['seconds']:.2f} | {b['seconds']:.2f} | {b['ratio_vs_fconv_ext_seqgen']:.2f}x | "
                          f"{e['identical_hypotheses_seqgen']} |")
+    opt_in_rows = [(config, name, e[name]) for config, e in r["generation"].items() for name in OPT_IN_SIDES
+                   if name in e and "ratio_vs_fconv_ext" in e[name]]
+    if opt_in_rows:
+        build = r.get("shortlist_build")
+        lines += ["", "Opt-ins (not exact) against exact float32 fconv_ext on the same run: speed over fconv and over "
+                  "fconv_ext, ms/sentence, BLEU and detokenized sacreBLEU deltas to fconv_ext, the share of sentences "
+                  "whose output is identical to fconv_ext's, peak RSS of the process"
+                  + (f"; shortlist `{r['shortlist']}`" if r.get("shortlist") else "")
+                  + (f", built in {build['seconds']:.0f} s by `{build['command']}`" if build else "") + ":", "",
+                  "| config | side | ratio vs fconv | ratio vs fconv_ext | ms/sentence | detok. BLEU | delta | "
+                  "tok. BLEU delta | identical to fconv_ext | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for config, name, s in opt_in_rows:
+            lines.append(f"| {config} | {name} | {s['ratio_sentences_per_s']:.2f}x | {s['ratio_vs_fconv_ext']:.2f}x | "
+                         f"{s['ms_per_sentence']:.1f} | {_number(s.get('detok_bleu'))} | "
+                         f"{_number(s.get('detok_bleu_delta'), '+.2f')} | {s['bleu_delta']:+.2f} | "
+                         f"{_percent(s.get('share_identical_to_fconv_ext'), '.1%')} | {s['peak_rss_mb']:.0f} |")
+    ensemble = [(config, e) for config, e in r["generation"].items() if "identical_hypotheses_ensemble2" in e]
+    if ensemble:
+        lines += ["", "Ensemble of 2 (`--path a.pt:b.pt`: " + " + ".join(f"`{c}`" for c in r.get("ensemble", []))
+                  + ", converted): fconv_ext's generator against fairseq's SequenceGenerator (FCONV_EXT_BEAM_SEARCH=fairseq), "
+                  "same models:", "",
+                  "| config | generator | s | SequenceGenerator s | speed-up | same hyps | detok. BLEU | peak RSS MB |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for config, e in ensemble:
+            a, b = e["fconv_ext_ensemble2_seqgen"], e["fconv_ext_ensemble2"]
+            lines.append(f"| {config} | {b['generator']} | {b['seconds']:.2f} | {a['seconds']:.2f} | "
+                         f"{b['ratio_vs_fconv_ext_ensemble2_seqgen']:.2f}x | {e['identical_hypotheses_ensemble2']} | "
+                         f"{_number(b.get('detok_bleu'))} | {b['peak_rss_mb']:.0f} |")
     half = [(config, e) for config, e in r["generation"].items() if "identical_hypotheses_fp16" in e]
     if half:
         lines += ["", "Half precision (model.half(), as fairseq-generate --fp16), fconv_ext_fp16 against fconv_fp16 "
@@ -178,7 +254,7 @@ def markdown(r):
                          f"{b['ratio_sentences_per_s']:.2f}x | {a['bleu']:.2f} / {b['bleu']:.2f} | "
                          f"{e['identical_hypotheses_fp16']} |")
     mem_head = "peak GPU MB (fconv / ext)" if gpu else "peak RSS MB (fconv / ext)"
-    lines += ["", f"Training: NAG, batches of {r.get('train_max_tokens', 4000)} tokens, the same batches and seed on both sides; "
+    lines += [] if not r["training"] else ["", f"Training: NAG, batches of {r.get('train_max_tokens', 4000)} tokens, the same batches and seed on both sides; "
               "eff. = 3 x forward FLOPs / matmul rate / time.", "", "| training | params | fconv words/s | fconv_ext words/s | ratio | fconv eff. | fconv_ext eff. | " + mem_head + " |",
               "|---|---|---|---|---|---|---|---|"]
     for preset, t in r["training"].items():
