@@ -197,7 +197,8 @@ def slice_shortlist(data_bin, tmp_path_factory):
     out = tmp_path_factory.mktemp("shortlist") / "shortlist.npz"
     log = run([sys.executable, "-m", "fconv_plugin.cli.shortlist", str(data_bin), "--source-lang", "en",
                "--target-lang", "de", "--out", str(out), "--n-best", "5", "--n-frequent", "50",
-               "--aligner-options", '{"rel_iterations": 0.2}'],
+               "--aligner-options", '{"rel_iterations": 0.2}', "--coverage", "test", "--coverage-n-best", "5",
+               "--coverage-n-frequent", "50", "--coverage-batch-size", "37"],
               cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return out, log
 
@@ -222,21 +223,29 @@ def test_command_builds_a_shortlist_that_covers_the_test_references(data_bin, sl
     assert meta["source"]["lang"] == "en" and meta["target"]["sha256"] == sl_file.dictionary_fingerprint(tgt)
     src_ds = data_utils.load_indexed_dataset(str(data_bin / "test.en-de.en"), src)
     tgt_ds = data_utils.load_indexed_dataset(str(data_bin / "test.en-de.de"), tgt)
-    n_refs = sum(len(t) for t in tgt_ds)
+    n_refs = sum(len(t) - 1 for t in tgt_ds)  # EOS not counted
     frequent_only = Shortlist.load(str(out), src, tgt, n_best=0)
     sizes, hits, frequent_hits = [], 0, 0
     for s, t in zip(src_ds, tgt_ds):
+        t = t[:-1]
         cands = sl.candidates(s[None])  # 1 x S
         sizes.append(len(cands))
         hits += int(torch.isin(t, cands).sum())
         frequent_hits += int(torch.isin(t, frequent_only.candidates(s[None])).sum())
     assert tgt.nspecial + 50 < np.mean(sizes) < 0.2 * len(tgt), (np.mean(sizes), len(tgt))
     assert hits / n_refs > 0.85 and hits > 1.5 * frequent_hits, (hits, frequent_hits, n_refs)
+    refs_no_eos = torch.cat([t[:-1] for t in tgt_ds])
     batch = torch.full((len(src_ds), max(len(s) for s in src_ds)), src.pad())
     for i, s in enumerate(src_ds):
         batch[i, batch.size(1) - len(s):] = s  # left-padded, as fairseq batches them
     batch_cands = sl.candidates(batch)
     assert max(sizes) < len(batch_cands) < 0.8 * len(tgt)
+    # --coverage printed the same numbers (one row: N 5, M 50, one batch of all 37 sentences)
+    row = next(line for line in log.splitlines() if line.startswith("| 5 | 50 |")).strip("|").split("|")
+    assert float(row[2]) == pytest.approx(np.mean(sizes), abs=0.5)
+    assert int(row[3].split()[0]) == len(batch_cands)
+    assert float(row[4]) == pytest.approx(100 * hits / n_refs, abs=0.05)
+    assert float(row[5]) == pytest.approx(100 * torch.isin(refs_no_eos, batch_cands).float().mean().item(), abs=0.05)
 
 
 @pytest.mark.slow

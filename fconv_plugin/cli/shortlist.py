@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from datetime import datetime, timezone
+from importlib.metadata import version
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -187,6 +188,60 @@ def build(src_sents, tgt_sents, src_dict, tgt_dict, n_best: int, symmetrization:
     return table, probs, target_counts, stats
 
 
+# --------------------------------------------------------------------------- what a shortlist covers
+def coverage_table(path: str, src_sents, tgt_sents, src_dict, tgt_dict, n_bests: Sequence[int],
+                   n_frequents: Sequence[int], batch_size: int = 64) -> List[Dict]:
+    """For each (n_best, n_frequent): the mean candidate-set size of a single sentence and of a batch, and
+    the share (%) of the reference target tokens (EOS excluded) inside their sentence's and their batch's
+    set.  Batches are ``batch_size`` consecutive sentences in fairseq's order (source length, then target
+    length, then index), as fairseq-generate --batch-size forms them."""
+    import torch
+
+    from fconv_plugin.shortlist import Shortlist
+
+    def padded(sents):  # len(sents) x (longest + 1), left-padded, EOS-terminated like fairseq's batches
+        out = torch.full((len(sents), max(len(x) for x in sents) + 1), src_dict.pad(), dtype=torch.long)
+        for i, x in enumerate(sents):
+            out[i, out.size(1) - len(x) - 1:] = torch.as_tensor(np.append(x, src_dict.eos()))
+        return out
+
+    order = sorted(range(len(src_sents)), key=lambda i: (len(src_sents[i]), len(tgt_sents[i]), i))
+    batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+    refs = [torch.as_tensor(np.asarray(t, dtype=np.int64)) for t in tgt_sents]
+    n_refs = sum(len(r) for r in refs)
+    rows = []
+    for n_best in n_bests:
+        for n_frequent in n_frequents:
+            sl = Shortlist.load(path, src_dict, tgt_dict, n_best=n_best, n_frequent=n_frequent)
+            sent_sizes, sent_hits = [], 0
+            for x, r in zip(src_sents, refs):
+                cands = sl.candidates(padded([x]))
+                sent_sizes.append(len(cands))
+                sent_hits += int(torch.isin(r, cands).sum())
+            batch_sizes, batch_hits = [], 0
+            for b in batches:
+                cands = sl.candidates(padded([src_sents[i] for i in b]))
+                batch_sizes.append(len(cands))
+                batch_hits += sum(int(torch.isin(refs[i], cands).sum()) for i in b)
+            rows.append({"n_best": n_best, "n_frequent": n_frequent, "sentence_size": float(np.mean(sent_sizes)),
+                         "batch_size": float(np.mean(batch_sizes)),
+                         "sentence_coverage": 100.0 * sent_hits / max(1, n_refs),
+                         "batch_coverage": 100.0 * batch_hits / max(1, n_refs)})
+    return rows
+
+
+def format_coverage(rows: List[Dict], vocab: int, batch_size: int) -> str:
+    """The coverage rows as a markdown table."""
+    lines = [f"| N (best per source token) | M (frequent) | candidates / sentence | candidates / batch of "
+             f"{batch_size} | reference tokens covered, sentence set (%) | ... batch set (%) |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['n_best']} | {r['n_frequent']} | {r['sentence_size']:.0f} | {r['batch_size']:.0f} "
+                     f"({100 * r['batch_size'] / vocab:.0f}% of {vocab}) | {r['sentence_coverage']:.1f} | "
+                     f"{r['batch_coverage']:.1f} |")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- command line
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fconv-ext-shortlist", description=__doc__.split("\n\n")[0],
@@ -210,6 +265,14 @@ def get_parser() -> argparse.ArgumentParser:
                    "'{\"model\": 3, \"n_samplers\": 3, \"rel_iterations\": 1.0}' "
                    f"(allowed: {', '.join(ALIGNER_OPTIONS)})")
     p.add_argument("--verbose-aligner", action="store_true", help="show eflomal's own progress output")
+    p.add_argument("--coverage", metavar="SUBSET", help="after building, print a markdown table of candidate-set "
+                   "sizes and of the share of SUBSET's reference target tokens they hold (e.g. test)")
+    p.add_argument("--coverage-n-best", default="10,20,50,100", help="comma-separated N values for --coverage "
+                   "(values above --n-best are skipped)")
+    p.add_argument("--coverage-n-frequent", default="100,250,500", help="comma-separated M values for --coverage")
+    p.add_argument("--coverage-batch-size", type=int, default=64, help="sentences per batch for --coverage")
+    p.add_argument("--no-build", action="store_true", help="with --coverage: report on the existing --out file "
+                   "instead of building it")
     return p
 
 
@@ -233,12 +296,9 @@ def parse_aligner_options(text: str) -> Dict:
 def main(argv=None):
     from fairseq.data import Dictionary
 
-    from fconv_plugin import __version__
-    from fconv_plugin import shortlist
-
     args = get_parser().parse_args(argv)
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO, force=True,
-                        stream=sys.stderr)
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO,
+                        stream=sys.stderr, force=True)
     if args.n_best < 1 or args.n_frequent < 0:
         raise SystemExit("fconv-ext-shortlist: --n-best must be >= 1 and --n-frequent >= 0")
     if (args.text_source is None) != (args.text_target is None):
@@ -252,6 +312,20 @@ def main(argv=None):
                              "fairseq-preprocess'd directory the model was trained on")
         dicts.append(Dictionary.load(path))
     src_dict, tgt_dict = dicts
+    if args.no_build:
+        if not args.coverage:
+            raise SystemExit("fconv-ext-shortlist: --no-build is for --coverage on an existing --out file")
+    else:
+        build_file(args, src_dict, tgt_dict, aligner_options)
+    if args.coverage:
+        report_coverage(args, src_dict, tgt_dict)
+
+
+def build_file(args, src_dict, tgt_dict, aligner_options: Dict) -> None:
+    """Read the corpus, align, write ``args.out``."""
+    from fconv_plugin import __version__
+    from fconv_plugin import shortlist
+
     start = time.time()
     try:
         if args.text_source:
@@ -267,8 +341,6 @@ def main(argv=None):
     logger.info("aligning %d sentence pairs with eflomal (%s links)", len(src_sents), args.symmetrization)
     table, probs, counts, stats = build(src_sents, tgt_sents, src_dict, tgt_dict, args.n_best,
                                         args.symmetrization, aligner_options, quiet=not args.verbose_aligner)
-    from importlib.metadata import version
-
     header = {
         "source": shortlist.dictionary_record(src_dict, args.source_lang),
         "target": shortlist.dictionary_record(tgt_dict, args.target_lang),
@@ -282,6 +354,25 @@ def main(argv=None):
     shortlist.save(args.out, table, probs, counts, header)
     logger.info("wrote %s: %d source tokens with entries, n_best %d, n_frequent %d, %.1f s in all", args.out,
                 stats["source_tokens_with_entry"], args.n_best, args.n_frequent, time.time() - start)
+
+
+def report_coverage(args, src_dict, tgt_dict) -> None:
+    """Print the --coverage table for ``args.out`` on the binarized ``args.coverage`` split."""
+    from fconv_plugin.shortlist import Shortlist, ShortlistError
+
+    try:
+        built = Shortlist.load(args.out, src_dict, tgt_dict).metadata["n_best"]
+        src_sents, tgt_sents = read_binarized(args.data_bin, args.coverage, args.source_lang, args.target_lang,
+                                              src_dict, tgt_dict)
+        n_bests = [int(v) for v in args.coverage_n_best.split(",") if int(v) <= built]
+        n_frequents = [int(v) for v in args.coverage_n_frequent.split(",")]
+        rows = coverage_table(args.out, src_sents, tgt_sents, src_dict, tgt_dict, n_bests, n_frequents,
+                              args.coverage_batch_size)
+    except (ShortlistError, FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"fconv-ext-shortlist: {e}")
+    print(f"{args.coverage} split of {args.data_bin}: {len(src_sents)} sentences, "
+          f"{sum(len(t) for t in tgt_sents)} reference tokens; shortlist {args.out}")
+    print(format_coverage(rows, len(tgt_dict), args.coverage_batch_size))
 
 
 if __name__ == "__main__":
