@@ -49,8 +49,10 @@ from ..modules import (
     MultiStepAttention,
     fold_weight_norm_,
     glu,
+    int8_engine,
     parse_attention,
     parse_layers,
+    quantize_int8_,
     scale_grad,
     source_length_scale,
 )
@@ -106,9 +108,11 @@ class FConvExtConfig(ConvSeq2SeqConfig):
     inference_dtype: str = field(
         default="float32",
         metadata={"help": "opt-in, inference only: 'bfloat16' casts the model to bfloat16 when decoding starts "
-                  "(make_generation_fast_; faster than float32 at batch 64 on CPUs with AMX, slower without AMX); log-probabilities "
-                  "and beam scores stay float32. Not exact: BLEU moves slightly (benchmarks/README.md). "
-                  "fairseq-generate: --model-overrides \"{'model': {'inference_dtype': 'bfloat16'}}\". "
+                  "(make_generation_fast_; faster than float32 at batch 64 on CPUs with AMX, slower without AMX); "
+                  "'int8' (CPUs only) quantizes every linear layer and convolution to int8 weights with activations "
+                  "quantized per product (dynamic quantization, docs/int8.md). log-probabilities "
+                  "and beam scores stay float32. Not exact: BLEU moves slightly (benchmarks/README.md, docs/int8.md). "
+                  "fairseq-generate: --model-overrides \"{'model': {'inference_dtype': 'bfloat16'}}\" (or 'int8'). "
                   "Training always runs in the checkpoint's own precision"},
     )
 
@@ -128,8 +132,9 @@ def _parse_specs(cfg) -> Tuple[List, List, List[bool]]:
     return parsed[0], parsed[1], attention
 
 
-#: --inference-dtype values; anything else is refused when the model is built
-INFERENCE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+#: --inference-dtype values; anything else is refused when the model is built ('int8': torch.qint8
+#: stands for dynamic int8 quantization, modules/int8.py)
+INFERENCE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.qint8}
 
 
 @register_model("fconv_ext", dataclass=FConvExtConfig)
@@ -211,11 +216,16 @@ class FConvExtModel(FairseqEncoderDecoderModel):
 
     def make_generation_fast_(self, **kwargs):
         """Inference only: fold weight norm into plain weights (training is disabled
-        afterwards by fairseq), cast to ``--inference-dtype``, then let fairseq apply the
+        afterwards by fairseq), cast to ``--inference-dtype`` (``int8``: quantize, see
+        :func:`~fconv_plugin.modules.int8.quantize_int8_`), then let fairseq apply the
         rest (dropout, need_attn)."""
         if not self._is_generation_fast:
             fold_weight_norm_(self)
-            if self.inference_dtype != torch.float32:
+            if self.inference_dtype == torch.qint8:
+                products = quantize_int8_(self)
+                logger.info(f"inference_dtype int8: {products} matrix products quantized to int8 "
+                            f"(dynamic quantization, torch's {int8_engine()} kernels)")
+            elif self.inference_dtype != torch.float32:
                 self.to(self.inference_dtype)
         super().make_generation_fast_(**kwargs)
 
