@@ -161,7 +161,8 @@ class Shortlist:
                     f"({len(dictionary)} symbols, sha256 {dictionary_fingerprint(dictionary)[:12]}...); rebuild "
                     f"it from the data directory the model was trained on ({BUILD_HINT})")
         table, counts = content["best_targets"], content["target_counts"]
-        built_n = int(header.get("n_best", -1))
+        built_n = header.get("n_best")
+        built_n = built_n if isinstance(built_n, int) else -1  # a bad header fails the shape check below
         if (table.ndim != 2 or table.shape != (len(src_dict), built_n) or counts.shape != (len(tgt_dict),)
                 or content["best_probs"].shape != table.shape or table.size and (
                     table.min() < -1 or table.max() >= len(tgt_dict))):
@@ -173,7 +174,7 @@ class Shortlist:
             raise ShortlistError(f"n_best={n_best} asked of shortlist {path!r}, built with n_best={built_n}: "
                                  f"use at most {built_n}, or rebuild with --n-best {n_best}")
         if n_frequent is None:
-            n_frequent = int(header.get("n_frequent", 0))
+            n_frequent = header.get("n_frequent") if isinstance(header.get("n_frequent"), int) else 0
         if n_frequent < 0:
             raise ShortlistError(f"n_frequent must be >= 0, got {n_frequent}")
         frequent = frequent_targets(counts, tgt_dict.nspecial, n_frequent)

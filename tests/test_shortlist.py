@@ -189,6 +189,38 @@ def test_bad_aligner_options_are_refused_before_aligning():
         "model": 2, "n_iterations": (1, 2, 3)}
 
 
+def test_main_on_raw_text_writes_the_header_and_the_same_best_targets(tmp_path):
+    """The command's --text-source/--text-target path, in-process on the toy corpus as text: the header
+    records dictionaries, options and corpus; each a_i's best target is x_i; a piece missing from the
+    dictionary is read as UNK (no entry)."""
+    src, tgt = toy_dictionaries()
+    src.save(str(tmp_path / "dict.en.txt"))
+    tgt.save(str(tmp_path / "dict.de.txt"))
+    src_sents, tgt_sents = toy_corpus(src, tgt)
+    for path, sents, d in ((tmp_path / "t.en", src_sents, src), (tmp_path / "t.de", tgt_sents, tgt)):
+        path.write_text("".join(" ".join(d[i] for i in s) + "\n" for s in sents))
+    with open(tmp_path / "t.en", "a") as f:
+        f.write("a1 zzz\n")
+    with open(tmp_path / "t.de", "a") as f:
+        f.write("x1 x2\n")
+    builder.main([str(tmp_path), "-s", "en", "-t", "de", "--out", str(tmp_path / "sl.npz"), "--n-best", "2",
+                  "--n-frequent", "3", "--text-source", str(tmp_path / "t.en"), "--text-target",
+                  str(tmp_path / "t.de"), "--aligner-options", '{"n_samplers": 2}'])
+    sl = Shortlist.load(str(tmp_path / "sl.npz"), src, tgt)
+    assert (sl.n_best, sl.n_frequent) == (2, 3)
+    meta = sl.metadata
+    assert meta["source"] == {"lang": "en", "size": len(src), "nspecial": 4,
+                              "sha256": sl_file.dictionary_fingerprint(src)}
+    assert meta["aligner"]["options"] == {"n_samplers": 2} and meta["stats"]["sentences"] == 301
+    assert meta["corpus"]["text_source"].endswith("t.en") and meta["format"] == "fconv-ext-shortlist"
+    with np.load(tmp_path / "sl.npz", allow_pickle=False) as npz:
+        table = npz["best_targets"]
+    assert [table[src.index(f"a{i}"), 0] for i in range(6)] == [tgt.index(f"x{i}") for i in range(6)]
+    assert (table[src.unk()] == -1).all()
+    last_source = builder.read_text(str(tmp_path / "t.en"), str(tmp_path / "t.de"), src, tgt)[0][-1].tolist()
+    assert last_source == [src.index("a1"), src.unk()]
+
+
 # --------------------------------------------------------------------------- the command on a real slice
 @pytest.fixture(scope="module")
 def slice_shortlist(data_bin, tmp_path_factory):

@@ -297,8 +297,9 @@ def main(argv=None):
     from fairseq.data import Dictionary
 
     args = get_parser().parse_args(argv)
+    # a no-op where fairseq's import already configured logging (INFO to stderr); never replaces handlers
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO,
-                        stream=sys.stderr, force=True)
+                        stream=sys.stderr)
     if args.n_best < 1 or args.n_frequent < 0:
         raise SystemExit("fconv-ext-shortlist: --n-best must be >= 1 and --n-frequent >= 0")
     if (args.text_source is None) != (args.text_target is None):
