@@ -175,9 +175,16 @@ class FConvBeamSearch(SequenceGenerator):
         models = list(self.model.models)  # one, or the members of an ensemble
         incremental_states: List[Dict[str, Dict[str, Optional[Tensor]]]] = [{} for _ in models]
         encoder_outs = self.model.forward_encoder(net_input)  # one per model
+        shortlist, reason = self._batch_shortlist(encoder_outs)  # None: the whole vocabulary
+        if reason is not None:
+            if reason not in self._batch_reasons_said:
+                self._batch_reasons_said.add(reason)
+                logger.info(f"FConvBeamSearch: batches with {reason} are decoded by fairseq's SequenceGenerator")
+            return super()._generate(sample, prefix_tokens, constraints, bos_token)
         expand = torch.arange(bsz, device=device).repeat_interleave(k)  # B*k: beams of sentence i together
         encoder_outs = self.model.reorder_encoder_out(encoder_outs, expand)
-        buffers = _StepBuffers.for_models(models, bsz * k, device)
+        buffers = _StepBuffers.for_models(models, bsz * k, device,
+                                          columns=None if shortlist is None else shortlist.numel())
 
         # row r = sentence r // k, beam r % k; column t = output position t (0: BOS)
         tokens = torch.full((bsz * k, max_len + 2), self.pad, dtype=torch.long, device=device)
@@ -202,8 +209,10 @@ class FConvBeamSearch(SequenceGenerator):
                 self.model.reorder_incremental_state(incremental_states, reorder_state)
                 encoder_outs = self.model.reorder_encoder_out(encoder_outs, reorder_state)
 
+            # R x V, or with a shortlist R x C: column c is word shortlist[c], and the specials
+            # (pad, unk, eos) keep their own index as their column
             lprobs, step_attn = self._step_lprobs(models, tokens[:, : step + 1], encoder_outs, incremental_states,
-                                                  buffers)
+                                                  buffers, shortlist)
             lprobs[:, self.pad] = -math.inf  # never select pad
             if self.unk_penalty != 0:
                 lprobs[:, self.unk] -= self.unk_penalty
@@ -218,6 +227,8 @@ class FConvBeamSearch(SequenceGenerator):
                 attn[:, :, step + 1].copy_(step_attn)
 
             cand_scores, cand_indices, cand_beams = self._candidates(lprobs, scores, step, bsz, k, n_cand)
+            if shortlist is not None:
+                cand_indices = shortlist[cand_indices]  # B x 2k: shortlist columns -> words
             cand_bbsz_idx = cand_beams + bbsz_offsets  # B x 2k: rows of the candidates
 
             # candidates among the first k that end in EOS (and are not ignored) finish a hypothesis
@@ -279,8 +290,27 @@ class FConvBeamSearch(SequenceGenerator):
                 finalized[sent] = [finalized[sent][i] for i in order.tolist()]
         return finalized
 
+    def _batch_shortlist(self, encoder_outs: List) -> Tuple[Optional[Tensor], Optional[str]]:
+        """The words this batch is searched over: ``(None, None)`` for the whole vocabulary, or the
+        batch's vocabulary shortlist (``C`` sorted word ids from the encoder output, see
+        ``FConvExtDecoder.output_layer``); the search then runs over ``C`` columns, not ``V``.
+        The second element, if not None, is why the batch goes to fairseq's generator instead
+        (which decodes a shortlist as ``-inf`` logits outside it)."""
+        lists = [out.get("shortlist") if isinstance(out, dict) else None for out in encoder_outs]
+        if all(words is None for words in lists):
+            return None, None
+        words = lists[0]
+        if any(other is None or not torch.equal(other, words) for other in lists[1:]):
+            return None, "an ensemble whose models have different vocabulary shortlists"
+        specials = max(self.eos, self.pad, self.unk) + 1
+        if words.numel() < specials or not torch.equal(words[:specials], torch.arange(specials, device=words.device)):
+            return None, "a vocabulary shortlist without the special symbols first"
+        if words.numel() - 1 < 2 * self.beam_size:
+            return None, "a vocabulary shortlist smaller than 2 * beam + 1"
+        return words, None
+
     def _step_lprobs(self, models: Sequence, tokens: Tensor, encoder_outs: List, incremental_states: List,
-                     buffers: "_StepBuffers") -> Tuple[Tensor, Optional[Tensor]]:
+                     buffers: "_StepBuffers", shortlist: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
         """Log-probabilities of the next token for all models together (R x V, R = rows of
         ``tokens``) and their attention (R x S or None): what fairseq's
         ``EnsembleModel.forward_decoder`` returns, with the same arithmetic.
@@ -288,13 +318,15 @@ class FConvBeamSearch(SequenceGenerator):
         One model: its own log-probabilities.  An ensemble: ``logsumexp`` over the models'
         log-probabilities stacked in model order, minus ``log(n)`` (the log of the mean
         probability); the attention of the models that return one, summed in model order
-        and divided by ``n``."""
+        and divided by ``n``.  With a ``shortlist``: the same over its ``C`` columns."""
         if len(models) == 1:
-            return self._next_token_lprobs(models[0], tokens, encoder_outs[0], incremental_states[0], buffers)
+            return self._next_token_lprobs(models[0], tokens, encoder_outs[0], incremental_states[0], buffers,
+                                           shortlist=shortlist)
         log_probs: List[Tensor] = []
         avg_attn: Optional[Tensor] = None
         for i, model in enumerate(models):
-            lprobs, attn = self._next_token_lprobs(model, tokens, encoder_outs[i], incremental_states[i], buffers, i)
+            lprobs, attn = self._next_token_lprobs(model, tokens, encoder_outs[i], incremental_states[i], buffers, i,
+                                                   shortlist)
             log_probs.append(lprobs)
             if attn is not None:  # fairseq: the first model's attention, then add_ the others'
                 avg_attn = attn.clone() if avg_attn is None else avg_attn.add_(attn)
@@ -303,18 +335,22 @@ class FConvBeamSearch(SequenceGenerator):
         return buffers.ensemble_log_probs(log_probs), avg_attn
 
     def _next_token_lprobs(self, model, tokens: Tensor, encoder_out, incremental_state,
-                           buffers: "_StepBuffers", index: int = 0) -> Tuple[Tensor, Optional[Tensor]]:
+                           buffers: "_StepBuffers", index: int = 0,
+                           shortlist: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
         """Log-probabilities of the next token (R x V, R = rows of ``tokens``) and the attention
         (R x S or None), the numbers fairseq's EnsembleModel.forward_decoder computes for one model
-        (``index``: the model's place in the ensemble, where its log-probabilities are kept)."""
+        (``index``: the model's place in the ensemble, where its log-probabilities are kept).
+        With a ``shortlist`` (C words): R x C, the log-softmax over those words only, which is
+        what the ``-inf`` logits outside them give over the whole vocabulary."""
         rows = tokens.size(0)
         logits_out = buffers.logits(rows)  # None: the decoder's forward allocates the logits
-        if logits_out is None:
+        if logits_out is None and shortlist is None:
             decoder_out = model.decoder(tokens, encoder_out=encoder_out, incremental_state=incremental_state)
-        else:  # forward's two halves, the logits written into the buffer (FConvExtDecoder.output_layer)
+        else:  # forward's two halves (FConvExtDecoder.output_layer): logits into the buffer, over the shortlist
             features, step_attn = model.decoder.extract_features(tokens, encoder_out, incremental_state)
-            decoder_out = (model.decoder.output_layer(features, out=logits_out), step_attn)
-        logits = decoder_out[0][:, -1:, :]  # R x 1 x V
+            logits = model.decoder.output_layer(features, out=logits_out, shortlist=shortlist, expand=False)
+            decoder_out = (logits, step_attn)
+        logits = decoder_out[0][:, -1:, :]  # R x 1 x V (or C)
         if self.temperature != 1.0:  # x / 1.0 == x: fairseq's division by 1 changes nothing
             logits = logits.div_(self.temperature)
         extra = decoder_out[1] if len(decoder_out) > 1 else None
@@ -398,14 +434,17 @@ class _StepBuffers:
             self._average = torch.empty(rows, vocab, device=device) if models > 1 else None
 
     @classmethod
-    def for_models(cls, models: Sequence, rows: int, device: torch.device) -> "_StepBuffers":
+    def for_models(cls, models: Sequence, rows: int, device: torch.device,
+                   columns: Optional[int] = None) -> "_StepBuffers":
+        """Buffers for these models' decoding on ``device``; ``columns``: the words a step scores
+        (a vocabulary shortlist's size; default: the whole vocabulary)."""
         fc3s = [getattr(model.decoder, "fc3", None) for model in models]
         enabled = device.type == "cpu" and all(
             isinstance(fc3, torch.nn.Linear) and fc3.bias is not None and fc3.weight.dtype == torch.float32
             and getattr(model.decoder, "adaptive_softmax", None) is None
             for model, fc3 in zip(models, fc3s))
         enabled = enabled and len({fc3.out_features for fc3 in fc3s}) == 1
-        return cls(rows, fc3s[0].out_features if enabled else 0, len(models), device, enabled)
+        return cls(rows, (columns or fc3s[0].out_features) if enabled else 0, len(models), device, enabled)
 
     def logits(self, rows: int) -> Optional[Tensor]:
         return self._logits[:rows] if self.enabled else None

@@ -18,6 +18,7 @@ length, ``C`` conv channels, ``E`` embedding dim, ``V`` vocabulary.
 """
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -116,6 +117,16 @@ class FConvExtConfig(ConvSeq2SeqConfig):
                   "Training always runs in the checkpoint's own precision"},
     )
 
+    shortlist: Optional[str] = field(
+        default=None,
+        metadata={"help": "opt-in, inference only: a vocabulary shortlist file written by fconv-ext-shortlist "
+                  "(docs/shortlists.md). Each batch is decoded over the union of its sentences' shortlists "
+                  "(every source token's most likely translations + the most frequent target words + "
+                  "specials) instead of the whole target vocabulary. Not exact: BLEU moves slightly "
+                  "(benchmarks/README.md). fairseq-generate: --model-overrides "
+                  "\"{'model': {'shortlist': 'FILE'}}\" (or --task fconv_translation --shortlist-file FILE)"},
+    )
+
 
 def _parse_specs(cfg) -> Tuple[List, List, List[bool]]:
     """Parse the three spec strings of ``cfg``, naming the option that is wrong."""
@@ -142,6 +153,7 @@ class FConvExtModel(FairseqEncoderDecoderModel):
     """Convolutional encoder-decoder with multi-step attention (ConvS2S)."""
 
     inference_dtype = torch.float32  # set from the config by build_model
+    shortlist = None  # a fconv_plugin.shortlist.Shortlist: load_shortlist()
 
     def __init__(self, encoder: "FConvExtEncoder", decoder: "FConvExtDecoder"):
         super().__init__(encoder, decoder)
@@ -211,8 +223,21 @@ class FConvExtModel(FairseqEncoderDecoderModel):
             gate=gate,
         )
         model = cls(encoder, decoder)
+        if getattr(cfg, "shortlist", None):
+            model.load_shortlist(cfg.shortlist, task.source_dictionary, task.target_dictionary)
         model.inference_dtype = INFERENCE_DTYPES[getattr(cfg, "inference_dtype", None) or "float32"]
         return model
+
+    def load_shortlist(self, path: str, src_dict, tgt_dict) -> None:
+        """Decode with the vocabulary shortlist in ``path`` (checked against the model's
+        dictionaries now; used once decoding starts, see :meth:`make_generation_fast_`)."""
+        from ..shortlist import Shortlist
+
+        self.shortlist = Shortlist.load(path, src_dict, tgt_dict)
+        logger.info(f"vocabulary shortlist {path} (best {self.shortlist.n_best} translations per source word, "
+                    f"{self.shortlist.n_frequent} most frequent words): used for decoding only")
+        if self._is_generation_fast:
+            self.encoder.shortlist = self.shortlist
 
     def make_generation_fast_(self, **kwargs):
         """Inference only: fold weight norm into plain weights (training is disabled
@@ -228,6 +253,7 @@ class FConvExtModel(FairseqEncoderDecoderModel):
             elif self.inference_dtype != torch.float32:
                 self.to(self.inference_dtype)
         super().make_generation_fast_(**kwargs)
+        self.encoder.shortlist = self.shortlist  # the encoder output carries each batch's candidates
 
 
 class FConvExtEncoder(FairseqEncoder):
@@ -247,6 +273,7 @@ class FConvExtEncoder(FairseqEncoder):
         self.dropout_module = FairseqDropout(dropout, module_name=self.__class__.__name__)
         self.padding_idx = dictionary.pad()
         self.grad_scale = 1.0  # set by FConvExtModel to 1 / (2 * attention layers)
+        self.shortlist = None  # set by FConvExtModel.make_generation_fast_ when decoding with a shortlist
 
         self.embed_tokens = Embedding(len(dictionary), embed_dim, self.padding_idx)
         if embed_dict:
@@ -279,7 +306,10 @@ class FConvExtEncoder(FairseqEncoder):
             x = x.masked_fill(padding_mask.unsqueeze(-1), 0)
         x = scale_grad(x, self.grad_scale)  # backward only: gradient * 1/(2N)
         y = (x + input_embedding) * SQRT_HALF  # values: z + e
-        return {"encoder_out": (x, y), "encoder_padding_mask": padding_mask}
+        out = {"encoder_out": (x, y), "encoder_padding_mask": padding_mask}
+        if self.shortlist is not None:  # decoding with a vocabulary shortlist: the batch's candidates
+            out["shortlist"] = self.shortlist.candidates(src_tokens)  # C target ids, sorted, specials first
+        return out
 
     def after_conv(self, padding_mask: Optional[Tensor]) -> Optional[AfterConv]:
         """What follows each conv block's gate: nothing in ConvS2S's encoder; the
@@ -310,15 +340,23 @@ class FConvExtEncoder(FairseqEncoder):
             if picked.numel() != sentences or not torch.equal(picked, torch.arange(sentences, device=picked.device)):
                 keys, values = keys.index_select(0, picked), values.index_select(0, picked)
                 mask = None if mask is None else mask.index_select(0, picked)
-            return {"encoder_out": (keys, values), "encoder_padding_mask": mask, "beams": k}
+            return {"encoder_out": (keys, values), "encoder_padding_mask": mask, "beams": k,
+                    **_batch_candidates(encoder_out)}
         return {
             "encoder_out": (keys.index_select(0, sentence), values.index_select(0, sentence)),
             "encoder_padding_mask": None if mask is None else mask.index_select(0, sentence),
             "beams": 1,
+            **_batch_candidates(encoder_out),
         }
 
     def max_positions(self) -> int:
         return self.embed_positions.max_positions
+
+
+def _batch_candidates(encoder_out) -> Dict[str, Tensor]:
+    """The shortlist entry of an encoder output, if any: one candidate set for the whole batch
+    (the union over its sentences), so it stays as it is when rows are reordered or dropped."""
+    return {"shortlist": encoder_out["shortlist"]} if "shortlist" in encoder_out else {}
 
 
 class FConvExtDecoder(ConvDecoder):
@@ -366,7 +404,8 @@ class FConvExtDecoder(ConvDecoder):
         layers (B x T x S; only in eval mode with ``need_attn``).  With
         ``incremental_state``, only the last position is computed (T = 1)."""
         x, avg_attn = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
-        return self.output_layer(x), avg_attn
+        shortlist = encoder_out.get("shortlist") if encoder_out is not None else None
+        return self.output_layer(x, shortlist=shortlist), avg_attn
 
     def extract_features(
         self,
@@ -402,17 +441,53 @@ class FConvExtDecoder(ConvDecoder):
         x = self.fc2(x)  # B x T x out_embed_dim
         return self.dropout_module(x), average.value
 
-    def output_layer(self, features: Tensor, out: Optional[Tensor] = None, **unused) -> Tensor:
+    def output_layer(self, features: Tensor, out: Optional[Tensor] = None, shortlist: Optional[Tensor] = None,
+                     expand: bool = True, **unused) -> Tensor:
         """The logits ``fc3(features)`` (B x T x V).
 
-        ``out`` (optional, contiguous ``B*T x V``): a buffer to write them into, the same
-        numbers (one ``addmm``, what ``F.linear`` computes for a 3-D input).  This is the one
-        thing :class:`~fconv_plugin.beam_search.FConvBeamSearch` asks of a decoder beyond
+        ``out`` (optional, contiguous ``B*T x V``, float32 ``fc3`` only): a buffer to write them
+        into, the same numbers (one ``addmm``, what ``F.linear`` computes for a 3-D input).  This
+        is what :class:`~fconv_plugin.beam_search.FConvBeamSearch` asks of a decoder beyond
         fairseq's interface: it passes a buffer that lives for the whole search, because on a
         CPU a fresh ``B*T x V`` tensor per step costs page faults (addmm at 320 x 8192, one
-        thread: 11.2 ms into a fresh tensor, 9.3 ms into a kept one)."""
+        thread: 11.2 ms into a fresh tensor, 9.3 ms into a kept one).
+
+        ``shortlist`` (optional, the sorted ``C`` target ids of the batch's vocabulary
+        shortlist, from the encoder output): only those ``C`` rows of ``fc3`` are computed.
+        With ``expand`` (the default) the result is still ``B x T x V``, ``-inf`` outside the
+        shortlist, which is what fairseq's generators and ``get_normalized_probs`` expect;
+        without it the result is ``B x T x C`` (column ``c`` is token ``shortlist[c]``; ``out``
+        is then ``B*T x C``), which FConvBeamSearch searches directly."""
+        fc3 = self.fc3 if shortlist is None else self._shortlist_rows(shortlist)
         if out is None:
-            return self.fc3(features)  # B x T x V
-        rows, steps, _ = features.shape
-        torch.addmm(self.fc3.bias, features.reshape(rows * steps, -1), self.fc3.weight.t(), out=out)  # B*T x V
-        return out.view(rows, steps, -1)  # B x T x V
+            logits = fc3(features)  # B x T x V (or C)
+        else:
+            rows, steps, _ = features.shape
+            torch.addmm(fc3.bias, features.reshape(rows * steps, -1), fc3.weight.t(), out=out)  # B*T x V (or C)
+            logits = out.view(rows, steps, -1)  # B x T x V (or C)
+        if shortlist is None or not expand:
+            return logits
+        full = logits.new_full((*logits.shape[:-1], len(self.dictionary)), -math.inf)  # B x T x V
+        return full.index_copy_(-1, shortlist, logits)
+
+    def _shortlist_rows(self, shortlist: Tensor) -> nn.Module:
+        """``fc3`` restricted to the rows in ``shortlist``: made once per batch (the same tensor
+        object comes back at every step), by ``fc3.select_rows`` where ``fc3`` has one (int8)."""
+        cached = self.__dict__.get("_shortlist_cache")
+        if cached is None or cached[0] is not shortlist:
+            select_rows = getattr(self.fc3, "select_rows", None)
+            rows = select_rows(shortlist) if select_rows is not None else _LinearRows(self.fc3, shortlist)
+            self.__dict__["_shortlist_cache"] = cached = (shortlist, rows)
+        return cached[1]
+
+
+class _LinearRows(nn.Module):
+    """The rows ``index`` of a linear layer: ``x @ W[index].T + b[index]`` (a copy of those rows)."""
+
+    def __init__(self, linear: nn.Linear, index: Tensor):
+        super().__init__()
+        self.weight = linear.weight.detach().index_select(0, index)  # C x in
+        self.bias = linear.bias.detach().index_select(0, index)  # C
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.nn.functional.linear(x, self.weight, self.bias)

@@ -59,6 +59,14 @@ class FConvTranslationConfig(TranslationConfig):
     )
 
 
+    shortlist_file: Optional[str] = field(
+        default=None,
+        metadata={"help": "decode fconv_ext models with this vocabulary shortlist (fconv-ext-shortlist; "
+                  "docs/shortlists.md); the same as --model-overrides \"{'model': {'shortlist': 'FILE'}}\". "
+                  "Inference only: training and validation loss never use it"},
+    )
+
+
 def _too_long_message(split, dataset, index, max_positions) -> str:
     return (
         f"the {split} split has an example (#{index}) of {tuple(int(n) for n in dataset.size(index))} (source, target) tokens, "
@@ -82,6 +90,11 @@ class FConvTranslationTask(TranslationTask):
     # -- validation BLEU ------------------------------------------------------------
     def build_model(self, cfg, from_checkpoint=False):
         model = super(TranslationTask, self).build_model(cfg, from_checkpoint)
+        if self.cfg.shortlist_file:
+            if not hasattr(model, "load_shortlist"):
+                raise ValueError(f"--shortlist-file: {type(model).__name__} cannot decode with a vocabulary "
+                                 "shortlist; only fconv_ext translation models can (drop --shortlist-file)")
+            model.load_shortlist(self.cfg.shortlist_file, self.src_dict, self.tgt_dict)
         self._model_max_positions = model.max_positions()
         for split in list(self.datasets):
             self._check_split_fits(split)

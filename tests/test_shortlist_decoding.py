@@ -1,0 +1,205 @@
+"""Decoding with a vocabulary shortlist (opt-in): the decoder scores only the batch's candidate
+target words, fairseq's generators and FConvBeamSearch give the hypotheses of a model that can only
+say those words, and every way of selecting it (model override, task flag, hub) works.
+
+The shortlist file format and builder are tested in test_shortlist.py."""
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from fairseq.sequence_generator import SequenceGenerator
+
+from conftest import BIN, N_TEST, generate, hypotheses, make_dictionary, random_batch, run
+from fconv_plugin.beam_search import FConvBeamSearch
+from fconv_plugin.models import build_model_from_config
+from fconv_plugin.shortlist import Shortlist, dictionary_record, save
+
+SMALL = {
+    "_name": "fconv_ext",
+    "encoder_embed_dim": 16, "decoder_embed_dim": 16, "decoder_out_embed_dim": 16, "dropout": 0.1,
+    "encoder_layers": "[(16, 3)] * 2", "decoder_layers": "[(16, 3)] * 2", "decoder_attention": "True",
+    "share_input_output_embed": False, "max_source_positions": 64, "max_target_positions": 64,
+}
+VOCAB = 300
+
+
+def write_shortlist(path, src_dict, tgt_dict, n_best=4, n_frequent=20, seed=0):
+    """A shortlist file with random translation tables (what matters here is which words it allows)."""
+    rng = np.random.default_rng(seed)
+    table = rng.integers(tgt_dict.nspecial, len(tgt_dict), size=(len(src_dict), n_best))
+    table[: src_dict.nspecial] = -1  # specials translate to nothing
+    counts = rng.integers(1, 1000, size=len(tgt_dict))
+    header = {"source": dictionary_record(src_dict, "en"), "target": dictionary_record(tgt_dict, "de"),
+              "n_best": n_best, "n_frequent": n_frequent}
+    save(str(path), table, np.ones(table.shape), counts, header)
+    return path
+
+
+def shortlisted_model(tmp_path, seed=0, need_attn=True, **shortlist_options):
+    """A random fconv_ext model decoding with a random shortlist, and its dictionaries."""
+    torch.manual_seed(seed)
+    src_dict, tgt_dict = make_dictionary(VOCAB), make_dictionary(VOCAB)
+    model = build_model_from_config(SMALL, src_dict, tgt_dict)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        model.decoder.fc3.bias[tgt_dict.eos()] += 3.0  # hypotheses of different lengths
+    path = write_shortlist(tmp_path / "shortlist.npz", src_dict, tgt_dict, **shortlist_options)
+    model.load_shortlist(str(path), src_dict, tgt_dict)
+    model.eval().make_generation_fast_(need_attn=need_attn)
+    return model, src_dict, tgt_dict
+
+
+def restricted_copy(model, allowed):
+    """The same model without a shortlist whose vocabulary projection can only produce ``allowed``:
+    the reference a shortlist must reproduce (bias -inf on every other word)."""
+    reference = copy.deepcopy(model)
+    reference.shortlist = reference.encoder.shortlist = None
+    with torch.no_grad():
+        banned = torch.ones(reference.decoder.fc3.out_features, dtype=torch.bool)
+        banned[allowed] = False
+        reference.decoder.fc3.bias[banned] = -math.inf
+    return reference
+
+
+def sample_for(src_dict, lengths=(7, 3, 9, 5, 1, 8)):
+    src = random_batch(src_dict, list(lengths), seed=3)
+    return {"net_input": {"src_tokens": src, "src_lengths": torch.tensor(lengths)}, "id": torch.arange(len(lengths))}
+
+
+def test_candidates_travel_with_the_encoder_output_and_survive_reordering(tmp_path):
+    model, src_dict, _ = shortlisted_model(tmp_path)
+    src = random_batch(src_dict, [7, 3, 9])
+    with torch.no_grad():
+        enc = model.encoder(src)
+    assert torch.equal(enc["shortlist"], model.shortlist.candidates(src))
+    reordered = model.encoder.reorder_encoder_out(enc, torch.tensor([2, 2, 0, 0]))
+    assert reordered["shortlist"] is enc["shortlist"]  # one set per batch: the projection is built once
+
+
+def test_training_never_sees_the_shortlist(tmp_path):
+    torch.manual_seed(0)
+    src_dict, tgt_dict = make_dictionary(VOCAB), make_dictionary(VOCAB)
+    model = build_model_from_config(SMALL, src_dict, tgt_dict)
+    model.load_shortlist(str(write_shortlist(tmp_path / "s.npz", src_dict, tgt_dict)), src_dict, tgt_dict)
+    for mode in (model.train(), model.eval()):  # validation loss (eval, not generation-fast) too
+        out = mode.encoder(random_batch(src_dict, [5, 2]))
+        assert "shortlist" not in out
+
+
+def test_output_layer_scores_the_shortlist_rows_only(tmp_path):
+    model, src_dict, tgt_dict = shortlisted_model(tmp_path)
+    src = random_batch(src_dict, [7, 3, 9])
+    prev = random_batch(tgt_dict, [5, 5, 5], seed=4, left_pad=False)
+    with torch.no_grad():
+        enc = model.encoder(src)
+        rows = enc["shortlist"]
+        features, _ = model.decoder.extract_features(prev, enc)
+        full = model.decoder.output_layer(features)  # B x T x V, no shortlist
+        expanded = model.decoder.output_layer(features, shortlist=rows)  # B x T x V, -inf outside
+        compact = model.decoder.output_layer(features, shortlist=rows, expand=False)  # B x T x C
+        logits, _ = model.decoder(prev, enc)  # forward: the shortlist from the encoder output
+    assert compact.shape == (*full.shape[:2], rows.numel()) and rows.numel() < len(tgt_dict)
+    torch.testing.assert_close(compact, full[..., rows], rtol=1e-5, atol=1e-5)
+    outside = torch.ones(len(tgt_dict), dtype=torch.bool)
+    outside[rows] = False
+    assert torch.isneginf(expanded[..., outside]).all()
+    assert torch.equal(expanded[..., rows], compact)
+    assert torch.equal(logits, expanded)
+
+
+@pytest.mark.parametrize("beam,nbest", [(1, 1), (5, 3)])
+def test_fairseq_generator_with_a_shortlist_equals_a_model_restricted_to_it(tmp_path, beam, nbest):
+    model, src_dict, tgt_dict = shortlisted_model(tmp_path)
+    sample = sample_for(src_dict)
+    allowed = model.shortlist.candidates(sample["net_input"]["src_tokens"])
+    reference = restricted_copy(model, allowed)
+    with torch.no_grad():
+        got = SequenceGenerator([model], tgt_dict, beam_size=beam).generate([model], sample)
+        want = SequenceGenerator([reference], tgt_dict, beam_size=beam).generate([reference], sample)
+    for nbest_got, nbest_want in zip(got, want):
+        for a, b in zip(nbest_got[:nbest], nbest_want[:nbest]):
+            assert torch.equal(a["tokens"], b["tokens"])
+            assert torch.isin(a["tokens"], allowed).all()
+            torch.testing.assert_close(a["positional_scores"], b["positional_scores"], rtol=1e-5, atol=1e-5)
+
+
+def test_a_shortlist_of_the_whole_vocabulary_changes_nothing(tmp_path):
+    model, src_dict, tgt_dict = shortlisted_model(tmp_path, n_frequent=VOCAB)
+    exact = copy.deepcopy(model)
+    exact.shortlist = exact.encoder.shortlist = None
+    sample = sample_for(src_dict)
+    assert model.shortlist.candidates(sample["net_input"]["src_tokens"]).numel() == VOCAB
+    for cls in (SequenceGenerator, FConvBeamSearch):
+        with torch.no_grad():
+            got = cls([model], tgt_dict, beam_size=5).generate([model], sample)
+            want = cls([exact], tgt_dict, beam_size=5).generate([exact], sample)
+        for a, b in zip(got, want):
+            assert [h["tokens"].tolist() for h in a] == [h["tokens"].tolist() for h in b]
+
+
+def test_a_shortlist_for_other_dictionaries_is_refused_when_the_model_is_built(tmp_path):
+    src_dict, tgt_dict = make_dictionary(VOCAB), make_dictionary(VOCAB)
+    other = make_dictionary(VOCAB + 1)
+    path = write_shortlist(tmp_path / "other.npz", src_dict, other)
+    with pytest.raises(ValueError, match="built for another target dictionary"):
+        build_model_from_config(dict(SMALL, shortlist=str(path)), src_dict, tgt_dict)
+
+
+@pytest.mark.parametrize("beam,nbest,align", [(1, 1, False), (5, 3, False), (4, 2, True)])
+def test_fconv_beam_search_over_the_shortlist_equals_fairseqs_generator(tmp_path, beam, nbest, align):
+    """FConvBeamSearch searches the C shortlisted words directly (R x C log-probabilities) and maps
+    them back; fairseq's generator searches R x V with -inf outside.  Same hypotheses; scores equal
+    up to the order of summation inside the log-softmax."""
+    from fairseq.sequence_generator import SequenceGeneratorWithAlignment
+    from fconv_plugin.beam_search import FConvBeamSearchWithAlignment
+
+    model, src_dict, tgt_dict = shortlisted_model(tmp_path)
+    sample = sample_for(src_dict)
+    allowed = model.shortlist.candidates(sample["net_input"]["src_tokens"])
+    classes = (SequenceGeneratorWithAlignment, FConvBeamSearchWithAlignment) if align else (SequenceGenerator, FConvBeamSearch)
+    extra = {"print_alignment": "hard"} if align else {}
+    with torch.no_grad():
+        want, got = (cls([model], tgt_dict, beam_size=beam, **extra).generate([model], sample) for cls in classes)
+    for nbest_got, nbest_want in zip(got, want):
+        assert len(nbest_got) == len(nbest_want)
+        for a, b in zip(nbest_got[:nbest], nbest_want[:nbest]):
+            assert torch.equal(a["tokens"], b["tokens"])
+            assert torch.isin(a["tokens"], allowed).all()
+            torch.testing.assert_close(a["positional_scores"], b["positional_scores"], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(a["attention"], b["attention"])
+            if align:
+                assert a["alignment"] == b["alignment"]
+
+
+def test_fast_path_over_the_shortlist_is_taken(tmp_path, monkeypatch):
+    """The R x C path really runs: the decoder is asked for compact logits (not the R x V ones)."""
+    model, src_dict, tgt_dict = shortlisted_model(tmp_path)
+    calls = []
+    original = model.decoder.output_layer
+
+    def spy(features, out=None, shortlist=None, expand=True, **kw):
+        calls.append((shortlist is not None, expand))
+        return original(features, out=out, shortlist=shortlist, expand=expand, **kw)
+
+    monkeypatch.setattr(model.decoder, "output_layer", spy)
+    with torch.no_grad():
+        FConvBeamSearch([model], tgt_dict, beam_size=5).generate([model], sample_for(src_dict))
+    assert calls and all(c == (True, False) for c in calls)
+
+
+def test_ensemble_with_one_shortlist_equals_fairseqs_generator(tmp_path):
+    first, src_dict, tgt_dict = shortlisted_model(tmp_path, seed=0)
+    second, _, _ = shortlisted_model(tmp_path, seed=1)  # same dictionaries and shortlist, other weights
+    sample = sample_for(src_dict)
+    models = [first, second]
+    with torch.no_grad():
+        want = SequenceGenerator(models, tgt_dict, beam_size=4).generate(models, sample)
+        got = FConvBeamSearch(models, tgt_dict, beam_size=4).generate(models, sample)
+    for a, b in zip(got, want):
+        assert [h["tokens"].tolist() for h in a] == [h["tokens"].tolist() for h in b]
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x["positional_scores"], y["positional_scores"], rtol=1e-5, atol=1e-5)
