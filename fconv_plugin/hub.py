@@ -19,6 +19,11 @@ says how to load a manually downloaded archive.  ``from_pretrained`` also takes 
 archive file (converted beside it, into ``<archive>.fconv_ext``), or a directory (one of
 fairseq's checkpoints converted into ``<directory>.fconv_ext``; one of this plugin's used as
 it is).
+
+The models import this module for their ``hub_models`` / ``from_pretrained``, and models never
+depend on the converters (tests/test_imports.py): :mod:`fconv_plugin.convert` registers the
+directory conversion here (:func:`register_directory_converter`), as it registers its checkpoint
+converter with the models (:mod:`fconv_plugin.models.foreign`).
 """
 
 import copy
@@ -27,7 +32,7 @@ import os
 import shutil
 import tarfile
 import tempfile
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from urllib.parse import urlparse
 
 from .checkpoint import CheckpointError, load_checkpoint_file
@@ -73,6 +78,32 @@ FCONV_SELF_ATT_MODELS: Dict[str, Any] = {
 CONVERSION_KEYS = ("pretrained", "pretrained_checkpoint")
 #: where the converted models go, inside fairseq's download cache
 CONVERTED_SUBDIR = "fconv_ext"
+#: written last into a converted directory: it is complete exactly when this file is there
+COMPLETE = "fconv_ext_converted.txt"
+
+#: (model directory, new output directory, pretrained checkpoint name or None) -> None; raises
+#: ValueError (ConversionError) for a model it cannot convert.  Set by fconv_plugin.convert.
+_convert_directory: Optional[Callable[[str, str, Optional[str]], Any]] = None
+#: a loaded checkpoint -> whether it is one of fairseq's that the converter converts
+_is_foreign: Optional[Callable[[Mapping[str, Any]], bool]] = None
+
+
+def register_directory_converter(convert: Callable[[str, str, Optional[str]], Any],
+                                 is_foreign: Callable[[Mapping[str, Any]], bool]) -> None:
+    """Let :func:`from_pretrained` convert model directories (fconv_plugin.convert calls this)."""
+    global _convert_directory, _is_foreign
+    _convert_directory, _is_foreign = convert, is_foreign
+
+
+def is_converted_directory(path: str) -> bool:
+    """Whether ``path`` is a complete converted model directory."""
+    return os.path.isfile(os.path.join(path, COMPLETE))
+
+
+def _converter() -> Callable[[str, str, Optional[str]], Any]:
+    if _convert_directory is None:
+        raise PublishedModelError("the converters are not registered: import fconv_plugin (not only its models)")
+    return _convert_directory
 
 
 class PublishedModelError(RuntimeError):
@@ -157,16 +188,13 @@ def _delete_download(path: str) -> None:
 def _convert_archive(archive: str, out: str, pretrained_checkpoint: Optional[str], url: Optional[str]) -> None:
     """Extract ``archive`` next to ``out`` and convert it into ``out``.  A downloaded
     (``url``) archive that cannot be used is deleted."""
-    from .convert import ConversionError
-    from .convert.archive import convert_directory
-
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
     work = tempfile.mkdtemp(prefix=os.path.basename(out) + ".extracting-", dir=parent)
     try:
         model_dir = extract_archive(archive, os.path.join(work, "x"))
         logger.info(f"converting {archive} (extracted in {model_dir}) into {out}")
-        convert_directory(model_dir, out, pretrained_checkpoint)
+        _converter()(model_dir, out, pretrained_checkpoint)
     except (PublishedModelError, CheckpointError) as err:
         if url is None:
             raise PublishedModelError(f"{err}. Use an intact copy of the archive") from None
@@ -175,7 +203,7 @@ def _convert_archive(archive: str, out: str, pretrained_checkpoint: Optional[str
             f"the download of {url} is unusable: {err}. The file has been deleted: load again to download it "
             f"again. {_manual_hint(url)}"
         ) from None
-    except ConversionError as err:
+    except ValueError as err:  # ConversionError: a model the converter does not take
         raise PublishedModelError(f"cannot convert {archive!r}: {err}") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -183,12 +211,11 @@ def _convert_archive(archive: str, out: str, pretrained_checkpoint: Optional[str
 
 def _needs_conversion(directory: str, checkpoint_file: str) -> bool:
     """Whether a checkpoint of ``directory`` named in ``checkpoint_file`` is fairseq's own."""
-    from .convert.common import checkpoint_arch
-    from .convert.dispatch import CONVERTERS
-
+    if _is_foreign is None:
+        _converter()  # says what is missing
     for name in checkpoint_file.split(os.pathsep):
         path = os.path.join(directory, name)
-        if os.path.isfile(path) and checkpoint_arch(load_checkpoint_file(path)) in CONVERTERS:
+        if os.path.isfile(path) and _is_foreign(load_checkpoint_file(path)):
             return True
     return False
 
@@ -228,8 +255,6 @@ def resolve(model_name_or_path: str, checkpoint_file: str, archive_map: Dict[str
         names = ", ".join(sorted(k for k, v in archive_map.items() if isinstance(v, dict)))
         raise PublishedModelError(f"{model_name_or_path!r} is neither a published model ({names}) nor an existing file or directory")
 
-    from .convert.archive import is_converted_directory
-
     if is_converted_directory(out):
         logger.info(f"using the converted model in {out}")
     elif archive is None:
@@ -242,14 +267,11 @@ def resolve(model_name_or_path: str, checkpoint_file: str, archive_map: Dict[str
 
 
 def _convert_local_directory(source: str, out: str, pretrained: Optional[str]) -> None:
-    from .convert import ConversionError
-    from .convert.archive import convert_directory
-
     if os.path.exists(out):
         raise PublishedModelError(f"{out!r} exists but is not a complete conversion of {source!r}: remove it and load again")
     try:
-        convert_directory(source, out, pretrained)
-    except ConversionError as err:
+        _converter()(source, out, pretrained)
+    except ValueError as err:  # ConversionError
         raise PublishedModelError(f"cannot convert {source!r}: {err}") from None
 
 

@@ -164,7 +164,7 @@ def test_published_name_converts_once_and_translates_like_fairseq(wmt_archive, t
     assert len(counting_conversions) == 1 and fake.calls == [WMT_URL]
     converted = tmp_path / hub.CONVERTED_SUBDIR / "wmt14.v2.en-fr.fconv-py.tar.bz2.etag"
     assert sorted(os.listdir(converted)) == sorted(["model.pt", "dict.en.txt", "dict.fr.txt", "bpecodes",
-                                                    archive_mod.COMPLETE])
+                                                    hub.COMPLETE])
     assert sorted(os.listdir(tmp_path / hub.CONVERTED_SUBDIR)) == [converted.name]  # the extraction is gone
     state = torch.load(converted / "model.pt", weights_only=True)  # plain data: no allow-listing needed
     assert state["cfg"]["model"]["_name"] == "fconv_ext" and state["cfg"]["model"]["max_source_positions"] == 62
@@ -362,7 +362,7 @@ def test_local_archive_file_loads(wmt_archive, tmp_path):
     local = tmp_path / archive.name
     shutil.copy(archive, local)
     hub_ = FConvExtModel.from_pretrained(str(local), tokenizer="moses", bpe="subword_nmt")
-    assert archive_mod.is_converted_directory(str(local) + ".fconv_ext")
+    assert hub.is_converted_directory(str(local) + ".fconv_ext")
     assert isinstance(hub_.translate("Hello world!"), str)
 
 
@@ -445,7 +445,7 @@ def test_cli_converts_an_extracted_archive_for_fairseq_generate_and_the_hub(wmt_
     _, extracted = wmt_archive
     out = tmp_path / "converted"
     log = run([f"{BIN}/fconv-ext-convert", str(extracted), str(out)])
-    assert "model.pt" in log and archive_mod.is_converted_directory(str(out))
+    assert "model.pt" in log and hub.is_converted_directory(str(out))
     for lang, text in [("en", "the house is small\nHello world !\na big cat\n"), ("fr", "la maison est petite\nBonjour le monde !\nun grand chat\n")]:
         (tmp_path / f"test.{lang}").write_text(text)
     run([f"{BIN}/fairseq-preprocess", "--source-lang", "en", "--target-lang", "fr", "--srcdict", str(out / "dict.en.txt"),

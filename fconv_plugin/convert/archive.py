@@ -41,13 +41,12 @@ import torch
 from fairseq.data import Dictionary
 
 from ..checkpoint import load_checkpoint_file
+from ..hub import COMPLETE, is_converted_directory
 from .common import ConversionError, checkpoint_arch, model_options
 from .dispatch import CONVERTERS, upgraded_checkpoint
 
 logger = logging.getLogger(__name__)
 
-#: written last into a converted directory: it is complete exactly when this file is there
-COMPLETE = "fconv_ext_converted.txt"
 #: fairseq's --padding-factor for dictionaries (fairseq-preprocess's default)
 PADDING_FACTOR = 8
 
@@ -95,16 +94,22 @@ def convert_directory(src: str, out: str, pretrained_checkpoint: Optional[str] =
                 shutil.copy2(os.path.join(src, name), os.path.join(tmp, name))
         with open(os.path.join(tmp, COMPLETE), "w", encoding="utf-8") as f:
             f.write(f"converted from {os.path.abspath(src)} by fconv-ext-convert: {', '.join(order)}\n")
-        os.rename(tmp, out)
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            if not is_converted_directory(out):  # another process converted it meanwhile: use that
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return [os.path.join(out, n) for n in order]
 
 
-def is_converted_directory(path: str) -> bool:
-    """Whether ``path`` is a complete output of :func:`convert_directory`."""
-    return os.path.isfile(os.path.join(path, COMPLETE))
+def converts(state: Mapping[str, Any]) -> bool:
+    """Whether :func:`convert_directory` converts the loaded checkpoint ``state`` (one of
+    fairseq's fconv, fconv_lm, fconv_self_att)."""
+    return checkpoint_arch(state) in CONVERTERS
 
 
 def _is_fusion(state: Mapping[str, Any]) -> bool:
