@@ -235,9 +235,9 @@ def resolve(model_name_or_path: str, checkpoint_file: str, archive_map: Dict[str
             elif key != "path" and key not in kwargs:  # the caller's arguments win, as in fairseq
                 kwargs[key] = value
         entry = entry["path"]
-    for key in CONVERSION_KEYS:  # given by the caller: used by the conversion too
+    for key in CONVERSION_KEYS:  # given by the caller: used by the conversion, and passed on as fairseq does
         if key in kwargs:
-            conversion[key] = kwargs.pop(key)
+            conversion[key] = kwargs[key]
     source = str(entry)
     pretrained = conversion.get("pretrained_checkpoint")
 
@@ -246,6 +246,11 @@ def resolve(model_name_or_path: str, checkpoint_file: str, archive_map: Dict[str
         out = os.path.join(os.path.dirname(archive), CONVERTED_SUBDIR, os.path.basename(archive))
         url: Optional[str] = source
     elif os.path.isfile(source):
+        if not tarfile.is_tarfile(source):
+            raise PublishedModelError(
+                f"{source!r} is a file but not a tar archive: give the directory that holds the checkpoint, "
+                "with checkpoint_file=<its name>"
+            )
         archive, out, url = source, source + ".fconv_ext", None
     elif os.path.isdir(source):
         if not _needs_conversion(source, checkpoint_file):

@@ -357,6 +357,12 @@ def test_unknown_name_lists_the_published_ones():
         FConvExtModel.from_pretrained("conv.wmt15.xx")
 
 
+def test_a_checkpoint_file_is_not_taken_for_an_archive(tmp_path):
+    (tmp_path / "model.pt").write_bytes(b"not a tar archive")
+    with pytest.raises(hub.PublishedModelError, match="is a file but not a tar archive: give the directory"):
+        FConvExtModel.from_pretrained(str(tmp_path / "model.pt"))
+
+
 def test_local_archive_file_loads(wmt_archive, tmp_path):
     archive, extracted = wmt_archive
     local = tmp_path / archive.name
