@@ -65,6 +65,33 @@ def test_report_ratios_and_hypothesis_comparisons():
     assert "| beam5_batch64 | fconv_ext_seqgen |" in text and "| beam5_batch64 | 1.50 | 1.00 | 1.50x | False |" in text
 
 
+def test_report_opt_ins_against_fconv_ext_and_the_ensemble_pair():
+    def result(seconds, hyps, bleu, detok_bleu):
+        return dict(_child_result(seconds, str(hyps), sentences=len(hyps), bleu=bleu), detok_bleu=detok_bleu, hyps=hyps)
+
+    exact = {"0": [4, 5, 2], "1": [6, 2], "2": [7, 7, 2], "3": [8, 2]}
+    runs = {"fconv": [result(4.0, exact, 20.0, 22.0)], "fconv_ext": [result(2.0, exact, 20.0, 22.0)],
+            # one sentence of four differs: 75% identical; BLEU -0.5 tokenized, -0.25 detokenized
+            "fconv_ext_shortlist_int8": [result(0.5, dict(exact, **{"2": [7, 2]}), 19.5, 21.75)],
+            "fconv_ext_ensemble2": [result(3.0, exact, 21.0, 23.0)],
+            "fconv_ext_ensemble2_seqgen": [result(6.0, exact, 21.0, 23.0)]}
+    entry = bench_report.summarize_generation(runs)
+    opt_in = entry["fconv_ext_shortlist_int8"]
+    assert opt_in["ratio_sentences_per_s"] == 8.0 and opt_in["ratio_vs_fconv_ext"] == 4.0
+    assert opt_in["bleu_delta"] == -0.5 and opt_in["detok_bleu_delta"] == -0.25
+    assert opt_in["share_identical_to_fconv_ext"] == 0.75 and opt_in["same_hypotheses_as_fconv_ext"] is False
+    assert entry["identical_hypotheses_ensemble2"] is True
+    assert entry["fconv_ext_ensemble2"]["ratio_vs_fconv_ext_ensemble2_seqgen"] == 2.0
+    report = {"machine": {"cpu": "x", "cpus": 1, "torch": "t", "fairseq": "f", "cpu_flags": ["avx2"],
+                          "torch_cpu_capability": "AVX2", "isa_environment": {"ATEN_CPU_CAPABILITY": "avx2"}},
+              "date": "d", "threads": 1, "reps": 1, "command": "c", "generation": {"beam5_batch64": entry},
+              "training": {}, "ensemble": ["a.pt", "b.pt"]}
+    text = bench_report.markdown(report)
+    assert "| beam5_batch64 | fconv_ext_shortlist_int8 | 8.00x | 4.00x | 125.0 | 21.75 | -0.25 | -0.50 | 75.0% | 100 |" in text
+    assert "| beam5_batch64 | G | 3.00 | 6.00 | 2.00x | True | 23.00 | 100 |" in text
+    assert "ISA-limiting environment: ATEN_CPU_CAPABILITY=avx2" in text and "Training:" not in text
+
+
 @pytest.mark.slow
 def test_benchmark_smoke(tmp_path, shared_gettext):
     out = tmp_path / "smoke"
@@ -88,6 +115,7 @@ def assert_smoke_report(report, text, test_sentences=40):
         assert fconv["tokens"] >= 3 * fconv["sentences"] and fconv["distinct_hypotheses"] >= fconv["sentences"] // 2
         for name in FP32_SIDES:
             assert sides[name]["sentences"] == fconv["sentences"] and sides[name]["bleu"] == fconv["bleu"], (config, name)
+            assert sides[name]["detok_bleu"] == fconv["detok_bleu"] and 0 < fconv["detok_bleu"] <= 100, (config, name)
             # the FLOP model recognised the model (fconv's and fconv_ext's layouts both)
             assert 0 < sides[name]["efficiency"] < math.inf, (config, name)
         assert sides["fconv_ext_bf16"]["efficiency"] is None  # not float32: no FLOP floor claimed
