@@ -249,7 +249,8 @@ class FConvExtModel(FairseqEncoderDecoderModel):
             if self.inference_dtype == torch.qint8:
                 products = quantize_int8_(self)
                 logger.info(f"inference_dtype int8: {products} matrix products quantized to int8 "
-                            f"(dynamic quantization, torch's {int8_engine()} kernels)")
+                            f"(dynamic quantization: torch's {int8_engine(len(self.decoder.dictionary))} kernels for "
+                            f"the vocabulary projection, {int8_engine()} for the rest)")
             elif self.inference_dtype != torch.float32:
                 self.to(self.inference_dtype)
         super().make_generation_fast_(**kwargs)

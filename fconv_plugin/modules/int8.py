@@ -19,9 +19,9 @@ embeddings, attention scores and softmax, GLU, the log-softmax and every beam sc
 float32; only the weights of the products and their inputs are 8-bit.
 
 The kernels are torch's own quantized CPU kernels (``torch.ops.quantized.linear_prepack`` /
-``linear_dynamic``, what ``torch.ao.nn.quantized.dynamic.Linear`` calls), on the oneDNN
-engine when this torch has it (:data:`ENGINES`; docs/int8.md has the measurements behind the
-choice, and why not torchao).  CPU only: the quantized kernels have no CUDA implementation.
+``linear_dynamic``, what ``torch.ao.nn.quantized.dynamic.Linear`` calls): oneDNN's for the
+vocabulary projection, fbgemm's (engine "x86") for the rest (:data:`ENGINES`; docs/int8.md has
+the measurements behind the choice, and why not torchao).  CPU only: the quantized kernels have no CUDA implementation.
 """
 
 import contextlib
@@ -36,11 +36,18 @@ from torch.ao.quantization.observer import default_per_channel_weight_observer
 
 from .convolution import CausalConv1d, SameConv1d
 
-#: quantized engines in order of preference: oneDNN first (on this project's AMD EPYC with
-#: AVX-512 VNNI it computed the 320 x 256 @ 256 x 8192 vocabulary projection in 0.8 ms where
-#: x86/fbgemm took 6.5-7 ms, and matched them within noise on the other decoding shapes;
-#: docs/int8.md), then x86 (fbgemm) on builds without oneDNN.
-ENGINES = ("onednn", "x86", "fbgemm")
+#: quantized engines in order of preference for products with fewer than :data:`WIDE` output
+#: features (every layer but the vocabulary projection): x86 (fbgemm) first.  At the decoding
+#: shapes of fconv_iwslt_de_en on this project's AMD EPYC (AVX-512 VNNI), one thread, it took
+#: 0.016 ms for 5 x 768 @ 768 x 512 where oneDNN took 0.035, and matched oneDNN from 64 rows up
+#: (docs/int8.md).  oneDNN on builds without fbgemm.
+ENGINES = ("x86", "fbgemm", "onednn")
+
+#: the same for products with at least :data:`WIDE` output features (the vocabulary projection
+#: fc3): oneDNN first, which computed 320 x 256 @ 256 x 8192 (beam 5, batch 64) in 1.5 ms where
+#: x86/fbgemm took 2.8 ms, and 1280 rows in 47 vs 78 ms (one thread; docs/int8.md)
+WIDE_ENGINES = ("onednn", "x86", "fbgemm")
+WIDE = 4096
 
 #: ``reduce_range`` of ``torch.ops.quantized.linear_dynamic``: the activations use 7 of the 8
 #: bits, as ``torch.ao.nn.quantized.dynamic.Linear`` does on x86 (its kernels may otherwise
@@ -48,14 +55,15 @@ ENGINES = ("onednn", "x86", "fbgemm")
 REDUCE_RANGE = True
 
 
-def int8_engine() -> str:
-    """The quantized engine int8 inference packs its weights for (the first of :data:`ENGINES`
-    this torch supports)."""
+def int8_engine(out_features: int = 0) -> str:
+    """The quantized engine a product with ``out_features`` outputs is packed for: the first of
+    :data:`ENGINES` (from :data:`WIDE` outputs up: :data:`WIDE_ENGINES`) this torch supports."""
     supported = torch.backends.quantized.supported_engines
-    for engine in ENGINES:
+    preference = WIDE_ENGINES if out_features >= WIDE else ENGINES
+    for engine in preference:
         if engine in supported:
             return engine
-    raise RuntimeError(f"inference_dtype 'int8' needs one of torch's quantized CPU engines {list(ENGINES)}; "
+    raise RuntimeError(f"inference_dtype 'int8' needs one of torch's quantized CPU engines {list(preference)}; "
                        f"this torch build has {supported}: decode with inference_dtype 'float32' instead")
 
 
@@ -68,19 +76,6 @@ def _quantized_tensors() -> Iterator[None]:
         warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel",
                                 category=UserWarning)
         yield
-
-
-@contextlib.contextmanager
-def _packing_engine() -> Iterator[None]:
-    """Pack weights for :func:`int8_engine` and leave torch's global engine as it was (a packed
-    weight keeps its engine: ``linear_dynamic`` runs it whatever the global setting is then)."""
-    previous = torch.backends.quantized.engine
-    torch.backends.quantized.engine = int8_engine()
-    try:
-        with _quantized_tensors():
-            yield
-    finally:
-        torch.backends.quantized.engine = previous
 
 
 class Int8Linear(nn.Module):
@@ -106,21 +101,29 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_int8", quantized.int_repr())  # out x in, int8
         self.register_buffer("weight_scale", scale.float())  # out
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())  # out
-        self._packed = self._pack(self.weight_int8, self.weight_scale, self.bias)
+        self._pack()
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
         return cls(linear.weight, linear.bias)
 
-    @staticmethod
-    def _pack(weight_int8: Tensor, scale: Tensor, bias: Optional[Tensor]):
-        """The kernel's packed weight for int8 rows ``weight_int8`` (out x in) with ``scale`` (out)."""
-        with _packing_engine():
-            # the exact int8 values back as a quantized tensor: q * s / s rounds to q
-            dequantized = weight_int8.float() * scale.unsqueeze(1)  # out x in
-            quantized = torch.quantize_per_channel(
-                dequantized, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
-            return torch.ops.quantized.linear_prepack(quantized, bias)
+    def _pack(self) -> None:
+        """Pack ``weight_int8`` (out x in) with ``weight_scale`` (out) and ``bias`` for the kernel
+        of :func:`int8_engine`, leaving torch's global engine as it was (a packed weight keeps its
+        engine: ``linear_dynamic`` runs it whatever the global setting is then)."""
+        self.engine = int8_engine(self.out_features)
+        previous = torch.backends.quantized.engine
+        torch.backends.quantized.engine = self.engine
+        try:
+            with _quantized_tensors():
+                # the exact int8 values back as a quantized tensor: q * s / s rounds to q
+                dequantized = self.weight_int8.float() * self.weight_scale.unsqueeze(1)  # out x in
+                quantized = torch.quantize_per_channel(dequantized, self.weight_scale.double(),
+                                                       torch.zeros_like(self.weight_scale, dtype=torch.long), 0,
+                                                       torch.qint8)
+                self._packed = torch.ops.quantized.linear_prepack(quantized, self.bias)
+        finally:
+            torch.backends.quantized.engine = previous
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.ops.quantized.linear_dynamic(x.float(), self._packed, REDUCE_RANGE)  # ... x out
@@ -136,11 +139,11 @@ class Int8Linear(nn.Module):
         sub.register_buffer("weight_int8", self.weight_int8.index_select(0, rows))
         sub.register_buffer("weight_scale", self.weight_scale.index_select(0, rows))
         sub.register_buffer("bias", None if self.bias is None else self.bias.index_select(0, rows))
-        sub._packed = self._pack(sub.weight_int8, sub.weight_scale, sub.bias)
+        sub._pack()
         return sub
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, engine={int8_engine()}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, engine={self.engine}"
 
 
 class Int8Conv(Int8Linear):
