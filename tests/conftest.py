@@ -199,3 +199,17 @@ def fconv_ext_tiny_hub(data_bin, fconv_ext_tiny_run):
                                          data_name_or_path=str(data_bin), source_lang="en", target_lang="de",
                                          bpe="subword_nmt", bpe_codes=str(data_bin.parent / "codes"),
                                          tokenizer="moses")
+
+
+@pytest.fixture(scope="session")
+def slice_shortlist(data_bin, tmp_path_factory):
+    """(file, output) of fconv-ext-shortlist (``python -m fconv_plugin.cli.shortlist``) run on data_bin's 1500
+    training sentences: best 5 translations per source word, 50 frequent words, a fifth of eflomal's
+    automatic iterations (seconds instead of ~20 s; the same coverage on this slice), and its --coverage
+    table for the test split (one batch of all 37 sentences)."""
+    out = tmp_path_factory.mktemp("shortlist") / "shortlist.npz"
+    log = run([sys.executable, "-m", "fconv_plugin.cli.shortlist", str(data_bin), "--source-lang", "en",
+               "--target-lang", "de", "--out", str(out), "--n-best", "5", "--n-frequent", "50",
+               "--aligner-options", '{"rel_iterations": 0.2}', "--coverage", "test", "--coverage-n-best", "5",
+               "--coverage-n-frequent", "50", "--coverage-batch-size", str(N_TEST)], cwd=REPO)
+    return out, log

@@ -222,19 +222,6 @@ def test_main_on_raw_text_writes_the_header_and_the_same_best_targets(tmp_path):
 
 
 # --------------------------------------------------------------------------- the command on a real slice
-@pytest.fixture(scope="module")
-def slice_shortlist(data_bin, tmp_path_factory):
-    """The command (python -m fconv_plugin.cli.shortlist) run on data_bin's 1500 training sentences, with
-    a fifth of eflomal's automatic iterations (seconds instead of ~20 s; the same coverage on this slice)."""
-    out = tmp_path_factory.mktemp("shortlist") / "shortlist.npz"
-    log = run([sys.executable, "-m", "fconv_plugin.cli.shortlist", str(data_bin), "--source-lang", "en",
-               "--target-lang", "de", "--out", str(out), "--n-best", "5", "--n-frequent", "50",
-               "--aligner-options", '{"rel_iterations": 0.2}', "--coverage", "test", "--coverage-n-best", "5",
-               "--coverage-n-frequent", "50", "--coverage-batch-size", "37"],
-              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return out, log
-
-
 @pytest.mark.slow
 def test_command_builds_a_shortlist_that_covers_the_test_references(data_bin, slice_shortlist):
     """The file of the real slice loads for data_bin's dictionaries and records how it was built.  Each
