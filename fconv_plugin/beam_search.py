@@ -39,6 +39,14 @@ the step are computed as for one model, then combined with ``EnsembleModel.forwa
 own arithmetic (``logsumexp`` over the stacked models minus ``log(n)``, attention summed in
 model order and divided by ``n``), so tokens and scores are fairseq's bit for bit.
 
+With a vocabulary shortlist (opt-in, ``docs/shortlists.md``) the encoder output carries the
+batch's ``C`` candidate words (sorted, the special symbols first, so ``pad``/``unk``/``eos``
+keep their own index as their column); the search then runs over ``R x C`` log-probabilities
+(``FConvExtDecoder.output_layer(..., expand=False)``) and maps the chosen columns back to
+words.  fairseq's generator, given the same model, sees ``-inf`` logits outside the shortlist
+and finds the same hypotheses (the scores agree to float rounding: the log-softmax sums over
+``C`` instead of ``V`` terms, the extra ones being zeros).
+
 Which generator decodes is said once at INFO level on this module's logger:
 ``decoding with FConvBeamSearch (fconv_ext fast path)``, or ``decoding with fairseq's
 SequenceGenerator: <reason>`` when every batch goes to fairseq (sampling, ``--lm-path``, ...;
