@@ -97,3 +97,122 @@ def test_tokenize_and_detokenize_filter_stdin(monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.StringIO(tokens))
     assert gettext_corpus.main(["--detokenize", "de"]) == 0
     assert capsys.readouterr().out == "Datei »%s« nicht gefunden\n"
+
+
+# --------------------------------------------------------------------------- --tokenizer moses_protected
+# fairseq's tokenizer registry entry (fconv_plugin/data/tokenizer.py): the tokenization above inside
+# fairseq-interactive and the hub interface, against fairseq's own --tokenizer moses.
+
+#: program messages with what fairseq's moses splits: printf/brace placeholders, C++, German quotes
+MESSAGES_EN = ["Cannot open file %s", "Invalid value %1$s for {0} in C++: %lu%%", "Usage: %s [options] <file>"]
+MESSAGES_DE = ["Datei »%s« kann nicht geöffnet werden", "Kann „%s“ nicht öffnen: %s", "Ungültiger Wert %d für %s"]
+
+
+def _fairseq_tokenizer(name, source_lang="en", target_lang="de"):
+    """fairseq's build_tokenizer, as fairseq-interactive and the hub call it (the plugin is imported)."""
+    import argparse
+
+    from fairseq.data import encoders
+
+    return encoders.build_tokenizer(argparse.Namespace(tokenizer=name, source_lang=source_lang, target_lang=target_lang))
+
+
+def test_moses_protected_is_the_corpus_tokenization_inside_fairseq():
+    from fconv_plugin.data.tokenizer import MosesProtectedTokenizer
+
+    ours, moses = _fairseq_tokenizer("moses_protected"), _fairseq_tokenizer("moses")
+    assert isinstance(ours, MosesProtectedTokenizer) and (ours.cfg.source_lang, ours.cfg.target_lang) == ("en", "de")
+    tok_en, detok_de = gettext_corpus.tokenizer("en"), gettext_corpus.detokenizer("de")
+    for text in MESSAGES_EN:
+        assert ours.encode(text) == tok_en(text)
+    for text in MESSAGES_DE:
+        tokens = gettext_corpus.tokenizer("de")(text)
+        assert ours.decode(tokens) == detok_de(tokens) == text
+    # what fairseq's moses does instead: placeholders and C++ split, never joined, quotes left open
+    assert ours.encode(MESSAGES_EN[1]).split()[2:9] == ["%1$s", "for", "{0}", "in", "C++", ":", "%lu%%"]
+    assert moses.encode(MESSAGES_EN[1]).split()[2:15] == \
+        ["%", "1", "$", "s", "for", "{", "0", "}", "in", "C", "+", "+", ":"]
+    assert moses.encode("Cannot open file %s").split()[-2:] == ["%", "s"]
+    assert ours.decode("Datei » %s « kann nicht geöffnet werden") == MESSAGES_DE[0]
+    assert moses.decode("Datei » % s « kann nicht geöffnet werden") == "Datei »% s « kann nicht geöffnet werden"
+
+
+@pytest.fixture(scope="module")
+def protected_tiny(shared_gettext, tmp_path_factory):
+    """(save dir, data-bin, BPE codes) of fconv_ext_tiny trained on data_bin's slice (1500 / 60 / 37
+    sentences) tokenized the demo's way (gettext_corpus.tokenizer: ``%s`` one token), a joint 500-merge
+    BPE: ~25 s.  data_bin's model cannot serve: it was trained on plain Moses tokens, so its dictionary
+    has no ``%s`` (``%@@`` is unknown) and it writes ``%`` and ``s`` apart whatever the tokenizer."""
+    from subword_nmt.apply_bpe import BPE
+    from subword_nmt.learn_bpe import learn_bpe
+
+    from conftest import BIN, N_TEST, REPO, run
+
+    root = tmp_path_factory.mktemp("gettext_protected")
+    tokenized = {}
+    for split, n in [("train", 1500), ("valid", 60), ("test", N_TEST)]:
+        for lang in ("en", "de"):
+            tok = gettext_corpus.tokenizer(lang)
+            with open(f"{shared_gettext}/{split}.{lang}", encoding="utf-8") as f:
+                tokenized[split, lang] = [tok(next(f).rstrip("\n")) for _ in range(n)]
+    with open(root / "codes", "w", encoding="utf-8") as f:
+        learn_bpe(tokenized["train", "en"] + tokenized["train", "de"], f, 500)
+    with open(root / "codes", encoding="utf-8") as f:
+        bpe = BPE(f)
+    for (split, lang), lines in tokenized.items():
+        (root / f"{split}.{lang}").write_text("".join(bpe.process_line(line) + "\n" for line in lines), encoding="utf-8")
+    run([f"{BIN}/fairseq-preprocess", "--source-lang", "en", "--target-lang", "de", "--joined-dictionary",
+         "--trainpref", str(root / "train"), "--validpref", str(root / "valid"), "--testpref", str(root / "test"),
+         "--destdir", str(root / "bin"), "--workers", "1"])
+    save = root / "checkpoints"
+    run([f"{BIN}/fairseq-train", str(root / "bin"), "--user-dir", "fconv_plugin", "--arch", "fconv_ext_tiny",
+         "--task", "fconv_translation", "--disable-validation", "--save-dir", str(save), "--optimizer", "adam",
+         "--lr", "0.005", "--max-tokens", "3000", "--max-epoch", "6", "--no-progress-bar", "--seed", "1",
+         "--no-epoch-checkpoints"], cwd=REPO)
+    return save, root / "bin", root / "codes"
+
+
+def _hub(protected_tiny, tokenizer):
+    from fconv_plugin.models import FConvExtModel
+
+    save, data, codes = protected_tiny
+    return FConvExtModel.from_pretrained(str(save), checkpoint_file="checkpoint_last.pt", data_name_or_path=str(data),
+                                         source_lang="en", target_lang="de", tokenizer=tokenizer,
+                                         bpe="subword_nmt", bpe_codes=str(codes))
+
+
+@pytest.mark.slow
+def test_hub_keeps_placeholders_whole_with_moses_protected(protected_tiny):
+    hub, plain = _hub(protected_tiny, "moses_protected"), _hub(protected_tiny, "moses")
+    assert (hub.tokenizer.cfg.source_lang, hub.tokenizer.cfg.target_lang) == ("en", "de")  # the task's languages
+    # on the way in: %s is one token, one dictionary entry (not <unk>); fairseq's moses gives % and s
+    assert hub.tokenize("Cannot open file %s").split()[-1] == "%s"
+    ids = hub.encode("Cannot open file %s").tolist()
+    assert ids[-2] == hub.src_dict.index("%s") != hub.src_dict.unk() and ids[-1] == hub.src_dict.eos()
+    assert plain.tokenize("Cannot open file %s").split()[-2:] == ["%", "s"]
+    # on the way out: whatever ids the model writes come back as the text (quotes closed up)
+    for text in MESSAGES_DE:
+        assert hub.src_dict.unk() not in hub.encode(text).tolist()
+        assert hub.decode(hub.encode(text)) == text
+    assert plain.decode(plain.encode(MESSAGES_DE[0])) == "Datei »% s « kann nicht geöffnet werden"
+    # translations of raw text: placeholders whole (this tiny model writes little else)
+    sources = ["Cannot open file %s", "%s: invalid option -- '%c'", "Could not read %s: %s"]
+    for out in hub.translate(sources, beam=5):
+        assert "%s" in out and "% s" not in out and "» " not in out and " «" not in out, out
+
+
+@pytest.mark.slow
+def test_fairseq_interactive_with_moses_protected(protected_tiny):
+    from conftest import BIN, USER_DIR, run
+
+    save, data, codes = protected_tiny
+    sources = ["Cannot open file %s", "Invalid value %1$s for {0} in C++", "Could not read %s: %s"]
+    out = run([f"{BIN}/fairseq-interactive", str(data), "--user-dir", USER_DIR, "--path", str(save / "checkpoint_last.pt"),
+               "--source-lang", "en", "--target-lang", "de", "--beam", "5", "--tokenizer", "moses_protected",
+               "--bpe", "subword_nmt", "--bpe-codes", str(codes)], stdin="\n".join(sources) + "\n")
+    detok = {int(line.split("\t")[0][2:]): line.split("\t")[2] for line in out.splitlines() if line.startswith("D-")}
+    assert sorted(detok) == [0, 1, 2]
+    for text in detok.values():
+        assert "%s" in text and "% s" not in text, text
+    # the same translations as the hub interface gives (same tokenizer, BPE, beam)
+    assert [detok[i] for i in range(3)] == _hub(protected_tiny, "moses_protected").translate(sources, beam=5)
