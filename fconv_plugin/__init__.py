@@ -1,8 +1,9 @@
 """fconv-ext: ConvS2S (Gehring et al. 2017) as a fairseq plugin.
 
 Importing this package (``--user-dir fconv_plugin`` or ``import fconv_plugin``)
-registers the fconv_ext models and their presets, the ``fconv_translation`` task and the
-``sequence_risk`` criterion with fairseq, and applies the changes to fairseq and torch
+registers the fconv_ext models and their presets, the ``fconv_translation`` task, the
+``sequence_risk`` and ``fused_label_smoothed_cross_entropy`` criteria and the
+``moses_protected`` tokenizer with fairseq, and applies the changes to fairseq and torch
 listed in :mod:`.fairseq_fixes` (each with its switch; ``python -m
 fconv_plugin.fairseq_fixes`` prints them).
 """
