@@ -55,7 +55,8 @@ def summary(rows):
             "tokens": sum(r["tokens"] for r in rows), "tokens_per_s": sum(r["tokens"] for r in rows) / total,
             "hyps_at_limit": sum(r["at_limit"] for r in rows), "batches_with_hyp_at_limit": len(capped),
             "seconds_in_those_batches": sum(r["seconds"] for r in capped),
-            "slowest_batches": [(round(r["seconds"], 3), r["max_len"], r["at_limit"]) for r in slowest]}
+            "slowest_batches": [(round(r["seconds"], 3), r["max_len"], r["at_limit"]) for r in slowest],
+            "batch_seconds": [round(r["seconds"], 3) for r in rows]}
 
 
 def main():
@@ -87,7 +88,8 @@ def main():
                   f"{s['seconds']:.2f} s for {s['batches']} batches (first {s['first_batch_s']:.2f} s), "
                   f"{s['tokens']} tokens ({s['tokens_per_s']:.0f}/s); {s['hyps_at_limit']} hypotheses at the limit "
                   f"in {s['batches_with_hyp_at_limit']} batches taking {s['seconds_in_those_batches']:.2f} s; "
-                  f"slowest (s, longest hyp, at limit) {s['slowest_batches']}", flush=True)
+                  f"slowest (s, longest hyp, at limit) {s['slowest_batches']}; per batch (s, length order) "
+                  f"{s['batch_seconds']}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
