@@ -128,22 +128,20 @@ def shared_gettext():
     return path
 
 
-@pytest.fixture(scope="session")
-def data_bin(shared_gettext, tmp_path_factory):
-    """fairseq-preprocess'd slice of the gettext corpus (1500 / 60 / N_TEST sentences), prepared the usual
-    way in small: sacremoses tokenization, a joint 500-merge subword-nmt BPE (its codes: ``data_bin.parent
-    / "codes"``), a joined dictionary.  Once per session; tests only read it."""
-    from sacremoses import MosesTokenizer
+def binarized_slice(shared_gettext, root, tokenize_for):
+    """``root / "bin"``: the first 1500 / 60 / N_TEST sentences of the gettext corpus's splits, tokenized by
+    ``tokenize_for(lang)`` (a function of one line), a joint 500-merge subword-nmt BPE learnt on the training
+    slice (its codes: ``root / "codes"``; the BPE'd text: ``root / "{split}.{lang}"``), fairseq-preprocess'd
+    with a joined dictionary."""
     from subword_nmt.apply_bpe import BPE
     from subword_nmt.learn_bpe import learn_bpe
 
-    root = tmp_path_factory.mktemp("gettext")
     tokenized = {}
     for split, n in [("train", 1500), ("valid", 60), ("test", N_TEST)]:
         for lang in ("en", "de"):
-            tok = MosesTokenizer(lang=lang)
+            tokenize = tokenize_for(lang)
             with open(os.path.join(shared_gettext, f"{split}.{lang}"), encoding="utf-8") as f:
-                tokenized[split, lang] = [tok.tokenize(next(f), return_str=True, escape=False) for _ in range(n)]
+                tokenized[split, lang] = [tokenize(next(f)) for _ in range(n)]
     with open(root / "codes", "w", encoding="utf-8") as f:
         learn_bpe(tokenized["train", "en"] + tokenized["train", "de"], f, 500)
     with open(root / "codes", encoding="utf-8") as f:
@@ -155,6 +153,20 @@ def data_bin(shared_gettext, tmp_path_factory):
          "--trainpref", str(root / "train"), "--validpref", str(root / "valid"), "--testpref", str(root / "test"),
          "--destdir", str(root / "bin"), "--workers", "1"])
     return root / "bin"
+
+
+@pytest.fixture(scope="session")
+def data_bin(shared_gettext, tmp_path_factory):
+    """fairseq-preprocess'd slice of the gettext corpus (1500 / 60 / N_TEST sentences), prepared the usual
+    way in small: sacremoses tokenization, a joint 500-merge subword-nmt BPE (its codes: ``data_bin.parent
+    / "codes"``), a joined dictionary.  Once per session; tests only read it."""
+    from sacremoses import MosesTokenizer
+
+    def moses(lang):
+        tok = MosesTokenizer(lang=lang)
+        return lambda line: tok.tokenize(line, return_str=True, escape=False)
+
+    return binarized_slice(shared_gettext, tmp_path_factory.mktemp("gettext"), moses)
 
 
 @pytest.fixture(scope="session")
@@ -213,3 +225,25 @@ def slice_shortlist(data_bin, tmp_path_factory):
                "--aligner-options", '{"rel_iterations": 0.2}', "--coverage", "test", "--coverage-n-best", "5",
                "--coverage-n-frequent", "50", "--coverage-batch-size", str(N_TEST)], cwd=REPO)
     return out, log
+
+
+@pytest.fixture(scope="session")
+def protected_tiny(shared_gettext, tmp_path_factory):
+    """(save dir, data-bin, BPE codes) of fconv_ext_tiny trained on data_bin's slice tokenized the demo's way
+    (gettext_corpus.tokenizer: ``%s`` one token), 6 epochs of Adam: ~25 s.  data_bin's model cannot serve
+    there: it was trained on plain Moses tokens, so its dictionary has no ``%s`` (``%@@`` is unknown) and it
+    writes ``%`` and ``s`` apart whatever the tokenizer."""
+    from fconv_plugin.data import gettext_corpus
+
+    def protected(lang):
+        tokenize = gettext_corpus.tokenizer(lang)
+        return lambda line: tokenize(line.rstrip("\n"))
+
+    root = tmp_path_factory.mktemp("gettext_protected")
+    data = binarized_slice(shared_gettext, root, protected)
+    save = root / "checkpoints"
+    run([f"{BIN}/fairseq-train", str(data), "--user-dir", "fconv_plugin", "--arch", "fconv_ext_tiny",
+         "--task", "fconv_translation", "--disable-validation", "--save-dir", str(save), "--optimizer", "adam",
+         "--lr", "0.005", "--max-tokens", "3000", "--max-epoch", "6", "--no-progress-bar", "--seed", "1",
+         "--no-epoch-checkpoints"], cwd=REPO)
+    return save, data, root / "codes"

@@ -137,41 +137,6 @@ def test_moses_protected_is_the_corpus_tokenization_inside_fairseq():
     assert moses.decode("Datei » % s « kann nicht geöffnet werden") == "Datei »% s « kann nicht geöffnet werden"
 
 
-@pytest.fixture(scope="module")
-def protected_tiny(shared_gettext, tmp_path_factory):
-    """(save dir, data-bin, BPE codes) of fconv_ext_tiny trained on data_bin's slice (1500 / 60 / 37
-    sentences) tokenized the demo's way (gettext_corpus.tokenizer: ``%s`` one token), a joint 500-merge
-    BPE: ~25 s.  data_bin's model cannot serve: it was trained on plain Moses tokens, so its dictionary
-    has no ``%s`` (``%@@`` is unknown) and it writes ``%`` and ``s`` apart whatever the tokenizer."""
-    from subword_nmt.apply_bpe import BPE
-    from subword_nmt.learn_bpe import learn_bpe
-
-    from conftest import BIN, N_TEST, REPO, run
-
-    root = tmp_path_factory.mktemp("gettext_protected")
-    tokenized = {}
-    for split, n in [("train", 1500), ("valid", 60), ("test", N_TEST)]:
-        for lang in ("en", "de"):
-            tok = gettext_corpus.tokenizer(lang)
-            with open(f"{shared_gettext}/{split}.{lang}", encoding="utf-8") as f:
-                tokenized[split, lang] = [tok(next(f).rstrip("\n")) for _ in range(n)]
-    with open(root / "codes", "w", encoding="utf-8") as f:
-        learn_bpe(tokenized["train", "en"] + tokenized["train", "de"], f, 500)
-    with open(root / "codes", encoding="utf-8") as f:
-        bpe = BPE(f)
-    for (split, lang), lines in tokenized.items():
-        (root / f"{split}.{lang}").write_text("".join(bpe.process_line(line) + "\n" for line in lines), encoding="utf-8")
-    run([f"{BIN}/fairseq-preprocess", "--source-lang", "en", "--target-lang", "de", "--joined-dictionary",
-         "--trainpref", str(root / "train"), "--validpref", str(root / "valid"), "--testpref", str(root / "test"),
-         "--destdir", str(root / "bin"), "--workers", "1"])
-    save = root / "checkpoints"
-    run([f"{BIN}/fairseq-train", str(root / "bin"), "--user-dir", "fconv_plugin", "--arch", "fconv_ext_tiny",
-         "--task", "fconv_translation", "--disable-validation", "--save-dir", str(save), "--optimizer", "adam",
-         "--lr", "0.005", "--max-tokens", "3000", "--max-epoch", "6", "--no-progress-bar", "--seed", "1",
-         "--no-epoch-checkpoints"], cwd=REPO)
-    return save, root / "bin", root / "codes"
-
-
 def _hub(protected_tiny, tokenizer):
     from fconv_plugin.models import FConvExtModel
 
