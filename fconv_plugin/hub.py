@@ -159,6 +159,11 @@ def extract_archive(archive: str, dest: str) -> str:
     ``dest``; returns the model directory: the archive's one top directory, else ``dest``.
     Nothing is written outside ``dest``; on any error ``dest`` is removed and
     :class:`PublishedModelError` says why."""
+    if not hasattr(tarfile, "data_filter"):  # added in 3.8.17, 3.9.17, 3.10.12, 3.11.4
+        raise PublishedModelError(
+            f"cannot extract {archive!r} safely: this Python's tarfile has no extraction filters (Python >= "
+            "3.8.17 / 3.9.17 / 3.10.12 / 3.11.4 has them). Upgrade Python, or extract the archive yourself and "
+            "pass the extracted directory to from_pretrained / fconv-ext-convert")
     os.makedirs(dest)
     try:
         with tarfile.open(archive, "r:*") as tar:
