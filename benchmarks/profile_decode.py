@@ -2,7 +2,7 @@
 for one side of ``bench.py``'s generation configs.
 
     python benchmarks/profile_decode.py --data /tmp/gt/bin --checkpoint CK.pt [--beam 5 --batch 64]
-        [--max-batches 5] [--threads 2] [--mode torch|python] [--rows 25]
+        [--max-batches 5] [--threads 2] [--mode torch|python] [--rows 25] [--dtype int8] [--shortlist FILE]
 
 ``CK.pt`` may be a fairseq fconv checkpoint (profiled with fairseq's SequenceGenerator) or an fconv_ext
 one (FConvBeamSearch, as fairseq-generate would use; with ``FCONV_EXT_BEAM_SEARCH=fairseq`` in the
@@ -33,7 +33,8 @@ def main():
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--max-batches", type=int, default=5, help="batches profiled, evenly spaced over the length-sorted test set")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--dtype", default="float32")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16, int8 (fconv_ext's inference_dtype) or float16")
+    p.add_argument("--shortlist", help="decode with this vocabulary shortlist (fconv_ext's model override)")
     p.add_argument("--mode", choices=["torch", "python"], default="torch")
     p.add_argument("--rows", type=int, default=25)
     args = p.parse_args()
@@ -42,7 +43,8 @@ def main():
 
     torch.set_num_threads(args.threads)
     job = SimpleNamespace(checkpoint=args.checkpoint, data=args.data, dtype=args.dtype, beam=args.beam,
-                          batch=args.batch, max_batches=args.max_batches, device="cpu")
+                          batch=args.batch, max_batches=args.max_batches, device="cpu",
+                          overrides={"shortlist": args.shortlist} if args.shortlist else None)
     model, task, gen, batches = prepare_decoding(job)
 
     def run():

@@ -1,0 +1,58 @@
+"""BLEU and speed of int8 variants on the full test set (beam 5, batch 64, 2 threads), one run each:
+what the vocabulary projection in float32 and 8-bit (instead of 7-bit) activations change.
+
+    python benchmarks/int8_variants.py VARIANT --checkpoint CK.pt --data /tmp/gt/bin \\
+        [--shortlist FILE] [--references ../shared/data/gettext-en-de/test.de]
+
+VARIANT: ``exact``, ``int8``, or ``int8`` plus any of ``_sl`` (with ``--shortlist``), ``_fc3float`` (every
+product in int8 but the vocabulary projection), ``_full8`` (activations on 8 bits: ``REDUCE_RANGE``
+off), e.g. ``int8_sl_fc3float``.  Prints seconds, detokenized and tokenized BLEU (bench_child's).
+"""
+
+import argparse
+import os
+import sys
+import types
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("variant")
+    p.add_argument("--checkpoint", required=True, help="an fconv_ext checkpoint")
+    p.add_argument("--data", required=True)
+    p.add_argument("--shortlist")
+    p.add_argument("--references", default=os.path.join(HERE, "..", "..", "shared", "data", "gettext-en-de", "test.de"))
+    args = p.parse_args()
+
+    import bench_child
+    import fconv_plugin.models.fconv_ext as fconv_ext
+    from fconv_plugin.modules import int8
+
+    overrides = {}
+    if args.variant.startswith("int8"):
+        overrides["inference_dtype"] = "int8"
+    if "_sl" in args.variant:
+        overrides["shortlist"] = args.shortlist
+    if "_fc3float" in args.variant:
+        def all_but_fc3(model):  # quantize_int8_, then the float vocabulary projection back
+            fc3 = model.decoder.fc3
+            products = int8.quantize_int8_(model)
+            model.decoder.fc3 = fc3
+            return products - 1
+
+        fconv_ext.quantize_int8_ = all_but_fc3
+    if "_full8" in args.variant:
+        int8.REDUCE_RANGE = False
+    job = types.SimpleNamespace(checkpoint=args.checkpoint, data=args.data, dtype="float32", beam=5, batch=64,
+                                max_batches=0, device="cpu", overrides=overrides or None, threads=2,
+                                references=args.references)
+    r = bench_child.child_generate(job)
+    print(f"{args.variant}: {r['seconds']:.2f} s, detokenized BLEU {r['detok_bleu']:.2f}, tokenized {r['bleu']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
