@@ -6,7 +6,8 @@ what the vocabulary projection in float32 and 8-bit (instead of 7-bit) activatio
 
 VARIANT: ``exact``, ``int8``, or ``int8`` plus any of ``_sl`` (with ``--shortlist``), ``_fc3float`` (every
 product in int8 but the vocabulary projection), ``_full8`` (activations on 8 bits: ``REDUCE_RANGE``
-off), e.g. ``int8_sl_fc3float``.  Prints seconds, detokenized and tokenized BLEU (bench_child's).
+off), ``_rowscale`` (each input row scaled to max |x| = 1 before the per-tensor activation quantization and the
+output row scaled back: per-row activation scales), e.g. ``int8_sl_fc3float``.  Prints seconds, detokenized and tokenized BLEU (bench_child's).
 """
 
 import argparse
@@ -47,6 +48,25 @@ def main():
         fconv_ext.quantize_int8_ = all_but_fc3
     if "_full8" in args.variant:
         int8.REDUCE_RANGE = False
+    if "_rowscale" in args.variant:
+        import torch
+
+        def pack_without_bias(self):  # the bias is added after the rows are scaled back
+            bias, self.bias = self.bias, None
+            try:
+                original_pack(self)
+            finally:
+                self.bias = bias
+
+        def forward(self, x):  # (D x) W^T = D (x W^T) for a diagonal D: per-row activation scales
+            x = x.float()
+            scale = x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12)  # ... x 1
+            y = torch.ops.quantized.linear_dynamic(x / scale, self._packed, int8.REDUCE_RANGE) * scale
+            return y if self.bias is None else y + self.bias
+
+        original_pack = int8.Int8Linear._pack
+        int8.Int8Linear._pack = pack_without_bias
+        int8.Int8Linear.forward = forward
     job = types.SimpleNamespace(checkpoint=args.checkpoint, data=args.data, dtype="float32", beam=5, batch=64,
                                 max_batches=0, device="cpu", overrides=overrides or None, threads=2,
                                 references=args.references)
