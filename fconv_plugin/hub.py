@@ -320,3 +320,19 @@ def _data_directory(url: str) -> str:
 def hub_models(table: Dict[str, Any]) -> Dict[str, Any]:
     """A copy of ``table`` (callers may edit what they get)."""
     return copy.deepcopy(table)
+
+
+class PublishedModels:
+    """Mixin for a fairseq model class (listed before the fairseq base): ``hub_models()`` is
+    ``PUBLISHED`` (fairseq's names and archives for that family) and ``from_pretrained`` converts a
+    published name or a fairseq archive on first use (:func:`from_pretrained`)."""
+
+    PUBLISHED: Dict[str, Any] = {}
+
+    @classmethod
+    def hub_models(cls) -> Dict[str, Any]:
+        return hub_models(cls.PUBLISHED)
+
+    @classmethod
+    def from_pretrained(cls, model_name_or_path, checkpoint_file="model.pt", data_name_or_path=".", **kwargs):
+        return from_pretrained(cls, model_name_or_path, checkpoint_file, data_name_or_path, **kwargs)

@@ -31,6 +31,50 @@ class StubTask:
         self.target_dictionary = tgt_dict
 
 
+#: a small fconv_ext config with the spec's features: width changes, residual 0 and 2 layers back, even
+#: kernels, attention in 3 of 4 decoder layers (small_fconv_ext)
+SMALL_FCONV_EXT = {
+    "_name": "fconv_ext",
+    "dropout": 0.1,
+    "encoder_embed_dim": 16,
+    "encoder_layers": "[(16, 3), (24, 2), (24, 3, 2)]",
+    "decoder_embed_dim": 16,
+    "decoder_layers": "[(16, 3), (24, 4), (24, 1, 0), (16, 2)]",
+    "decoder_out_embed_dim": 12,
+    "decoder_attention": "[True, False, True, True]",
+    "share_input_output_embed": False,
+    "max_source_positions": 64,
+    "max_target_positions": 64,
+}
+
+#: the smallest fconv_ext config: two 16-channel layers on each side (beam search, shortlists)
+MINI_FCONV_EXT = {
+    "_name": "fconv_ext",
+    "encoder_embed_dim": 16, "decoder_embed_dim": 16, "decoder_out_embed_dim": 16, "dropout": 0.1,
+    "encoder_layers": "[(16, 3)] * 2", "decoder_layers": "[(16, 3)] * 2", "decoder_attention": "True",
+    "share_input_output_embed": False, "max_source_positions": 64, "max_target_positions": 64,
+}
+
+#: small fconv_self_att configs with the features of fairseq's two presets (fconv_self_att, _wp)
+SELF_ATT_BASE_SMALL = dict(encoder_embed_dim=24, encoder_layers="[(16, 3)] * 2 + [(32, 3)]",
+                           decoder_embed_dim=24, decoder_layers="[(16, 3)] * 2 + [(32, 3)]", decoder_out_embed_dim=20)
+SELF_ATT_WP_SMALL = dict(encoder_embed_dim=24, encoder_layers="[(16, 3)] * 2 + [(32,3)] * 1",
+                         decoder_embed_dim=24, decoder_layers="[(32, 4)] * 2 + [(48, 4)] * 1 + [(16, 2)]",
+                         decoder_out_embed_dim=20)
+
+
+def small_fconv_ext(seed=0, **overrides):
+    """A SMALL_FCONV_EXT model (source vocabulary 40, target 45) with perturbed weights (non-trivial
+    biases and gains), in eval mode, and its dictionaries."""
+    torch.manual_seed(seed)
+    src_dict, tgt_dict = make_dictionary(40), make_dictionary(45)
+    model = build_model_from_config({**SMALL_FCONV_EXT, **overrides}, src_dict, tgt_dict)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval(), src_dict, tgt_dict
+
+
 def fconv_args(arch: str, **overrides) -> argparse.Namespace:
     """fairseq fconv options for ``arch`` (its preset function fills the defaults)."""
     from fairseq.models import ARCH_CONFIG_REGISTRY

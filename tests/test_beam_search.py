@@ -12,17 +12,10 @@ import torch
 from fairseq.sequence_generator import SequenceGenerator, SequenceGeneratorWithAlignment
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
-from conftest import build_twins, make_dictionary, random_batch
+from conftest import build_twins, make_dictionary, random_batch, MINI_FCONV_EXT as SMALL
 from fconv_plugin import beam_search
 from fconv_plugin.beam_search import FAST_PATH, FConvBeamSearch, FConvBeamSearchWithAlignment, top_tokens
 from fconv_plugin.models import build_model_from_config
-
-SMALL = {
-    "_name": "fconv_ext",
-    "encoder_embed_dim": 16, "decoder_embed_dim": 16, "decoder_out_embed_dim": 16, "dropout": 0.1,
-    "encoder_layers": "[(16, 3)] * 2", "decoder_layers": "[(16, 3)] * 2", "decoder_attention": "True",
-    "share_input_output_embed": False, "max_source_positions": 64, "max_target_positions": 64,
-}
 
 
 def small_model(vocab: int, seed: int = 0, eos_bias: Optional[float] = None):

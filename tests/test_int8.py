@@ -8,33 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import generate, hypotheses, make_dictionary, random_batch
-from fconv_plugin.models import build_model_from_config
+from conftest import generate, hypotheses, random_batch, small_fconv_ext as small_model
 from fconv_plugin.modules import CausalConv1d, Int8Conv, Int8Linear, SameConv1d, fold_weight_norm_, quantize_int8_
-
-SMALL = {
-    "_name": "fconv_ext",
-    "dropout": 0.1,
-    "encoder_embed_dim": 16,
-    "encoder_layers": "[(16, 3), (24, 2), (24, 3, 2)]",
-    "decoder_embed_dim": 16,
-    "decoder_layers": "[(16, 3), (24, 4), (24, 1, 0), (16, 2)]",
-    "decoder_out_embed_dim": 12,
-    "decoder_attention": "[True, False, True, True]",
-    "share_input_output_embed": False,
-    "max_source_positions": 64,
-    "max_target_positions": 64,
-}
-
-
-def small_model(seed=0, **overrides):
-    torch.manual_seed(seed)
-    src_dict, tgt_dict = make_dictionary(40), make_dictionary(45)
-    model = build_model_from_config({**SMALL, **overrides}, src_dict, tgt_dict)
-    with torch.no_grad():  # non-trivial biases and gains
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval(), src_dict, tgt_dict
 
 
 def log_probs(model, src, prev):

@@ -6,32 +6,8 @@ import pytest
 import torch
 from fairseq.sequence_generator import SequenceGenerator
 
-from conftest import assert_padded_batch_equals_each_sentence_alone, make_dictionary, random_batch
+from conftest import assert_padded_batch_equals_each_sentence_alone, make_dictionary, random_batch, small_fconv_ext as small_model, SMALL_FCONV_EXT as SMALL
 from fconv_plugin.models import build_model_from_config
-
-SMALL = {
-    "_name": "fconv_ext",
-    "dropout": 0.1,
-    "encoder_embed_dim": 16,
-    "encoder_layers": "[(16, 3), (24, 2), (24, 3, 2)]",
-    "decoder_embed_dim": 16,
-    "decoder_layers": "[(16, 3), (24, 4), (24, 1, 0), (16, 2)]",
-    "decoder_out_embed_dim": 12,
-    "decoder_attention": "[True, False, True, True]",
-    "share_input_output_embed": False,
-    "max_source_positions": 64,
-    "max_target_positions": 64,
-}
-
-
-def small_model(seed=0, **overrides):
-    torch.manual_seed(seed)
-    src_dict, tgt_dict = make_dictionary(40), make_dictionary(45)
-    model = build_model_from_config({**SMALL, **overrides}, src_dict, tgt_dict)
-    with torch.no_grad():  # non-trivial biases and gains
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval(), src_dict, tgt_dict
 
 
 def test_cached_decoding_equals_full_decoding():

@@ -15,7 +15,7 @@ import pytest
 import torch
 from fairseq.data import Dictionary
 
-from conftest import BIN, REPO, StubTask, hypotheses, run
+from conftest import BIN, REPO, StubTask, hypotheses, run, SELF_ATT_BASE_SMALL as BASE_SMALL, SELF_ATT_WP_SMALL as WP_SMALL
 from fconv_plugin import hub
 from fconv_plugin.convert import ConversionError, convert_checkpoint
 from fconv_plugin.convert import archive as archive_mod
@@ -183,12 +183,6 @@ def test_published_name_converts_once_and_translates_like_fairseq(wmt_archive, t
 
 
 # ---------------------------------------------------------------- the stories pair (model fusion)
-
-BASE_SMALL = dict(encoder_embed_dim=24, encoder_layers="[(16, 3)] * 2 + [(32, 3)]",
-                  decoder_embed_dim=24, decoder_layers="[(16, 3)] * 2 + [(32, 3)]", decoder_out_embed_dim=20)
-WP_SMALL = dict(encoder_embed_dim=24, encoder_layers="[(16, 3)] * 2 + [(32,3)] * 1",
-                decoder_embed_dim=24, decoder_layers="[(32, 4)] * 2 + [(48, 4)] * 1 + [(16, 2)]",
-                decoder_out_embed_dim=20)
 
 
 def stories_args(arch, **overrides):

@@ -11,18 +11,13 @@ import torch
 from fairseq.sequence_generator import SequenceGenerator
 from omegaconf import OmegaConf
 
-from conftest import REPO, StubTask, make_dictionary, random_batch
+from conftest import REPO, StubTask, make_dictionary, random_batch, SELF_ATT_BASE_SMALL as BASE_SMALL, SELF_ATT_WP_SMALL as WP_SMALL
 from fconv_plugin.convert import convert_checkpoint
 from fconv_plugin.models.fconv_ext_self_att import FConvExtSelfAttConfig, FConvExtSelfAttModel
 
 torch.set_num_threads(1)
 
 # small configs with the features of each fairseq preset
-BASE_SMALL = dict(encoder_embed_dim=24, encoder_layers="[(16, 3)] * 2 + [(32, 3)]",
-                  decoder_embed_dim=24, decoder_layers="[(16, 3)] * 2 + [(32, 3)]", decoder_out_embed_dim=20)
-WP_SMALL = dict(encoder_embed_dim=24, encoder_layers="[(16, 3)] * 2 + [(32,3)] * 1",
-                decoder_embed_dim=24, decoder_layers="[(32, 4)] * 2 + [(48, 4)] * 1 + [(16, 2)]",
-                decoder_out_embed_dim=20)
 CONFIGS = {
     "base": ("fconv_self_att", BASE_SMALL),
     "wp": ("fconv_self_att_wp", WP_SMALL),  # 4 downsampled gated heads, input projections

@@ -12,17 +12,11 @@ import pytest
 import torch
 from fairseq.sequence_generator import SequenceGenerator
 
-from conftest import BIN, N_TEST, USER_DIR, generate, hypotheses, make_dictionary, random_batch, run
+from conftest import BIN, N_TEST, USER_DIR, generate, hypotheses, make_dictionary, random_batch, run, MINI_FCONV_EXT as SMALL
 from fconv_plugin.beam_search import FConvBeamSearch
 from fconv_plugin.models import build_model_from_config
-from fconv_plugin.shortlist import Shortlist, dictionary_record, save
+from fconv_plugin.shortlist import dictionary_record, save
 
-SMALL = {
-    "_name": "fconv_ext",
-    "encoder_embed_dim": 16, "decoder_embed_dim": 16, "decoder_out_embed_dim": 16, "dropout": 0.1,
-    "encoder_layers": "[(16, 3)] * 2", "decoder_layers": "[(16, 3)] * 2", "decoder_attention": "True",
-    "share_input_output_embed": False, "max_source_positions": 64, "max_target_positions": 64,
-}
 VOCAB = 300
 
 

@@ -149,8 +149,10 @@ INFERENCE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8"
 
 
 @register_model("fconv_ext", dataclass=FConvExtConfig)
-class FConvExtModel(FairseqEncoderDecoderModel):
+class FConvExtModel(hub.PublishedModels, FairseqEncoderDecoderModel):
     """Convolutional encoder-decoder with multi-step attention (ConvS2S)."""
+
+    PUBLISHED = hub.FCONV_MODELS  # fairseq's published fconv models: names, archives (hub.py)
 
     inference_dtype = torch.float32  # set from the config by build_model
     shortlist = None  # a fconv_plugin.shortlist.Shortlist: load_shortlist()
@@ -160,16 +162,6 @@ class FConvExtModel(FairseqEncoderDecoderModel):
         # The encoder output feeds every attention layer; its gradient is scaled by
         # 1 / (2N) with N the number of attention layers (paper, section 3.4).
         encoder.grad_scale = 1.0 / (2.0 * decoder.num_attention_layers)
-
-    @classmethod
-    def hub_models(cls):
-        """fairseq's published fconv models, same names and archives (fconv_plugin/hub.py)."""
-        return hub.hub_models(hub.FCONV_MODELS)
-
-    @classmethod
-    def from_pretrained(cls, model_name_or_path, checkpoint_file="model.pt", data_name_or_path=".", **kwargs):
-        """fairseq's from_pretrained; a published name or a fairseq archive is converted on first use (hub.py)."""
-        return hub.from_pretrained(cls, model_name_or_path, checkpoint_file, data_name_or_path, **kwargs)
 
     @classmethod
     def gate_for(cls, cfg) -> Gate:

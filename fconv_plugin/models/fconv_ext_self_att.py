@@ -151,25 +151,17 @@ def _layers(cfg, name: str):
 
 
 @register_model("fconv_ext_self_att", dataclass=FConvExtSelfAttConfig)
-class FConvExtSelfAttModel(FairseqEncoderDecoderModel):
+class FConvExtSelfAttModel(hub.PublishedModels, FairseqEncoderDecoderModel):
     """Convolutional encoder-decoder with gated multi-head self-attention and optional
     fusion with a frozen pretrained model (Fan et al. 2018)."""
+
+    PUBLISHED = hub.FCONV_SELF_ATT_MODELS  # fairseq's published fconv_self_att models: names, archives (hub.py)
 
     def __init__(self, encoder: "FConvExtSelfAttEncoder", decoder: "FConvExtSelfAttDecoder"):
         super().__init__(encoder, decoder)
         # The encoder output feeds every encoder-attention layer: its gradient is scaled
         # by 1 / (2N), N = number of those layers (Gehring et al. 2017, section 3.4).
         encoder.grad_scale = 1.0 / (2.0 * decoder.num_attention_layers)
-
-    @classmethod
-    def hub_models(cls):
-        """fairseq's published fconv_self_att models, same names and archives (fconv_plugin/hub.py)."""
-        return hub.hub_models(hub.FCONV_SELF_ATT_MODELS)
-
-    @classmethod
-    def from_pretrained(cls, model_name_or_path, checkpoint_file="model.pt", data_name_or_path=".", **kwargs):
-        """fairseq's from_pretrained; a published name or a fairseq archive is converted on first use (hub.py)."""
-        return hub.from_pretrained(cls, model_name_or_path, checkpoint_file, data_name_or_path, **kwargs)
 
     @classmethod
     def gate_for(cls, cfg) -> Gate:
