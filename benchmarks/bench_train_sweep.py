@@ -145,7 +145,7 @@ def loss_only(vocab: int, rows: int, hidden: int, reps: int, threads: int) -> st
     from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
 
     sys.path.insert(0, REPO)
-    from fconv_plugin.criterions.fused_label_smoothed_cross_entropy import fused_linear_label_smoothed_nll
+    from fconv_plugin.criterions.fused_label_smoothed_cross_entropy import ChunkBuffer, fused_linear_label_smoothed_nll
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -159,8 +159,10 @@ def loss_only(vocab: int, rows: int, hidden: int, reps: int, threads: int) -> st
         lprobs = torch.log_softmax(F.linear(x, w, b).float(), dim=-1)
         return label_smoothed_nll_loss(lprobs, t, 0.1, ignore_index=1)[0]
 
+    buffer = ChunkBuffer()  # as the criterion keeps one
+
     def fused_path():
-        return fused_linear_label_smoothed_nll(x, w, b, t, 0.1, 1)[0]
+        return fused_linear_label_smoothed_nll(x, w, b, t, 0.1, 1, count_correct=False, buffer=buffer)[0]
 
     times = {"fairseq": [], "fused": []}
     for rep in range(reps + 1):

@@ -70,6 +70,59 @@ def test_function_matches_fairseq_loss_and_gradients(eps, with_bias, chunk_rows)
     assert not nll.requires_grad and not n_correct.requires_grad
 
 
+def test_function_rows_with_a_vanishing_target_probability():
+    """A target whose log-probability is far below float32's smallest normal number (log p = -150):
+    its loss comes from the exact log-sum-exp, as fairseq's log_softmax gives it."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 5, generator=g, requires_grad=True)
+    w = torch.randn(12, 5, generator=g)
+    b = torch.zeros(12)
+    target = torch.tensor([4, 5, 6, 7, 8, 9])
+    b[5], b[8] = -150.0, -60.0  # rows 1 and 4: p_y ~ e^-150 (recomputed) and e^-60 (z_y - log p_y)
+    b = b.requires_grad_(True)
+    w.requires_grad_(True)
+    ref_loss, ref_nll, _ = reference(x, w, b, target, 0.1, 1)
+    ref_grads = torch.autograd.grad(ref_loss, [x, w, b])
+    loss, nll, _ = fused_linear_label_smoothed_nll(x, w, b, target, 0.1, 1, chunk_rows=4)
+    grads = torch.autograd.grad(loss, [x, w, b])
+    assert ref_nll.item() > 200  # the two rows dominate the loss
+    torch.testing.assert_close(loss, ref_loss, **TOL)
+    torch.testing.assert_close(nll, ref_nll, **TOL)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, **TOL)
+
+
+def test_function_reuses_a_chunk_buffer_across_calls_and_shapes():
+    """One ChunkBuffer through calls of growing and shrinking size, two of them before a single
+    backward (nothing of the buffer is needed there): fairseq's numbers every time; the buffer's
+    memory is allocated once for the largest chunk."""
+    from fconv_plugin.criterions.fused_label_smoothed_cross_entropy import ChunkBuffer
+
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(30, 6, generator=g, requires_grad=True)
+    b = torch.randn(30, generator=g, requires_grad=True)
+    buffer = ChunkBuffer()
+    sizes, pointers = [9, 25, 4], []
+    xs = [torch.randn(n, 6, generator=g, requires_grad=True) for n in sizes]
+    ts = [torch.randint(4, 30, (n,), generator=g) for n in sizes]
+    losses = []
+    for x, t in zip(xs, ts):
+        loss, nll, n_correct = fused_linear_label_smoothed_nll(x, w, b, t, 0.1, 1, chunk_rows=10, buffer=buffer)
+        ref_loss, ref_nll, ref_correct = reference(x, w, b, t, 0.1, 1)
+        torch.testing.assert_close(loss, ref_loss, **TOL)
+        torch.testing.assert_close(nll, ref_nll, **TOL)
+        assert int(n_correct) == int(ref_correct)
+        pointers.append(buffer.get(1, 30, x.device).data_ptr())
+        losses.append(loss)
+    assert pointers[1] == pointers[2]  # grown once (to 10 rows), then reused
+    grads = torch.autograd.grad(sum(losses), xs + [w, b])
+    ref_grads = torch.autograd.grad(sum(reference(x, w, b, t, 0.1, 1)[0] for x, t in zip(xs, ts)), xs + [w, b])
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, **TOL)
+    _, _, uncounted = fused_linear_label_smoothed_nll(xs[0], w, b, ts[0], 0.1, 1, count_correct=False, buffer=buffer)
+    assert int(uncounted) == 0  # accuracy is not computed unless asked for (--report-accuracy)
+
+
 def test_function_without_gradients_and_all_padding():
     x, w, b = torch.randn(6, 4), torch.randn(9, 4), torch.randn(9)
     target = torch.tensor([2, 3, 1, 1, 8, 5])

@@ -7,9 +7,11 @@ fairseq's criterion takes the decoder's logits (``B x T x V``), makes their log-
 two more of the same size.  Here the decoder stops before its vocabulary projection ``fc3``
 (:meth:`FConvExtDecoder.extract_features`'s features, ``B x T x out_embed_dim``) and
 :class:`FusedLinearLabelSmoothedNLL` walks over chunks of rows: ``fc3`` (one matrix product),
-log-softmax, the smoothed NLL and, while the chunk is there, its gradient, turned at once into
-the gradients w.r.t. the features and ``fc3``'s weight and bias (two more products).  Only
-one chunk of ``rows x V`` exists at a time; padding rows are skipped altogether.  This is the
+softmax in place, the smoothed NLL and, while the chunk is there, its gradient, turned at once
+into the gradients w.r.t. the features and ``fc3``'s weight and bias (two more products).  Only
+one chunk of ``rows x V`` exists at a time, in a buffer the criterion keeps between updates
+(:class:`ChunkBuffer`); padding rows are skipped altogether; the smoothing term's sum over the
+vocabulary comes from column sums, not from another pass over the chunk.  This is the
 technique of Wijmans et al. 2024, "Cut Your Losses in Large-Vocabulary Language Models"
 (Apple's cut-cross-entropy) and of Liger-Kernel's fused linear cross entropy, written in
 plain PyTorch so it runs on CPUs and GPUs alike (both of those are Triton kernels for GPUs).
@@ -42,6 +44,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from fairseq import utils
 from fairseq.criterions import register_criterion
 from fairseq.criterions.label_smoothed_cross_entropy import (
@@ -52,35 +55,80 @@ from torch import Tensor
 
 from ..models import FConvExtDecoder, FConvExtModel
 
-#: Rows per chunk: at least MIN_CHUNK_ROWS, more while a chunk's logits stay within CHUNK_ELEMENTS.
-#: The weight gradient is accumulated once per chunk (a V x H product over the chunk's rows), and
-#: that product is slow with few rows: forward + backward of fc3 and the loss at 3,000 tokens,
-#: H = 256, 2 threads of the project's 2-core EPYC (/tmp script, median of 3, fairseq's path first):
-#: V = 32k: fairseq 3.92 s; 512 rows 3.70 s, 1024 rows 3.31 s, 2048 rows 3.40 s (64 rows: 8.2 s);
-#: V = 8k: fairseq 1.06 s; 512 rows 1.44 s, 1024 rows 1.07 s, 2048 rows 0.98 s.
-#: A chunk's logits and log-probabilities at 1024 x 32k are 128 MiB each in float32, against
-#: tokens x V for fairseq (4,000 tokens: 500 MiB per tensor, several alive at once).
-MIN_CHUNK_ROWS = 1024
-CHUNK_ELEMENTS = 2 ** 24
+#: Rows per chunk: at least MIN_CHUNK_ROWS, more while a chunk stays within CHUNK_ELEMENTS.
+#: The weight gradient is accumulated once per chunk (a V x H product over the chunk's rows),
+#: and that product is slower with few rows.  fc3 + loss, forward and backward, 3,600 tokens
+#: (3,480 counted), H = 256, 2 threads of the project's 2-core EPYC, with a ChunkBuffer
+#: (/tmp script, median of 5; fairseq's logits + log_softmax + label_smoothed_nll_loss first):
+#: V = 8k:  fairseq 0.43 s; 128 rows 0.28 s, 256 rows 0.26 s, 524 rows 0.24 s, 2048 rows 0.25 s;
+#: V = 32k: fairseq 1.74 s; 256 rows 1.10 s, 512 rows 0.99 s, 1024 rows 1.03 s;
+#: V = 64k: fairseq 3.38 s; 256 rows 2.15 s, 512 rows 2.06 s, 1024 rows 1.98 s.
+#: The buffer holds one chunk: 32 MiB at 8k (1,024 rows), 64 MiB at 32k, 128 MiB at 64k (512
+#: rows), against tokens x V per tensor for fairseq (4,000 tokens at 32k: 500 MiB, several alive).
+MIN_CHUNK_ROWS = 512
+CHUNK_ELEMENTS = 2 ** 23
+
+#: Rows whose target probability is below this (log p < -69) take their log-sum-exp from an exact
+#: recomputation instead of ``z_y - log p_y`` (forward, step 3): ``p_y`` keeps its full relative
+#: precision down to float32's smallest normal number, 1.2e-38.
+TINY_PROBABILITY = 1e-30
 
 
 def chunk_rows_for(vocab: int) -> int:
     return max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // max(vocab, 1))
 
 
+class ChunkBuffer:
+    """The ``rows x V`` float32 buffer a chunk's logits and probabilities live in, kept between
+    calls.  Fresh memory of that size comes from the operating system page by page: on the
+    project's 2-core EPYC a new 1,740 x 8k float32 tensor costs 20 ms of page faults at its first
+    write, half the time of the matrix product that fills it, at every chunk of every update
+    (benchmarks/results_train_sweep_v2.md).  Each criterion owns one; it grows to the largest
+    chunk seen and is reused, never shared between two calls in flight (nothing of it is kept
+    for the backward pass)."""
+
+    def __init__(self):
+        self._flat: Optional[Tensor] = None
+
+    def get(self, rows: int, vocab: int, device: torch.device) -> Tensor:
+        need = rows * vocab
+        flat = self._flat
+        if flat is None or flat.numel() < need or flat.device != device:
+            flat = self._flat = torch.empty(need, dtype=torch.float32, device=device)
+        return flat[:need].view(rows, vocab)  # rows x V
+
+
 class FusedLinearLabelSmoothedNLL(torch.autograd.Function):
     """``label_smoothed_nll_loss(log_softmax(features @ weight.T + bias), target, eps)``, summed,
     computed ``chunk_rows`` rows at a time.
 
-    features: N x H (any float dtype; the log-softmax is taken in float32 as fairseq does);
+    features: N x H (any float dtype; the softmax is taken in float32 as fairseq does);
     weight: V x H; bias: V or None; target: N (rows equal to ``ignore_index`` count for nothing).
     Returns (loss, nll_loss, n_correct): float32 scalars, the last two without gradient;
-    n_correct counts the rows whose argmax log-probability is the target (fairseq's accuracy).
+    n_correct counts the rows whose argmax log-probability is the target (fairseq's accuracy),
+    computed only with ``count_correct`` (it costs a pass over every chunk), else 0.
+    ``buffer``: a :class:`ChunkBuffer` to compute float32 chunks in, or None for fresh memory.
+
+    Per chunk of ``r`` rows (``z`` = logits, ``p`` = softmax(z), ``y`` = targets)::
+
+        1. z = x W^T + b                      r x V, one product, written into the buffer
+        2. p = softmax(z)                     in place (float32); z_y gathered first
+        3. lse = z_y - log p_y                log-sum-exp per row, exact recomputation where p_y is tiny
+        4. nll += sum(lse - z_y)              = sum(-log p_y)
+        5. grad = p - (1 - eps - eps_i) onehot(y)             in place, r elements
+           grad_x = grad W,  grad_W += grad^T x,  grad_b += sum_rows grad
+
+    and once for all rows, without touching ``N x V`` again::
+
+        smooth = sum_rows,v (-log p_v) = V * sum(lse) - sum_rows,v z
+               = V * sum(lse) - (sum_rows x) . (sum_v W_v) - N * sum(b)      (in float64)
+        the gradient's "- eps_i" term: grad_x -= eps_i sum_v W_v, grad_W -= eps_i sum_rows x, grad_b -= eps_i N
     """
 
     @staticmethod
     def forward(ctx, features: Tensor, weight: Tensor, bias: Optional[Tensor], target: Tensor, epsilon: float,
-                ignore_index: int, chunk_rows: int):
+                ignore_index: int, chunk_rows: int, count_correct: bool = True,
+                buffer: Optional[ChunkBuffer] = None):
         vocab = weight.size(0)
         eps_i = epsilon / (vocab - 1)
         target_weight = 1.0 - epsilon - eps_i  # of -log p_target (fairseq's formula)
@@ -89,38 +137,52 @@ class FusedLinearLabelSmoothedNLL(torch.autograd.Function):
         keep = target.ne(ignore_index).nonzero().squeeze(1)  # the rows that count
         x = features.index_select(0, keep)  # n x H
         t = target.index_select(0, keep)  # n
+        n = x.size(0)
+        lse_sum = torch.zeros((), dtype=torch.float64, device=features.device)
         nll = torch.zeros((), dtype=torch.float32, device=features.device)
-        smooth = torch.zeros_like(nll)
         n_correct = torch.zeros((), dtype=torch.long, device=features.device)
         if need_grad:
             grad_x = torch.empty_like(x)  # n x H
             grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)  # V x H
             grad_b = torch.zeros(vocab, dtype=torch.float32, device=weight.device) if bias is not None else None
-        for start in range(0, x.size(0), chunk_rows):
+        for start in range(0, n, chunk_rows):
             xc, tc = x[start : start + chunk_rows], t[start : start + chunk_rows]  # r x H, r
             rows = torch.arange(xc.size(0), device=xc.device)
-            logits = torch.addmm(bias, xc, weight.t()) if bias is not None else xc @ weight.t()  # r x V
-            lprobs = torch.log_softmax(logits.float(), dim=-1)  # r x V, float32 (fairseq: utils.log_softmax)
-            del logits
-            nll -= lprobs[rows, tc].sum()
-            smooth -= lprobs.sum()
-            n_correct += lprobs.argmax(dim=-1).eq(tc).sum()
+            z = _logits(xc, weight, bias, buffer)  # r x V (1.)
+            z_y = z[rows, tc].float()  # r
+            p = _softmax_(z)  # r x V, float32 (2.)
+            p_y = p[rows, tc]
+            lse = z_y - p_y.log()  # r (3.)
+            tiny = p_y < TINY_PROBABILITY
+            if bool(tiny.any()):
+                exact = torch.logsumexp(F.linear(xc[tiny], weight, bias).float(), dim=-1)
+                lse = lse.masked_scatter(tiny, exact)
+            lse_sum += lse.sum(dtype=torch.float64)
+            nll += (lse - z_y).sum()  # (4.)
+            if count_correct:
+                n_correct += p.argmax(dim=-1).eq(tc).sum()
             if not need_grad:
                 continue
-            grad = lprobs.exp_()  # r x V: p, in place of the log-probabilities
-            if eps_i != 0.0:
-                grad.sub_(eps_i)
-            grad[rows, tc] -= target_weight  # p - (1 - eps - eps_i) onehot(y) - eps_i
-            grad = grad.to(xc.dtype)
-            grad_x[start : start + chunk_rows] = grad @ weight  # r x H
+            p[rows, tc] -= target_weight  # (5.): p - (1 - eps - eps_i) onehot(y)
+            grad = p.to(xc.dtype)
+            torch.mm(grad, weight, out=grad_x[start : start + chunk_rows])  # r x H
             if grad.dtype == torch.float32:
                 grad_w.addmm_(grad.t(), xc)  # V x H, accumulated in place
             else:
                 grad_w += (grad.t() @ xc).float()  # V x H (products in the model's dtype, sum in float32)
             if grad_b is not None:
                 grad_b += grad.sum(dim=0, dtype=torch.float32)
+        # sum of every logit of every counted row, from the column sums (no N x V pass)
+        x_sum, w_sum = x.double().sum(0), weight.double().sum(0)  # H, H
+        z_sum = x_sum @ w_sum + (n * bias.double().sum() if bias is not None else 0.0)
+        smooth = (vocab * lse_sum - z_sum).float()
         loss = target_weight * nll + eps_i * smooth
         if need_grad:
+            if eps_i != 0.0:  # the "- eps_i" of every logit's gradient, as rank-one corrections
+                grad_x -= (eps_i * w_sum).to(grad_x.dtype)
+                grad_w -= (eps_i * x_sum).float()  # every row of V x H
+                if grad_b is not None:
+                    grad_b -= eps_i * n
             grad_features = torch.zeros_like(features)
             grad_features.index_copy_(0, keep, grad_x)  # padding rows: 0
             ctx.grads = (grad_features, grad_w, grad_b)
@@ -136,12 +198,31 @@ class FusedLinearLabelSmoothedNLL(torch.autograd.Function):
         grad_features = grad_features * g.to(grad_features.dtype)
         grad_w = (grad_w * g).to(ctx.dtypes[0])
         grad_b = None if grad_b is None else (grad_b * g).to(ctx.dtypes[1])
-        return grad_features, grad_w, grad_b, None, None, None, None
+        return grad_features, grad_w, grad_b, None, None, None, None, None, None
+
+
+def _logits(x: Tensor, weight: Tensor, bias: Optional[Tensor], buffer: Optional[ChunkBuffer]) -> Tensor:
+    """``x W^T + b`` (r x V), in ``buffer`` when the product is float32 and there is one."""
+    out = None
+    if buffer is not None and x.dtype == torch.float32:
+        out = buffer.get(x.size(0), weight.size(0), x.device)
+    if bias is not None:
+        return torch.addmm(bias, x, weight.t(), out=out)
+    return torch.mm(x, weight.t(), out=out)
+
+
+def _softmax_(z: Tensor) -> Tensor:
+    """float32 softmax over the last dim: in place for float32 ``z`` (the kernels of CPU and CUDA
+    write each element where they read it), a new float32 tensor for lower precisions."""
+    if z.dtype == torch.float32:
+        return torch.softmax(z, dim=-1, out=z)
+    return torch.softmax(z, dim=-1, dtype=torch.float32)
 
 
 def fused_linear_label_smoothed_nll(features: Tensor, weight: Tensor, bias: Optional[Tensor], target: Tensor,
-                                    epsilon: float, ignore_index: int,
-                                    chunk_rows: Optional[int] = None) -> Tuple[Tensor, Tensor, Tensor]:
+                                    epsilon: float, ignore_index: int, chunk_rows: Optional[int] = None,
+                                    count_correct: bool = True,
+                                    buffer: Optional[ChunkBuffer] = None) -> Tuple[Tensor, Tensor, Tensor]:
     """Functional form of :class:`FusedLinearLabelSmoothedNLL`; ``features`` may be ``... x H``
     with ``target`` of the leading shape."""
     features = features.reshape(-1, features.size(-1))
@@ -156,7 +237,8 @@ def fused_linear_label_smoothed_nll(features: Tensor, weight: Tensor, bias: Opti
         bias = bias.to(weight.dtype)
     with torch.autocast(device_type, enabled=False):  # the dtypes are settled above
         loss, nll, n_correct = FusedLinearLabelSmoothedNLL.apply(
-            features, weight, bias, target, float(epsilon), int(ignore_index), int(chunk_rows)
+            features, weight, bias, target, float(epsilon), int(ignore_index), int(chunk_rows), bool(count_correct),
+            buffer,
         )
     return loss, nll, n_correct
 
@@ -222,10 +304,12 @@ def _output_layer_replaced(decoder: nn.Module, replacement):
 
 
 def fused_token_loss(model: nn.Module, sample: Dict, epsilon: float, padding_idx: int,
-                     ignore_prefix_size: int = 0, chunk_rows: Optional[int] = None):
+                     ignore_prefix_size: int = 0, chunk_rows: Optional[int] = None, count_correct: bool = True,
+                     buffer: Optional[ChunkBuffer] = None):
     """Run ``model`` on ``sample["net_input"]`` and return fairseq's summed label-smoothed loss,
-    nll_loss, the number of correct argmax predictions and of counted target tokens, and the
-    decoder's other outputs (``extra``, e.g. attention), without the ``B x T x V`` logits."""
+    nll_loss, the number of correct argmax predictions (0 without ``count_correct``) and of counted
+    target tokens, and the decoder's other outputs (``extra``, e.g. attention), without the
+    ``B x T x V`` logits."""
     decoder = fused_decoder(model)
     target = sample["target"]  # B x T (what fconv_ext's get_targets returns)
     if ignore_prefix_size > 0:
@@ -237,7 +321,7 @@ def fused_token_loss(model: nn.Module, sample: Dict, epsilon: float, padding_idx
             features = features[:, ignore_prefix_size:, :]  # B x T' x H
         fc3 = decoder.fc3
         loss, nll, n_correct = fused_linear_label_smoothed_nll(
-            features, fc3.weight, fc3.bias, target, epsilon, padding_idx, chunk_rows
+            features, fc3.weight, fc3.bias, target, epsilon, padding_idx, chunk_rows, count_correct, buffer
         )
         results.update(nll=nll, n_correct=n_correct)
         return loss  # the decoder's first output: depends on the features and on fc3, as logits do
@@ -268,11 +352,17 @@ class FusedLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion
     #: rows per chunk; None: :func:`chunk_rows_for` (tests set a small number to cross chunks)
     chunk_rows: Optional[int] = None
 
+    def __init__(self, task, sentence_avg, label_smoothing, ignore_prefix_size=0, report_accuracy=False):
+        # (named arguments: fairseq builds criteria by matching the config's fields to them)
+        super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
+        self.chunk_buffer = ChunkBuffer()  # the chunks' memory, kept between updates
+
     def forward(self, model, sample, reduce=True):
         if not reduce:
             return super().forward(model, sample, reduce=reduce)
         loss, nll_loss, n_correct, total, _ = fused_token_loss(
-            model, sample, self.eps, self.padding_idx, self.ignore_prefix_size, self.chunk_rows
+            model, sample, self.eps, self.padding_idx, self.ignore_prefix_size, self.chunk_rows,
+            count_correct=self.report_accuracy, buffer=self.chunk_buffer,
         )
         sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
         logging_output = {

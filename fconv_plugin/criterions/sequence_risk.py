@@ -32,7 +32,7 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
 )
 from torch import Tensor
 
-from .fused_label_smoothed_cross_entropy import fused_token_loss, unsupported_reason
+from .fused_label_smoothed_cross_entropy import ChunkBuffer, fused_token_loss, unsupported_reason
 
 
 @dataclass
@@ -82,6 +82,7 @@ class SequenceRiskCriterion(LabelSmoothedCrossEntropyCriterion):
         self.alpha = risk_alpha
         self.n_candidates, self.beam, self.sampling, self.max_len_b = risk_candidates, risk_beam, risk_sampling, risk_max_len_b
         self._generator = None
+        self.chunk_buffer = ChunkBuffer()  # the fused token-level loss's chunk memory, kept between updates
 
     def forward(self, model, sample, reduce=True):
         tok_loss, nll_loss = self.token_loss(model, sample, reduce)
@@ -113,7 +114,8 @@ class SequenceRiskCriterion(LabelSmoothedCrossEntropyCriterion):
         numbers); other models, and reduce=False, take fairseq's path through the logits."""
         if reduce and unsupported_reason(model) is None:
             tok_loss, nll_loss, _, _, _ = fused_token_loss(model, sample, self.eps, self.padding_idx,
-                                                           self.ignore_prefix_size)
+                                                           self.ignore_prefix_size, count_correct=False,
+                                                           buffer=self.chunk_buffer)
             return tok_loss, nll_loss
         net_output = model(**sample["net_input"])
         return self.compute_loss(model, net_output, sample, reduce=reduce)
