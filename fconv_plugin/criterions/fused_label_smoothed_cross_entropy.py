@@ -83,7 +83,7 @@ class ChunkBuffer:
     calls.  Fresh memory of that size comes from the operating system page by page: on the
     project's 2-core EPYC a new 1,740 x 8k float32 tensor costs 20 ms of page faults at its first
     write, half the time of the matrix product that fills it, at every chunk of every update
-    (benchmarks/results_train_sweep_v2.md).  Each criterion owns one; it grows to the largest
+    (benchmarks/results_train_sweep.md).  Each criterion owns one; it grows to the largest
     chunk seen and is reused, never shared between two calls in flight (nothing of it is kept
     for the backward pass)."""
 
