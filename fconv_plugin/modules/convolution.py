@@ -99,13 +99,19 @@ def conv_channels_first(x: Tensor, weight: Tensor, bias: Optional[Tensor], pad_l
     return out.transpose(1, 2)  # B x T x out (a view)
 
 
+def sliding_windows(x: Tensor, k: int, pad_left: int, pad_right: int, dilation: int = 1) -> Tensor:
+    """The ``k`` input frames each output frame sees: ``B x T x C`` -> ``B x T' x C x k`` (a view of
+    the padded input, ``T' = T + pad_left + pad_right - (k - 1) * dilation``; taps ``dilation`` apart)."""
+    if pad_left or pad_right:
+        x = F.pad(x, (0, 0, pad_left, pad_right))  # pad the time dimension
+    return x.unfold(1, (k - 1) * dilation + 1, 1)[..., ::dilation]  # B x T' x C x k
+
+
 def _conv_unfolded(x: Tensor, weight: Tensor, bias: Tensor, pad_left: int, pad_right: int) -> Tensor:
     """The same convolution as one matrix product over sliding windows (unfold)."""
     out_channels, in_channels, k = weight.shape
     bsz, length, _ = x.shape
-    if pad_left or pad_right:
-        x = F.pad(x, (0, 0, pad_left, pad_right))  # pad the time dimension
-    windows = x.unfold(1, k, 1)  # B x T x C x k (a view)
+    windows = sliding_windows(x, k, pad_left, pad_right)  # B x T x C x k (a view)
     windows = windows.reshape(bsz * length, in_channels * k)  # (B*T) x (C*k), channel-major like the weight
     out = F.linear(windows, weight.reshape(out_channels, in_channels * k), bias)
     return out.view(bsz, length, out_channels)  # B x T x out

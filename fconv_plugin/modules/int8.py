@@ -30,11 +30,10 @@ from typing import Iterator, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 from torch.ao.quantization.observer import default_per_channel_weight_observer
 
-from .convolution import CausalConv1d, SameConv1d
+from .convolution import CausalConv1d, SameConv1d, sliding_windows
 
 #: quantized engines in order of preference for products with fewer than :data:`WIDE` output
 #: features (every layer but the vocabulary projection): x86 (fbgemm) first.  At the decoding
@@ -163,9 +162,7 @@ class Int8Conv(Int8Linear):
         input and output ``B x T x C``."""
         k, d = self.kernel_size, self.dilation
         bsz, length, channels = x.shape
-        if pad_left or pad_right:
-            x = F.pad(x, (0, 0, pad_left, pad_right))  # pad the time dimension
-        windows = x.unfold(1, (k - 1) * d + 1, 1)[..., ::d]  # B x T x C x k (a view)
+        windows = sliding_windows(x, k, pad_left, pad_right, d)  # B x T x C x k (a view)
         windows = windows.transpose(2, 3).reshape(bsz * length, k * channels)  # (B*T) x (k*C), frame-major
         return self(windows).view(bsz, length, -1)  # B x T x out
 
