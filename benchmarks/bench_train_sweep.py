@@ -139,7 +139,9 @@ def child(side: str, vocab: int, max_tokens: int, steps: int, threads: int) -> d
 
 def loss_only(vocab: int, rows: int, hidden: int, reps: int, threads: int) -> str:
     """The part the fused criterion changes, alone, in one process, alternating: fc3 + log-softmax +
-    smoothed NLL, forward and backward, on ``rows`` target tokens (10 of them padding per 300)."""
+    smoothed NLL, forward and backward, on ``rows`` target tokens (10 of them padding per 300):
+    fairseq's way and fused (label smoothing 0.1); where torch has ``F.linear_cross_entropy`` also
+    its chunked path against fused without smoothing (its chunked path refuses smoothing)."""
     import torch
     import torch.nn.functional as F
     from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
@@ -154,28 +156,37 @@ def loss_only(vocab: int, rows: int, hidden: int, reps: int, threads: int) -> st
     b = torch.zeros(vocab, requires_grad=True)
     t = torch.randint(4, vocab, (rows,))
     t[:: 30] = 1  # padding
+    buffer = ChunkBuffer()  # as the criterion keeps one
 
     def fairseq_path():
         lprobs = torch.log_softmax(F.linear(x, w, b).float(), dim=-1)
         return label_smoothed_nll_loss(lprobs, t, 0.1, ignore_index=1)[0]
 
-    buffer = ChunkBuffer()  # as the criterion keeps one
+    def fused_path(eps=0.1):
+        return fused_linear_label_smoothed_nll(x, w, b, t, eps, 1, count_correct=False, buffer=buffer)[0]
 
-    def fused_path():
-        return fused_linear_label_smoothed_nll(x, w, b, t, 0.1, 1, count_correct=False, buffer=buffer)[0]
+    paths = {"fairseq": fairseq_path, "fused": fused_path}
+    if hasattr(F, "linear_cross_entropy"):  # torch >= 2.13
+        from torch.nn.modules.linear_cross_entropy_options import LinearCrossEntropyOptions
 
-    times = {"fairseq": [], "fused": []}
+        paths["torch_chunked_eps0"] = lambda: F.linear_cross_entropy(
+            x, w, t, linear_bias=b, reduction="sum", ignore_index=1, options=LinearCrossEntropyOptions())
+        paths["fused_eps0"] = lambda: fused_path(0.0)
+    times = {name: [] for name in paths}
     for rep in range(reps + 1):
-        for name, f in (("fairseq", fairseq_path), ("fused", fused_path))[:: 1 if rep % 2 else -1]:
+        for name, f in list(paths.items())[:: 1 if rep % 2 else -1]:
             x.grad = w.grad = b.grad = None
             t0 = time.perf_counter()
             f().backward()
             if rep > 0:  # the first round warms up
                 times[name].append(time.perf_counter() - t0)
-    a, f_ = statistics.median(times["fairseq"]), statistics.median(times["fused"])
-    return (f"loss only, V={vocab}, {rows} tokens, H={hidden}, {threads} threads, median of {reps} alternating: "
-            f"fairseq {a:.3f} s ({', '.join(f'{v:.2f}' for v in times['fairseq'])}), "
-            f"fused {f_:.3f} s ({', '.join(f'{v:.2f}' for v in times['fused'])}): {a / f_:.2f}x")
+    med = {name: statistics.median(v) for name, v in times.items()}
+    text = (f"loss only, V={vocab}, {rows} tokens, H={hidden}, {threads} threads, median of {reps} alternating: "
+            f"fairseq {med['fairseq']:.3f} s, fused {med['fused']:.3f} s: {med['fairseq'] / med['fused']:.2f}x")
+    if "fused_eps0" in med:
+        text += (f"; without smoothing: torch's chunked linear_cross_entropy {med['torch_chunked_eps0']:.3f} s, "
+                 f"fused {med['fused_eps0']:.3f} s")
+    return text
 
 
 def machine() -> str:
