@@ -23,6 +23,14 @@ THREADS=${DEMO_THREADS:-$(nproc)}
 # overrides the rest.
 OPTIM=${DEMO_OPTIM:---optimizer adam --adam-betas (0.9,0.98) --lr 0.004 --clip-norm 0.1}
 WARMUP=${DEMO_WARMUP:-40}
+# fconv_ext and its presets train with the fused output layer + loss (the same loss as fairseq's
+# label_smoothed_cross_entropy, more updates in the budget: benchmarks/results_train_sweep.md); other archs
+# (fconv_ext_self_att, fconv_ext_lm, fairseq's own) need fairseq's criterion
+case "$ARCH" in
+  fconv_ext | fconv_ext_iwslt_de_en | fconv_ext_wmt_* | fconv_ext_summarization | fconv_ext_tiny)
+    CRITERION=${DEMO_CRITERION:-fused_label_smoothed_cross_entropy} ;;
+  *) CRITERION=${DEMO_CRITERION:-label_smoothed_cross_entropy} ;;
+esac
 # what a longer budget gave on a slow 2-core machine (examples/gettext/README.md)
 LONGER="measured on a busy 2-core CPU at ~1,000 words/s: 35.8 BLEU after 532 updates, against 5.9 after 131 in 12 minutes"
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -67,7 +75,7 @@ rm -rf checkpoints
 python "$REPO/fconv_plugin/cli/demo_plan.py" train --minutes "$MINUTES" --warmup "$WARMUP" \
   --save-dir checkpoints --log train.log --plan plan.json -- \
   bin --user-dir "$REPO/fconv_plugin" --arch "$ARCH" --task fconv_translation --disable-validation \
-  $OPTIM --dropout 0.1 --criterion label_smoothed_cross_entropy --label-smoothing 0.1 \
+  $OPTIM --dropout 0.1 --criterion "$CRITERION" --label-smoothing 0.1 \
   --max-tokens 4000 --required-batch-size-multiple 1 --max-epoch 100 --no-epoch-checkpoints --seed 1
 
 stage "6/7 translate the test set (fairseq-generate, beam 5)"
