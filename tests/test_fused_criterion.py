@@ -324,6 +324,36 @@ def test_sequence_risk_token_level_part_is_fused(monkeypatch):
         torch.testing.assert_close(grads[name], want, **TOL, msg=name)
 
 
+@pytest.mark.parametrize("eps,prefix", [(0.1, 0), (0.0, 2)])
+def test_language_model_with_full_softmax_matches_fairseq(eps, prefix):
+    """fconv_ext_lm without an adaptive softmax: fc2 + dropout, then the fused fc3 + loss; the
+    same loss, nll_loss and gradients as fairseq's criterion on its logits (dropout on, same masks)."""
+    d = make_dictionary(40)
+    torch.manual_seed(0)
+    lm = build_model_from_config({"_name": "fconv_ext_lm", "decoder_embed_dim": 12, "decoder_layers": "[(16, 3)] * 2",
+                                  "dropout": 0.2}, d).train()
+    with torch.no_grad():
+        for p in lm.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    task = StubTask(d, d)
+    tokens = random_batch(d, [9, 6, 3], seed=4, left_pad=False)  # B x T, right-padded
+    target = torch.cat([tokens[:, 1:], torch.full((3, 1), d.pad())], 1)
+    target = target.masked_fill(tokens.eq(d.pad()), d.pad())
+    sample = {"net_input": {"src_tokens": tokens, "src_lengths": tokens.ne(d.pad()).sum(1)}, "target": target,
+              "ntokens": int(target.ne(d.pad()).sum())}
+    ref = LabelSmoothedCrossEntropyCriterion(task, False, eps, prefix)
+    fused = FusedLabelSmoothedCrossEntropyCriterion(task, False, eps, prefix)
+    fused.chunk_rows = 5
+    ref_loss, _, ref_log, ref_grads = run_criterion(ref, lm, sample)
+    loss, _, log, grads = run_criterion(fused, lm, sample)
+    assert ref_loss.item() > 1.0
+    torch.testing.assert_close(loss, ref_loss, **TOL)
+    torch.testing.assert_close(log["nll_loss"], ref_log["nll_loss"], **TOL)
+    assert set(grads) == set(ref_grads)
+    for name, want in ref_grads.items():
+        torch.testing.assert_close(grads[name], want, **TOL, msg=name)
+
+
 def test_other_models_are_refused_with_what_to_use():
     src = make_dictionary(30)
     task = StubTask(src, src)
@@ -340,7 +370,8 @@ def test_other_models_are_refused_with_what_to_use():
                                         "encoder_layers": "[(8, 3)] * 1", "decoder_embed_dim": 8,
                                         "decoder_layers": "[(8, 3)] * 1", "decoder_out_embed_dim": 8,
                                         "max_source_positions": 64, "max_target_positions": 64}, src, src)
-    with pytest.raises(FusedLossUnsupported, match="fconv_ext models only.*--criterion label_smoothed_cross_entropy"):
+    with pytest.raises(FusedLossUnsupported,
+                       match="fconv_ext and fconv_ext_lm models only.*--criterion label_smoothed_cross_entropy"):
         crit(self_att, sample)
 
 

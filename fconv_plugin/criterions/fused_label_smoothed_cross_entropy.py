@@ -36,9 +36,10 @@ the fp16 loss scale).
 The model is called as usual (``model(**net_input)``, through any data-parallel wrapper, so
 DDP sees a normal forward), with the decoder's ``output_layer`` replaced for that one call by
 the fused loss: the "logits" the decoder returns are then the summed loss, which depends on
-the features and on ``fc3``, as the real logits would.  Models whose decoder does not end in
-``output_layer(features)`` = ``fc3`` (only ``fconv_ext`` and its presets do) are refused with
-the criterion to use instead.
+the features and on ``fc3``, as the real logits would.  The decoders of ``fconv_ext`` and
+``fconv_ext_lm`` (full softmax) end in ``output_layer(features) = fc3(vocabulary_input(features))``;
+other models (the self-attention family, an adaptive softmax) are refused with the criterion to
+use instead.
 """
 
 from contextlib import contextmanager
@@ -56,7 +57,8 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
 )
 from torch import Tensor
 
-from ..models import FConvExtDecoder, FConvExtModel
+from ..models import FConvExtDecoder, FConvExtLanguageModel, FConvExtModel
+from ..models.fconv_ext_lm import FConvExtLMDecoder
 
 #: Rows per chunk: at least MIN_CHUNK_ROWS, more while a chunk stays within CHUNK_ELEMENTS.
 #: The weight gradient is accumulated once per chunk (a V x H product over the chunk's rows),
@@ -273,11 +275,13 @@ def unsupported_reason(model: nn.Module) -> Optional[str]:
     if getattr(decoder, "adaptive_softmax", None) is not None:
         return (f"--criterion fused_label_smoothed_cross_entropy: model {name} has an adaptive softmax, which "
                 "computes its own loss; use --criterion adaptive_loss")
-    if not (isinstance(core, FConvExtModel) and isinstance(decoder, FConvExtDecoder)
+    if not (isinstance(core, (FConvExtModel, FConvExtLanguageModel))
+            and isinstance(decoder, (FConvExtDecoder, FConvExtLMDecoder))
             and isinstance(getattr(decoder, "fc3", None), nn.Linear)):
-        return (f"--criterion fused_label_smoothed_cross_entropy works with fconv_ext models only (--arch fconv_ext "
-                f"or an fconv_ext_* preset: it takes the decoder's features and its fc3 projection); model {name} is "
-                "not one. Use --criterion label_smoothed_cross_entropy (the same options and results)")
+        return (f"--criterion fused_label_smoothed_cross_entropy works with fconv_ext and fconv_ext_lm models only "
+                f"(--arch fconv_ext, fconv_ext_lm or one of their presets: it takes the decoder's features and its fc3 "
+                f"projection); model {name} is not one. Use --criterion label_smoothed_cross_entropy (the same options "
+                "and results)")
     return None
 
 
@@ -320,6 +324,7 @@ def fused_token_loss(model: nn.Module, sample: Dict, epsilon: float, padding_idx
     results = {}
 
     def fused_output_layer(features: Tensor, **unused) -> Tensor:
+        features = decoder.vocabulary_input(features)  # B x T x H (fconv_ext_lm: fc2 + dropout, as its output_layer)
         if ignore_prefix_size > 0:
             features = features[:, ignore_prefix_size:, :]  # B x T' x H
         fc3 = decoder.fc3

@@ -463,6 +463,11 @@ class FConvExtDecoder(ConvDecoder):
         full = logits.new_full((*logits.shape[:-1], len(self.dictionary)), -math.inf)  # B x T x V
         return full.index_copy_(-1, shortlist, logits)
 
+    def vocabulary_input(self, features: Tensor) -> Tensor:
+        """What ``fc3`` is applied to: the features themselves (``fc2`` and dropout are in
+        :meth:`extract_features`); fused_label_smoothed_cross_entropy applies ``fc3`` itself."""
+        return features
+
     def _shortlist_rows(self, shortlist: Tensor) -> nn.Module:
         """``fc3`` restricted to the rows in ``shortlist``: made once per batch (the same tensor
         object comes back at every step), by ``fc3.select_rows`` where ``fc3`` has one (int8)."""

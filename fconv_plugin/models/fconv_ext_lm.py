@@ -239,9 +239,13 @@ class FConvExtLMDecoder(ConvDecoder):
     def output_layer(self, features: Tensor, **unused) -> Tensor:
         if self.adaptive_softmax is not None:
             return features  # B x T x C; get_normalized_probs applies the adaptive softmax
+        return self.fc3(self.vocabulary_input(features))  # B x T x V
+
+    def vocabulary_input(self, features: Tensor) -> Tensor:
+        """What ``fc3`` is applied to: ``dropout(fc2(features))``, B x T x E (full softmax only;
+        fused_label_smoothed_cross_entropy applies ``fc3`` itself)."""
         x = self.fc2(features)  # B x T x E
-        x = self.dropout_module(x)
-        return self.fc3(x)  # B x T x V
+        return self.dropout_module(x)
 
 
 # ----------------------------------------------------------------------------- presets
