@@ -137,11 +137,12 @@ def child(side: str, vocab: int, max_tokens: int, steps: int, threads: int) -> d
             "train_peak_mib": peak - rss_imports, "first_loss": losses[0]}
 
 
-def loss_only(vocab: int, rows: int, hidden: int, reps: int, threads: int) -> str:
+def loss_only(vocab: int, rows: int, hidden: int, reps: int, threads: int, chunk_rows=()) -> str:
     """The part the fused criterion changes, alone, in one process, alternating: fc3 + log-softmax +
     smoothed NLL, forward and backward, on ``rows`` target tokens (10 of them padding per 300):
     fairseq's way and fused (label smoothing 0.1); where torch has ``F.linear_cross_entropy`` also
-    its chunked path against fused without smoothing (its chunked path refuses smoothing)."""
+    its chunked path against fused without smoothing (its chunked path refuses smoothing); and
+    fused with each of ``chunk_rows`` rows per chunk (the default is the criterion's choice)."""
     import torch
     import torch.nn.functional as F
     from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
@@ -162,10 +163,12 @@ def loss_only(vocab: int, rows: int, hidden: int, reps: int, threads: int) -> st
         lprobs = torch.log_softmax(F.linear(x, w, b).float(), dim=-1)
         return label_smoothed_nll_loss(lprobs, t, 0.1, ignore_index=1)[0]
 
-    def fused_path(eps=0.1):
-        return fused_linear_label_smoothed_nll(x, w, b, t, eps, 1, count_correct=False, buffer=buffer)[0]
+    def fused_path(eps=0.1, chunk=None):
+        return fused_linear_label_smoothed_nll(x, w, b, t, eps, 1, chunk, count_correct=False, buffer=buffer)[0]
 
     paths = {"fairseq": fairseq_path, "fused": fused_path}
+    for n in chunk_rows:
+        paths[f"fused, {n} rows per chunk"] = lambda n=n: fused_path(chunk=n)
     if hasattr(F, "linear_cross_entropy"):  # torch >= 2.13
         from torch.nn.modules.linear_cross_entropy_options import LinearCrossEntropyOptions
 
@@ -183,6 +186,9 @@ def loss_only(vocab: int, rows: int, hidden: int, reps: int, threads: int) -> st
     med = {name: statistics.median(v) for name, v in times.items()}
     text = (f"loss only, V={vocab}, {rows} tokens, H={hidden}, {threads} threads, median of {reps} alternating: "
             f"fairseq {med['fairseq']:.3f} s, fused {med['fused']:.3f} s: {med['fairseq'] / med['fused']:.2f}x")
+    for name in med:
+        if name.startswith("fused, "):
+            text += f"; {name} {med[name]:.3f} s"
     if "fused_eps0" in med:
         text += (f"; without smoothing: torch's chunked linear_cross_entropy {med['torch_chunked_eps0']:.3f} s, "
                  f"fused {med['fused_eps0']:.3f} s")
@@ -224,6 +230,8 @@ def main():
     p.add_argument("--loss-only", action="store_true",
                    help="time only fc3 + loss (forward + backward), fairseq's way vs fused, for each --vocab at "
                    "the largest --tokens, --reps rounds alternating, in this process")
+    p.add_argument("--chunk-rows", type=int, nargs="*", default=[],
+                   help="with --loss-only: also time the fused path with these rows per chunk")
     p.add_argument("--child", nargs=3, metavar=("SIDE", "VOCAB", "TOKENS"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -234,7 +242,7 @@ def main():
     if args.loss_only:
         print(machine())
         for vocab in args.vocab:
-            print(loss_only(vocab, max(args.tokens), 256, args.reps, args.threads), flush=True)
+            print(loss_only(vocab, max(args.tokens), 256, args.reps, args.threads, args.chunk_rows), flush=True)
         return
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     header = machine()
