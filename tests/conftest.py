@@ -75,6 +75,20 @@ def small_fconv_ext(seed=0, **overrides):
     return model.eval(), src_dict, tgt_dict
 
 
+def mini_fconv_ext_for_search(vocab: int, seed: int = 0, eos_bias: float = 3.0):
+    """A MINI_FCONV_EXT model with strongly perturbed weights (noise 0.3) and EOS made likelier by
+    ``eos_bias`` in ``fc3``, so that beam-search hypotheses end at different steps; in train mode
+    (the caller sets eval), with its source and target dictionaries (both ``vocab`` symbols)."""
+    torch.manual_seed(seed)
+    src_dict, tgt_dict = make_dictionary(vocab), make_dictionary(vocab)
+    model = build_model_from_config(MINI_FCONV_EXT, src_dict, tgt_dict)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        model.decoder.fc3.bias[tgt_dict.eos()] += eos_bias
+    return model, src_dict, tgt_dict
+
+
 def fconv_args(arch: str, **overrides) -> argparse.Namespace:
     """fairseq fconv options for ``arch`` (its preset function fills the defaults)."""
     from fairseq.models import ARCH_CONFIG_REGISTRY

@@ -12,21 +12,15 @@ import torch
 from fairseq.sequence_generator import SequenceGenerator, SequenceGeneratorWithAlignment
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
-from conftest import build_twins, make_dictionary, random_batch, MINI_FCONV_EXT as SMALL
+from conftest import build_twins, mini_fconv_ext_for_search, random_batch
 from fconv_plugin import beam_search
 from fconv_plugin.beam_search import FAST_PATH, FConvBeamSearch, FConvBeamSearchWithAlignment, top_tokens
-from fconv_plugin.models import build_model_from_config
 
 
 def small_model(vocab: int, seed: int = 0, eos_bias: Optional[float] = None):
     """A random fconv_ext model whose hypotheses end at different steps (EOS made likelier)."""
-    torch.manual_seed(seed)
-    src_dict, tgt_dict = make_dictionary(vocab), make_dictionary(vocab)
-    model = build_model_from_config(SMALL, src_dict, tgt_dict)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-        model.decoder.fc3.bias[tgt_dict.eos()] += eos_bias if eos_bias is not None else (2.0 if vocab < 100 else 3.0)
+    model, _, tgt_dict = mini_fconv_ext_for_search(
+        vocab, seed, eos_bias if eos_bias is not None else (2.0 if vocab < 100 else 3.0))
     return model.eval(), tgt_dict
 
 

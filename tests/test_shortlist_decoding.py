@@ -12,7 +12,7 @@ import pytest
 import torch
 from fairseq.sequence_generator import SequenceGenerator
 
-from conftest import BIN, N_TEST, USER_DIR, generate, hypotheses, make_dictionary, random_batch, run, MINI_FCONV_EXT as SMALL
+from conftest import BIN, N_TEST, USER_DIR, generate, hypotheses, make_dictionary, mini_fconv_ext_for_search, random_batch, run, MINI_FCONV_EXT as SMALL
 from fconv_plugin.beam_search import FConvBeamSearch
 from fconv_plugin.models import build_model_from_config
 from fconv_plugin.shortlist import dictionary_record, save
@@ -34,13 +34,7 @@ def write_shortlist(path, src_dict, tgt_dict, n_best=4, n_frequent=20, seed=0):
 
 def shortlisted_model(tmp_path, seed=0, need_attn=True, **shortlist_options):
     """A random fconv_ext model decoding with a random shortlist, and its dictionaries."""
-    torch.manual_seed(seed)
-    src_dict, tgt_dict = make_dictionary(VOCAB), make_dictionary(VOCAB)
-    model = build_model_from_config(SMALL, src_dict, tgt_dict)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-        model.decoder.fc3.bias[tgt_dict.eos()] += 3.0  # hypotheses of different lengths
+    model, src_dict, tgt_dict = mini_fconv_ext_for_search(VOCAB, seed, eos_bias=3.0)  # hypotheses of different lengths
     path = write_shortlist(tmp_path / "shortlist.npz", src_dict, tgt_dict, **shortlist_options)
     model.load_shortlist(str(path), src_dict, tgt_dict)
     model.eval().make_generation_fast_(need_attn=need_attn)
