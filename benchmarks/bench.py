@@ -78,7 +78,7 @@ from bench_report import (add_efficiency, generation_line, machine, markdown, su
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GEN_CONFIGS = [("beam5_batch64", 5, 64), ("beam1_batch64", 1, 64), ("beam5_batch1", 5, 1)]
-# fconv_plugin.beam_search's switch: =fairseq makes task.build_generator return fairseq's SequenceGenerator
+# fconv_plugin.serving.beam_search's switch: =fairseq makes task.build_generator return fairseq's SequenceGenerator
 FAIRSEQ_BEAM_SEARCH = {"FCONV_EXT_BEAM_SEARCH": "fairseq"}
 
 

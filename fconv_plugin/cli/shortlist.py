@@ -10,7 +10,7 @@ HMM-with-fertility aligner sampled by MCMC; what OPUS-MT and Bergamot build thei
 directions, and keeps the links of the chosen ``--symmetrization``.  From the link counts c(s, t) it
 estimates p(t|s) = c(s, t) / sum_t' c(s, t') and writes, for every source token, its ``--n-best`` targets by
 p(t|s), plus the target tokens' frequencies (the ``--n-frequent`` most frequent are always candidates) and
-the dictionaries' fingerprints, in the format of :mod:`fconv_plugin.shortlist`.
+the dictionaries' fingerprints, in the format of :mod:`fconv_plugin.serving.shortlist`.
 
 eflomal samples at random (it has no seed option), so two builds can differ in rare ties of the ranking.
 Why eflomal and the defaults: ``docs/shortlists.md``.
@@ -197,7 +197,7 @@ def coverage_table(path: str, src_sents, tgt_sents, src_dict, tgt_dict, n_bests:
     length, then index), as fairseq-generate --batch-size forms them."""
     import torch
 
-    from fconv_plugin.shortlist import Shortlist
+    from fconv_plugin.serving.shortlist import Shortlist
 
     def padded(sents):  # len(sents) x (longest + 1), left-padded, EOS-terminated like fairseq's batches
         out = torch.full((len(sents), max(len(x) for x in sents) + 1), src_dict.pad(), dtype=torch.long)
@@ -325,7 +325,7 @@ def main(argv=None):
 def build_file(args, src_dict, tgt_dict, aligner_options: Dict) -> None:
     """Read the corpus, align, write ``args.out``."""
     from fconv_plugin import __version__
-    from fconv_plugin import shortlist
+    from fconv_plugin.serving import shortlist
 
     start = time.time()
     try:
@@ -359,7 +359,7 @@ def build_file(args, src_dict, tgt_dict, aligner_options: Dict) -> None:
 
 def report_coverage(args, src_dict, tgt_dict) -> None:
     """Print the --coverage table for ``args.out`` on the binarized ``args.coverage`` split."""
-    from fconv_plugin.shortlist import Shortlist, ShortlistError
+    from fconv_plugin.serving.shortlist import Shortlist, ShortlistError
 
     try:
         built = Shortlist.load(args.out, src_dict, tgt_dict).metadata["n_best"]

@@ -183,7 +183,7 @@ def _fairseq_generator_reason(models, args, seq_gen_cls) -> Optional[str]:
 def _install_beam_search() -> None:
     from fairseq.tasks.fairseq_task import FairseqTask
 
-    from ..beam_search import FConvBeamSearch, FConvBeamSearchWithAlignment, announce, fairseq_generator_message
+    from ..serving.beam_search import FConvBeamSearch, FConvBeamSearchWithAlignment, announce, fairseq_generator_message
 
     def make(original):
         def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **kwargs):

@@ -155,7 +155,7 @@ class FConvExtModel(hub.PublishedModels, FairseqEncoderDecoderModel):
     PUBLISHED = hub.FCONV_MODELS  # fairseq's published fconv models: names, archives (hub.py)
 
     inference_dtype = torch.float32  # set from the config by build_model
-    shortlist = None  # a fconv_plugin.shortlist.Shortlist: load_shortlist()
+    shortlist = None  # a fconv_plugin.serving.shortlist.Shortlist: load_shortlist()
 
     def __init__(self, encoder: "FConvExtEncoder", decoder: "FConvExtDecoder"):
         super().__init__(encoder, decoder)
@@ -223,7 +223,7 @@ class FConvExtModel(hub.PublishedModels, FairseqEncoderDecoderModel):
     def load_shortlist(self, path: str, src_dict, tgt_dict) -> None:
         """Decode with the vocabulary shortlist in ``path`` (checked against the model's
         dictionaries now; used once decoding starts, see :meth:`make_generation_fast_`)."""
-        from ..shortlist import Shortlist
+        from ..serving.shortlist import Shortlist
 
         self.shortlist = Shortlist.load(path, src_dict, tgt_dict)
         logger.info(f"vocabulary shortlist {path} (best {self.shortlist.n_best} translations per source word, "
@@ -440,7 +440,7 @@ class FConvExtDecoder(ConvDecoder):
 
         ``out`` (optional, contiguous ``B*T x V``, float32 ``fc3`` only): a buffer to write them
         into, the same numbers (one ``addmm``, what ``F.linear`` computes for a 3-D input).  This
-        is what :class:`~fconv_plugin.beam_search.FConvBeamSearch` asks of a decoder beyond
+        is what :class:`~fconv_plugin.serving.beam_search.FConvBeamSearch` asks of a decoder beyond
         fairseq's interface: it passes a buffer that lives for the whole search, because on a
         CPU a fresh ``B*T x V`` tensor per step costs page faults (addmm at 320 x 8192, one
         thread: 11.2 ms into a fresh tensor, 9.3 ms into a kept one).

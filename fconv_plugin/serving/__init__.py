@@ -1,0 +1,1 @@
+"""What only decoding needs: the beam search, the pure-tensor decoder step, vocabulary shortlists, int8."""

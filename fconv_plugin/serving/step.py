@@ -1,0 +1,304 @@
+"""fconv_ext's decoder as one pure-tensor step, and its encoder as one pure-tensor function.
+
+Beam search calls the decoder once per output position.  Written as a module of plain tensors in
+and out, with a fixed-size state, that call can be compiled (``torch.compile``), exported
+(``torch.export`` -> ONNX or an AOTInductor package) and quantized (every product is an
+``nn.Linear``), and nothing in it depends on fairseq:
+
+    DecoderStep(tokens, position, windows, keys, values, source_mask, length_scale)
+        -> log_probs, attention, new_windows
+
+* ``tokens``: ``B x K`` (sentences x beams), the newest token of each hypothesis; ``position``:
+  ``1``-element int64 tensor, the length of the prefix (the newest token's position);
+* ``windows``: one tensor per causal convolution with ``k > 1``, ``B x K x (k - 1) * d x C_in``: the
+  last ``(k - 1) * d`` inputs of that layer (zeros before the first step).  This is the whole
+  decoder state: a ConvS2S decoder layer sees a fixed window of the past, so nothing grows with
+  the output (a Transformer's cache appends a frame per step).  The new windows are returned;
+* ``keys``, ``values``: the encoder output ``z`` and ``z + e``, ``B x S x E``, one row per sentence
+  (the ``K`` beams of a sentence attend over the same source);
+* ``source_mask``: ``B x S`` bool, True at padding; ``length_scale``: ``B x 1 x 1`` float32, the
+  paper's ``s * sqrt(1/s)`` per sentence (:func:`source_length_scale`);
+* ``log_probs``: ``B x K x V`` float32 (``V``: the vocabulary, or the rows given with
+  :meth:`DecoderStep.with_vocabulary`); ``attention``: ``B x K x S``, averaged over the attention
+  layers.
+
+Weight norm is folded (the step is built from a model after ``make_generation_fast_``, or folds a
+copy's weights itself), and each causal convolution is the ``nn.Linear`` its incremental step
+computes: the ``out x in x k`` weight laid out frame-major as ``out x (k * in)`` and applied to the
+window's ``k`` taps.  The operations are the incremental decoder's, in its order, so that in eager
+mode the step's log-probabilities are the model's bit for bit (``FConvBeamSearch`` gives the same
+hypotheses through either; tests compare both).
+
+:class:`SourceEncoder` is the encoder the same way (``src_tokens -> keys, values, source_mask,
+length_scale``), its convolutions ``nn.Linear`` over the ``k`` shifted copies of the input, so
+that it exports and quantizes like the step; it computes the model's encoder output to float
+rounding (the model's encoder uses ``conv_tbc`` where that is faster).
+
+Only fconv_ext (:class:`~fconv_plugin.models.fconv_ext.FConvExtModel` and its presets) has a step;
+:func:`unsupported_reason` says why another model has none.
+"""
+
+import copy
+import math
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.utils import parametrize
+
+from ..modules import SQRT_HALF, fold_weight_norm_
+from ..modules.attention import source_length_scale
+
+#: the decoder state: one window of past inputs per causal convolution with k > 1
+Windows = Tuple[Tensor, ...]
+
+
+def unsupported_reason(model: nn.Module) -> Optional[str]:
+    """Why ``model`` has no pure-tensor step (None: it has one)."""
+    from ..models.fconv_ext import FConvExtDecoder, FConvExtEncoder  # the one family with a step
+
+    encoder, decoder = getattr(model, "encoder", None), getattr(model, "decoder", None)
+    if type(encoder) is not FConvExtEncoder or type(decoder) is not FConvExtDecoder:
+        return (f"{type(model).__name__} has no decoder step: only fconv_ext models (--arch fconv_ext and its "
+                "presets) do; fconv_ext_lm and fconv_ext_self_att decode through fairseq's incremental interface")
+    return None
+
+
+def _plain_linear(weight: Tensor, bias: Optional[Tensor]) -> nn.Linear:
+    """An ``nn.Linear`` over ``weight`` (``out x in``) and ``bias``, sharing their storage."""
+    layer = nn.Linear(weight.size(1), weight.size(0), bias=bias is not None, device="meta")
+    layer.weight = nn.Parameter(weight.detach(), requires_grad=False)
+    if bias is not None:
+        layer.bias = nn.Parameter(bias.detach(), requires_grad=False)
+    return layer
+
+
+def _copy_linear(linear: nn.Linear) -> nn.Linear:
+    return _plain_linear(linear.weight, linear.bias)
+
+
+def _conv_as_linear(conv: nn.Conv1d) -> nn.Linear:
+    """A convolution's ``out x in x k`` weight as the ``out x (k * in)`` product over ``k`` frames,
+    frame-major (what :class:`~fconv_plugin.modules.CausalConv1d` computes in an incremental step)."""
+    weight = conv.weight.detach()
+    linearized = weight.permute(0, 2, 1).reshape(weight.size(0), -1).contiguous()  # out x in x k -> out x (k*in)
+    return _plain_linear(linearized, conv.bias)
+
+
+class _Layer(nn.Module):
+    """One gated conv block as products: the convolution, the residual's width projection and
+    (decoder) the attention's two projections."""
+
+    def __init__(self, conv: nn.Conv1d, projection: Optional[nn.Linear], residual: int, attention=None):
+        super().__init__()
+        self.kernel_size, self.dilation = conv.kernel_size[0], conv.dilation[0]
+        self.in_channels = conv.in_channels
+        self.conv = _conv_as_linear(conv)
+        self.projection = None if projection is None else _copy_linear(projection)
+        self.residual = residual
+        self.attention_in = None if attention is None else _copy_linear(attention.in_projection)
+        self.attention_out = None if attention is None else _copy_linear(attention.out_projection)
+
+    @property
+    def window(self) -> int:
+        """Past input frames the layer keeps: ``(k - 1) * d``."""
+        return (self.kernel_size - 1) * self.dilation
+
+
+def _folded_copy(model: nn.Module) -> nn.Module:
+    """``model`` itself when its weight norm is folded already, else a folded copy (the
+    caller's model keeps training)."""
+    if not any(parametrize.is_parametrized(m) for m in model.modules()):
+        return model
+    model = copy.deepcopy(model)
+    fold_weight_norm_(model)
+    return model
+
+
+class DecoderStep(nn.Module):
+    """fconv_ext's decoder for one output position of ``B x K`` hypotheses (module docstring)."""
+
+    def __init__(self, model: nn.Module, need_attn: bool = True):
+        super().__init__()
+        reason = unsupported_reason(model)
+        if reason is not None:
+            raise ValueError(reason)
+        decoder = _folded_copy(model).decoder
+        self.gate = decoder.stack.gate
+        self.padding_idx = decoder.embed_tokens.padding_idx
+        self.need_attn = need_attn
+        self.embed_tokens = nn.Parameter(decoder.embed_tokens.weight.detach(), requires_grad=False)  # V x E
+        self.embed_positions = nn.Parameter(decoder.embed_positions.weight.detach(), requires_grad=False)  # P x E
+        self.max_positions = decoder.embed_positions.max_positions
+        self.fc1 = _copy_linear(decoder.fc1)
+        self.layers = nn.ModuleList(
+            _Layer(conv, projection, residual, attention)
+            for conv, projection, residual, attention in zip(
+                decoder.stack.convolutions, decoder.stack.projections, decoder.stack.residuals, decoder.attention))
+        self.num_attention_layers = decoder.num_attention_layers
+        self.fc2 = _copy_linear(decoder.fc2)
+        self.fc3 = _copy_linear(decoder.fc3)
+        self.vocabulary = decoder.fc3.out_features
+
+    def initial_windows(self, sentences: int, beams: int, dtype=torch.float32, device=None) -> Windows:
+        """The state before the first step: zeros (the causal convolutions' left padding)."""
+        return tuple(torch.zeros(sentences, beams, layer.window, layer.in_channels, dtype=dtype, device=device)
+                     for layer in self.layers if layer.window > 0)
+
+    def forward(
+        self,
+        tokens: Tensor,  # B x K
+        position: Tensor,  # 1, int64: length of the prefix, the newest token included
+        windows: Windows,  # per layer with k > 1: B x K x (k-1)d x C_in
+        keys: Tensor,  # B x S x E
+        values: Tensor,  # B x S x E
+        source_mask: Tensor,  # B x S, True at padding
+        length_scale: Tensor,  # B x 1 x 1
+        vocabulary_weight: Optional[Tensor] = None,  # C x out_embed_dim: rows of fc3 (a shortlist)
+        vocabulary_bias: Optional[Tensor] = None,  # C
+    ) -> Tuple[Tensor, Tensor, Windows]:
+        sentences, beams = tokens.shape
+        rows = sentences * beams
+        # embedding of the newest token + its position (padding_idx + prefix length, as
+        # LearnedPositions counts positions)
+        x = F.embedding(tokens.reshape(rows, 1), self.embed_tokens, self.padding_idx)  # R x 1 x E
+        pos = F.embedding((position + self.padding_idx).view(1, 1), self.embed_positions, self.padding_idx)  # 1 x 1 x E
+        x = x + pos
+        target_embedding = x  # g: used in every attention query
+        x = self.fc1(x)  # R x 1 x C
+
+        new_windows: List[Tensor] = []
+        attention_sum: Optional[Tensor] = None
+        outputs = [x]  # outputs[-n]: the output n layers back
+        state = iter(windows)
+        for layer in self.layers:
+            residual = None
+            if layer.residual > 0:
+                back = outputs[-layer.residual]
+                residual = back if layer.projection is None else layer.projection(back)
+            if layer.window > 0:
+                window = next(state).reshape(rows, layer.window, -1)  # R x (k-1)d x C_in
+                window = torch.cat([window, x], dim=1)  # R x ((k-1)d + 1) x C_in
+                new_windows.append(window[:, 1:, :].reshape(sentences, beams, layer.window, -1))
+                if layer.dilation > 1:
+                    window = window[:, :: layer.dilation, :]  # R x k x C_in: the frames the taps see
+            else:
+                window = x
+            x = layer.conv(window.reshape(rows, -1)).unsqueeze(1)  # R x 1 x 2C
+            x = self.gate(x)  # R x 1 x C
+            if layer.attention_in is not None:
+                x, attn = self._attend(layer, x, target_embedding, keys, values, source_mask, length_scale, beams)
+                if self.need_attn:
+                    attn = attn / self.num_attention_layers
+                    attention_sum = attn if attention_sum is None else attention_sum + attn
+            if residual is not None:
+                x = (x + residual) * SQRT_HALF  # paper, section 3.4
+            outputs.append(x)
+
+        x = self.fc2(x)  # R x 1 x out_embed_dim
+        if vocabulary_weight is None:
+            logits = self.fc3(x)  # R x 1 x V
+        else:
+            logits = F.linear(x, vocabulary_weight, vocabulary_bias)  # R x 1 x C
+        log_probs = F.log_softmax(logits.view(sentences, beams, -1), dim=-1, dtype=torch.float32)  # B x K x V
+        if attention_sum is None:
+            attention = keys.new_zeros(sentences, beams, keys.size(1))
+        else:
+            attention = attention_sum.view(sentences, beams, -1)  # B x K x S
+        return log_probs, attention, tuple(new_windows)
+
+    @staticmethod
+    def _attend(layer: _Layer, x: Tensor, target_embedding: Tensor, keys: Tensor, values: Tensor,
+                source_mask: Tensor, length_scale: Tensor, beams: int) -> Tuple[Tensor, Tensor]:
+        """Multi-step attention (paper, section 3.3; :class:`~fconv_plugin.modules.MultiStepAttention`):
+        ``d = (W h + b + g) * sqrt(0.5)``, ``a = softmax(d . z)``, ``c = sum a (z + e) * s sqrt(1/s)``."""
+        residual = x
+        query = (layer.attention_in(x) + target_embedding) * math.sqrt(0.5)  # R x 1 x E
+        rows = query.size(0)
+        query = query.reshape(rows // beams, beams, -1)  # B x K x E: the beams of a sentence share its source
+        scores = torch.bmm(query, keys.transpose(1, 2))  # B x K x S
+        scores = scores.float().masked_fill(source_mask.unsqueeze(1), float("-inf")).type_as(scores)
+        attn = F.softmax(scores, dim=-1)  # B x K x S
+        context = torch.bmm(attn, values) * length_scale  # B x K x E
+        context = context.view(rows, 1, -1)  # R x 1 x E
+        x = (layer.attention_out(context) + residual) * math.sqrt(0.5)
+        return x, attn.view(rows, 1, -1)  # R x 1 x S
+
+
+class SourceEncoder(nn.Module):
+    """fconv_ext's encoder as tensors in and out: ``src_tokens`` (``B x S``, left-padded) ->
+    ``keys`` (``z``), ``values`` (``z + e``), ``source_mask`` (``B x S``, True at padding) and
+    ``length_scale`` (``B x 1 x 1``), the inputs :class:`DecoderStep` takes."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        reason = unsupported_reason(model)
+        if reason is not None:
+            raise ValueError(reason)
+        encoder = _folded_copy(model).encoder
+        self.gate = encoder.stack.gate
+        self.padding_idx = encoder.padding_idx
+        self.embed_tokens = nn.Parameter(encoder.embed_tokens.weight.detach(), requires_grad=False)  # V x E
+        self.embed_positions = nn.Parameter(encoder.embed_positions.weight.detach(), requires_grad=False)  # P x E
+        self.max_positions = encoder.embed_positions.max_positions
+        self.fc1 = _copy_linear(encoder.fc1)
+        self.layers = nn.ModuleList(
+            _Layer(conv, projection, residual)
+            for conv, projection, residual in zip(encoder.stack.convolutions, encoder.stack.projections,
+                                                  encoder.stack.residuals))
+        self.fc2 = _copy_linear(encoder.fc2)
+
+    def forward(self, src_tokens: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        source_mask = src_tokens.eq(self.padding_idx)  # B x S
+        keep = (~source_mask).long()
+        positions = torch.cumsum(keep, dim=1) * keep + self.padding_idx  # B x S: fairseq's make_positions
+        x = F.embedding(src_tokens, self.embed_tokens, self.padding_idx)
+        x = x + F.embedding(positions, self.embed_positions, self.padding_idx)  # B x S x E
+        input_embedding = x  # e: element embedding + position
+        x = self.fc1(x)  # B x S x C
+        padding = source_mask.unsqueeze(-1)  # B x S x 1
+
+        outputs = [x]
+        for layer in self.layers:
+            residual = None
+            if layer.residual > 0:
+                back = outputs[-layer.residual]
+                residual = back if layer.projection is None else layer.projection(back)
+            x = x.masked_fill(padding, 0)  # padded frames enter every conv as zeros
+            x = layer.conv(self._taps(x, layer.kernel_size, layer.dilation))  # B x S x 2C
+            x = self.gate(x)  # B x S x C
+            if residual is not None:
+                x = (x + residual) * SQRT_HALF
+            outputs.append(x)
+
+        x = self.fc2(x).masked_fill(padding, 0)  # B x S x E: keys z
+        values = (x + input_embedding) * SQRT_HALF  # z + e
+        lengths = (src_tokens.size(1) - source_mask.sum(dim=1, keepdim=True)).float().unsqueeze(-1)  # B x 1 x 1
+        length_scale = lengths * lengths.rsqrt()  # s * sqrt(1/s) (paper, section 3.4)
+        return x, values, source_mask, length_scale
+
+    @staticmethod
+    def _taps(x: Tensor, k: int, d: int) -> Tensor:
+        """The ``k`` frames each output sees, side by side: ``B x S x C`` -> ``B x S x (k * C)``,
+        frame-major, with the encoder's ``(k - 1) // 2 * d`` left and ``k // 2 * d`` right zero padding."""
+        if k == 1:
+            return x
+        length = x.size(1)
+        padded = F.pad(x, (0, 0, (k - 1) // 2 * d, k // 2 * d))  # B x (S + (k-1)d) x C
+        return torch.cat([padded[:, j * d : j * d + length] for j in range(k)], dim=-1)  # B x S x k*C
+
+
+def encoder_inputs_from(encoder_out, beams: int = 1) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The step's encoder inputs from the model's own encoder output (``FConvExtEncoder.forward``):
+    ``keys, values, source_mask, length_scale`` with the numbers the model's incremental decoder
+    uses (the length scale a Python float when no sentence is padded, as there)."""
+    keys, values = encoder_out["encoder_out"]  # B x S x E each
+    mask = encoder_out["encoder_padding_mask"]  # B x S or None
+    scale = source_length_scale(values, mask)
+    if mask is None:
+        mask = torch.zeros(keys.shape[:2], dtype=torch.bool, device=keys.device)
+    if not torch.is_tensor(scale):
+        scale = torch.full((keys.size(0), 1, 1), scale, dtype=values.dtype, device=keys.device)
+    return keys, values, mask, scale
