@@ -13,8 +13,8 @@ from fairseq.sequence_generator import SequenceGenerator, SequenceGeneratorWithA
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from conftest import build_twins, mini_fconv_ext_for_search, random_batch
-from fconv_plugin import beam_search
-from fconv_plugin.beam_search import FAST_PATH, FConvBeamSearch, FConvBeamSearchWithAlignment, top_tokens
+from fconv_plugin.serving import beam_search
+from fconv_plugin.serving.beam_search import FAST_PATH, FConvBeamSearch, FConvBeamSearchWithAlignment, top_tokens
 
 
 def small_model(vocab: int, seed: int = 0, eos_bias: Optional[float] = None):

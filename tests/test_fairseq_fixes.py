@@ -24,7 +24,7 @@ from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from conftest import REPO, build_twins, fconv_args, make_dictionary
 from fconv_plugin import fairseq_fixes
-from fconv_plugin.beam_search import FConvBeamSearch, FConvBeamSearchWithAlignment
+from fconv_plugin.serving.beam_search import FConvBeamSearch, FConvBeamSearchWithAlignment
 from fconv_plugin.checkpoint import CheckpointError, load_checkpoint_file
 from fconv_plugin.models import build_model_from_config
 

@@ -13,9 +13,9 @@ import torch
 from fairseq.data import Dictionary
 
 from conftest import make_dictionary, run
-from fconv_plugin import shortlist as sl_file
+from fconv_plugin.serving import shortlist as sl_file
 from fconv_plugin.cli import shortlist as builder
-from fconv_plugin.shortlist import Shortlist, ShortlistError
+from fconv_plugin.serving.shortlist import Shortlist, ShortlistError
 
 
 def toy_dictionaries():

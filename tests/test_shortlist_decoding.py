@@ -13,9 +13,9 @@ import torch
 from fairseq.sequence_generator import SequenceGenerator
 
 from conftest import BIN, N_TEST, USER_DIR, generate, hypotheses, make_dictionary, mini_fconv_ext_for_search, random_batch, run, MINI_FCONV_EXT as SMALL
-from fconv_plugin.beam_search import FConvBeamSearch
+from fconv_plugin.serving.beam_search import FConvBeamSearch
 from fconv_plugin.models import build_model_from_config
-from fconv_plugin.shortlist import dictionary_record, save
+from fconv_plugin.serving.shortlist import dictionary_record, save
 
 VOCAB = 300
 
@@ -143,7 +143,7 @@ def test_fconv_beam_search_over_the_shortlist_equals_fairseqs_generator(tmp_path
     them back; fairseq's generator searches R x V with -inf outside.  Same hypotheses; scores equal
     up to the order of summation inside the log-softmax."""
     from fairseq.sequence_generator import SequenceGeneratorWithAlignment
-    from fconv_plugin.beam_search import FConvBeamSearchWithAlignment
+    from fconv_plugin.serving.beam_search import FConvBeamSearchWithAlignment
 
     model, src_dict, tgt_dict = shortlisted_model(tmp_path)
     sample = sample_for(src_dict)
