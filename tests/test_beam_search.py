@@ -65,13 +65,30 @@ CASES = {
 @pytest.mark.parametrize("vocab", [60, 901])  # 901: the blockwise candidate search with a tail block
 @pytest.mark.parametrize("beam", [1, 2, 5])
 @pytest.mark.parametrize("case", list(CASES))
-def test_same_results_as_fairseq(vocab, beam, case):
+@pytest.mark.parametrize("path", ["incremental", "step"])
+def test_same_results_as_fairseq(vocab, beam, case, path, monkeypatch):
+    """Weight norm live: FConvBeamSearch drives fairseq's incremental interface; folded (inference):
+    fconv_ext's pure-tensor step (serving/step.py).  Both give fairseq's results bit for bit."""
     model, tgt_dict = small_model(vocab)
+    if path == "step":
+        model.make_generation_fast_(need_attn=True)
+    steps = []
+    monkeypatch.setattr(beam_search._StepDecoder, "log_probs", counted(beam_search._StepDecoder.log_probs, steps))
     options = {"beam_size": beam, "max_len_a": 1.2, "max_len_b": 10, **CASES[case]}
     expected, actual = decode_both(model, tgt_dict, sample_for(tgt_dict), **options)
     assert_same(expected, actual)
     if case == "default":  # the batch shrinks during the search: hypotheses of different lengths
         assert len({len(h[0]["tokens"]) for h in expected}) > 2
+    uses_step = path == "step" and "temperature" not in CASES[case]  # a temperature needs the logits
+    assert bool(steps) == uses_step
+
+
+def counted(function, calls):
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        return function(*args, **kwargs)
+
+    return wrapper
 
 
 def test_attention_is_returned_like_fairseq():

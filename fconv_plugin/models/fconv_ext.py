@@ -117,6 +117,13 @@ class FConvExtConfig(ConvSeq2SeqConfig):
                   "Training always runs in the checkpoint's own precision"},
     )
 
+    inference_compile: bool = field(
+        default=False,
+        metadata={"help": "opt-in, inference only: decode with the decoder step compiled by torch.compile "
+                  "(inductor: C++ on CPUs, Triton on GPUs; one compilation per model for batches of any size; "
+                  "docs/export.md). The first batch pays the compilation. fairseq-generate: --model-overrides "
+                  "\"{'model': {'inference_compile': True}}\""},
+    )
     shortlist: Optional[str] = field(
         default=None,
         metadata={"help": "opt-in, inference only: a vocabulary shortlist file written by fconv-ext-shortlist "
@@ -155,6 +162,7 @@ class FConvExtModel(hub.PublishedModels, FairseqEncoderDecoderModel):
     PUBLISHED = hub.FCONV_MODELS  # fairseq's published fconv models: names, archives (hub.py)
 
     inference_dtype = torch.float32  # set from the config by build_model
+    inference_compile = False  # set from the config by build_model (read by fconv_plugin.serving)
     shortlist = None  # a fconv_plugin.serving.shortlist.Shortlist: load_shortlist()
 
     def __init__(self, encoder: "FConvExtEncoder", decoder: "FConvExtDecoder"):
@@ -218,6 +226,7 @@ class FConvExtModel(hub.PublishedModels, FairseqEncoderDecoderModel):
         if getattr(cfg, "shortlist", None):
             model.load_shortlist(cfg.shortlist, task.source_dictionary, task.target_dictionary)
         model.inference_dtype = INFERENCE_DTYPES[getattr(cfg, "inference_dtype", None) or "float32"]
+        model.inference_compile = bool(getattr(cfg, "inference_compile", False))
         return model
 
     def load_shortlist(self, path: str, src_dict, tgt_dict) -> None:

@@ -62,12 +62,15 @@ with ``--print-alignment``), unless ``FCONV_EXT_NO_BEAM_SEARCH=1`` or
 
 import logging
 import math
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 from fairseq import search
 from fairseq.sequence_generator import SequenceGenerator, SequenceGeneratorWithAlignment
 from torch import Tensor
+
+from .compiled import decoder_step, step_ready
+from .step import encoder_inputs_from
 
 BLOCK = 64  # tokens per block in the first candidate pass (block maxima are one vectorised pass)
 FAST_PATH = "decoding with FConvBeamSearch (fconv_ext fast path)"
@@ -162,12 +165,36 @@ class FConvBeamSearch(SequenceGenerator):
         constraints: Optional[Tensor] = None,
         bos_token: Optional[int] = None,
     ):
+        """fairseq's ``SequenceGenerator._generate`` for one batch, in its named steps: start
+        (encode, expand to beams), then per output position: score the next token, mask it (pad,
+        unknown-word penalty, min/max length), find the 2k candidates of each sentence, finish the
+        hypotheses that end in EOS, drop finished sentences, choose the k that continue."""
         reason = self.fast_path_unavailable(sample, prefix_tokens, constraints)
-        if reason is not None:
+        search = None
+        if reason is None:
+            search, reason = self._start(sample, bos_token)
+        if search is None:
             if reason != self._generator_reason and reason not in self._batch_reasons_said:  # once per generator
                 self._batch_reasons_said.add(reason)
                 logger.info(f"FConvBeamSearch: batches with {reason} are decoded by fairseq's SequenceGenerator")
             return super()._generate(sample, prefix_tokens, constraints, bos_token)
+
+        for step in range(search.max_len + 1):  # one extra step for the final EOS
+            lprobs = self._next_token_scores(search, step)
+            cand_scores, cand_indices, cand_beams = self._candidates(lprobs, search.scores, step, search.bsz,
+                                                                     search.k, search.n_cand)
+            if search.shortlist is not None:
+                cand_indices = search.shortlist[cand_indices]  # B x 2k: shortlist columns -> words
+            eos_mask = self._finish_hypotheses(search, step, cand_scores, cand_indices, cand_beams)
+            if search.remaining == 0:
+                break
+            assert step < search.max_len, f"{step} < {search.max_len}"
+            self._choose_beams(search, step, cand_scores, cand_indices, cand_beams, eos_mask)
+        return self._sorted(search.finalized)
+
+    def _start(self, sample, bos_token: Optional[int]) -> Tuple[Optional["_Search"], Optional[str]]:
+        """Encode the batch and set up the search (None and the reason when fairseq's generator
+        must decode it instead)."""
         net_input = sample["net_input"]
         src_tokens = net_input["src_tokens"]
         src_lengths = net_input.get("src_lengths")
@@ -175,124 +202,102 @@ class FConvBeamSearch(SequenceGenerator):
             src_lengths = (src_tokens.ne(self.eos) & src_tokens.ne(self.pad)).long().sum(dim=1)
         bsz, src_len = src_tokens.shape[:2]
         k = self.beam_size
-        n_cand = 2 * k  # candidates per sentence: 2k in case half of them end the sentence
-        device = src_tokens.device
         max_len = min(int(self.max_len_a * src_len + self.max_len_b), self.max_len - 1)
         assert self.min_len <= max_len, "min_len cannot be larger than max_len, please adjust these!"
 
         models = list(self.model.models)  # one, or the members of an ensemble
-        incremental_states: List[Dict[str, Dict[str, Optional[Tensor]]]] = [{} for _ in models]
         encoder_outs = self.model.forward_encoder(net_input)  # one per model
         shortlist, reason = self._batch_shortlist(encoder_outs)  # None: the whole vocabulary
         if reason is not None:
-            if reason not in self._batch_reasons_said:
-                self._batch_reasons_said.add(reason)
-                logger.info(f"FConvBeamSearch: batches with {reason} are decoded by fairseq's SequenceGenerator")
-            return super()._generate(sample, prefix_tokens, constraints, bos_token)
-        expand = torch.arange(bsz, device=device).repeat_interleave(k)  # B*k: beams of sentence i together
-        encoder_outs = self.model.reorder_encoder_out(encoder_outs, expand)
+            return None, reason
+        device = src_tokens.device
         buffers = _StepBuffers.for_models(models, bsz * k, device,
                                           columns=None if shortlist is None else shortlist.numel())
+        decoders = [decoder_for(model, encoder_out, bsz, k, buffers, i, shortlist, self.temperature)
+                    for i, (model, encoder_out) in enumerate(zip(models, encoder_outs))]
+        return _Search(bsz, k, max_len, src_lengths, device, self.pad,
+                       self.eos if bos_token is None else bos_token, decoders, buffers, shortlist), None
 
-        # row r = sentence r // k, beam r % k; column t = output position t (0: BOS)
-        tokens = torch.full((bsz * k, max_len + 2), self.pad, dtype=torch.long, device=device)
-        tokens[:, 0] = self.eos if bos_token is None else bos_token
-        scores = torch.zeros(bsz * k, max_len + 1, device=device)  # cumulative log-probabilities
-        attn: Optional[Tensor] = None
-        cands_to_ignore = torch.zeros(bsz, k, dtype=torch.bool, device=device)
-        finalized: List[List[Dict[str, Tensor]]] = [[] for _ in range(bsz)]
-        finished = [False] * bsz
-        remaining = bsz
-        bbsz_offsets = (torch.arange(bsz, device=device) * k).unsqueeze(1)  # B x 1: first row of each sentence
-        cand_offsets = torch.arange(n_cand, device=device)
-        row_numbers = torch.arange(bsz * k, device=device)
-        reorder_state: Optional[Tensor] = None
-        batch_idxs: Optional[Tensor] = None
+    def _next_token_scores(self, search: "_Search", step: int) -> Tensor:
+        """The log-probabilities of every next token (R x V, or R x C over a shortlist: column c is
+        word shortlist[c], the specials keeping their own index), masked as fairseq masks them."""
+        lprobs, step_attn = self._step_lprobs(search.decoders, search.tokens[:, : step + 1], step, search.buffers)
+        lprobs[:, self.pad] = -math.inf  # never select pad
+        if self.unk_penalty != 0:
+            lprobs[:, self.unk] -= self.unk_penalty
+        if step >= search.max_len:  # only EOS is left
+            lprobs[:, : self.eos] = -math.inf
+            lprobs[:, self.eos + 1 :] = -math.inf
+        if step < self.min_len:
+            lprobs[:, self.eos] = -math.inf
+        if step_attn is not None:
+            if search.attn is None:
+                search.attn = torch.empty(search.bsz * search.k, step_attn.size(1), search.max_len + 2,
+                                          dtype=search.scores.dtype, device=search.device)
+            search.attn[:, :, step + 1].copy_(step_attn)
+        return lprobs
 
-        for step in range(max_len + 1):  # one extra step for the final EOS
-            if reorder_state is not None:
-                if batch_idxs is not None:  # sentences were removed: rows still index the old batch
-                    shift = batch_idxs - torch.arange(batch_idxs.numel(), device=device)
-                    reorder_state.view(-1, k).add_(shift.unsqueeze(-1) * k)
-                self.model.reorder_incremental_state(incremental_states, reorder_state)
-                encoder_outs = self.model.reorder_encoder_out(encoder_outs, reorder_state)
+    def _finish_hypotheses(self, search: "_Search", step: int, cand_scores: Tensor, cand_indices: Tensor,
+                           cand_beams: Tensor) -> Tensor:
+        """Candidates among the first k that end in EOS (and are not ignored) finish a hypothesis
+        (fairseq's ``finalize_hypos``); sentences with k finished hypotheses leave the batch.
+        Returns the EOS mask of the candidates (B x 2k) of the sentences that stay."""
+        k = search.k
+        cand_bbsz_idx = cand_beams + search.bbsz_offsets  # B x 2k: rows of the candidates
+        eos_mask = cand_indices.eq(self.eos) & cand_scores.ne(-math.inf)  # B x 2k
+        eos_mask[:, :k][search.cands_to_ignore] = False
+        eos_bbsz_idx = torch.masked_select(cand_bbsz_idx[:, :k], mask=eos_mask[:, :k])
+        search.batch_idxs = None
+        if eos_bbsz_idx.numel() == 0:
+            return eos_mask
+        eos_scores = torch.masked_select(cand_scores[:, :k], mask=eos_mask[:, :k])
+        finalized_sents = self.finalize_hypos(step, eos_bbsz_idx, eos_scores, search.tokens, search.scores,
+                                              search.finalized, search.finished, k, search.attn, search.src_lengths,
+                                              search.max_len)
+        search.remaining -= len(finalized_sents)
+        if finalized_sents and search.remaining > 0:
+            keep = torch.ones(search.bsz, dtype=torch.bool, device=search.device)
+            keep[finalized_sents] = False
+            search.drop_sentences(torch.arange(search.bsz, device=search.device).masked_select(keep))
+            return eos_mask[search.batch_idxs]
+        return eos_mask
 
-            # R x V, or with a shortlist R x C: column c is word shortlist[c], and the specials
-            # (pad, unk, eos) keep their own index as their column
-            lprobs, step_attn = self._step_lprobs(models, tokens[:, : step + 1], encoder_outs, incremental_states,
-                                                  buffers, shortlist)
-            lprobs[:, self.pad] = -math.inf  # never select pad
-            if self.unk_penalty != 0:
-                lprobs[:, self.unk] -= self.unk_penalty
-            if step >= max_len:  # only EOS is left
-                lprobs[:, : self.eos] = -math.inf
-                lprobs[:, self.eos + 1 :] = -math.inf
-            if step < self.min_len:
-                lprobs[:, self.eos] = -math.inf
-            if step_attn is not None:
-                if attn is None:
-                    attn = torch.empty(bsz * k, step_attn.size(1), max_len + 2, dtype=scores.dtype, device=device)
-                attn[:, :, step + 1].copy_(step_attn)
+    def _choose_beams(self, search: "_Search", step: int, cand_scores: Tensor, cand_indices: Tensor,
+                      cand_beams: Tensor, eos_mask: Tensor) -> None:
+        """The k best candidates that do not end in EOS continue (EOS ones sort last); the token
+        histories, scores and attention follow them, and so does the decoders' state at the next step."""
+        k, n_cand, bsz = search.k, search.n_cand, search.bsz
+        if search.batch_idxs is not None:
+            cand_scores, cand_indices = cand_scores[search.batch_idxs], cand_indices[search.batch_idxs]
+            cand_beams = cand_beams[search.batch_idxs]
+        cand_bbsz_idx = cand_beams + search.bbsz_offsets  # B x 2k
+        eos_mask[:, :k] = search.cands_to_ignore | eos_mask[:, :k]
+        active_mask = eos_mask.long() * n_cand + search.cand_offsets  # B x 2k: rank, EOS/ignored after the rest
+        new_cands_to_ignore, active_hypos = torch.topk(active_mask, k=k, dim=1, largest=False)  # B x k
+        search.cands_to_ignore = new_cands_to_ignore.ge(n_cand)
+        assert (~search.cands_to_ignore).any(dim=1).all()
+        active_bbsz_idx = torch.gather(cand_bbsz_idx, 1, active_hypos).view(-1)  # B*k rows they extend
+        # every hypothesis extends itself (always so at beam 1 while no sentence ends): the
+        # histories and the decoder state are already in order, nothing to copy
+        in_place = torch.equal(active_bbsz_idx, search.row_numbers[: bsz * k])
 
-            cand_scores, cand_indices, cand_beams = self._candidates(lprobs, scores, step, bsz, k, n_cand)
-            if shortlist is not None:
-                cand_indices = shortlist[cand_indices]  # B x 2k: shortlist columns -> words
-            cand_bbsz_idx = cand_beams + bbsz_offsets  # B x 2k: rows of the candidates
+        tokens, scores, attn = search.tokens, search.scores, search.attn
+        if not in_place:
+            tokens[:, : step + 1] = tokens[:, : step + 1].index_select(0, active_bbsz_idx)
+        tokens.view(bsz, k, -1)[:, :, step + 1] = torch.gather(cand_indices, 1, active_hypos)
+        if step > 0 and not in_place:
+            scores[:, :step] = scores[:, :step].index_select(0, active_bbsz_idx)
+        scores.view(bsz, k, -1)[:, :, step] = torch.gather(cand_scores, 1, active_hypos)
+        if attn is not None and not in_place:
+            attn[:, :, : step + 2] = attn[:, :, : step + 2].index_select(0, active_bbsz_idx)
+        # the decoder state still has the rows of removed sentences: then it is reordered anyway
+        if not (in_place and search.batch_idxs is None):
+            search.reorder_decoders(active_bbsz_idx)
 
-            # candidates among the first k that end in EOS (and are not ignored) finish a hypothesis
-            eos_mask = cand_indices.eq(self.eos) & cand_scores.ne(-math.inf)  # B x 2k
-            eos_mask[:, :k][cands_to_ignore] = False
-            eos_bbsz_idx = torch.masked_select(cand_bbsz_idx[:, :k], mask=eos_mask[:, :k])
-            finalized_sents: List[int] = []
-            if eos_bbsz_idx.numel() > 0:
-                eos_scores = torch.masked_select(cand_scores[:, :k], mask=eos_mask[:, :k])
-                finalized_sents = self.finalize_hypos(step, eos_bbsz_idx, eos_scores, tokens, scores, finalized,
-                                                      finished, k, attn, src_lengths, max_len)
-                remaining -= len(finalized_sents)
-            if remaining == 0:
-                break
-            assert step < max_len, f"{step} < {max_len}"
-
-            if finalized_sents:  # drop finished sentences from the batch
-                keep = torch.ones(bsz, dtype=torch.bool, device=device)
-                keep[finalized_sents] = False
-                batch_idxs = torch.arange(bsz, device=device).masked_select(keep)
-                bsz = batch_idxs.numel()
-                eos_mask, cand_beams = eos_mask[batch_idxs], cand_beams[batch_idxs]
-                bbsz_offsets = bbsz_offsets[:bsz]
-                cand_bbsz_idx = cand_beams + bbsz_offsets
-                cand_scores, cand_indices = cand_scores[batch_idxs], cand_indices[batch_idxs]
-                src_lengths, cands_to_ignore = src_lengths[batch_idxs], cands_to_ignore[batch_idxs]
-                scores = scores.view(-1, k * scores.size(1))[batch_idxs].view(bsz * k, -1)
-                tokens = tokens.view(-1, k * tokens.size(1))[batch_idxs].view(bsz * k, -1)
-                if attn is not None:
-                    attn = attn.view(-1, k * attn.size(1) * attn.size(2))[batch_idxs].view(bsz * k, attn.size(1), -1)
-            else:
-                batch_idxs = None
-
-            # the k best candidates that do not end in EOS continue (EOS ones sort last)
-            eos_mask[:, :k] = cands_to_ignore | eos_mask[:, :k]
-            active_mask = eos_mask.long() * n_cand + cand_offsets  # B x 2k: rank, EOS/ignored after the rest
-            new_cands_to_ignore, active_hypos = torch.topk(active_mask, k=k, dim=1, largest=False)  # B x k
-            cands_to_ignore = new_cands_to_ignore.ge(n_cand)
-            assert (~cands_to_ignore).any(dim=1).all()
-            active_bbsz_idx = torch.gather(cand_bbsz_idx, 1, active_hypos).view(-1)  # B*k rows they extend
-            # every hypothesis extends itself (always so at beam 1 while no sentence ends): the
-            # histories and the decoder state are already in order, nothing to copy
-            in_place = torch.equal(active_bbsz_idx, row_numbers[: bsz * k])
-
-            if not in_place:
-                tokens[:, : step + 1] = tokens[:, : step + 1].index_select(0, active_bbsz_idx)
-            tokens.view(bsz, k, -1)[:, :, step + 1] = torch.gather(cand_indices, 1, active_hypos)
-            if step > 0 and not in_place:
-                scores[:, :step] = scores[:, :step].index_select(0, active_bbsz_idx)
-            scores.view(bsz, k, -1)[:, :, step] = torch.gather(cand_scores, 1, active_hypos)
-            if attn is not None and not in_place:
-                attn[:, :, : step + 2] = attn[:, :, : step + 2].index_select(0, active_bbsz_idx)
-            # the decoder state still has the rows of removed sentences: then it is reordered anyway
-            reorder_state = None if in_place and batch_idxs is None else active_bbsz_idx
-
-        for sent in range(len(finalized)):  # best first, sorted as fairseq sorts them
+    @staticmethod
+    def _sorted(finalized: List[List[Dict[str, Tensor]]]) -> List[List[Dict[str, Tensor]]]:
+        """Each sentence's hypotheses best first, sorted as fairseq sorts them."""
+        for sent in range(len(finalized)):
             if len(finalized[sent]) > 1:  # the same float32 scores fairseq sorts, in one tensor
                 order = torch.sort(torch.stack([h["score"] for h in finalized[sent]]), descending=True)[1]
                 finalized[sent] = [finalized[sent][i] for i in order.tolist()]
@@ -317,8 +322,9 @@ class FConvBeamSearch(SequenceGenerator):
             return None, "a vocabulary shortlist smaller than 2 * beam + 1"
         return words, None
 
-    def _step_lprobs(self, models: Sequence, tokens: Tensor, encoder_outs: List, incremental_states: List,
-                     buffers: "_StepBuffers", shortlist: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
+    @staticmethod
+    def _step_lprobs(decoders: Sequence["_Decoder"], tokens: Tensor, step: int,
+                     buffers: "_StepBuffers") -> Tuple[Tensor, Optional[Tensor]]:
         """Log-probabilities of the next token for all models together (R x V, R = rows of
         ``tokens``) and their attention (R x S or None): what fairseq's
         ``EnsembleModel.forward_decoder`` returns, with the same arithmetic.
@@ -326,49 +332,19 @@ class FConvBeamSearch(SequenceGenerator):
         One model: its own log-probabilities.  An ensemble: ``logsumexp`` over the models'
         log-probabilities stacked in model order, minus ``log(n)`` (the log of the mean
         probability); the attention of the models that return one, summed in model order
-        and divided by ``n``.  With a ``shortlist``: the same over its ``C`` columns."""
-        if len(models) == 1:
-            return self._next_token_lprobs(models[0], tokens, encoder_outs[0], incremental_states[0], buffers,
-                                           shortlist=shortlist)
+        and divided by ``n``.  With a shortlist: the same over its ``C`` columns."""
+        if len(decoders) == 1:
+            return decoders[0].log_probs(tokens, step)
         log_probs: List[Tensor] = []
         avg_attn: Optional[Tensor] = None
-        for i, model in enumerate(models):
-            lprobs, attn = self._next_token_lprobs(model, tokens, encoder_outs[i], incremental_states[i], buffers, i,
-                                                   shortlist)
+        for decoder in decoders:
+            lprobs, attn = decoder.log_probs(tokens, step)
             log_probs.append(lprobs)
             if attn is not None:  # fairseq: the first model's attention, then add_ the others'
                 avg_attn = attn.clone() if avg_attn is None else avg_attn.add_(attn)
         if avg_attn is not None:
-            avg_attn.div_(len(models))
+            avg_attn.div_(len(decoders))
         return buffers.ensemble_log_probs(log_probs), avg_attn
-
-    def _next_token_lprobs(self, model, tokens: Tensor, encoder_out, incremental_state,
-                           buffers: "_StepBuffers", index: int = 0,
-                           shortlist: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
-        """Log-probabilities of the next token (R x V, R = rows of ``tokens``) and the attention
-        (R x S or None), the numbers fairseq's EnsembleModel.forward_decoder computes for one model
-        (``index``: the model's place in the ensemble, where its log-probabilities are kept).
-        With a ``shortlist`` (C words): R x C, the log-softmax over those words only, which is
-        what the ``-inf`` logits outside them give over the whole vocabulary."""
-        rows = tokens.size(0)
-        logits_out = buffers.logits(rows)  # None: the decoder's forward allocates the logits
-        if logits_out is None and shortlist is None:
-            decoder_out = model.decoder(tokens, encoder_out=encoder_out, incremental_state=incremental_state)
-        else:  # forward's two halves (FConvExtDecoder.output_layer): logits into the buffer, over the shortlist
-            features, step_attn = model.decoder.extract_features(tokens, encoder_out, incremental_state)
-            logits = model.decoder.output_layer(features, out=logits_out, shortlist=shortlist, expand=False)
-            decoder_out = (logits, step_attn)
-        logits = decoder_out[0][:, -1:, :]  # R x 1 x V (or C)
-        if self.temperature != 1.0:  # x / 1.0 == x: fairseq's division by 1 changes nothing
-            logits = logits.div_(self.temperature)
-        extra = decoder_out[1] if len(decoder_out) > 1 else None
-        lprobs = buffers.log_softmax(logits.reshape(rows, -1), index)  # R x V
-        if lprobs is None:
-            lprobs = model.get_normalized_probs((logits, extra), log_probs=True, sample=None)[:, -1, :]
-        attn = extra["attn"] if isinstance(extra, dict) else extra
-        if isinstance(attn, (list, tuple)):
-            attn = attn[0] if attn else None
-        return lprobs, (attn[:, -1, :] if attn is not None else None)
 
     def _candidates(self, lprobs: Tensor, scores: Tensor, step: int, bsz: int, k: int, n_cand: int):
         """The 2k best continuations of each sentence: (scores, tokens, beams), each B x 2k,
@@ -417,6 +393,150 @@ class FConvBeamSearch(SequenceGenerator):
         cand_beams[sentences] = torch.div(flat, vocab, rounding_mode="trunc")
 
 
+class _Search:
+    """The loop state of one batch's search: token histories, cumulative scores, attention,
+    finished hypotheses and the sentences still searched.  Row ``r`` is sentence ``r // k``,
+    beam ``r % k``; column ``t`` of ``tokens`` is output position ``t`` (0: BOS)."""
+
+    def __init__(self, bsz: int, k: int, max_len: int, src_lengths: Tensor, device: torch.device, pad: int,
+                 bos: int, decoders: List["_Decoder"], buffers: "_StepBuffers", shortlist: Optional[Tensor]):
+        self.bsz, self.k, self.max_len, self.device = bsz, k, max_len, device
+        self.n_cand = 2 * k  # candidates per sentence: 2k in case half of them end the sentence
+        self.src_lengths = src_lengths
+        self.decoders, self.buffers, self.shortlist = decoders, buffers, shortlist
+        self.tokens = torch.full((bsz * k, max_len + 2), pad, dtype=torch.long, device=device)
+        self.tokens[:, 0] = bos
+        self.scores = torch.zeros(bsz * k, max_len + 1, device=device)  # cumulative log-probabilities
+        self.attn: Optional[Tensor] = None  # R x S x (max_len + 2), once a decoder returns attention
+        self.cands_to_ignore = torch.zeros(bsz, k, dtype=torch.bool, device=device)
+        self.finalized: List[List[Dict[str, Tensor]]] = [[] for _ in range(bsz)]
+        self.finished = [False] * bsz
+        self.remaining = bsz
+        self.bbsz_offsets = (torch.arange(bsz, device=device) * k).unsqueeze(1)  # B x 1: first row of each sentence
+        self.cand_offsets = torch.arange(self.n_cand, device=device)
+        self.row_numbers = torch.arange(bsz * k, device=device)
+        self.batch_idxs: Optional[Tensor] = None  # the sentences kept at this step (None: all)
+
+    def drop_sentences(self, batch_idxs: Tensor) -> None:
+        """Keep only the sentences ``batch_idxs`` (indices into the current batch)."""
+        k = self.k
+        self.batch_idxs = batch_idxs
+        self.bsz = bsz = batch_idxs.numel()
+        self.bbsz_offsets = self.bbsz_offsets[:bsz]
+        self.src_lengths, self.cands_to_ignore = self.src_lengths[batch_idxs], self.cands_to_ignore[batch_idxs]
+        self.scores = self.scores.view(-1, k * self.scores.size(1))[batch_idxs].view(bsz * k, -1)
+        self.tokens = self.tokens.view(-1, k * self.tokens.size(1))[batch_idxs].view(bsz * k, -1)
+        if self.attn is not None:
+            attn = self.attn
+            self.attn = attn.view(-1, k * attn.size(1) * attn.size(2))[batch_idxs].view(bsz * k, attn.size(1), -1)
+
+    def reorder_decoders(self, active_rows: Tensor) -> None:
+        """Each decoder's state follows the hypotheses: new row ``i`` continues ``active_rows[i]``
+        (rows of the batch before sentences were dropped at this step, if any were)."""
+        order = active_rows
+        if self.batch_idxs is not None:  # sentences were removed: rows still index the old batch
+            shift = self.batch_idxs - torch.arange(self.batch_idxs.numel(), device=self.device)
+            order = (order.view(-1, self.k) + shift.unsqueeze(-1) * self.k).view(-1)
+        for decoder in self.decoders:
+            decoder.reorder(order)
+
+
+class _Decoder:
+    """One model's decoding state for a search: ``log_probs(tokens, step)`` -> (R x V or R x C
+    log-probabilities, R x S attention or None), ``reorder(rows)``."""
+
+    def log_probs(self, tokens: Tensor, step: int) -> Tuple[Tensor, Optional[Tensor]]:
+        raise NotImplementedError
+
+    def reorder(self, rows: Tensor) -> None:
+        raise NotImplementedError
+
+
+class _IncrementalDecoder(_Decoder):
+    """Through fairseq's incremental-decoding interface (``model.decoder(..., incremental_state)``):
+    models without a pure-tensor step, a model still training (weight norm live), a temperature."""
+
+    def __init__(self, model, encoder_out, bsz: int, k: int, buffers: "_StepBuffers", index: int,
+                 shortlist: Optional[Tensor], temperature: float):
+        self.model, self.buffers, self.index, self.shortlist, self.temperature = model, buffers, index, shortlist, temperature
+        expand = torch.arange(bsz, device=buffers.device).repeat_interleave(k)  # B*k: beams of sentence i together
+        self.encoder_out = model.encoder.reorder_encoder_out(encoder_out, expand)
+        self.incremental_state: Dict[str, Dict[str, Optional[Tensor]]] = {}
+
+    def log_probs(self, tokens: Tensor, step: int) -> Tuple[Tensor, Optional[Tensor]]:
+        """The numbers fairseq's EnsembleModel.forward_decoder computes for one model.  With a
+        shortlist (C words): R x C, the log-softmax over those words only, which is what the
+        ``-inf`` logits outside them give over the whole vocabulary."""
+        model, buffers, shortlist = self.model, self.buffers, self.shortlist
+        rows = tokens.size(0)
+        logits_out = buffers.logits(rows)  # None: the decoder's forward allocates the logits
+        if logits_out is None and shortlist is None:
+            decoder_out = model.decoder(tokens, encoder_out=self.encoder_out, incremental_state=self.incremental_state)
+        else:  # forward's two halves (FConvExtDecoder.output_layer): logits into the buffer, over the shortlist
+            features, step_attn = model.decoder.extract_features(tokens, self.encoder_out, self.incremental_state)
+            logits = model.decoder.output_layer(features, out=logits_out, shortlist=shortlist, expand=False)
+            decoder_out = (logits, step_attn)
+        logits = decoder_out[0][:, -1:, :]  # R x 1 x V (or C)
+        if self.temperature != 1.0:  # x / 1.0 == x: fairseq's division by 1 changes nothing
+            logits = logits.div_(self.temperature)
+        extra = decoder_out[1] if len(decoder_out) > 1 else None
+        lprobs = buffers.log_softmax(logits.reshape(rows, -1), self.index)  # R x V
+        if lprobs is None:
+            lprobs = model.get_normalized_probs((logits, extra), log_probs=True, sample=None)[:, -1, :]
+        attn = extra["attn"] if isinstance(extra, dict) else extra
+        if isinstance(attn, (list, tuple)):
+            attn = attn[0] if attn else None
+        return lprobs, (attn[:, -1, :] if attn is not None else None)
+
+    def reorder(self, rows: Tensor) -> None:
+        self.model.decoder.reorder_incremental_state_scripting(self.incremental_state, rows)
+        self.encoder_out = self.model.encoder.reorder_encoder_out(self.encoder_out, rows)
+
+
+class _StepDecoder(_Decoder):
+    """Through fconv_ext's pure-tensor step (:class:`~fconv_plugin.serving.step.DecoderStep`, eager
+    or compiled): the state is one window per convolution, ``B x k x window x C``; the encoder
+    output stays one row per sentence."""
+
+    def __init__(self, step: Callable, module, encoder_out, bsz: int, k: int, shortlist: Optional[Tensor],
+                 need_attn: bool):
+        self.step, self.k, self.need_attn = step, k, need_attn
+        self.keys, self.values, self.mask, self.scale = encoder_inputs_from(encoder_out)
+        self.windows = module.initial_windows(bsz, k, dtype=self.values.dtype, device=self.values.device)
+        self.vocabulary = {}
+        if shortlist is not None:  # fc3's rows of the batch's words, selected once per batch
+            self.vocabulary = {"vocabulary_weight": module.fc3.weight.index_select(0, shortlist),
+                               "vocabulary_bias": module.fc3.bias.index_select(0, shortlist)}
+
+    def log_probs(self, tokens: Tensor, step: int) -> Tuple[Tensor, Optional[Tensor]]:
+        rows = tokens.size(0)
+        newest = tokens[:, -1].view(rows // self.k, self.k)  # B x k
+        position = torch.full((1,), step + 1, dtype=torch.long, device=tokens.device)  # prefix length
+        lprobs, attn, self.windows = self.step(newest, position, self.windows, self.keys, self.values, self.mask,
+                                               self.scale, **self.vocabulary)
+        return lprobs.view(rows, -1), (attn.view(rows, -1) if self.need_attn else None)
+
+    def reorder(self, rows: Tensor) -> None:
+        k = self.k
+        sentences = rows.numel() // k
+        self.windows = tuple(
+            w.view(-1, *w.shape[2:]).index_select(0, rows).view(sentences, k, *w.shape[2:]) for w in self.windows)
+        picked = torch.div(rows.view(sentences, k)[:, 0], k, rounding_mode="floor")  # the sentence of each group
+        if sentences != self.keys.size(0) or not torch.equal(picked, torch.arange(sentences, device=picked.device)):
+            self.keys, self.values = self.keys.index_select(0, picked), self.values.index_select(0, picked)
+            self.mask, self.scale = self.mask.index_select(0, picked), self.scale.index_select(0, picked)
+
+
+def decoder_for(model, encoder_out, bsz: int, k: int, buffers: "_StepBuffers", index: int,
+                shortlist: Optional[Tensor], temperature: float) -> _Decoder:
+    """The pure-tensor step where the model has one and is ready for inference (weight norm folded,
+    plain float products, temperature 1), else fairseq's incremental interface."""
+    if temperature == 1.0 and step_ready(model):
+        module, step = decoder_step(model)
+        return _StepDecoder(step, module, encoder_out, bsz, k, shortlist, need_attn=module.need_attn)
+    return _IncrementalDecoder(model, encoder_out, bsz, k, buffers, index, shortlist, temperature)
+
+
 class _StepBuffers:
     """The ``rows x V`` tensors of a decoding step (logits; log-probabilities, one per model;
     for an ensemble their combination), allocated once per search and reused at every step,
@@ -434,6 +554,7 @@ class _StepBuffers:
 
     def __init__(self, rows: int, vocab: int, models: int, device: torch.device, enabled: bool):
         self.enabled = enabled
+        self.device = device
         self.models = models
         self.vocab = vocab
         if enabled:

@@ -1,0 +1,65 @@
+"""The decoder step a model decodes with: built once per model, eager or compiled.
+
+:func:`decoder_step` gives FConvBeamSearch the :class:`~fconv_plugin.serving.step.DecoderStep` of a
+model and the callable that runs it: the module itself, or with the model option
+``inference_compile`` (``--model-overrides "{'model': {'inference_compile': True}}"``) the module
+compiled by ``torch.compile`` (inductor: C++ kernels on CPUs, Triton on GPUs).  The compiled step is
+dynamic in its sizes (sentences, beams, source length), so one compilation serves a whole test set of
+varied batches; :data:`COMPILE_OPTIONS` says how.
+
+The step is rebuilt when the model's weights change (their storage or version), so a model that is
+decoded, trained further and decoded again is never decoded with stale weights.
+"""
+
+import logging
+import weakref
+from typing import Callable, Tuple
+
+import torch
+import torch.nn as nn
+from torch.nn.utils import parametrize
+
+from .step import DecoderStep, unsupported_reason
+
+logger = logging.getLogger(__name__)
+
+#: ``torch.compile`` arguments for the step: every size symbolic from the first call (``dynamic``),
+#: one graph for the whole step (``fullgraph``: a graph break would be a bug in the step)
+COMPILE_OPTIONS = {"dynamic": True, "fullgraph": True}
+
+_STEPS: "weakref.WeakKeyDictionary[nn.Module, Tuple]" = weakref.WeakKeyDictionary()
+
+
+def step_ready(model: nn.Module) -> bool:
+    """Whether FConvBeamSearch decodes ``model`` through its pure-tensor step: an fconv_ext model
+    in inference (eval mode, weight norm folded by ``make_generation_fast_``) whose products are
+    plain float ``nn.Linear`` layers and convolutions."""
+    if unsupported_reason(model) is not None or model.training:
+        return False
+    for module in model.modules():
+        if parametrize.is_parametrized(module) or "int8" in module._modules:  # training weights; int8 convolutions
+            return False
+        if type(module).__name__ == "Int8Linear":
+            return False
+    return True
+
+
+def _weights_key(model: nn.Module) -> Tuple:
+    return tuple((p.data_ptr(), p._version, p.dtype) for p in model.parameters())
+
+
+def decoder_step(model: nn.Module) -> Tuple[DecoderStep, Callable]:
+    """``(step module, callable)`` for ``model`` (see :func:`step_ready`), built on first use and
+    kept until the model's weights or its ``need_attn`` / ``inference_compile`` settings change."""
+    need_attn = bool(getattr(model.decoder, "need_attn", True))
+    compiled = bool(getattr(model, "inference_compile", False))
+    key = (_weights_key(model), need_attn, compiled)
+    entry = _STEPS.get(model)
+    if entry is None or entry[0] != key:
+        module = DecoderStep(model, need_attn=need_attn)
+        run = torch.compile(module, **COMPILE_OPTIONS) if compiled else module
+        if compiled:
+            logger.info("inference_compile: the decoder step is compiled by torch.compile on its first call")
+        entry = (key, module, run)
+        _STEPS[model] = entry
+    return entry[1], entry[2]
