@@ -159,6 +159,10 @@ def test_translate_json_and_form_with_libretranslates_shapes(fake):
     assert listed == {"translatedText": ["b a", "d c"], "alternatives": [["b a!", "b a!!"], ["d c!", "d c!!"]]}
     lines = post(fake.url, json={**body, "q": "a b\n\nc d"}).json()  # lines translated one by one
     assert lines == {"translatedText": "b a\n\nd c"}
+    markup = post(fake.url, json={**body, "format": "html", "alternatives": 1,
+                                  "q": '<p title="a b">open the <b>big</b> file &amp; go</p><script>x y</script>'})
+    assert markup.json() == {"translatedText": '<p title="a b">the open <b>big</b> go &amp; file</p><script>x y</script>',
+                             "alternatives": []}  # text nodes translated, markup kept; no alternatives for html
     auto = post(fake.url, json={**body, "source": "auto"}).json()
     assert auto["detectedLanguage"] == {"confidence": 0.0, "language": "en"}
     assert httpx.get(fake.url + "languages").json() == fake.fake.languages()
@@ -187,8 +191,6 @@ BAD_INPUT = [  # (what, request keyword arguments, status, message)
      "fr is not supported (this model translates en to de)"),
     ("unknown target", dict(json={"q": "a", "source": "en", "target": "es"}), 400,
      "es is not supported (this model translates en to de)"),
-    ("html", dict(json={"q": "<b>a</b>", "source": "en", "target": "de", "format": "html"}), 400,
-     "html format is not supported by this server: send plain text (format text)"),
     ("unknown format", dict(json={"q": "a", "source": "en", "target": "de", "format": "pdf"}), 400,
      "pdf format is not supported"),
     ("alternatives not a number", dict(json={"q": "a", "source": "en", "target": "de", "alternatives": "x"}), 400,
@@ -198,6 +200,9 @@ BAD_INPUT = [  # (what, request keyword arguments, status, message)
     ("too many characters", dict(json={"q": "a" * 201, "source": "en", "target": "de"}), 400,
      "Invalid request: request (201) exceeds text limit (200)"),
     ("too many sentences", dict(json={"q": ["a", "b\nc", "d", "e"], "source": "en", "target": "de"}), 400,
+     "Invalid request: request (5 sentences) exceeds sentence limit (4)"),
+    ("too many html text nodes", dict(json={"q": "<p>a</p><p>b</p><p>c<i>d</i>e</p>", "source": "en", "target": "de",
+                                            "format": "html"}), 400,
      "Invalid request: request (5 sentences) exceeds sentence limit (4)"),
     ("a body over the size limit", dict(content=b"q=" + b"a" * 2000, headers={"content-type": "text/plain"}), 413,
      "Invalid request: the body is larger than this server's limit (2000 bytes)"),

@@ -1,7 +1,8 @@
 """The ASGI app (Starlette): LibreTranslate's API on an fconv_ext model, the page, health, metrics.
 
-    POST /translate          LibreTranslate's: q (string or list), source, target, format, alternatives,
-                             api_key; JSON or form-encoded; {"translatedText": ...} or {"error": ...}
+    POST /translate          LibreTranslate's: q (string or list), source, target, format (text, or html:
+                             markup.py), alternatives, api_key; JSON or form-encoded;
+                             {"translatedText": ...} or {"error": ...}
     GET  /languages          LibreTranslate's: [{"code", "name", "targets"}]
     GET  /frontend/settings  LibreTranslate's (what the page reads: languages, limits, whether keys are needed)
     POST /attention          the page's: one sentence's translation, n-best, and each decoder layer's attention
@@ -29,6 +30,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from . import page
+from .markup import join_html, split_html, texts_to_translate
 from .batcher import Batcher
 from .limits import (BodyLimitMiddleware, Limits, RequestError, check_api_key, decode_body, parse_translate,
                      split_lines)
@@ -176,11 +178,18 @@ def build_app(server: Server) -> Starlette:
         check_api_key(fields.get("api_key") if isinstance(fields.get("api_key"), str) else None, server.api_keys)
         translator = server.ready_translator()
         req = parse_translate(fields, limits, translator.source_lang, translator.target_lang)
-        per_text = await server.translate_texts(request, req.texts)
-        best = [_join(lines, 0) for lines in per_text]
+        if req.format == "html":  # the text nodes are translated, the markup is kept; no alternatives
+            pieces = [split_html(text) for text in req.texts]
+            nodes = [texts_to_translate(p) for p in pieces]
+            per_node = iter(await server.translate_texts(request, [node for ns in nodes for node in ns]))
+            best = [join_html(p, [_join(next(per_node), 0) for _ in ns]) for p, ns in zip(pieces, nodes)]
+            alts: List[List[str]] = [[] for _ in best]
+        else:
+            per_text = await server.translate_texts(request, req.texts)
+            best = [_join(lines, 0) for lines in per_text]
+            alts = [_alternatives(lines, b, req.alternatives) for lines, b in zip(per_text, best)]
         result: Dict[str, Any] = {"translatedText": best if req.batch else best[0]}
         if req.alternatives > 0:
-            alts = [_alternatives(lines, b, req.alternatives) for lines, b in zip(per_text, best)]
             result["alternatives"] = alts if req.batch else alts[0]
         if req.auto:  # one source language: not detected, the model's
             detected = {"confidence": 0.0, "language": translator.source_lang}

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import parse_qs
 
+from .markup import split_html, texts_to_translate
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -87,6 +89,7 @@ class TranslateRequest:
     batch: bool  # q was a list: the answer is a list too
     source: str
     target: str
+    format: str = "text"  # or "html": the text nodes are translated (markup.py)
     alternatives: int = 0  # n-best beyond the best, per text
     api_key: Optional[str] = None
     auto: bool = False  # source was "auto"
@@ -156,9 +159,7 @@ def parse_translate(fields: Mapping[str, Any], limits: Limits, source_lang: str,
     if target != target_lang:
         raise RequestError(400, f"{target} is not supported (this model translates {source_lang} to {target_lang})")
     text_format = _string_field(fields, "format", required=False) or "text"
-    if text_format == "html":
-        raise RequestError(400, "html format is not supported by this server: send plain text (format text)")
-    if text_format != "text":
+    if text_format not in ("text", "html"):
         raise RequestError(400, f"{text_format} format is not supported")
     alternatives = fields.get("alternatives", 0)
     if isinstance(alternatives, bool) or not isinstance(alternatives, (int, str)):
@@ -172,12 +173,13 @@ def parse_translate(fields: Mapping[str, Any], limits: Limits, source_lang: str,
     chars = sum(len(t) for t in texts)
     if chars > limits.max_chars:
         raise RequestError(400, f"Invalid request: request ({chars}) exceeds text limit ({limits.max_chars})")
-    sentences = sum(len(split_lines(t)[1]) for t in texts)
+    sentences = sum(len(split_lines(t)[1]) for t in (texts if text_format == "text" else
+                                                     [node for t in texts for node in texts_to_translate(split_html(t))]))
     if sentences > limits.max_sentences:
         raise RequestError(400, f"Invalid request: request ({sentences} sentences) exceeds sentence limit "
                                 f"({limits.max_sentences})")
     return TranslateRequest(texts=list(texts), batch=batch, source=source_lang, target=target,
-                            alternatives=alternatives, api_key=_string_field(fields, "api_key", required=False),
+                            format=text_format, alternatives=alternatives, api_key=_string_field(fields, "api_key", required=False),
                             auto=auto)
 
 
