@@ -23,7 +23,7 @@ compiles the graphs: minutes for a large model).
 Dictionaries: ``--data DIR`` (``DIR/dict.<lang>.txt``); without it the checkpoint's own directory when
 it holds them (a converted or published model), else the data directory recorded in the checkpoint
 (``cfg.task.data``: where fairseq-train read them).  Languages: ``--source-lang/--target-lang``, else the
-checkpoint's task config.
+checkpoint's task config, else fairseq's inference from the directory's binarized file names.
 
 ``--int8``: ONNX: onnxruntime's dynamic quantization of the exported float graphs
 (``quantize_dynamic``: int8 weights with one scale per output channel, activations quantized per
@@ -88,16 +88,26 @@ def _config_section(state: Dict[str, Any], section: str) -> Dict[str, Any]:
     return dict(value) if isinstance(value, dict) else dict(vars(value)) if hasattr(value, "__dict__") else dict(value)
 
 
-def _dictionary_directory(checkpoint: str, data: Optional[str], task: Dict[str, Any], langs: Tuple[str, str]) -> str:
-    names = [f"dict.{lang}.txt" for lang in langs]
+def _dictionaries(checkpoint: str, data: Optional[str], task: Dict[str, Any],
+                  langs: Tuple[Optional[str], Optional[str]]) -> Tuple[str, Tuple[str, str]]:
+    """(directory, (source, target) languages) of the model's dictionaries: the first of ``--data``, the
+    checkpoint's directory, the checkpoint's ``cfg.task.data`` that holds ``dict.<lang>.txt`` for both.
+    Languages not given or recorded are inferred from the directory's binarized files, as fairseq does."""
+    from fairseq.data.data_utils import infer_language_pair
+
     candidates = [data] if data else [os.path.dirname(os.path.abspath(checkpoint)),
                                       str(task.get("data") or "").split(os.pathsep)[0]]
-    for directory in candidates:
-        if directory and all(os.path.isfile(os.path.join(directory, n)) for n in names):
-            return directory
+    for directory in filter(None, candidates):
+        pair = langs if all(langs) else infer_language_pair(directory)
+        pair = (langs[0] or pair[0], langs[1] or pair[1])
+        if all(pair) and all(os.path.isfile(os.path.join(directory, f"dict.{lang}.txt")) for lang in pair):
+            return directory, pair
     looked = ", ".join(repr(d) for d in candidates if d)
-    raise ExportError(f"no {' and '.join(names)} in {looked}: pass the model's data directory with --data DIR "
-                      "(fairseq-preprocess's --destdir)")
+    if not all(langs):
+        raise ExportError(f"{checkpoint!r} does not record its languages and none of {looked} shows them: pass "
+                          "--source-lang and --target-lang (and --data DIR, the directory with dict.<lang>.txt)")
+    raise ExportError(f"no dict.{langs[0]}.txt and dict.{langs[1]}.txt in {looked}: pass the model's data directory "
+                      "with --data DIR (fairseq-preprocess's --destdir)")
 
 
 def load_model(checkpoint: str, data: Optional[str] = None, source_lang: Optional[str] = None,
@@ -113,11 +123,14 @@ def load_model(checkpoint: str, data: Optional[str] = None, source_lang: Optiona
     if not model_cfg.get("_name"):
         raise ExportError(f"{checkpoint!r} has no model config (cfg.model): a fairseq fconv checkpoint? "
                           "convert it first: fconv-ext-convert CHECKPOINT OUT.pt")
+    # fairseq-train records the architecture (``fconv_ext_tiny``) as the name; its preset values are
+    # already in the config, so the registered model it belongs to is the one to build
+    from fairseq.models import ARCH_MODEL_NAME_REGISTRY
+
+    model_cfg = dict(model_cfg, _name=ARCH_MODEL_NAME_REGISTRY.get(model_cfg["_name"], model_cfg["_name"]))
     task = _config_section(state, "task")
     langs = (source_lang or task.get("source_lang"), target_lang or task.get("target_lang"))
-    if not all(langs):
-        raise ExportError(f"{checkpoint!r} does not record its languages: pass --source-lang and --target-lang")
-    directory = _dictionary_directory(checkpoint, data, task, langs)
+    directory, langs = _dictionaries(checkpoint, data, task, langs)
     paths = tuple(os.path.join(directory, f"dict.{lang}.txt") for lang in langs)
     src_dict, tgt_dict = (Dictionary.load(p) for p in paths)
     try:
