@@ -68,7 +68,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+                        force=True)  # importing fairseq may have configured logging already
     if args.beam < 1:
         sys.exit("--beam must be at least 1")
     api_keys = ()
