@@ -172,3 +172,70 @@ def test_other_models_are_refused_with_the_supported_ones_named():
     with pytest.raises(ValueError, match="fconv_ext_lm and fconv_ext_self_att"):
         DecoderStep(lm)
     assert unsupported_reason(small_fconv_ext()[0]) is None
+
+
+# --------------------------------------------------------------------------- compiled decoding
+def compile_counter(monkeypatch):
+    """Counts the graphs torch.compile makes of the step (the backend runs them eagerly: the guards
+    and recompilations are dynamo's, whatever the backend)."""
+    from fconv_plugin.serving import compiled
+
+    graphs = []
+
+    def backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    monkeypatch.setitem(compiled.COMPILE_OPTIONS, "backend", backend)
+    return graphs
+
+
+def test_compiled_step_is_compiled_once_for_batches_of_varied_sizes(monkeypatch):
+    from fconv_plugin.serving.compiled import decoder_step
+
+    graphs = compile_counter(monkeypatch)
+    model, src_dict, tgt_dict = small_fconv_ext()
+    prepared(model)
+    model.inference_compile = True
+    module, run = decoder_step(model)
+    assert decoder_step(model)[1] is run  # built once per model
+    with torch.no_grad():
+        for bsz, beams, length in [(4, 5, 7), (3, 5, 9), (7, 5, 4), (2, 5, 12), (6, 2, 5), (3, 4, 6)]:
+            src = random_batch(src_dict, [length] * bsz, seed=bsz)
+            inputs = tuple(t.clone() for t in encoder_inputs_from(model.encoder(src)))
+            windows = module.initial_windows(bsz, beams)
+            for t in range(3):
+                tokens = torch.randint(tgt_dict.nspecial, len(tgt_dict), (bsz, beams))
+                want = module(tokens, torch.tensor([t + 1]), windows, *inputs)
+                got = run(tokens, torch.tensor([t + 1]), windows, *inputs)
+                torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-6)
+                windows = got[2]
+    assert len(graphs) == 1  # batch sizes, beam sizes and source lengths all symbolic
+    with torch.no_grad():  # a batch of one sentence: torch specializes size 1, one more graph, once
+        for length in (5, 8):
+            src = random_batch(src_dict, [length], seed=length)
+            inputs = tuple(t.clone() for t in encoder_inputs_from(model.encoder(src)))
+            run(torch.tensor([[4, 5, 6, 7, 8]]), torch.tensor([1]), module.initial_windows(1, 5), *inputs)
+    assert len(graphs) == 2
+
+
+def test_fconv_beam_search_with_the_compiled_step_gives_the_eager_hypotheses(monkeypatch):
+    from fairseq.sequence_generator import SequenceGenerator
+    from fconv_plugin.serving.beam_search import FConvBeamSearch
+
+    graphs = compile_counter(monkeypatch)
+    model, src_dict, tgt_dict = small_fconv_ext()
+    prepared(model)
+    lengths = [7, 3, 9, 5, 2, 8]
+    sample = {"net_input": {"src_tokens": random_batch(src_dict, lengths, seed=3),
+                            "src_lengths": torch.tensor(lengths)}, "id": torch.arange(6)}
+    with torch.no_grad():
+        want = SequenceGenerator([model], tgt_dict, beam_size=4, max_len_b=12).generate([model], sample)
+        model.inference_compile = True
+        got = FConvBeamSearch([model], tgt_dict, beam_size=4, max_len_b=12).generate([model], sample)
+    assert graphs  # the compiled step decoded
+    for a, b in zip(got, want):
+        assert [h["tokens"].tolist() for h in a] == [h["tokens"].tolist() for h in b]
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x["positional_scores"], y["positional_scores"], rtol=0, atol=1e-5)

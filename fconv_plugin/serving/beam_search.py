@@ -501,7 +501,8 @@ class _StepDecoder(_Decoder):
     def __init__(self, step: Callable, module, encoder_out, bsz: int, k: int, shortlist: Optional[Tensor],
                  need_attn: bool):
         self.step, self.k, self.need_attn = step, k, need_attn
-        self.keys, self.values, self.mask, self.scale = encoder_inputs_from(encoder_out)
+        # copies, not views of the encoder's tensors: a compiled step guards on its inputs' layout
+        self.keys, self.values, self.mask, self.scale = (t.clone() for t in encoder_inputs_from(encoder_out))
         self.windows = module.initial_windows(bsz, k, dtype=self.values.dtype, device=self.values.device)
         self.vocabulary = {}
         if shortlist is not None:  # fc3's rows of the batch's words, selected once per batch

@@ -16,6 +16,7 @@ import weakref
 from typing import Callable, Tuple
 
 import torch
+import torch.fx.experimental._config as symbolic_shapes_config
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
@@ -26,6 +27,20 @@ logger = logging.getLogger(__name__)
 #: ``torch.compile`` arguments for the step: every size symbolic from the first call (``dynamic``),
 #: one graph for the whole step (``fullgraph``: a graph break would be a bug in the step)
 COMPILE_OPTIONS = {"dynamic": True, "fullgraph": True}
+
+class CompiledStep:
+    """The step compiled by ``torch.compile``.  Sizes that happen to be equal at the first call
+    (say 5 beams and a 5-token source) are not assumed equal (``use_duck_shape=False``), so they need
+    no recompilation when they differ.  torch still specializes sizes 0 and 1: a batch of one
+    sentence, beam 1 and a one-token source each add a compilation the first time they occur."""
+
+    def __init__(self, module: DecoderStep):
+        self.compiled = torch.compile(module, **COMPILE_OPTIONS)
+
+    def __call__(self, *args, **kwargs):
+        with symbolic_shapes_config.patch(use_duck_shape=False):
+            return self.compiled(*args, **kwargs)
+
 
 _STEPS: "weakref.WeakKeyDictionary[nn.Module, Tuple]" = weakref.WeakKeyDictionary()
 
@@ -57,7 +72,7 @@ def decoder_step(model: nn.Module) -> Tuple[DecoderStep, Callable]:
     entry = _STEPS.get(model)
     if entry is None or entry[0] != key:
         module = DecoderStep(model, need_attn=need_attn)
-        run = torch.compile(module, **COMPILE_OPTIONS) if compiled else module
+        run = CompiledStep(module) if compiled else module
         if compiled:
             logger.info("inference_compile: the decoder step is compiled by torch.compile on its first call")
         entry = (key, module, run)

@@ -159,15 +159,14 @@ class DecoderStep(nn.Module):
         vocabulary_weight: Optional[Tensor] = None,  # C x out_embed_dim: rows of fc3 (a shortlist)
         vocabulary_bias: Optional[Tensor] = None,  # C
     ) -> Tuple[Tensor, Tensor, Windows]:
-        sentences, beams = tokens.shape
-        rows = sentences * beams
+        # Every tensor stays B x K x ... (no reshape merges sentences and beams), so that a compiled
+        # or exported step has one symbolic size per dimension.
         # embedding of the newest token + its position (padding_idx + prefix length, as
         # LearnedPositions counts positions)
-        x = F.embedding(tokens.reshape(rows, 1), self.embed_tokens, self.padding_idx)  # R x 1 x E
-        pos = F.embedding((position + self.padding_idx).view(1, 1), self.embed_positions, self.padding_idx)  # 1 x 1 x E
-        x = x + pos
+        x = F.embedding(tokens, self.embed_tokens, self.padding_idx)  # B x K x E
+        x = x + F.embedding(position + self.padding_idx, self.embed_positions, self.padding_idx)  # + 1 x E
         target_embedding = x  # g: used in every attention query
-        x = self.fc1(x)  # R x 1 x C
+        x = self.fc1(x)  # B x K x C
 
         new_windows: List[Tensor] = []
         attention_sum: Optional[Tensor] = None
@@ -179,17 +178,16 @@ class DecoderStep(nn.Module):
                 back = outputs[-layer.residual]
                 residual = back if layer.projection is None else layer.projection(back)
             if layer.window > 0:
-                window = next(state).reshape(rows, layer.window, -1)  # R x (k-1)d x C_in
-                window = torch.cat([window, x], dim=1)  # R x ((k-1)d + 1) x C_in
-                new_windows.append(window[:, 1:, :].reshape(sentences, beams, layer.window, -1))
+                window = torch.cat([next(state), x.unsqueeze(2)], dim=2)  # B x K x ((k-1)d + 1) x C_in
+                # contiguous: the same strides at every step (a compiled step guards on them)
+                new_windows.append(window[:, :, 1:].contiguous())  # B x K x (k-1)d x C_in
                 if layer.dilation > 1:
-                    window = window[:, :: layer.dilation, :]  # R x k x C_in: the frames the taps see
-            else:
-                window = x
-            x = layer.conv(window.reshape(rows, -1)).unsqueeze(1)  # R x 1 x 2C
-            x = self.gate(x)  # R x 1 x C
+                    window = window[:, :, :: layer.dilation]  # B x K x k x C_in: the frames the taps see
+                x = window.flatten(2)  # B x K x (k*C_in), frame-major like the linearized weight
+            x = layer.conv(x)  # B x K x 2C
+            x = self.gate(x)  # B x K x C
             if layer.attention_in is not None:
-                x, attn = self._attend(layer, x, target_embedding, keys, values, source_mask, length_scale, beams)
+                x, attn = self._attend(layer, x, target_embedding, keys, values, source_mask, length_scale)
                 if self.need_attn:
                     attn = attn / self.num_attention_layers
                     attention_sum = attn if attention_sum is None else attention_sum + attn
@@ -197,34 +195,30 @@ class DecoderStep(nn.Module):
                 x = (x + residual) * SQRT_HALF  # paper, section 3.4
             outputs.append(x)
 
-        x = self.fc2(x)  # R x 1 x out_embed_dim
+        x = self.fc2(x)  # B x K x out_embed_dim
         if vocabulary_weight is None:
-            logits = self.fc3(x)  # R x 1 x V
+            logits = self.fc3(x)  # B x K x V
         else:
-            logits = F.linear(x, vocabulary_weight, vocabulary_bias)  # R x 1 x C
-        log_probs = F.log_softmax(logits.view(sentences, beams, -1), dim=-1, dtype=torch.float32)  # B x K x V
+            logits = F.linear(x, vocabulary_weight, vocabulary_bias)  # B x K x C
+        log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32)  # B x K x V
         if attention_sum is None:
-            attention = keys.new_zeros(sentences, beams, keys.size(1))
-        else:
-            attention = attention_sum.view(sentences, beams, -1)  # B x K x S
-        return log_probs, attention, tuple(new_windows)
+            attention_sum = keys.new_zeros(tokens.size(0), tokens.size(1), keys.size(1))  # B x K x S
+        return log_probs, attention_sum, tuple(new_windows)
 
     @staticmethod
     def _attend(layer: _Layer, x: Tensor, target_embedding: Tensor, keys: Tensor, values: Tensor,
-                source_mask: Tensor, length_scale: Tensor, beams: int) -> Tuple[Tensor, Tensor]:
+                source_mask: Tensor, length_scale: Tensor) -> Tuple[Tensor, Tensor]:
         """Multi-step attention (paper, section 3.3; :class:`~fconv_plugin.modules.MultiStepAttention`):
-        ``d = (W h + b + g) * sqrt(0.5)``, ``a = softmax(d . z)``, ``c = sum a (z + e) * s sqrt(1/s)``."""
+        ``d = (W h + b + g) * sqrt(0.5)``, ``a = softmax(d . z)``, ``c = sum a (z + e) * s sqrt(1/s)``.
+        The K beams of a sentence attend over its one row of keys and values."""
         residual = x
-        query = (layer.attention_in(x) + target_embedding) * math.sqrt(0.5)  # R x 1 x E
-        rows = query.size(0)
-        query = query.reshape(rows // beams, beams, -1)  # B x K x E: the beams of a sentence share its source
+        query = (layer.attention_in(x) + target_embedding) * math.sqrt(0.5)  # B x K x E
         scores = torch.bmm(query, keys.transpose(1, 2))  # B x K x S
         scores = scores.float().masked_fill(source_mask.unsqueeze(1), float("-inf")).type_as(scores)
         attn = F.softmax(scores, dim=-1)  # B x K x S
         context = torch.bmm(attn, values) * length_scale  # B x K x E
-        context = context.view(rows, 1, -1)  # R x 1 x E
         x = (layer.attention_out(context) + residual) * math.sqrt(0.5)
-        return x, attn.view(rows, 1, -1)  # R x 1 x S
+        return x, attn
 
 
 class SourceEncoder(nn.Module):
