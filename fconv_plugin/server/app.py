@@ -231,6 +231,8 @@ def build_app(server: Server) -> Starlette:
         })
 
     async def health(request: Request) -> Response:
+        if not server.batcher.alive():
+            return JSONResponse({"status": "failed", "error": "the batcher has stopped"}, status_code=503)
         if server.translator is not None:
             return JSONResponse({"status": "ready"})
         if server.load_error is not None:

@@ -83,6 +83,15 @@ class Batcher:
     def start(self) -> None:
         self._arrived = asyncio.Event()
         self._collector = asyncio.get_running_loop().create_task(self._collect(), name="fconv-batcher")
+        self._collector.add_done_callback(self._collector_ended)
+
+    def _collector_ended(self, task: "asyncio.Task[None]") -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("the batch collector stopped: no more translations", exc_info=task.exception())
+
+    def alive(self) -> bool:
+        """Whether batches are still being collected (False before start, after stop or a crash)."""
+        return self._collector is not None and not self._collector.done()
 
     async def stop(self) -> None:
         """Stop collecting (the server has answered its requests by now), fail whatever is still
