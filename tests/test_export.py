@@ -96,6 +96,28 @@ def test_onnx_graphs_equal_eager_modules_at_any_size(onnx_export, sentences, bea
         np.testing.assert_allclose(g, e.numpy(), atol=1e-5, rtol=0, err_msg=name)
 
 
+def test_onnx_int8_graphs_run_close_to_float(onnx_export, tmp_path):
+    """--int8's ONNX path (onnxruntime's dynamic quantization of the float graphs): int8 products in
+    the graphs, the runtime decodes with them, and the step's scores stay near the float graph's."""
+    import onnx
+    import onnxruntime
+
+    from fconv_plugin.serving.export import quantize_onnx
+
+    copy = copy_of(onnx_export[1], tmp_path)
+    for name in ("encoder.onnx", "step.onnx"):
+        quantize_onnx(str(copy / name))
+        assert "DynamicQuantizeLinear" in {node.op_type for node in onnx.load(str(copy / name)).graph.node}
+    rewrite_manifest(copy, lambda m: m.update(int8=True))
+    model, _, _, _ = load_model(str(onnx_export[0]))
+    _, step_inputs = sample_inputs(*serving_modules(model), 4, 3, 8)
+    feed = {name: x.numpy() for name, x in zip(load_manifest(str(copy))["step"]["inputs"], step_inputs)}
+    float_scores = onnxruntime.InferenceSession(str(onnx_export[1] / "step.onnx")).run(["next_scores"], feed)[0]
+    int8_scores = onnxruntime.InferenceSession(str(copy / "step.onnx")).run(["next_scores"], feed)[0]
+    np.testing.assert_allclose(int8_scores, float_scores, atol=0.1)
+    assert len(Translator(str(copy)).translate(["w1 w2 w3", "w4"], beam=3)) == 2
+
+
 # ------------------------------------------------------------------------------- search == fairseq's
 
 
