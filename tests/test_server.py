@@ -36,7 +36,7 @@ httpx = pytest.importorskip("httpx")
 from fconv_plugin.server import cli  # noqa: E402
 from fconv_plugin.server.app import Server, build_app  # noqa: E402
 from fconv_plugin.server.limits import Limits  # noqa: E402
-from fconv_plugin.server.translator import Hypothesis, Translator, merge_subwords  # noqa: E402
+from fconv_plugin.server.translator import ExportedTranslator, Hypothesis, Translator, merge_subwords  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -531,6 +531,37 @@ def test_the_page_draws_a_heatmap_per_layer_in_a_real_browser(model_server, tmp_
         finally:
             browser.close()
     assert os.path.getsize(os.path.join(artifacts, "server_page.png")) > 10_000
+
+
+def test_an_exported_model_is_served_through_fconv_runtime(protected_tiny, test_sentences, tmp_path_factory):
+    """A directory written by fconv-ext-export (ONNX): the server's translations, batched, are
+    fconv_runtime's; the page's attention is refused with a message."""
+    pytest.importorskip("onnxruntime", reason="pip install 'fconv-ext[export]'")
+    from fconv_plugin.serving.export import export
+    from fconv_runtime import Translator as Runtime
+
+    save, data, codes = protected_tiny
+    out = tmp_path_factory.mktemp("served_export") / "onnx"
+    export(str(save / "checkpoint_last.pt"), str(out), "onnx", data=str(data), bpe_codes=str(codes),
+           tokenizer="moses", source_lang="en", target_lang="de")
+    expected = Runtime(str(out)).translate(test_sentences[:8], beam=5)
+    server = Server(lambda: ExportedTranslator(str(out), beam=5), limits=Limits(max_alternatives=4), max_tokens=4096,
+                    max_wait_ms=20)
+    live = LiveServer(build_app(server)).wait_ready()
+    body = {"source": "en", "target": "de"}
+
+    async def together():
+        async with httpx.AsyncClient(base_url=live.url, timeout=60) as client:
+            return await asyncio.gather(*[client.post("translate", json={**body, "q": s}) for s in test_sentences[:8]])
+
+    try:
+        assert [r.json()["translatedText"] for r in asyncio.run(together())] == expected
+        assert httpx.get(live.url + "languages").json()[0] == {"code": "en", "name": "English", "targets": ["de"]}
+        refused = httpx.post(live.url + "attention", json={**body, "q": "a"})
+        assert (refused.status_code, refused.json()) == (501, {"error": "attention is not available for an exported "
+                                                                        "model: serve its PyTorch checkpoint to see it"})
+    finally:
+        live.stop()
 
 
 # ------------------------------------------------------------------------------ SIGTERM, its own process

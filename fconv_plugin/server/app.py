@@ -200,6 +200,9 @@ def build_app(server: Server) -> Starlette:
         fields = await server.read_request(request)
         check_api_key(fields.get("api_key") if isinstance(fields.get("api_key"), str) else None, server.api_keys)
         translator = server.ready_translator()
+        if not translator.has_attention:
+            raise RequestError(501, "attention is not available for an exported model: serve its PyTorch "
+                                    "checkpoint to see it")
         fields = {"source": translator.source_lang, "target": translator.target_lang,
                   "alternatives": limits.max_alternatives, **fields}
         req = parse_translate(fields, limits, translator.source_lang, translator.target_lang)
@@ -226,6 +229,7 @@ def build_app(server: Server) -> Starlette:
             "charLimit": limits.max_chars, "frontendTimeout": int(limits.timeout_s * 1000),
             "apiKeys": bool(server.api_keys), "keyRequired": bool(server.api_keys), "suggestions": False,
             "filesTranslation": False, "supportedFilesFormat": [], "maxAlternatives": limits.max_alternatives,
+            "attention": translator.has_attention,
             "language": {"source": {"code": translator.source_lang, "name": names[translator.source_lang]},
                          "target": {"code": translator.target_lang, "name": names[translator.target_lang]}},
         })

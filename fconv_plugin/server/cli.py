@@ -5,7 +5,9 @@
         [--host 127.0.0.1 --port 5000] [--threads N] [--max-tokens N --max-wait-ms MS] [limits...]
 
 CHECKPOINT is a checkpoint file, or a directory with ``model.pt`` / ``checkpoint_best.pt`` /
-``checkpoint_last.pt``; the other model options are those of the hub interface (README).  uvicorn
+``checkpoint_last.pt``; the other model options are those of the hub interface (README).  A directory
+written by ``fconv-ext-export`` is served through ``fconv_runtime`` (its manifest has the dictionaries,
+BPE codes, tokenizer and languages: no other model option applies; the page shows no attention).  uvicorn
 serves the app; SIGTERM or Ctrl-C stops accepting connections, answers the requests already
 accepted, and exits 0.
 """
@@ -25,9 +27,11 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fconv-ext-serve", description="Serve an fconv_ext model over HTTP with "
                                 "LibreTranslate's API, dynamic batching, a page with the attention of each layer, "
                                 "health and Prometheus metrics.")
-    p.add_argument("checkpoint", help="checkpoint file, or a directory holding model.pt / checkpoint_best.pt")
+    p.add_argument("checkpoint", help="checkpoint file, a directory holding model.pt / checkpoint_best.pt, or a "
+                   "directory written by fconv-ext-export")
     model = p.add_argument_group("model (as the hub interface takes it)")
-    model.add_argument("--data", required=True, help="binarized data directory with the dictionaries")
+    model.add_argument("--data", default=None, help="binarized data directory with the dictionaries (needed "
+                       "unless CHECKPOINT is an export)")
     model.add_argument("--source-lang", default=None, help="source language code (default: the model task's)")
     model.add_argument("--target-lang", default=None, help="target language code (default: the model task's)")
     model.add_argument("--tokenizer", default=None, help="e.g. moses, moses_protected (placeholders kept whole)")
@@ -72,6 +76,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                         force=True)  # importing fairseq may have configured logging already
     if args.beam < 1:
         sys.exit("--beam must be at least 1")
+    from .translator import is_export
+
+    exported = is_export(args.checkpoint)
+    if exported and any((args.data, args.tokenizer, args.bpe, args.bpe_codes, args.source_lang, args.target_lang)):
+        sys.exit(f"{args.checkpoint} is an export: its manifest fixes the dictionaries, tokenizer, BPE and "
+                 "languages (drop --data, --tokenizer, --bpe, --bpe-codes, --source-lang, --target-lang)")
+    if not exported and args.data is None:
+        sys.exit("--data DATA_BIN is needed (the binarized data directory with the model's dictionaries)")
     api_keys = ()
     if args.api_keys:
         try:
@@ -84,7 +96,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     import fconv_plugin  # noqa: F401  (registers fconv_ext, applies the fairseq fixes)
     from .app import Server, build_app
-    from .translator import Translator
+    from .translator import ExportedTranslator, Translator
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -92,7 +104,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                     max_sentence_tokens=args.max_sentence_tokens, max_alternatives=args.beam - 1,
                     queue_sentences=args.queue_size, timeout_s=args.timeout)
 
-    def load() -> Translator:
+    def load():
+        if exported:
+            return ExportedTranslator(args.checkpoint, beam=args.beam, threads=args.threads,
+                                      max_sentence_tokens=args.max_sentence_tokens)
         return Translator.load(args.checkpoint, args.data, source_lang=args.source_lang,
                                target_lang=args.target_lang, tokenizer=args.tokenizer, bpe=args.bpe,
                                bpe_codes=args.bpe_codes, beam=args.beam, max_sentence_tokens=args.max_sentence_tokens)

@@ -7,6 +7,10 @@ only difference: a sentence longer than the token limit is cut here, with a warn
 reaches the model (as ``--task fconv_translation`` cuts it for fairseq-interactive), so that every
 checkpoint's task behaves the same.
 
+A directory written by ``fconv-ext-export`` is served by :class:`ExportedTranslator` instead: the
+same methods on ``fconv_runtime`` (ONNX Runtime or AOTInductor graphs, its own text pipeline and
+beam search), without the per-layer attention, which needs the PyTorch model.
+
 Every method but :meth:`encode` runs on the batcher's decoding thread.
 """
 
@@ -16,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
+
+from .limits import RequestError
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +41,19 @@ class Hypothesis:
     score: float  # fairseq's length-normalised log-probability
 
 
+def languages(source_lang: str, target_lang: str) -> List[Dict[str, Any]]:
+    """LibreTranslate's ``/languages``: each language with the codes it translates into."""
+    def entry(code: str, targets: List[str]) -> Dict[str, Any]:
+        return {"code": code, "name": LANGUAGE_NAMES.get(code, code), "targets": targets}
+
+    return [entry(source_lang, [target_lang]), entry(target_lang, [])]
+
+
+def is_export(path: str) -> bool:
+    """Whether ``path`` is a directory written by fconv-ext-export."""
+    return os.path.isfile(os.path.join(path, "manifest.json"))
+
+
 def resolve_checkpoint(path: str) -> Tuple[str, str]:
     """(model directory, checkpoint file name) of a checkpoint file, or of a directory holding
     ``model.pt`` (a converted or published model) or ``checkpoint_best.pt``/``checkpoint_last.pt``."""
@@ -51,6 +70,8 @@ def resolve_checkpoint(path: str) -> Tuple[str, str]:
 
 class Translator:
     """Encodes, decodes in batches, and shows attention, for one hub interface."""
+
+    has_attention = True  # layer_attention works
 
     def __init__(self, hub, beam: int = 5, max_sentence_tokens: Optional[int] = None):
         hub.eval()
@@ -82,11 +103,7 @@ class Translator:
         return cls(hub, beam=beam, max_sentence_tokens=max_sentence_tokens)
 
     def languages(self) -> List[Dict[str, Any]]:
-        """LibreTranslate's ``/languages``: each language with the codes it translates into."""
-        def entry(code: str, targets: List[str]) -> Dict[str, Any]:
-            return {"code": code, "name": LANGUAGE_NAMES.get(code, code), "targets": targets}
-
-        return [entry(self.source_lang, [self.target_lang]), entry(self.target_lang, [])]
+        return languages(self.source_lang, self.target_lang)
 
     # -- on the event loop: cheap, no model ------------------------------------------------
     def encode(self, sentence: str) -> Tuple[torch.Tensor, bool]:
@@ -149,3 +166,54 @@ def merge_subwords(pieces: Sequence[str], continuation: str = "@@") -> Tuple[Lis
             groups.append([i])
         open_word = piece.endswith(continuation)
     return words, groups
+
+
+class ExportedTranslator:
+    """:class:`Translator`'s methods on a directory written by ``fconv-ext-export``, through
+    ``fconv_runtime`` (its text pipeline: Moses and subword-nmt as recorded in the manifest; its beam
+    search over the exported graphs).  No per-layer attention: that needs the PyTorch model."""
+
+    has_attention = False
+
+    def __init__(self, directory: str, beam: int = 5, threads: Optional[int] = None,
+                 max_sentence_tokens: Optional[int] = None):
+        from fconv_runtime import Translator as Runtime
+
+        self.runtime = Runtime(directory, threads=threads)
+        self.beam = beam
+        self.source_lang: str = self.runtime.manifest["source_lang"]
+        self.target_lang: str = self.runtime.manifest["target_lang"]
+        model_limit = self.runtime.max_source_positions
+        self.max_sentence_tokens = min(max_sentence_tokens or model_limit, model_limit)
+
+    def languages(self) -> List[Dict[str, Any]]:
+        return languages(self.source_lang, self.target_lang)
+
+    def encode(self, sentence: str) -> Tuple[torch.Tensor, bool]:
+        """Source token ids (S, EOS last) and whether they were cut to ``max_sentence_tokens`` here (the
+        runtime cuts at the model's positions itself, with its own warning)."""
+        from fconv_runtime.artifact import EOS
+
+        ids = self.runtime.encode(sentence)
+        if len(ids) <= self.max_sentence_tokens:
+            return torch.tensor(ids), False
+        logger.warning("a sentence of %d tokens is longer than the limit of %d: translating its first %d tokens",
+                       len(ids), self.max_sentence_tokens, self.max_sentence_tokens - 1)
+        return torch.tensor(ids[: self.max_sentence_tokens - 1] + [EOS]), True
+
+    def decode_batch(self, sources: List[torch.Tensor]) -> List[List[Hypothesis]]:
+        import numpy as np
+        from fconv_runtime.artifact import EOS, PAD
+        from fconv_runtime.search import beam_search
+
+        width = max(s.numel() for s in sources)
+        src_tokens = np.full((len(sources), width), PAD, dtype=np.int64)  # B x S, left-padded as fairseq's
+        for row, source in enumerate(sources):
+            src_tokens[row, width - source.numel():] = source.numpy()
+        finalized = beam_search(self.runtime.backend, src_tokens, self.beam, self.runtime.max_target_positions)
+        return [[Hypothesis(self.runtime.decode(tokens), torch.tensor(list(tokens) + [EOS]), float(score))
+                 for score, tokens in hypotheses] for hypotheses in finalized]
+
+    def layer_attention(self, source: torch.Tensor, hypothesis: torch.Tensor) -> Dict[str, Any]:
+        raise RequestError(501, "attention is not available for an exported model: serve its PyTorch checkpoint "
+                                "to see it")
