@@ -101,12 +101,15 @@ class Server:
         return per_text
 
     async def until_done(self, request: Request, work: Awaitable[Any]) -> Any:
-        """``work``'s result, unless the request's timeout passes (504) or its client disconnects
-        first; either way the work is cancelled (its queued sentences are dropped)."""
+        """``work``'s result, unless the request's timeout (counted from its arrival) passes first
+        (504) or its client disconnects; either way the work is cancelled (its queued sentences are
+        dropped)."""
+        arrived = getattr(request.state, "arrived", time.perf_counter())
         task = asyncio.ensure_future(work)
         gone = asyncio.ensure_future(_disconnected(request))
         try:
-            done, _ = await asyncio.wait({task, gone}, timeout=self.limits.timeout_s,
+            done, _ = await asyncio.wait({task, gone}, timeout=max(0.0, arrived + self.limits.timeout_s -
+                                                                   time.perf_counter()),
                                          return_when=asyncio.FIRST_COMPLETED)
         finally:
             gone.cancel()
@@ -155,7 +158,7 @@ def build_app(server: Server) -> Starlette:
     def endpoint(name: str, handler: Callable[[Request], Awaitable[Response]]):
         """``handler`` with the request counted, timed, and its errors answered as JSON."""
         async def run(request: Request) -> Response:
-            start = time.perf_counter()
+            start = request.state.arrived = time.perf_counter()
             metrics.in_flight.inc()
             try:
                 response = await handler(request)
