@@ -99,8 +99,8 @@ class TranslateRequest:
 def decode_body(body: bytes, content_type: str) -> Dict[str, Any]:
     """The fields of a JSON or form-encoded body (LibreTranslate takes both).
 
-    ``application/x-www-form-urlencoded`` (and a body without a content type, as ``curl -d``
-    sends) is read with the first value of each field, like LibreTranslate's ``request.values``."""
+    ``application/x-www-form-urlencoded`` (and a body without a content type) is read with the first
+    value of each field, like LibreTranslate's ``request.values``."""
     media = content_type.split(";")[0].strip().lower()
     try:
         text = body.decode("utf-8")
@@ -115,7 +115,7 @@ def decode_body(body: bytes, content_type: str) -> Dict[str, Any]:
         if not isinstance(fields, dict):
             raise RequestError(400, "Invalid JSON format: the body must be a JSON object")
         return fields
-    if media in ("application/x-www-form-urlencoded", "", "text/plain"):
+    if media in ("application/x-www-form-urlencoded", ""):
         try:
             values = parse_qs(text, keep_blank_values=True, encoding="utf-8", errors="strict")
         except UnicodeDecodeError:
