@@ -241,7 +241,21 @@ def test_api_keys(tmp_path):
 
 def test_binds_127_0_0_1_unless_told():
     args = cli.parser().parse_args(["model.pt", "--data", "bin"])
-    assert (args.host, args.port) == ("127.0.0.1", 5000)
+    assert (args.host, args.port, args.cors_origin) == ("127.0.0.1", 5000, [])
+
+
+def test_cross_origin_calls_only_from_the_origins_given():
+    server = Server(FakeTranslator, limits=Limits(), max_tokens=64, max_wait_ms=5)
+    live = LiveServer(build_app(server, cors_origins=["https://a.example"])).wait_ready()
+    preflight = {"Origin": "https://a.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "content-type"}
+    try:
+        allowed = httpx.options(live.url + "translate", headers=preflight)
+        assert allowed.headers["access-control-allow-origin"] == "https://a.example"
+        other = httpx.options(live.url + "translate", headers={**preflight, "Origin": "https://b.example"})
+        assert "access-control-allow-origin" not in other.headers
+    finally:
+        live.stop()
 
 
 def test_a_full_queue_answers_503_with_retry_after():

@@ -25,6 +25,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -151,7 +152,9 @@ def _alternatives(lines: List[List[Hypothesis]], best: str, count: int) -> List[
     return out
 
 
-def build_app(server: Server) -> Starlette:
+def build_app(server: Server, cors_origins: Sequence[str] = ()) -> Starlette:
+    """The app; ``cors_origins``: web origins whose pages may call the API from a browser (``*``: any,
+    as LibreTranslate allows; none by default)."""
     limits = server.limits
     metrics = server.metrics
 
@@ -275,5 +278,8 @@ def build_app(server: Server) -> Starlette:
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.add_middleware(BodyLimitMiddleware, limit=limits.max_body_bytes)
+    if cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"], max_age=86400)
     app.state.server = server
     return app

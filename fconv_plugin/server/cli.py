@@ -51,6 +51,9 @@ def parser() -> argparse.ArgumentParser:
                        help="how long a batch may wait for more sentences while other clients are active")
     serve.add_argument("--api-keys", default=None, help="file with one API key per line: requests without "
                        "one of them get 403 (default: no keys needed)")
+    serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                       help="a web origin (https://example.org) whose pages may call the API from a browser; "
+                            "repeat for several, '*' for any (LibreTranslate's default); none by default")
     serve.add_argument("--graceful-timeout", type=float, default=60.0,
                        help="seconds SIGTERM waits for accepted requests before closing their connections")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -113,7 +116,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                bpe_codes=args.bpe_codes, beam=args.beam, max_sentence_tokens=args.max_sentence_tokens)
 
     server = Server(load, limits=limits, max_tokens=args.max_tokens, max_wait_ms=args.max_wait_ms, api_keys=api_keys)
-    app = build_app(server)
+    app = build_app(server, cors_origins=args.cors_origin)
     logger.info("serving on http://%s:%d/ (%d torch threads); the model loads in the background, /health "
                 "says when it is ready", args.host, args.port, torch.get_num_threads())
 
