@@ -34,10 +34,13 @@ class OnnxBackend:
         self.step_inputs = [i.name for i in self.stepper.get_inputs()]
         self.window_shapes = [tuple(shape) for shape in manifest["step"]["window_shapes"]]
         bias = next((i for i in self.stepper.get_inputs() if i.name == "bias"), None)
-        if bias is None or len(bias.shape) != 1 or not isinstance(bias.shape[0], int):
-            raise ArtifactError(f"{manifest['step']['file']} has no 'bias' input of a fixed vocabulary size: "
-                                "it is not a step graph of this format; export again")
-        self.vocabulary = bias.shape[0]  # the graph's own: the output projection's rows
+        if bias is None or len(bias.shape) != 1:
+            raise ArtifactError(f"{manifest['step']['file']} has no 'bias' input: it is not a step graph of this "
+                                "format; export again")
+        # the graph's own vocabulary (the output projection's rows); with a shortlist the bias is one
+        # entry per scored word, a dynamic size, and the manifest's number is the one to check against
+        fixed = isinstance(bias.shape[0], int) and not manifest.get("shortlist")
+        self.vocabulary = bias.shape[0] if fixed else manifest["model"]["target_vocabulary"]
 
     def encode(self, src_tokens: np.ndarray) -> List[np.ndarray]:
         return self.encoder.run(None, {self.encoder_inputs[0]: src_tokens})

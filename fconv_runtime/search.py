@@ -15,7 +15,7 @@ around ``search.BeamSearch``:
 * the n-best of each sentence, best score first.
 """
 
-from typing import List, Protocol, Sequence, Tuple
+from typing import List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
@@ -45,13 +45,15 @@ def max_length(source_length: int, max_len_a: float, max_len_b: int, max_target_
 
 
 def beam_search(backend: Backend, src_tokens: np.ndarray, beam: int, max_target_positions: int,
-                max_len_a: float = 0.0, max_len_b: int = 200, lenpen: float = 1.0,
-                min_len: int = 1) -> List[List[Hypothesis]]:
+                max_len_a: float = 0.0, max_len_b: int = 200, lenpen: float = 1.0, min_len: int = 1,
+                words: Optional[np.ndarray] = None) -> List[List[Hypothesis]]:
     """Every sentence's finished hypotheses (at most ``beam``), best first.  ``src_tokens``: ``B x S``
-    int64, left-padded with pad, each sentence ending in EOS (fairseq's source batch)."""
+    int64, left-padded with pad, each sentence ending in EOS (fairseq's source batch).  ``words``: for a
+    step graph over a shortlist, the batch's words (sorted, the specials first: each keeps its id as its
+    column); the bias then has one entry per word."""
     sentences, source_length = src_tokens.shape
     k = beam
-    vocabulary = backend.vocabulary
+    vocabulary = backend.vocabulary if words is None else len(words)
     if not 1 <= k <= (vocabulary - 2) // 2:
         raise ValueError(f"beam {k} must be between 1 and {(vocabulary - 2) // 2} for a vocabulary of {vocabulary}")
     max_len = max_length(source_length, max_len_a, max_len_b, max_target_positions)
@@ -77,8 +79,8 @@ def beam_search(backend: Backend, src_tokens: np.ndarray, beam: int, max_target_
         if step < min_len:
             bias[EOS] = -np.inf
         position = np.array([step + 1], dtype=np.int64)
-        outputs = backend.step([tokens, position, keys, values, source_mask, length_scale, scores, bias, origin,
-                                ignore, *windows])
+        inputs = [tokens, position, keys, values, source_mask, length_scale, scores, bias, origin, ignore]
+        outputs = backend.step(inputs + ([] if words is None else [words]) + windows)
         next_tokens, next_scores, next_origin, next_ignore, eos_mask, eos_scores, eos_beams = outputs[:7]
         windows = list(outputs[7:])
 

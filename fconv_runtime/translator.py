@@ -11,6 +11,9 @@ words -> ``<unk>``, EOS appended); on the way back the target symbols, BPE joine
 detokenization.  Without a tokenizer and BPE codes the input is taken as tokenized, BPE'd text and the
 output is the symbols joined by spaces (what fairseq-generate prints as ``H-`` lines).
 
+With a vocabulary shortlist (``fconv-ext-export --shortlist``) each batch is scored over its candidate
+words only: the specials, the frequent words and the best translations of its source words.
+
 Sentences are sorted by length for batching (fewer padded positions) and returned in input order;
 empty lines give empty translations without decoding; a sentence longer than the encoder's positions
 is truncated (its first ``max_source_positions - 1`` tokens and EOS) with a warning.
@@ -56,6 +59,7 @@ class Translator:
         self.max_target_positions = int(model["max_target_positions"])
         self._tokenizer, self._detokenizer = self._moses(self.manifest.get("tokenizer") or {})
         self._bpe = self._subword_nmt(self.manifest.get("bpe") or {})
+        self._shortlist = self._shortlist_tables(self.manifest.get("shortlist") or {})
 
     # ------------------------------------------------------------------ text pipeline
 
@@ -79,6 +83,33 @@ class Translator:
 
         with open(os.path.join(self.directory, settings["codes"]), encoding="utf-8") as f:
             return BPE(f, separator=settings.get("separator", "@@"))
+
+    def _shortlist_tables(self, settings: Dict[str, Any]):
+        """(table: source id -> its n_best target ids, base: the specials and frequent words) or None."""
+        if not settings:
+            return None
+        with np.load(os.path.join(self.directory, settings["file"]), allow_pickle=False) as arrays:
+            table, base = arrays["table"], arrays["base"]
+        if table.shape[0] != len(self.source_symbols) or base.shape != (len(self.target_symbols),):
+            raise ArtifactError(f"{settings['file']} does not match the dictionaries ({table.shape[0]} x "
+                                f"{base.shape[0]} entries for {len(self.source_symbols)} x {len(self.target_symbols)} "
+                                "symbols): export again")
+        return table, base
+
+    def batch_words(self, src_tokens: np.ndarray, beam: int) -> Optional[np.ndarray]:
+        """The words a batch is scored over with a shortlist (None: the whole vocabulary): the specials,
+        the frequent words and the best translations of the batch's source words, sorted.  A set too
+        small for the beam (fewer than 2 * beam + 1 words besides pad) is the whole vocabulary, as
+        FConvBeamSearch then decodes with fairseq's generator."""
+        if self._shortlist is None:
+            return None
+        table, base = self._shortlist
+        mask = base.copy()
+        mask[table[np.unique(src_tokens)].reshape(-1)] = True
+        words = np.flatnonzero(mask).astype(np.int64)
+        if len(words) - 1 < 2 * beam:
+            return np.arange(len(self.target_symbols), dtype=np.int64)
+        return words
 
     def encode(self, line: str) -> List[int]:
         """A raw line -> source token ids ending in EOS (truncated to the encoder's positions)."""
@@ -123,7 +154,7 @@ class Translator:
             for row, i in enumerate(batch):
                 src_tokens[row, width - len(encoded[i]) :] = encoded[i]
             finalized = beam_search(self.backend, src_tokens, beam, self.max_target_positions, max_len_a=max_len_a,
-                                    max_len_b=max_len_b, lenpen=lenpen)
+                                    max_len_b=max_len_b, lenpen=lenpen, words=self.batch_words(src_tokens, beam))
             for i, hypotheses in zip(batch, finalized):
                 results[i] = [Translation(self.decode(tokens), score, tokens) for score, tokens in hypotheses[:nbest]]
         return results

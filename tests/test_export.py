@@ -149,6 +149,44 @@ def test_runtime_hypotheses_equal_fconv_beam_search(search_model, onnx_export, b
         np.testing.assert_allclose([s for s, _ in got_hyps], [s for _, s in expected_hyps], atol=1e-4)
 
 
+def test_shortlist_export_hypotheses_equal_fconv_beam_search_with_the_shortlist(search_model, tmp_path):
+    """--shortlist: the step scores each batch's candidate words only (the rows of fc3 gathered in the
+    graph); the hypotheses are FConvBeamSearch's for the model decoding with the same shortlist file."""
+    import copy
+
+    from fconv_plugin.serving.shortlist import dictionary_record, save
+
+    model, src_dict, tgt_dict = search_model
+    rng = np.random.default_rng(0)
+    table = rng.integers(tgt_dict.nspecial, len(tgt_dict), size=(len(src_dict), 2))
+    table[: src_dict.nspecial] = -1
+    header = {"source": dictionary_record(src_dict, "en"), "target": dictionary_record(tgt_dict, "de"),
+              "n_best": 2, "n_frequent": 3}
+    shortlist = tmp_path / "shortlist.npz"
+    save(str(shortlist), table, np.ones(table.shape), rng.integers(1, 100, size=len(tgt_dict)), header)
+    checkpoint = save_checkpoint(tmp_path / "ckpt", model, src_dict, tgt_dict)
+    out = tmp_path / "out"
+    export(str(checkpoint), str(out), "onnx", shortlist=str(shortlist))
+
+    translator = Translator(str(out))
+    shortlisted = copy.deepcopy(model)  # weight norm live: FConvBeamSearch decodes through fairseq's interface
+    shortlisted.shortlist_path = str(shortlist)
+    from fconv_runtime.search import beam_search
+
+    restricted = []
+    for beam, lengths in [(3, (7, 3, 9, 5)), (2, (2, 6))]:
+        src_tokens = random_batch(src_dict, list(lengths), seed=beam)
+        words = translator.batch_words(src_tokens.numpy(), beam)
+        assert len(words) < len(tgt_dict)
+        expected = fairseq_nbest(shortlisted, src_dict, tgt_dict, src_tokens, beam)
+        restricted.append(expected != fairseq_nbest(model, src_dict, tgt_dict, src_tokens, beam))
+        got = beam_search(translator.backend, src_tokens.numpy(), beam, translator.max_target_positions, words=words)
+        assert [[t for _, t in hyps] for hyps in got] == [[t for t, _ in hyps] for hyps in expected]
+        np.testing.assert_allclose([s for hyps in got for s, _ in hyps], [s for hyps in expected for _, s in hyps],
+                                   atol=1e-4)
+    assert any(restricted)  # the shortlist changed what fairseq's search finds: it was in force
+
+
 def test_translator_keeps_order_and_empty_lines(search_model, onnx_export):
     _, src_dict, _ = search_model
     translator = Translator(str(onnx_export[1]))

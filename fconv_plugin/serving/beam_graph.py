@@ -41,7 +41,7 @@ The host keeps the token histories (reordered by ``origin``), finalizes EOS cand
 fairseq's length normalisation, and drops finished sentences (``fconv_runtime``).
 """
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -62,37 +62,64 @@ class BeamStep(nn.Module):
     def forward(self, tokens: Tensor, position: Tensor, keys: Tensor, values: Tensor, source_mask: Tensor,
                 length_scale: Tensor, scores: Tensor, bias: Tensor, origin: Tensor, ignore: Tensor,
                 *windows: Tensor) -> Tuple[Tensor, ...]:
-        sentences, beams = tokens.shape
-        # the previous step's windows, in the order of the hypotheses they continue
+        windows = self._reordered(windows, origin)
+        log_probs, _, new_windows = self.step(tokens, position, windows, keys, values, source_mask, length_scale)
+        return (*self._search(log_probs, scores, bias, ignore, None), *new_windows)
+
+    @staticmethod
+    def _reordered(windows: Tuple[Tensor, ...], origin: Tensor) -> Tuple[Tensor, ...]:
+        """The previous step's windows in the order of the hypotheses they continue."""
+        sentences, beams = origin.shape
         rows = (origin + torch.arange(sentences, device=origin.device).unsqueeze(1) * beams).reshape(-1)  # B*K
-        windows = tuple(
+        return tuple(
             w.reshape(sentences * beams, w.size(2), w.size(3)).index_select(0, rows)  # B*K x (k-1)d x C
             .reshape(sentences, beams, w.size(2), w.size(3))  # B x K x (k-1)d x C
             for w in windows)
-        log_probs, _, new_windows = self.step(tokens, position, windows, keys, values, source_mask, length_scale)
 
-        # fairseq's BeamSearch.step: masks, cumulative scores, top 2K over K x V
+    def _search(self, log_probs: Tensor, scores: Tensor, bias: Tensor, ignore: Tensor,
+                words: Optional[Tensor]) -> Tuple[Tensor, ...]:
+        """fairseq's BeamSearch.step and candidate selection on ``B x K x V`` log-probabilities (``V``:
+        the columns scored; ``words``: the word of each column, None when the columns are the words)."""
+        sentences, beams, columns = log_probs.shape
         candidates = 2 * beams
         totals = (log_probs + bias) + scores.unsqueeze(-1)  # B x K x V
         cand_scores, flat = torch.topk(totals.reshape(sentences, -1), candidates)  # B x 2K over K*V
-        cand_beams = torch.div(flat, self.vocabulary, rounding_mode="floor")  # B x 2K
-        cand_tokens = flat - cand_beams * self.vocabulary  # B x 2K
+        cand_beams = torch.div(flat, columns, rounding_mode="floor")  # B x 2K
+        cand_tokens = flat - cand_beams * columns  # B x 2K
+        if words is not None:
+            cand_tokens = words[cand_tokens]  # B x 2K: columns -> words
 
         # the first K candidates that end in EOS (finite, slot not ignored) finish hypotheses
         eos = cand_tokens.eq(self.eos) & cand_scores.ne(float("-inf"))  # B x 2K
         eos_first = eos[:, :beams] & ~ignore  # B x K
-        eos = torch.cat([eos_first, eos[:, beams:]], dim=1)  # B x 2K
 
         # the best K others continue: rank = position, EOS and ignored slots after all the rest
         ranked_last = torch.cat([eos_first | ignore, eos[:, beams:]], dim=1)  # B x 2K
-        rank = ranked_last.long() * candidates + torch.arange(candidates, device=tokens.device)  # B x 2K
+        rank = ranked_last.long() * candidates + torch.arange(candidates, device=log_probs.device)  # B x 2K
         new_rank, active = torch.topk(rank, beams, dim=1, largest=False)  # B x K
         next_tokens = torch.gather(cand_tokens, 1, active)
         next_scores = torch.gather(cand_scores, 1, active)
         next_origin = torch.gather(cand_beams, 1, active)
         next_ignore = new_rank.ge(candidates)
         return (next_tokens, next_scores, next_origin, next_ignore,
-                eos_first, cand_scores[:, :beams], cand_beams[:, :beams], *new_windows)
+                eos_first, cand_scores[:, :beams], cand_beams[:, :beams])
+
+
+class ShortlistBeamStep(BeamStep):
+    """:class:`BeamStep` over a vocabulary shortlist: one more input after ``ignore``, ``words`` (``C``
+    int64, sorted, the special symbols first so that each keeps its id as its column), the words the
+    batch is scored over; ``bias`` is then ``C`` long (one entry per column), and the output tokens are
+    words.  The rows of ``fc3`` are gathered inside the graph."""
+
+    def forward(self, tokens: Tensor, position: Tensor, keys: Tensor, values: Tensor, source_mask: Tensor,
+                length_scale: Tensor, scores: Tensor, bias: Tensor, origin: Tensor, ignore: Tensor, words: Tensor,
+                *windows: Tensor) -> Tuple[Tensor, ...]:
+        windows = self._reordered(windows, origin)
+        weight = self.step.fc3.weight.index_select(0, words)  # C x out_embed_dim
+        vocabulary_bias = None if self.step.fc3.bias is None else self.step.fc3.bias.index_select(0, words)  # C
+        log_probs, _, new_windows = self.step(tokens, position, windows, keys, values, source_mask, length_scale,
+                                              weight, vocabulary_bias)
+        return (*self._search(log_probs, scores, bias, ignore, words), *new_windows)
 
 
 #: the names of BeamStep's inputs and outputs (windows: window_<i>, new_window_<i>)

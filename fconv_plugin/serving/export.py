@@ -40,15 +40,17 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from fconv_runtime.artifact import FORMAT_VERSION, write_manifest
 
 from ..checkpoint import CheckpointError, load_checkpoint_file
-from .beam_graph import ENCODER_INPUTS, ENCODER_OUTPUTS, STEP_INPUTS, STEP_OUTPUTS, BeamStep
+from .beam_graph import ENCODER_INPUTS, ENCODER_OUTPUTS, STEP_INPUTS, STEP_OUTPUTS, BeamStep, ShortlistBeamStep
 from .step import DecoderStep, SourceEncoder, unsupported_reason
 
 logger = logging.getLogger("fconv_plugin.serving.export")
@@ -148,13 +150,15 @@ def load_model(checkpoint: str, data: Optional[str] = None, source_lang: Optiona
     return model.eval(), _plain(model_cfg), paths, langs
 
 
-def serving_modules(model: nn.Module) -> Tuple[SourceEncoder, BeamStep]:
-    """The two modules that are exported: the encoder and the beam-search step (no attention output).
+def serving_modules(model: nn.Module, shortlist: bool = False) -> Tuple[SourceEncoder, BeamStep]:
+    """The two modules that are exported: the encoder and the beam-search step (no attention output;
+    ``shortlist``: the step over a per-batch vocabulary shortlist, :class:`ShortlistBeamStep`).
     Weight norm is folded into ``model`` first (``make_generation_fast_``): building both modules from an
     unfolded model fails (the second fold of step.py's copy finds the first one's parametrization gone)."""
     model.make_generation_fast_(beamable_mm_beam_size=None, need_attn=False)
     encoder = SourceEncoder(model).eval()
-    step = BeamStep(DecoderStep(model, need_attn=False), eos=model.decoder.dictionary.eos()).eval()
+    step_class = ShortlistBeamStep if shortlist else BeamStep
+    step = step_class(DecoderStep(model, need_attn=False), eos=model.decoder.dictionary.eos()).eval()
     return encoder, step
 
 
@@ -186,9 +190,13 @@ def sample_inputs(encoder: SourceEncoder, step: BeamStep, sentences: int = SAMPL
         bias,
         torch.randint(0, beams, (sentences, beams), generator=g),  # origin
         torch.zeros(sentences, beams, dtype=torch.bool),  # ignore
-        *windows,
     )
-    return (src,), step_inputs
+    if isinstance(step, ShortlistBeamStep):  # words: the specials and every third word
+        words = torch.cat([torch.arange(4), torch.arange(5, target_vocabulary, 3)])
+        bias = torch.zeros(words.numel())
+        bias[1] = float("-inf")
+        step_inputs = step_inputs[:7] + (bias,) + step_inputs[8:] + (words,)
+    return (src,), step_inputs + windows
 
 
 def dynamic_shapes(step: BeamStep, max_source: int):
@@ -200,10 +208,13 @@ def dynamic_shapes(step: BeamStep, max_source: int):
     by_position = {0: batch, 1: source}
     windows = tuple(by_hypothesis for _ in step.step.initial_windows(1, 1))
     encoder_shapes = ({0: batch, 1: source},)
-    # tokens, position, keys, values, source_mask, length_scale, scores, bias, origin, ignore, windows
+    # tokens, position, keys, values, source_mask, length_scale, scores, bias, origin, ignore, [words,] windows
     step_shapes = (by_hypothesis, None, by_position, by_position, by_position, {0: batch}, by_hypothesis, None,
-                   by_hypothesis, by_hypothesis, windows)
-    return encoder_shapes, step_shapes
+                   by_hypothesis, by_hypothesis)
+    if isinstance(step, ShortlistBeamStep):
+        columns = torch.export.Dim("columns", min=2, max=step.vocabulary)
+        step_shapes = step_shapes[:7] + ({0: columns},) + step_shapes[8:] + ({0: columns},)
+    return encoder_shapes, step_shapes + (windows,)
 
 
 def window_names(step: BeamStep) -> Tuple[List[str], List[str]]:
@@ -219,7 +230,9 @@ def export_onnx(module: nn.Module, args: Sequence, shapes, path: str, input_name
     """``module`` as an ONNX graph at ``path`` through torch.export (``dynamo=True``)."""
     for name in ("onnx_ir", "onnxscript", "torch.onnx"):  # the exporter's per-pass INFO/DEBUG lines
         logging.getLogger(name).setLevel(logging.WARNING)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # "The axis name: batch will not be used, since it shares the same shape constraints": harmless
+        warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
         program = torch.onnx.export(module, tuple(args), dynamo=True, dynamic_shapes=shapes, opset_version=OPSET,
                                     input_names=input_names, output_names=output_names, external_data=False,
                                     verbose=False)
@@ -231,6 +244,28 @@ def export_aoti(module: nn.Module, args: Sequence, shapes, path: str) -> None:
     with torch.no_grad():
         program = torch.export.export(module, tuple(args), dynamic_shapes=shapes)
         torch._inductor.aoti_compile_and_package(program, package_path=path)
+
+
+def shortlist_tables(path: str, dict_paths: Tuple[str, str]):
+    """``(table, base, header)`` of a shortlist file for these dictionaries (checked by
+    :class:`~.shortlist.Shortlist`, which refuses one built for other dictionaries): ``table``
+    ``len(src_dict) x n_best`` int64 target ids (no entry: 0, a special), ``base`` ``len(tgt_dict)`` bool
+    (the specials and the frequent words), what ``fconv_runtime`` turns into a batch's words."""
+    from fairseq.data import Dictionary
+
+    from .shortlist import Shortlist, ShortlistError, frequent_targets, read
+
+    src_dict, tgt_dict = (Dictionary.load(p) for p in dict_paths)
+    try:
+        loaded = Shortlist.load(path, src_dict, tgt_dict)  # the checks: format, dictionaries, shapes
+    except ShortlistError as err:
+        raise ExportError(f"--shortlist: {err}") from None
+    content = read(path)
+    table = np.clip(content["best_targets"][:, : loaded.n_best].astype(np.int64), 0, None)  # -1 -> 0 (BOS)
+    base = np.zeros(len(tgt_dict), dtype=bool)
+    base[: tgt_dict.nspecial] = True
+    base[frequent_targets(content["target_counts"], tgt_dict.nspecial, loaded.n_frequent)] = True
+    return table, base, {"n_best": loaded.n_best, "n_frequent": loaded.n_frequent}
 
 
 def quantize_onnx(path: str) -> None:
@@ -259,7 +294,8 @@ def quantize_torchao(encoder: nn.Module, step: BeamStep) -> None:
 
 def export(checkpoint: str, outdir: str, fmt: str = "onnx", int8: bool = False, data: Optional[str] = None,
            source_lang: Optional[str] = None, target_lang: Optional[str] = None, bpe_codes: Optional[str] = None,
-           tokenizer: str = "none", moses_escape: bool = True, force: bool = False) -> Dict[str, Any]:
+           tokenizer: str = "none", moses_escape: bool = True, shortlist: Optional[str] = None,
+           force: bool = False) -> Dict[str, Any]:
     """Export ``checkpoint`` into ``outdir`` (module docstring); returns the manifest."""
     if fmt not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
@@ -271,7 +307,8 @@ def export(checkpoint: str, outdir: str, fmt: str = "onnx", int8: bool = False, 
         raise ExportError(f"{outdir!r} exists and is not empty: choose another OUTDIR, or pass --force to replace it")
     started = time.time()
     model, model_cfg, dict_paths, langs = load_model(checkpoint, data, source_lang, target_lang)
-    encoder, step = serving_modules(model)
+    shortlist_arrays = None if shortlist is None else shortlist_tables(shortlist, dict_paths)
+    encoder, step = serving_modules(model, shortlist=shortlist is not None)
     if int8 and fmt == "aoti":
         try:
             quantize_torchao(encoder, step)
@@ -281,6 +318,7 @@ def export(checkpoint: str, outdir: str, fmt: str = "onnx", int8: bool = False, 
     encoder_args, step_args = sample_inputs(encoder, step)
     encoder_shapes, step_shapes = dynamic_shapes(step, encoder.max_positions)
     window_in, window_out = window_names(step)
+    step_inputs = list(STEP_INPUTS) + (["words"] if shortlist else []) + window_in
 
     # everything is written into a fresh directory beside OUTDIR, which then takes OUTDIR's place
     parent = os.path.dirname(os.path.abspath(outdir))
@@ -293,7 +331,7 @@ def export(checkpoint: str, outdir: str, fmt: str = "onnx", int8: bool = False, 
             export_onnx(encoder, encoder_args, encoder_shapes, os.path.join(work, files["encoder"]),
                         list(ENCODER_INPUTS), list(ENCODER_OUTPUTS))
             export_onnx(step, step_args, step_shapes, os.path.join(work, files["step"]),
-                        list(STEP_INPUTS) + window_in, list(STEP_OUTPUTS) + window_out)
+                        step_inputs, list(STEP_OUTPUTS) + window_out)
             if int8:
                 for name in files.values():
                     quantize_onnx(os.path.join(work, name))
@@ -313,6 +351,12 @@ def export(checkpoint: str, outdir: str, fmt: str = "onnx", int8: bool = False, 
             name = f"dict.{lang}.txt" if langs[0] != langs[1] else f"dict.{side}.{lang}.txt"
             shutil.copyfile(path, os.path.join(work, name))
             dictionaries[side] = name
+        shortlist_entry = None
+        if shortlist_arrays is not None:
+            table, base, header = shortlist_arrays
+            np.savez(os.path.join(work, "shortlist.npz"), table=table, base=base)
+            shortlist_entry = {"file": "shortlist.npz", "source": os.path.basename(shortlist),
+                               "n_best": header["n_best"], "n_frequent": header["n_frequent"]}
         bpe = None
         if bpe_codes is not None:
             shutil.copyfile(bpe_codes, os.path.join(work, "bpe.codes"))
@@ -335,12 +379,13 @@ def export(checkpoint: str, outdir: str, fmt: str = "onnx", int8: bool = False, 
                 "special_symbols": {"bos": 0, "pad": 1, "eos": 2, "unk": 3},
             },
             "encoder": {"file": files["encoder"], "inputs": list(ENCODER_INPUTS), "outputs": list(ENCODER_OUTPUTS)},
-            "step": {"file": files["step"], "inputs": list(STEP_INPUTS) + window_in,
+            "step": {"file": files["step"], "inputs": step_inputs,
                      "outputs": list(STEP_OUTPUTS) + window_out, "window_shapes": windows,
                      "max_beam": int(min(MAX_BEAM, step.vocabulary // 2))},
             "dynamic_dimensions": ["batch", "beams", "source"],
             "dictionaries": dictionaries,
             "bpe": bpe,
+            "shortlist": shortlist_entry,
             "tokenizer": {"name": tokenizer, "source_lang": langs[0], "target_lang": langs[1],
                           "escape": moses_escape} if tokenizer != "none" else {"name": "none"},
             "exporter": {"torch": torch.__version__, "opset": OPSET if fmt == "onnx" else None,
@@ -373,6 +418,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "input and detokenization of the output (fairseq's --tokenizer moses)")
     p.add_argument("--moses-no-escape", action="store_true", help="do not escape special characters (fairseq's "
                    "--moses-no-escape); must match how the training data was tokenized")
+    p.add_argument("--shortlist", help="a vocabulary shortlist file (fconv-ext-shortlist) for these dictionaries: "
+                   "the step scores each batch's candidate words only (docs/shortlists.md)")
     p.add_argument("--force", action="store_true", help="replace a non-empty OUTDIR")
     return p.parse_args(argv)
 
@@ -383,7 +430,8 @@ def main(argv=None) -> int:
     try:
         export(args.checkpoint, args.outdir, args.format, int8=args.int8, data=args.data,
                source_lang=args.source_lang, target_lang=args.target_lang, bpe_codes=args.bpe_codes,
-               tokenizer=args.tokenizer, moses_escape=not args.moses_no_escape, force=args.force)
+               tokenizer=args.tokenizer, moses_escape=not args.moses_no_escape, shortlist=args.shortlist,
+               force=args.force)
     except (ExportError, CheckpointError) as err:
         print(f"fconv-ext-export: error: {err}", file=sys.stderr)
         return 2
