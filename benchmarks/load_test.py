@@ -9,8 +9,8 @@
    in this process with ``--threads`` torch threads (then the model is freed).
 2. The server (``python -m fconv_plugin.server.cli``, its own process, ``--threads`` threads) on a free
    port; for each concurrency C, C clients in a closed loop (each sends its next request when the
-   previous one is answered), one sentence of the test set per request, until ``--requests`` requests
-   or ``--time-limit`` seconds.  Reported: sentences/s, p50/p95/p99 latency, errors (any answer
+   previous one is answered), one sentence per request (the baseline's sentences, in turn), until
+   ``--requests`` requests or ``--time-limit`` seconds.  Reported: sentences/s, p50/p95/p99 latency, errors (any answer
    but 200, or no answer), lost requests (sent but neither answered nor failed), the server's RSS.
 3. Soak: concurrency 32 for ``--soak`` seconds, the server's RSS sampled every 5 s; growth is the last
    sample against the first one after a warm-up of a tenth of the soak.
@@ -82,17 +82,27 @@ def serial_baseline(args, sentences: List[str]) -> Dict[str, float]:
     for sentence in sentences[:3]:  # warm-up
         hub.translate(sentence, beam=args.beam)
     latencies = []
+    translations = []
     start = time.perf_counter()
     for sentence in sentences:
         t = time.perf_counter()
-        hub.translate(sentence, beam=args.beam)
+        translations.append(hub.translate(sentence, beam=args.beam))
         latencies.append(time.perf_counter() - t)
     wall = time.perf_counter() - start
     del hub
     gc.collect()
-    return {"sentences": len(sentences), "seconds": wall, "sentences_per_s": len(sentences) / wall,
-            "p50_ms": 1000 * percentile(latencies, 50), "p95_ms": 1000 * percentile(latencies, 95),
-            "p99_ms": 1000 * percentile(latencies, 99)}
+    result = {"sentences": len(sentences), "seconds": wall, "sentences_per_s": len(sentences) / wall,
+              "p50_ms": 1000 * percentile(latencies, 50), "p95_ms": 1000 * percentile(latencies, 95),
+              "p99_ms": 1000 * percentile(latencies, 99),
+              "mean_words_out": statistics.mean(len(t.split()) for t in translations),
+              "mean_words_in": statistics.mean(len(s.split()) for s in sentences)}
+    if args.references:  # how good the model is: sacreBLEU of these translations
+        import sacrebleu
+
+        with open(args.references, encoding="utf-8") as f:
+            references = [line.rstrip("\n") for line in f][: len(sentences)]
+        result["bleu"] = round(sacrebleu.corpus_bleu(translations, [references]).score, 1)
+    return result
 
 
 # ------------------------------------------------------------------------------ the server
@@ -238,6 +248,7 @@ def main(argv=None) -> int:
     p.add_argument("checkpoint")
     p.add_argument("--data", required=True)
     p.add_argument("--sentences", required=True, help="source sentences, one per line (the gettext test set)")
+    p.add_argument("--references", default=None, help="their reference translations: sacreBLEU of the serial run")
     p.add_argument("--source-lang", default=None)
     p.add_argument("--target-lang", default=None)
     p.add_argument("--tokenizer", default=None)
@@ -262,12 +273,13 @@ def main(argv=None) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
 
     with open(args.sentences, encoding="utf-8") as f:
-        sentences = [line.strip() for line in f if line.strip()]
+        sentences = [line.strip() for line in f]  # kept aligned with --references
     results: Dict = {"machine": machine(), "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
                      "settings": {k: v for k, v in vars(args).items() if k != "json"}}
     print(f"serial hub.translate on {args.serial} sentences ...", flush=True)
     results["serial"] = serial_baseline(args, sentences[: args.serial])
     print(json.dumps(results["serial"]), flush=True)
+    sentences = [s for s in sentences[: args.serial] if s]  # the server gets the same sentences, in turn
 
     server = ServerProcess(args)
     try:
