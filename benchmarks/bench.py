@@ -103,6 +103,9 @@ OPT_IN_SIDES = {
     "shortlist": ("fconv_ext_shortlist", {"shortlist": "SHORTLIST"}),
     "int8": ("fconv_ext_int8", {"inference_dtype": "int8"}),
     "shortlist+int8": ("fconv_ext_shortlist_int8", {"shortlist": "SHORTLIST", "inference_dtype": "int8"}),
+    "compiled": ("fconv_ext_compiled", {"inference_compile": True}),
+    "compiled+shortlist+int8": ("fconv_ext_compiled_shortlist_int8",
+                                {"inference_compile": True, "shortlist": "SHORTLIST", "inference_dtype": "int8"}),
 }
 REQUIRED_SIDES = ("fconv", "fconv_ext")  # a failure of these ends the run, even with --keep-going
 

@@ -18,7 +18,6 @@ length, ``C`` conv channels, ``E`` embedding dim, ``V`` vocabulary.
 """
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -50,10 +49,8 @@ from ..modules import (
     MultiStepAttention,
     fold_weight_norm_,
     glu,
-    int8_engine,
     parse_attention,
     parse_layers,
-    quantize_int8_,
     scale_grad,
     source_length_scale,
 )
@@ -110,8 +107,9 @@ class FConvExtConfig(ConvSeq2SeqConfig):
         default="float32",
         metadata={"help": "opt-in, inference only: 'bfloat16' casts the model to bfloat16 when decoding starts "
                   "(make_generation_fast_; faster than float32 at batch 64 on CPUs with AMX, slower without AMX); "
-                  "'int8' (CPUs only) quantizes every linear layer and convolution to int8 weights with activations "
-                  "quantized per product (dynamic quantization, docs/int8.md). log-probabilities "
+                  "'int8' (CPUs only) decodes with the decoder step and encoder quantized by torchao: int8 weights "
+                  "(one scale per row), int8 activations (one scale per token) in every product (docs/int8.md; "
+                  "FConvBeamSearch only, fairseq's own generators decode in float32). log-probabilities "
                   "and beam scores stay float32. Not exact: BLEU moves slightly (benchmarks/README.md, docs/int8.md). "
                   "fairseq-generate: --model-overrides \"{'model': {'inference_dtype': 'bfloat16'}}\" (or 'int8'). "
                   "Training always runs in the checkpoint's own precision"},
@@ -151,7 +149,7 @@ def _parse_specs(cfg) -> Tuple[List, List, List[bool]]:
 
 
 #: --inference-dtype values; anything else is refused when the model is built ('int8': torch.qint8
-#: stands for dynamic int8 quantization, modules/int8.py)
+#: stands for the int8 decoder step and encoder, fconv_plugin/serving/int8.py)
 INFERENCE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.qint8}
 
 
@@ -163,7 +161,7 @@ class FConvExtModel(hub.PublishedModels, FairseqEncoderDecoderModel):
 
     inference_dtype = torch.float32  # set from the config by build_model
     inference_compile = False  # set from the config by build_model (read by fconv_plugin.serving)
-    shortlist = None  # a fconv_plugin.serving.shortlist.Shortlist: load_shortlist()
+    shortlist_path: Optional[str] = None  # the config's vocabulary shortlist file (read by fconv_plugin.serving)
 
     def __init__(self, encoder: "FConvExtEncoder", decoder: "FConvExtDecoder"):
         super().__init__(encoder, decoder)
@@ -223,39 +221,21 @@ class FConvExtModel(hub.PublishedModels, FairseqEncoderDecoderModel):
             gate=gate,
         )
         model = cls(encoder, decoder)
-        if getattr(cfg, "shortlist", None):
-            model.load_shortlist(cfg.shortlist, task.source_dictionary, task.target_dictionary)
+        model.shortlist_path = getattr(cfg, "shortlist", None) or None
         model.inference_dtype = INFERENCE_DTYPES[getattr(cfg, "inference_dtype", None) or "float32"]
         model.inference_compile = bool(getattr(cfg, "inference_compile", False))
         return model
 
-    def load_shortlist(self, path: str, src_dict, tgt_dict) -> None:
-        """Decode with the vocabulary shortlist in ``path`` (checked against the model's
-        dictionaries now; used once decoding starts, see :meth:`make_generation_fast_`)."""
-        from ..serving.shortlist import Shortlist
-
-        self.shortlist = Shortlist.load(path, src_dict, tgt_dict)
-        logger.info(f"vocabulary shortlist {path} (best {self.shortlist.n_best} translations per source word, "
-                    f"{self.shortlist.n_frequent} most frequent words): used for decoding only")
-        if self._is_generation_fast:
-            self.encoder.shortlist = self.shortlist
-
     def make_generation_fast_(self, **kwargs):
-        """Inference only: fold weight norm into plain weights (training is disabled
-        afterwards by fairseq), cast to ``--inference-dtype`` (``int8``: quantize, see
-        :func:`~fconv_plugin.modules.int8.quantize_int8_`), then let fairseq apply the
-        rest (dropout, need_attn)."""
+        """Inference only: fold weight norm into plain weights (training is disabled afterwards
+        by fairseq), cast to ``--inference-dtype`` bfloat16 if asked, then let fairseq apply the
+        rest (dropout, need_attn).  ``int8`` is applied by the decoder step
+        (:mod:`fconv_plugin.serving`), not to the model."""
         if not self._is_generation_fast:
             fold_weight_norm_(self)
-            if self.inference_dtype == torch.qint8:
-                products = quantize_int8_(self)
-                logger.info(f"inference_dtype int8: {products} matrix products quantized to int8 "
-                            f"(dynamic quantization: torch's {int8_engine(len(self.decoder.dictionary))} kernels for "
-                            f"the vocabulary projection, {int8_engine()} for the rest)")
-            elif self.inference_dtype != torch.float32:
+            if self.inference_dtype not in (torch.float32, torch.qint8):
                 self.to(self.inference_dtype)
         super().make_generation_fast_(**kwargs)
-        self.encoder.shortlist = self.shortlist  # the encoder output carries each batch's candidates
 
 
 class FConvExtEncoder(FairseqEncoder):
@@ -275,7 +255,6 @@ class FConvExtEncoder(FairseqEncoder):
         self.dropout_module = FairseqDropout(dropout, module_name=self.__class__.__name__)
         self.padding_idx = dictionary.pad()
         self.grad_scale = 1.0  # set by FConvExtModel to 1 / (2 * attention layers)
-        self.shortlist = None  # set by FConvExtModel.make_generation_fast_ when decoding with a shortlist
 
         self.embed_tokens = Embedding(len(dictionary), embed_dim, self.padding_idx)
         if embed_dict:
@@ -308,10 +287,7 @@ class FConvExtEncoder(FairseqEncoder):
             x = x.masked_fill(padding_mask.unsqueeze(-1), 0)
         x = scale_grad(x, self.grad_scale)  # backward only: gradient * 1/(2N)
         y = (x + input_embedding) * SQRT_HALF  # values: z + e
-        out = {"encoder_out": (x, y), "encoder_padding_mask": padding_mask}
-        if self.shortlist is not None:  # decoding with a vocabulary shortlist: the batch's candidates
-            out["shortlist"] = self.shortlist.candidates(src_tokens)  # C target ids, sorted, specials first
-        return out
+        return {"encoder_out": (x, y), "encoder_padding_mask": padding_mask}
 
     def after_conv(self, padding_mask: Optional[Tensor]) -> Optional[AfterConv]:
         """What follows each conv block's gate: nothing in ConvS2S's encoder; the
@@ -342,23 +318,15 @@ class FConvExtEncoder(FairseqEncoder):
             if picked.numel() != sentences or not torch.equal(picked, torch.arange(sentences, device=picked.device)):
                 keys, values = keys.index_select(0, picked), values.index_select(0, picked)
                 mask = None if mask is None else mask.index_select(0, picked)
-            return {"encoder_out": (keys, values), "encoder_padding_mask": mask, "beams": k,
-                    **_batch_candidates(encoder_out)}
+            return {"encoder_out": (keys, values), "encoder_padding_mask": mask, "beams": k}
         return {
             "encoder_out": (keys.index_select(0, sentence), values.index_select(0, sentence)),
             "encoder_padding_mask": None if mask is None else mask.index_select(0, sentence),
             "beams": 1,
-            **_batch_candidates(encoder_out),
         }
 
     def max_positions(self) -> int:
         return self.embed_positions.max_positions
-
-
-def _batch_candidates(encoder_out) -> Dict[str, Tensor]:
-    """The shortlist entry of an encoder output, if any: one candidate set for the whole batch
-    (the union over its sentences), so it stays as it is when rows are reordered or dropped."""
-    return {"shortlist": encoder_out["shortlist"]} if "shortlist" in encoder_out else {}
 
 
 class FConvExtDecoder(ConvDecoder):
@@ -406,8 +374,7 @@ class FConvExtDecoder(ConvDecoder):
         layers (B x T x S; only in eval mode with ``need_attn``).  With
         ``incremental_state``, only the last position is computed (T = 1)."""
         x, avg_attn = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
-        shortlist = encoder_out.get("shortlist") if encoder_out is not None else None
-        return self.output_layer(x, shortlist=shortlist), avg_attn
+        return self.output_layer(x), avg_attn
 
     def extract_features(
         self,
@@ -443,58 +410,11 @@ class FConvExtDecoder(ConvDecoder):
         x = self.fc2(x)  # B x T x out_embed_dim
         return self.dropout_module(x), average.value
 
-    def output_layer(self, features: Tensor, out: Optional[Tensor] = None, shortlist: Optional[Tensor] = None,
-                     expand: bool = True, **unused) -> Tensor:
-        """The logits ``fc3(features)`` (B x T x V).
-
-        ``out`` (optional, contiguous ``B*T x V``, float32 ``fc3`` only): a buffer to write them
-        into, the same numbers (one ``addmm``, what ``F.linear`` computes for a 3-D input).  This
-        is what :class:`~fconv_plugin.serving.beam_search.FConvBeamSearch` asks of a decoder beyond
-        fairseq's interface: it passes a buffer that lives for the whole search, because on a
-        CPU a fresh ``B*T x V`` tensor per step costs page faults (addmm at 320 x 8192, one
-        thread: 11.2 ms into a fresh tensor, 9.3 ms into a kept one).
-
-        ``shortlist`` (optional, the sorted ``C`` target ids of the batch's vocabulary
-        shortlist, from the encoder output): only those ``C`` rows of ``fc3`` are computed.
-        With ``expand`` (the default) the result is still ``B x T x V``, ``-inf`` outside the
-        shortlist, which is what fairseq's generators and ``get_normalized_probs`` expect;
-        without it the result is ``B x T x C`` (column ``c`` is token ``shortlist[c]``; ``out``
-        is then ``B*T x C``), which FConvBeamSearch searches directly."""
-        fc3 = self.fc3 if shortlist is None else self._shortlist_rows(shortlist)
-        if out is None:
-            logits = fc3(features)  # B x T x V (or C)
-        else:
-            rows, steps, _ = features.shape
-            torch.addmm(fc3.bias, features.reshape(rows * steps, -1), fc3.weight.t(), out=out)  # B*T x V (or C)
-            logits = out.view(rows, steps, -1)  # B x T x V (or C)
-        if shortlist is None or not expand:
-            return logits
-        full = logits.new_full((*logits.shape[:-1], len(self.dictionary)), -math.inf)  # B x T x V
-        return full.index_copy_(-1, shortlist, logits)
+    def output_layer(self, features: Tensor, **unused) -> Tensor:
+        """The logits ``fc3(features)`` (B x T x V)."""
+        return self.fc3(features)
 
     def vocabulary_input(self, features: Tensor) -> Tensor:
         """What ``fc3`` is applied to: the features themselves (``fc2`` and dropout are in
         :meth:`extract_features`); fused_label_smoothed_cross_entropy applies ``fc3`` itself."""
         return features
-
-    def _shortlist_rows(self, shortlist: Tensor) -> nn.Module:
-        """``fc3`` restricted to the rows in ``shortlist``: made once per batch (the same tensor
-        object comes back at every step), by ``fc3.select_rows`` where ``fc3`` has one (int8)."""
-        cached = self.__dict__.get("_shortlist_cache")
-        if cached is None or cached[0] is not shortlist:
-            select_rows = getattr(self.fc3, "select_rows", None)
-            rows = select_rows(shortlist) if select_rows is not None else _LinearRows(self.fc3, shortlist)
-            self.__dict__["_shortlist_cache"] = cached = (shortlist, rows)
-        return cached[1]
-
-
-class _LinearRows(nn.Module):
-    """The rows ``index`` of a linear layer: ``x @ W[index].T + b[index]`` (a copy of those rows)."""
-
-    def __init__(self, linear: nn.Linear, index: Tensor):
-        super().__init__()
-        self.weight = linear.weight.detach().index_select(0, index)  # C x in
-        self.bias = linear.bias.detach().index_select(0, index)  # C
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.nn.functional.linear(x, self.weight, self.bias)

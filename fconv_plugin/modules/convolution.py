@@ -137,9 +137,6 @@ class SameConv1d(nn.Conv1d):
 
     def forward(self, x: Tensor) -> Tensor:
         k, d = self.kernel_size[0], self.dilation[0]
-        int8 = self._modules.get("int8")  # an Int8Conv with inference_dtype 'int8' (modules/int8.py)
-        if int8 is not None:
-            return int8.convolve(x, (k - 1) // 2 * d, k // 2 * d)
         # out x in x k -> k x in x out (conv_tbc's layout), kept between calls in inference
         tbc_weight = cached_weight_layout(self, "tbc", lambda w: w.permute(2, 1, 0))
         return conv_time_major(x, self.weight, self.bias, (k - 1) // 2 * d, k // 2 * d, tbc_weight, d)
@@ -156,10 +153,7 @@ class CausalConv1d(nn.Conv1d):
 
     def forward(self, x: Tensor, incremental_state: Optional[IncrementalState] = None) -> Tensor:
         k, d = self.kernel_size[0], self.dilation[0]
-        int8 = self._modules.get("int8")  # an Int8Conv with inference_dtype 'int8' (modules/int8.py)
         if incremental_state is None:
-            if int8 is not None:
-                return int8.convolve(x, (k - 1) * d, 0)
             return conv_time_major(x, self.weight, self.bias, (k - 1) * d, 0, dilation=d)  # t sees t-(k-1)d..t
 
         bsz = x.size(0)
@@ -174,10 +168,7 @@ class CausalConv1d(nn.Conv1d):
         else:
             window = x[:, -1:, :]
         # B x k x C -> B x (k*C), one output frame: B x 1 x C'
-        if int8 is not None:
-            out = int8(window.reshape(bsz, -1))
-        else:
-            out = F.linear(window.reshape(bsz, -1), self._linearized_weight(), self.bias)
+        out = F.linear(window.reshape(bsz, -1), self._linearized_weight(), self.bias)
         return out.unsqueeze(1)
 
     def _linearized_weight(self) -> Tensor:

@@ -39,13 +39,15 @@ the step are computed as for one model, then combined with ``EnsembleModel.forwa
 own arithmetic (``logsumexp`` over the stacked models minus ``log(n)``, attention summed in
 model order and divided by ``n``), so tokens and scores are fairseq's bit for bit.
 
-With a vocabulary shortlist (opt-in, ``docs/shortlists.md``) the encoder output carries the
-batch's ``C`` candidate words (sorted, the special symbols first, so ``pad``/``unk``/``eos``
-keep their own index as their column); the search then runs over ``R x C`` log-probabilities
-(``FConvExtDecoder.output_layer(..., expand=False)``) and maps the chosen columns back to
-words.  fairseq's generator, given the same model, sees ``-inf`` logits outside the shortlist
-and finds the same hypotheses (the scores agree to float rounding: the log-softmax sums over
-``C`` instead of ``V`` terms, the extra ones being zeros).
+With a vocabulary shortlist (opt-in, the model option ``shortlist``, ``docs/shortlists.md``;
+:func:`~fconv_plugin.serving.shortlist.shortlist_for`) each batch's ``C`` candidate words are
+found from its source tokens (sorted, the special symbols first, so ``pad``/``unk``/``eos`` keep
+their own index as their column); the search then runs over ``R x C`` log-probabilities (``fc3``'s
+rows of those words, selected once per batch) and maps the chosen columns back to words.  A model
+whose ``fc3`` bias is ``-inf`` outside the shortlist gives the same hypotheses (the scores agree
+to float rounding: the log-softmax sums over ``C`` instead of ``V`` terms, the extra ones being
+zeros).  Batches that fairseq's generator decodes (prefix tokens, sampling, ...) are decoded over
+the whole vocabulary, and that is said once.
 
 Which generator decodes is said once at INFO level on this module's logger:
 ``decoding with FConvBeamSearch (fconv_ext fast path)``, or ``decoding with fairseq's
@@ -69,7 +71,10 @@ from fairseq import search
 from fairseq.sequence_generator import SequenceGenerator, SequenceGeneratorWithAlignment
 from torch import Tensor
 
-from .compiled import decoder_step, step_ready
+from ..models.fconv_ext import FConvExtDecoder
+from .compiled import decoder_step, int8, source_encoder, step_ready
+from .int8 import vocabulary_rows
+from .shortlist import shortlist_for
 from .step import encoder_inputs_from
 
 BLOCK = 64  # tokens per block in the first candidate pass (block maxima are one vectorised pass)
@@ -119,6 +124,7 @@ class FConvBeamSearch(SequenceGenerator):
 
     def __init__(self, models, tgt_dict, **kwargs):
         super().__init__(models, tgt_dict, **kwargs)
+        self._shortlists = [shortlist_for(model) for model in self.model.models]  # checks the files now
         self._generator_reason = self.generator_fallback_reason()
         self._batch_reasons_said: Set[str] = set()
         if self._generator_reason is None:
@@ -176,7 +182,8 @@ class FConvBeamSearch(SequenceGenerator):
         if search is None:
             if reason != self._generator_reason and reason not in self._batch_reasons_said:  # once per generator
                 self._batch_reasons_said.add(reason)
-                logger.info(f"FConvBeamSearch: batches with {reason} are decoded by fairseq's SequenceGenerator")
+                logger.info(f"FConvBeamSearch: batches with {reason} are decoded by fairseq's SequenceGenerator"
+                            + (" over the whole vocabulary (no shortlist)" if any(self._shortlists) else ""))
             return super()._generate(sample, prefix_tokens, constraints, bos_token)
 
         for step in range(search.max_len + 1):  # one extra step for the final EOS
@@ -206,10 +213,10 @@ class FConvBeamSearch(SequenceGenerator):
         assert self.min_len <= max_len, "min_len cannot be larger than max_len, please adjust these!"
 
         models = list(self.model.models)  # one, or the members of an ensemble
-        encoder_outs = self.model.forward_encoder(net_input)  # one per model
-        shortlist, reason = self._batch_shortlist(encoder_outs)  # None: the whole vocabulary
+        shortlist, reason = self._batch_shortlist(src_tokens)  # None: the whole vocabulary
         if reason is not None:
             return None, reason
+        encoder_outs = [self._encode(model, net_input) for model in models]
         device = src_tokens.device
         buffers = _StepBuffers.for_models(models, bsz * k, device,
                                           columns=None if shortlist is None else shortlist.numel())
@@ -217,6 +224,14 @@ class FConvBeamSearch(SequenceGenerator):
                     for i, (model, encoder_out) in enumerate(zip(models, encoder_outs))]
         return _Search(bsz, k, max_len, src_lengths, device, self.pad,
                        self.eos if bos_token is None else bos_token, decoders, buffers, shortlist), None
+
+    @staticmethod
+    def _encode(model, net_input) -> Dict:
+        """The model's encoder output; for an int8 model ready for its step, the int8 encoder's."""
+        if int8(model) and step_ready(model):
+            keys, values, mask, _ = source_encoder(model)(net_input["src_tokens"])
+            return {"encoder_out": (keys, values), "encoder_padding_mask": mask if bool(mask.any()) else None}
+        return model.encoder.forward_torchscript(net_input)
 
     def _next_token_scores(self, search: "_Search", step: int) -> Tensor:
         """The log-probabilities of every next token (R x V, or R x C over a shortlist: column c is
@@ -303,17 +318,16 @@ class FConvBeamSearch(SequenceGenerator):
                 finalized[sent] = [finalized[sent][i] for i in order.tolist()]
         return finalized
 
-    def _batch_shortlist(self, encoder_outs: List) -> Tuple[Optional[Tensor], Optional[str]]:
+    def _batch_shortlist(self, src_tokens: Tensor) -> Tuple[Optional[Tensor], Optional[str]]:
         """The words this batch is searched over: ``(None, None)`` for the whole vocabulary, or the
-        batch's vocabulary shortlist (``C`` sorted word ids from the encoder output, see
-        ``FConvExtDecoder.output_layer``); the search then runs over ``C`` columns, not ``V``.
-        The second element, if not None, is why the batch goes to fairseq's generator instead
-        (which decodes a shortlist as ``-inf`` logits outside it)."""
-        lists = [out.get("shortlist") if isinstance(out, dict) else None for out in encoder_outs]
-        if all(words is None for words in lists):
+        batch's vocabulary shortlist (``C`` sorted word ids); the search then runs over ``C``
+        columns, not ``V``.  The second element, if not None, is why the batch goes to fairseq's
+        generator instead (which decodes over the whole vocabulary)."""
+        if all(shortlist is None for shortlist in self._shortlists):
             return None, None
+        lists = [None if shortlist is None else shortlist.candidates(src_tokens) for shortlist in self._shortlists]
         words = lists[0]
-        if any(other is None or not torch.equal(other, words) for other in lists[1:]):
+        if any(other is None or not torch.equal(other, words) for other in lists):
             return None, "an ensemble whose models have different vocabulary shortlists"
         specials = max(self.eos, self.pad, self.unk) + 1
         if words.numel() < specials or not torch.equal(words[:specials], torch.arange(specials, device=words.device)):
@@ -462,20 +476,28 @@ class _IncrementalDecoder(_Decoder):
         expand = torch.arange(bsz, device=buffers.device).repeat_interleave(k)  # B*k: beams of sentence i together
         self.encoder_out = model.encoder.reorder_encoder_out(encoder_out, expand)
         self.incremental_state: Dict[str, Dict[str, Optional[Tensor]]] = {}
+        self.vocabulary = None if shortlist is None else _rows_of(model.decoder.fc3, shortlist)
+        # fc3 computed here (into the buffer, over the shortlist) only where output_layer is fc3 itself:
+        # a decoder whose output_layer is overridden or wrapped keeps it
+        decoder = model.decoder
+        self.own_fc3 = ("output_layer" not in decoder.__dict__
+                        and getattr(type(decoder), "output_layer", None) is _FC3_OUTPUT_LAYER)
+        if shortlist is not None and not self.own_fc3:
+            raise ValueError(f"a vocabulary shortlist needs fconv_ext's own output layer (fc3); "
+                             f"{type(decoder).__name__}.output_layer is another: decode without the shortlist")
 
     def log_probs(self, tokens: Tensor, step: int) -> Tuple[Tensor, Optional[Tensor]]:
         """The numbers fairseq's EnsembleModel.forward_decoder computes for one model.  With a
         shortlist (C words): R x C, the log-softmax over those words only, which is what the
         ``-inf`` logits outside them give over the whole vocabulary."""
-        model, buffers, shortlist = self.model, self.buffers, self.shortlist
+        model, buffers = self.model, self.buffers
         rows = tokens.size(0)
         logits_out = buffers.logits(rows)  # None: the decoder's forward allocates the logits
-        if logits_out is None and shortlist is None:
+        if (logits_out is None and self.vocabulary is None) or not self.own_fc3:
             decoder_out = model.decoder(tokens, encoder_out=self.encoder_out, incremental_state=self.incremental_state)
-        else:  # forward's two halves (FConvExtDecoder.output_layer): logits into the buffer, over the shortlist
+        else:  # forward's two halves: the features, then fc3 into the buffer, over the shortlist's rows
             features, step_attn = model.decoder.extract_features(tokens, self.encoder_out, self.incremental_state)
-            logits = model.decoder.output_layer(features, out=logits_out, shortlist=shortlist, expand=False)
-            decoder_out = (logits, step_attn)
+            decoder_out = (self._logits(features, logits_out), step_attn)
         logits = decoder_out[0][:, -1:, :]  # R x 1 x V (or C)
         if self.temperature != 1.0:  # x / 1.0 == x: fairseq's division by 1 changes nothing
             logits = logits.div_(self.temperature)
@@ -487,6 +509,16 @@ class _IncrementalDecoder(_Decoder):
         if isinstance(attn, (list, tuple)):
             attn = attn[0] if attn else None
         return lprobs, (attn[:, -1, :] if attn is not None else None)
+
+    def _logits(self, features: Tensor, out: Optional[Tensor]) -> Tensor:
+        """``fc3(features)`` (R x 1 x V, or over the shortlist R x 1 x C), into ``out`` when given
+        (one ``addmm``: what ``F.linear`` computes for a 3-D input)."""
+        fc3 = self.model.decoder.fc3 if self.vocabulary is None else self.vocabulary
+        if out is None:
+            return fc3(features)
+        rows, steps, _ = features.shape
+        torch.addmm(fc3.bias, features.reshape(rows * steps, -1), fc3.weight.t(), out=out)  # R*T x V (or C)
+        return out.view(rows, steps, -1)
 
     def reorder(self, rows: Tensor) -> None:
         self.model.decoder.reorder_incremental_state_scripting(self.incremental_state, rows)
@@ -505,9 +537,9 @@ class _StepDecoder(_Decoder):
         self.keys, self.values, self.mask, self.scale = (t.clone() for t in encoder_inputs_from(encoder_out))
         self.windows = module.initial_windows(bsz, k, dtype=self.values.dtype, device=self.values.device)
         self.vocabulary = {}
-        if shortlist is not None:  # fc3's rows of the batch's words, selected once per batch
-            self.vocabulary = {"vocabulary_weight": module.fc3.weight.index_select(0, shortlist),
-                               "vocabulary_bias": module.fc3.bias.index_select(0, shortlist)}
+        if shortlist is not None:  # fc3's rows of the batch's words (float32 or int8), selected once per batch
+            weight, bias = vocabulary_rows(module, shortlist)
+            self.vocabulary = {"vocabulary_weight": weight, "vocabulary_bias": bias}
 
     def log_probs(self, tokens: Tensor, step: int) -> Tuple[Tensor, Optional[Tensor]]:
         rows = tokens.size(0)
@@ -528,6 +560,26 @@ class _StepDecoder(_Decoder):
             self.mask, self.scale = self.mask.index_select(0, picked), self.scale.index_select(0, picked)
 
 
+_FC3_OUTPUT_LAYER = FConvExtDecoder.output_layer
+
+
+class _LinearRows(torch.nn.Module):
+    """The rows ``index`` of a linear layer: ``x @ W[index].T + b[index]`` (a copy of those rows)."""
+
+    def __init__(self, linear: torch.nn.Linear, index: Tensor):
+        super().__init__()
+        self.weight = linear.weight.detach().index_select(0, index)  # C x in
+        self.bias = linear.bias.detach().index_select(0, index)  # C
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.nn.functional.linear(x, self.weight, self.bias)
+
+
+def _rows_of(fc3: torch.nn.Module, shortlist: Tensor) -> torch.nn.Module:
+    """``fc3`` over the shortlist's rows only, built once per batch."""
+    return _LinearRows(fc3, shortlist)
+
+
 def decoder_for(model, encoder_out, bsz: int, k: int, buffers: "_StepBuffers", index: int,
                 shortlist: Optional[Tensor], temperature: float) -> _Decoder:
     """The pure-tensor step where the model has one and is ready for inference (weight norm folded,
@@ -535,6 +587,9 @@ def decoder_for(model, encoder_out, bsz: int, k: int, buffers: "_StepBuffers", i
     if temperature == 1.0 and step_ready(model):
         module, step = decoder_step(model)
         return _StepDecoder(step, module, encoder_out, bsz, k, shortlist, need_attn=module.need_attn)
+    if int8(model):
+        announce("inference_dtype int8 applies to the decoder step: a model decoded through fairseq's "
+                 "incremental interface (still training, or with a temperature) decodes in float32")
     return _IncrementalDecoder(model, encoder_out, bsz, k, buffers, index, shortlist, temperature)
 
 

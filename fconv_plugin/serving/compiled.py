@@ -1,11 +1,14 @@
-"""The decoder step a model decodes with: built once per model, eager or compiled.
+"""The decoder step (and encoder) a model decodes with: built once per model, eager or compiled,
+float32 or int8.
 
 :func:`decoder_step` gives FConvBeamSearch the :class:`~fconv_plugin.serving.step.DecoderStep` of a
 model and the callable that runs it: the module itself, or with the model option
 ``inference_compile`` (``--model-overrides "{'model': {'inference_compile': True}}"``) the module
 compiled by ``torch.compile`` (inductor: C++ kernels on CPUs, Triton on GPUs).  The compiled step is
 dynamic in its sizes (sentences, beams, source length), so one compilation serves a whole test set of
-varied batches; :data:`COMPILE_OPTIONS` says how.
+varied batches; :data:`COMPILE_OPTIONS` says how.  With ``inference_dtype`` ``int8`` the step and
+the encoder (:func:`source_encoder`) are quantized by :func:`~fconv_plugin.serving.int8.quantize_int8_`
+(torchao) first; the model itself stays float32.
 
 The step is rebuilt when the model's weights change (their storage or version), so a model that is
 decoded, trained further and decoded again is never decoded with stale weights.
@@ -20,7 +23,7 @@ import torch.fx.experimental._config as symbolic_shapes_config
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from .step import DecoderStep, unsupported_reason
+from .step import DecoderStep, SourceEncoder, unsupported_reason
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +54,12 @@ def step_ready(model: nn.Module) -> bool:
     plain float ``nn.Linear`` layers and convolutions."""
     if unsupported_reason(model) is not None or model.training:
         return False
-    for module in model.modules():
-        if parametrize.is_parametrized(module) or "int8" in module._modules:  # training weights; int8 convolutions
-            return False
-        if type(module).__name__ == "Int8Linear":
-            return False
-    return True
+    return not any(parametrize.is_parametrized(module) for module in model.modules())  # weight norm: training
+
+
+def int8(model: nn.Module) -> bool:
+    """Whether ``model`` decodes in int8 (its ``inference_dtype`` option)."""
+    return getattr(model, "inference_dtype", torch.float32) == torch.qint8
 
 
 def _weights_key(model: nn.Module) -> Tuple:
@@ -68,13 +71,39 @@ def decoder_step(model: nn.Module) -> Tuple[DecoderStep, Callable]:
     kept until the model's weights or its ``need_attn`` / ``inference_compile`` settings change."""
     need_attn = bool(getattr(model.decoder, "need_attn", True))
     compiled = bool(getattr(model, "inference_compile", False))
-    key = (_weights_key(model), need_attn, compiled)
+    key = (_weights_key(model), need_attn, compiled, int8(model))
     entry = _STEPS.get(model)
     if entry is None or entry[0] != key:
         module = DecoderStep(model, need_attn=need_attn)
+        if int8(model):
+            _quantize(module, "decoder step")
         run = CompiledStep(module) if compiled else module
         if compiled:
             logger.info("inference_compile: the decoder step is compiled by torch.compile on its first call")
         entry = (key, module, run)
         _STEPS[model] = entry
     return entry[1], entry[2]
+
+
+_ENCODERS: "weakref.WeakKeyDictionary[nn.Module, Tuple]" = weakref.WeakKeyDictionary()
+
+
+def source_encoder(model: nn.Module) -> SourceEncoder:
+    """The int8 :class:`~fconv_plugin.serving.step.SourceEncoder` of an int8 ``model`` (see
+    :func:`int8`), built on first use and kept while the model's weights do not change."""
+    key = _weights_key(model)
+    entry = _ENCODERS.get(model)
+    if entry is None or entry[0] != key:
+        module = SourceEncoder(model)
+        _quantize(module, "encoder")
+        entry = (key, module)
+        _ENCODERS[model] = entry
+    return entry[1]
+
+
+def _quantize(module: nn.Module, what: str) -> None:
+    from .int8 import quantize_int8_
+
+    products = quantize_int8_(module)
+    logger.info(f"inference_dtype int8: {products} matrix products of the {what} quantized to int8 (torchao: "
+                "int8 weights per row, int8 activations per token)")

@@ -28,18 +28,23 @@ Usage (the interface decoding calls)::
 
     sl = Shortlist.load(path, src_dict, tgt_dict)      # raises ShortlistError on any bad file
     cands = sl.candidates(src_tokens)                  # B x S LongTensor -> sorted unique 1-D LongTensor
+    sl = shortlist_for(model)                          # the model's own (its ``shortlist`` option), loaded once
 
 Nothing heavy is imported here (NumPy and torch only).
 """
 
 import hashlib
 import json
+import logging
 import os
+import weakref
 import zipfile
 from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "fconv-ext-shortlist"
 VERSION = 1
@@ -204,3 +209,23 @@ class Shortlist:
     def __repr__(self):
         return (f"Shortlist({self.path!r}, n_best={self.n_best}, n_frequent={self.n_frequent}, "
                 f"target vocabulary {self.tgt_size})")
+
+
+_LOADED: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
+
+
+def shortlist_for(model) -> Optional[Shortlist]:
+    """The vocabulary shortlist ``model`` decodes with: the file of its ``shortlist`` option
+    (``model.shortlist_path``; None: the whole vocabulary), checked against the model's dictionaries
+    and loaded once per model and file.  Raises ShortlistError for a bad file."""
+    path = getattr(model, "shortlist_path", None)
+    if not path:
+        return None
+    entry = _LOADED.get(model)
+    if entry is None or entry[0] != path:
+        shortlist = Shortlist.load(path, model.encoder.dictionary, model.decoder.dictionary)
+        logger.info(f"vocabulary shortlist {path} (best {shortlist.n_best} translations per source word, "
+                    f"{shortlist.n_frequent} most frequent words): used by FConvBeamSearch")
+        entry = (path, shortlist)
+        _LOADED[model] = entry
+    return entry[1]

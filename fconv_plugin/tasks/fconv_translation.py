@@ -21,6 +21,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from ..rouge import ROUGE_TYPES, build_scorer, sentence_rouge
+from ..serving.shortlist import shortlist_for
 
 logger = logging.getLogger(__name__)
 
@@ -91,10 +92,11 @@ class FConvTranslationTask(TranslationTask):
     def build_model(self, cfg, from_checkpoint=False):
         model = super(TranslationTask, self).build_model(cfg, from_checkpoint)
         if self.cfg.shortlist_file:
-            if not hasattr(model, "load_shortlist"):
+            if not hasattr(model, "shortlist_path"):
                 raise ValueError(f"--shortlist-file: {type(model).__name__} cannot decode with a vocabulary "
                                  "shortlist; only fconv_ext translation models can (drop --shortlist-file)")
-            model.load_shortlist(self.cfg.shortlist_file, self.src_dict, self.tgt_dict)
+            model.shortlist_path = self.cfg.shortlist_file
+            shortlist_for(model)  # a file that does not fit the dictionaries is refused now, not at decoding
         self._model_max_positions = model.max_positions()
         for split in list(self.datasets):
             self._check_split_fits(split)
