@@ -239,3 +239,23 @@ def test_fconv_beam_search_with_the_compiled_step_gives_the_eager_hypotheses(mon
         assert [h["tokens"].tolist() for h in a] == [h["tokens"].tolist() for h in b]
         for x, y in zip(a, b):
             torch.testing.assert_close(x["positional_scores"], y["positional_scores"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the compiled step on a GPU: inductor's Triton kernels)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_compiled_step_on_cuda_gives_the_eager_step_hypotheses(dtype):
+    from fconv_plugin.serving.beam_search import FConvBeamSearch
+
+    model, src_dict, tgt_dict = small_fconv_ext()
+    prepared(model)
+    model.to(device="cuda", dtype=dtype)
+    lengths = [7, 3, 9, 5, 2, 8]
+    sample = {"net_input": {"src_tokens": random_batch(src_dict, lengths, seed=3).cuda(),
+                            "src_lengths": torch.tensor(lengths).cuda()}, "id": torch.arange(6)}
+    results = []
+    for compiled in (False, True):
+        model.inference_compile = compiled
+        with torch.no_grad():
+            results.append(FConvBeamSearch([model], tgt_dict, beam_size=4, max_len_b=12).generate([model], sample))
+    same = sum(a[0]["tokens"].tolist() == b[0]["tokens"].tolist() for a, b in zip(*results))
+    assert same >= 5, same  # fused kernels may reassociate sums: at most one near-tie may flip

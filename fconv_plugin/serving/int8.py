@@ -50,7 +50,7 @@ def _torchao_config():
     try:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, PerRow
     except ImportError as error:
-        raise ImportError("int8 serving needs torchao: pip install torchao (or pip install 'fconv-ext[int8]'); "
+        raise ImportError("int8 serving needs torchao: pip install torchao; "
                           f"importing it failed: {error}") from error
     # set_inductor_config=False: torchao would otherwise change torch._inductor's process-wide settings
     # (GPU autotuning options) as a side effect of quantizing
