@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import resource
-import shutil
 import subprocess
 import sys
 import time
@@ -155,7 +154,7 @@ def run_child(args, work: str, exports: dict, side: str, beam: int, batch: int, 
 
 def lscpu() -> dict:
     info = {}
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
     for line in out.splitlines():
         key, _, value = line.partition(":")
         if key.strip() in ("Model name", "CPU(s)", "Thread(s) per core", "Flags"):
@@ -250,7 +249,8 @@ def main(argv=None) -> int:
                                for c, sides in results.items()}}, f, indent=2)
     with open(args.out + ".md", "w", encoding="utf-8") as f:
         f.write(report(args, results, exported["seconds"], cpu))
-    print(open(args.out + ".md", encoding="utf-8").read())
+    with open(args.out + ".md", encoding="utf-8") as f:
+        print(f.read())
     return 0
 
 

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from .artifact import ArtifactError, EOS, PAD, UNK, load_manifest, read_dictionary
+from .artifact import EOS, PAD, UNK, ArtifactError, load_manifest, read_dictionary
 from .backends import load_backend
 from .search import beam_search
 

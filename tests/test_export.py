@@ -12,10 +12,25 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import (
+    BIN,
+    MINI_FCONV_EXT,
+    N_TEST,
+    REPO,
+    SELF_ATT_BASE_SMALL,
+    hypotheses,
+    mini_fconv_ext_for_search,
+    random_batch,
+)
 
-from conftest import BIN, MINI_FCONV_EXT, REPO, N_TEST, SELF_ATT_BASE_SMALL, hypotheses, mini_fconv_ext_for_search, random_batch
 from fconv_plugin.serving.beam_search import FConvBeamSearch
-from fconv_plugin.serving.export import ExportError, export, load_model, sample_inputs, serving_modules
+from fconv_plugin.serving.export import (
+    ExportError,
+    export,
+    load_model,
+    sample_inputs,
+    serving_modules,
+)
 from fconv_runtime import ArtifactError, Translator
 from fconv_runtime.artifact import MANIFEST, load_manifest, sha256_of
 
@@ -271,6 +286,7 @@ def test_refuses_dictionary_of_another_size(onnx_export, tmp_path):
 @pytest.mark.parametrize("arch", ["fconv_ext_lm", "fconv_ext_self_att"])
 def test_export_refuses_models_without_a_step(arch, tmp_path):
     from conftest import make_dictionary
+
     from fconv_plugin.models.build import build_model_from_config
 
     src_dict, tgt_dict = make_dictionary(20), make_dictionary(20)
@@ -335,7 +351,7 @@ def test_aoti_export_equals_onnx_runtime(search_model, onnx_export, tmp_path):
 
     _, src_dict, _ = search_model
     words = [src_dict[i] for i in range(src_dict.nspecial, len(src_dict))]
-    lines = [" ".join(words[i : i + 3 + i % 5]) for i in range(0, 15)]
+    lines = [" ".join(words[i : i + 3 + i % 5]) for i in range(15)]
     got = Translator(str(out)).translate_nbest(lines, beam=4, nbest=2)
     expected = Translator(str(onnx_export[1])).translate_nbest(lines, beam=4, nbest=2)
     assert [[h.tokens for h in hyps] for hyps in got] == [[h.tokens for h in hyps] for hyps in expected]

@@ -47,10 +47,17 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from fconv_runtime.artifact import FORMAT_VERSION, write_manifest
+from fconv_runtime.artifact import write_manifest
 
 from ..checkpoint import CheckpointError, load_checkpoint_file
-from .beam_graph import ENCODER_INPUTS, ENCODER_OUTPUTS, STEP_INPUTS, STEP_OUTPUTS, BeamStep, ShortlistBeamStep
+from .beam_graph import (
+    ENCODER_INPUTS,
+    ENCODER_OUTPUTS,
+    STEP_INPUTS,
+    STEP_OUTPUTS,
+    BeamStep,
+    ShortlistBeamStep,
+)
 from .step import DecoderStep, SourceEncoder, unsupported_reason
 
 logger = logging.getLogger("fconv_plugin.serving.export")
@@ -83,11 +90,10 @@ def _plain(value: Any) -> Any:
 
 
 def _config_section(state: Dict[str, Any], section: str) -> Dict[str, Any]:
-    cfg = state.get("cfg") or {}
-    value = cfg.get(section) if isinstance(cfg, dict) else getattr(cfg, section, None)
-    if value is None:
-        return {}
-    return dict(value) if isinstance(value, dict) else dict(vars(value)) if hasattr(value, "__dict__") else dict(value)
+    """``state["cfg"][section]`` as a dict (fconv_ext checkpoints keep plain dicts there; {} if absent)."""
+    cfg = state.get("cfg")
+    value = cfg.get(section) if isinstance(cfg, dict) else None
+    return dict(value) if isinstance(value, dict) else {}
 
 
 def _dictionaries(checkpoint: str, data: Optional[str], task: Dict[str, Any],
@@ -339,7 +345,7 @@ def export(checkpoint: str, outdir: str, fmt: str = "onnx", int8: bool = False, 
             try:
                 export_aoti(encoder, encoder_args, encoder_shapes, os.path.join(work, files["encoder"]))
                 export_aoti(step, step_args, step_shapes, os.path.join(work, files["step"]))
-            except Exception as err:  # noqa: BLE001 - torch.export/inductor raise many types; re-raised with the cause
+            except Exception as err:  # torch.export / inductor raise many types: re-raised, with the cause, as ExportError
                 if not int8:
                     raise
                 raise ExportError(f"--int8 --format aoti: the torchao int8 modules do not trace into an AOTInductor "
