@@ -117,28 +117,43 @@ def _folded_copy(model: nn.Module) -> nn.Module:
     return model
 
 
-class DecoderStep(nn.Module):
+class _Side(nn.Module):
+    """What the step and the encoder take from their side of the model: the gate, the token and
+    position embeddings, ``fc1``, the conv blocks as products (with ``attention`` per layer on the
+    decoder side) and ``fc2``."""
+
+    def __init__(self, owner: nn.Module):
+        super().__init__()
+        self.gate = owner.stack.gate
+        self.padding_idx = owner.embed_tokens.padding_idx
+        self.embed_tokens = nn.Parameter(owner.embed_tokens.weight.detach(), requires_grad=False)  # V x E
+        self.embed_positions = nn.Parameter(owner.embed_positions.weight.detach(), requires_grad=False)  # P x E
+        self.max_positions = owner.embed_positions.max_positions
+        self.fc1 = _copy_linear(owner.fc1)
+        attention = getattr(owner, "attention", None) or [None] * len(owner.stack.convolutions)
+        self.layers = nn.ModuleList(
+            _Layer(conv, projection, residual, attend)
+            for conv, projection, residual, attend in zip(
+                owner.stack.convolutions, owner.stack.projections, owner.stack.residuals, attention))
+        self.fc2 = _copy_linear(owner.fc2)
+
+
+def _side_of(model: nn.Module, side: str) -> nn.Module:
+    """The model's ``"encoder"`` or ``"decoder"`` with weight norm folded (refusing other models)."""
+    reason = unsupported_reason(model)
+    if reason is not None:
+        raise ValueError(reason)
+    return getattr(_folded_copy(model), side)
+
+
+class DecoderStep(_Side):
     """fconv_ext's decoder for one output position of ``B x K`` hypotheses (module docstring)."""
 
     def __init__(self, model: nn.Module, need_attn: bool = True):
-        super().__init__()
-        reason = unsupported_reason(model)
-        if reason is not None:
-            raise ValueError(reason)
-        decoder = _folded_copy(model).decoder
-        self.gate = decoder.stack.gate
-        self.padding_idx = decoder.embed_tokens.padding_idx
+        decoder = _side_of(model, "decoder")
+        super().__init__(decoder)
         self.need_attn = need_attn
-        self.embed_tokens = nn.Parameter(decoder.embed_tokens.weight.detach(), requires_grad=False)  # V x E
-        self.embed_positions = nn.Parameter(decoder.embed_positions.weight.detach(), requires_grad=False)  # P x E
-        self.max_positions = decoder.embed_positions.max_positions
-        self.fc1 = _copy_linear(decoder.fc1)
-        self.layers = nn.ModuleList(
-            _Layer(conv, projection, residual, attention)
-            for conv, projection, residual, attention in zip(
-                decoder.stack.convolutions, decoder.stack.projections, decoder.stack.residuals, decoder.attention))
         self.num_attention_layers = decoder.num_attention_layers
-        self.fc2 = _copy_linear(decoder.fc2)
         self.fc3 = _copy_linear(decoder.fc3)
         self.vocabulary = decoder.fc3.out_features
 
@@ -221,28 +236,13 @@ class DecoderStep(nn.Module):
         return x, attn
 
 
-class SourceEncoder(nn.Module):
+class SourceEncoder(_Side):
     """fconv_ext's encoder as tensors in and out: ``src_tokens`` (``B x S``, left-padded) ->
     ``keys`` (``z``), ``values`` (``z + e``), ``source_mask`` (``B x S``, True at padding) and
     ``length_scale`` (``B x 1 x 1``), the inputs :class:`DecoderStep` takes."""
 
     def __init__(self, model: nn.Module):
-        super().__init__()
-        reason = unsupported_reason(model)
-        if reason is not None:
-            raise ValueError(reason)
-        encoder = _folded_copy(model).encoder
-        self.gate = encoder.stack.gate
-        self.padding_idx = encoder.padding_idx
-        self.embed_tokens = nn.Parameter(encoder.embed_tokens.weight.detach(), requires_grad=False)  # V x E
-        self.embed_positions = nn.Parameter(encoder.embed_positions.weight.detach(), requires_grad=False)  # P x E
-        self.max_positions = encoder.embed_positions.max_positions
-        self.fc1 = _copy_linear(encoder.fc1)
-        self.layers = nn.ModuleList(
-            _Layer(conv, projection, residual)
-            for conv, projection, residual in zip(encoder.stack.convolutions, encoder.stack.projections,
-                                                  encoder.stack.residuals))
-        self.fc2 = _copy_linear(encoder.fc2)
+        super().__init__(_side_of(model, "encoder"))
 
     def forward(self, src_tokens: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         source_mask = src_tokens.eq(self.padding_idx)  # B x S
