@@ -80,7 +80,7 @@ class FakeTranslator:
     waits until ``gate`` is set, one with "poison" makes its batch raise.  Records the batches it
     decoded."""
 
-    source_lang, target_lang, beam = "en", "de", 3
+    source_lang, target_lang, beam, has_attention = "en", "de", 3, False
 
     def __init__(self):
         self.vocab: List[str] = ["<pad>", "</s>"]

@@ -8,7 +8,8 @@ new sentences queue up and make the next batch.
 
 ``max_wait_ms`` is how long a batch may wait for company before it is decoded.  The collector waits
 only when the previous batch held more than one sentence (other clients are active, more sentences
-are likely on their way); a lone client is never kept waiting, so batching costs it nothing.
+are likely on their way), and stops waiting as soon as as many sentences are queued as that batch had;
+a lone client is never kept waiting, so batching costs it nothing.
 
 The decoding thread is the only thread that runs the model (a ``ThreadPoolExecutor`` with one
 worker); :meth:`Batcher.call` runs other model work (loading, the page's attention) there too, between
@@ -160,9 +161,11 @@ class Batcher:
         self.metrics.queue_depth.set(self.queued())
         return batch
 
-    def _batch_is_full(self) -> bool:
+    def _enough_waiting(self, last_batch: int) -> bool:
+        """Whether the queue holds a full batch, or as many sentences as the last batch had (its
+        clients are back: waiting longer only delays them)."""
         live = [item for item in self._pending if not item.future.done()]
-        return self._padded_tokens(live) >= self.max_tokens
+        return len(live) >= last_batch or self._padded_tokens(live) >= self.max_tokens
 
     async def _collect(self) -> None:
         assert self._arrived is not None
@@ -175,7 +178,7 @@ class Batcher:
                 await self._arrived.wait()
             if last_batch > 1 and self.max_wait_s > 0:
                 deadline = self._pending[0].arrival + self.max_wait_s
-                while not self._batch_is_full() and loop.time() < deadline:
+                while not self._enough_waiting(last_batch) and loop.time() < deadline:
                     self._arrived.clear()
                     try:
                         await asyncio.wait_for(self._arrived.wait(), deadline - loop.time())
