@@ -39,6 +39,9 @@ Outputs:
 
 The host keeps the token histories (reordered by ``origin``), finalizes EOS candidates with
 fairseq's length normalisation, and drops finished sentences (``fconv_runtime``).
+
+:class:`ShortlistBeamStep` is the same over a vocabulary shortlist: one more input after ``ignore``,
+``words`` (the ``C`` words the batch is scored over); ``bias`` then has ``C`` entries.
 """
 
 from typing import Optional, Tuple
