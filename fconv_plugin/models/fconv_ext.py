@@ -119,7 +119,7 @@ class FConvExtConfig(ConvSeq2SeqConfig):
         default=False,
         metadata={"help": "opt-in, inference only: decode with the decoder step compiled by torch.compile "
                   "(inductor: C++ on CPUs, Triton on GPUs; one compilation per model for batches of any size; "
-                  "docs/export.md). The first batch pays the compilation. fairseq-generate: --model-overrides "
+                  "docs/design.md#the-decoder-step). The first batch pays the compilation. fairseq-generate: --model-overrides "
                   "\"{'model': {'inference_compile': True}}\""},
     )
     shortlist: Optional[str] = field(
