@@ -67,7 +67,8 @@ class AotiBackend:
 
     def _run(self, runner, inputs: List[np.ndarray]) -> List[np.ndarray]:
         with self.torch.inference_mode():
-            outputs = runner(*[self.torch.from_numpy(x) for x in inputs])
+            # the package was compiled for contiguous inputs; a window the previous call returned may be a view
+            outputs = runner(*[self.torch.from_numpy(np.ascontiguousarray(x)) for x in inputs])
         return [y.numpy() for y in outputs]
 
     def encode(self, src_tokens: np.ndarray) -> List[np.ndarray]:
