@@ -171,9 +171,9 @@ def test_the_step_scores_the_shortlist_rows_only(tmp_path, monkeypatch):
     rows = []
     original = DecoderStep.forward
 
-    def spy(self, *args, vocabulary_weight=None, vocabulary_bias=None):
+    def spy(self, *args, vocabulary_weight=None, vocabulary_bias=None, **kwargs):
         rows.append(None if vocabulary_weight is None else vocabulary_weight.size(0))
-        return original(self, *args, vocabulary_weight=vocabulary_weight, vocabulary_bias=vocabulary_bias)
+        return original(self, *args, vocabulary_weight=vocabulary_weight, vocabulary_bias=vocabulary_bias, **kwargs)
 
     monkeypatch.setattr(DecoderStep, "forward", spy)
     with torch.no_grad():

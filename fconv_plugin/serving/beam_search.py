@@ -531,7 +531,7 @@ class _StepDecoder(_Decoder):
     output stays one row per sentence."""
 
     def __init__(self, step: Callable, module, encoder_out, bsz: int, k: int, shortlist: Optional[Tensor],
-                 need_attn: bool):
+                 need_attn: bool, buffers: "_StepBuffers", index: int):
         self.step, self.k, self.need_attn = step, k, need_attn
         # copies, not views of the encoder's tensors: a compiled step guards on its inputs' layout
         self.keys, self.values, self.mask, self.scale = (t.clone() for t in encoder_inputs_from(encoder_out))
@@ -540,14 +540,26 @@ class _StepDecoder(_Decoder):
         if shortlist is not None:  # fc3's rows of the batch's words (float32 or int8), selected once per batch
             weight, bias = vocabulary_rows(module, shortlist)
             self.vocabulary = {"vocabulary_weight": weight, "vocabulary_bias": bias}
+        # the eager step writes each step's logits and log-probabilities into the search's buffers
+        # (float32 fc3 on a CPU: _StepBuffers); a compiled step plans its own memory
+        fc3_weight = self.vocabulary.get("vocabulary_weight", module.fc3.weight)
+        self.buffers = None
+        if (step is module and buffers.enabled and type(fc3_weight) in (torch.Tensor, torch.nn.Parameter)
+                and fc3_weight.dtype == torch.float32 and fc3_weight.size(0) == buffers.vocab):
+            self.buffers, self.index = buffers, index
 
     def log_probs(self, tokens: Tensor, step: int) -> Tuple[Tensor, Optional[Tensor]]:
         rows = tokens.size(0)
         newest = tokens[:, -1].view(rows // self.k, self.k)  # B x k
         position = torch.full((1,), step + 1, dtype=torch.long, device=tokens.device)  # prefix length
         lprobs, attn, self.windows = self.step(newest, position, self.windows, self.keys, self.values, self.mask,
-                                               self.scale, **self.vocabulary)
+                                               self.scale, **self.vocabulary, **self._out(rows))
         return lprobs.view(rows, -1), (attn.view(rows, -1) if self.need_attn else None)
+
+    def _out(self, rows: int) -> Dict[str, Tuple[Tensor, Tensor]]:
+        if self.buffers is None:
+            return {}
+        return {"out": (self.buffers.logits(rows), self.buffers.log_probs(rows, self.index))}
 
     def reorder(self, rows: Tensor) -> None:
         k = self.k
@@ -586,7 +598,7 @@ def decoder_for(model, encoder_out, bsz: int, k: int, buffers: "_StepBuffers", i
     plain float products, temperature 1), else fairseq's incremental interface."""
     if temperature == 1.0 and step_ready(model):
         module, step = decoder_step(model)
-        return _StepDecoder(step, module, encoder_out, bsz, k, shortlist, need_attn=module.need_attn)
+        return _StepDecoder(step, module, encoder_out, bsz, k, shortlist, module.need_attn, buffers, index)
     if int8(model):
         announce("inference_dtype int8 applies to the decoder step: a model decoded through fairseq's "
                  "incremental interface (still training, or with a temperature) decodes in float32")
@@ -633,6 +645,10 @@ class _StepBuffers:
 
     def logits(self, rows: int) -> Optional[Tensor]:
         return self._logits[:rows] if self.enabled else None
+
+    def log_probs(self, rows: int, model: int) -> Tensor:
+        """Model ``model``'s log-probabilities buffer, rows x V, where :meth:`ensemble_log_probs` looks."""
+        return self._stacked(rows)[model]
 
     def _stacked(self, rows: int) -> Tensor:
         """models x rows x V, contiguous (what ``torch.stack`` of the models' rows x V returns)."""

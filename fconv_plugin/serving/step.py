@@ -173,7 +173,12 @@ class DecoderStep(_Side):
         length_scale: Tensor,  # B x 1 x 1
         vocabulary_weight: Optional[Tensor] = None,  # C x out_embed_dim: rows of fc3 (a shortlist)
         vocabulary_bias: Optional[Tensor] = None,  # C
+        out: Optional[Tuple[Tensor, Tensor]] = None,  # eager only: (logits, log_probs) buffers, B*K x V each
     ) -> Tuple[Tensor, Tensor, Windows]:
+        """``out``: buffers the eager caller keeps for the whole search, so that the two ``B*K x V``
+        tensors of every step are not allocated anew (on a CPU a fresh tensor of that size is
+        page-faulted in at every step); the same numbers (``addmm`` is what ``F.linear`` computes,
+        ``_log_softmax`` what ``F.log_softmax`` does).  Ignored when compiled or exported."""
         # Every tensor stays B x K x ... (no reshape merges sentences and beams), so that a compiled
         # or exported step has one symbolic size per dimension.
         # embedding of the newest token + its position (padding_idx + prefix length, as
@@ -194,8 +199,10 @@ class DecoderStep(_Side):
                 residual = back if layer.projection is None else layer.projection(back)
             if layer.window > 0:
                 window = torch.cat([next(state), x.unsqueeze(2)], dim=2)  # B x K x ((k-1)d + 1) x C_in
-                # contiguous: the same strides at every step (a compiled step guards on them)
-                new_windows.append(window[:, :, 1:].contiguous())  # B x K x (k-1)d x C_in
+                new_window = window[:, :, 1:]  # B x K x (k-1)d x C_in (a view)
+                if torch.compiler.is_compiling():  # the same strides at every step: a compiled step guards on them
+                    new_window = new_window.contiguous()
+                new_windows.append(new_window)
                 if layer.dilation > 1:
                     window = window[:, :, :: layer.dilation]  # B x K x k x C_in: the frames the taps see
                 x = window.flatten(2)  # B x K x (k*C_in), frame-major like the linearized weight
@@ -211,14 +218,24 @@ class DecoderStep(_Side):
             outputs.append(x)
 
         x = self.fc2(x)  # B x K x out_embed_dim
-        if vocabulary_weight is None:
-            logits = self.fc3(x)  # B x K x V
+        weight, bias = (self.fc3.weight, self.fc3.bias) if vocabulary_weight is None else (vocabulary_weight,
+                                                                                            vocabulary_bias)
+        if out is not None and not torch.compiler.is_compiling():
+            log_probs = self._log_probs_into(out, x, weight, bias)  # B x K x V
         else:
-            logits = F.linear(x, vocabulary_weight, vocabulary_bias)  # B x K x C
-        log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32)  # B x K x V
+            logits = F.linear(x, weight, bias)  # B x K x V (or C: a shortlist's rows)
+            log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32)  # B x K x V
         if attention_sum is None:
             attention_sum = keys.new_zeros(tokens.size(0), tokens.size(1), keys.size(1))  # B x K x S
         return log_probs, attention_sum, tuple(new_windows)
+
+    @staticmethod
+    def _log_probs_into(out: Tuple[Tensor, Tensor], x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        sentences, beams, _ = x.shape
+        rows = sentences * beams
+        logits = torch.addmm(bias, x.reshape(rows, -1), weight.t(), out=out[0])  # R x V
+        log_probs = torch.ops.aten._log_softmax.out(logits, -1, False, out=out[1])  # R x V
+        return log_probs.view(sentences, beams, -1)  # B x K x V
 
     @staticmethod
     def _attend(layer: _Layer, x: Tensor, target_embedding: Tensor, keys: Tensor, values: Tensor,
