@@ -11,9 +11,12 @@ decoding shapes, and whole-test-set decoding through DecoderStep / SourceEncoder
 Decode variants (``--variants``, names composed of options):
 ``float32`` / ``int8`` (the step and the encoder as they are / quantized by ``quantize_int8_``), ``_fc3float``
 (``vocabulary="float32"``: the vocabulary projection stays float32), ``_sl`` (the shortlist's rows of fc3, per
-batch, through ``vocabulary_rows``); ``model`` and ``model_int8``, ``model_sl``, ``model_int8_sl``: the model
-itself through fairseq's generator (FConvBeamSearch), exact / with ``inference_dtype int8`` (torch's dynamic
-int8 kernels, modules/int8.py) / with a ``shortlist`` override, for reference.
+batch, through ``vocabulary_rows``), ``_compiled`` (encoder and step through ``torch.compile(dynamic=True, fullgraph=True)``, the
+package's options, compiled in an untimed first pass over ``--warm-batches`` batches), ``_frozen`` (the same
+with inductor's ``freezing`` option); ``model`` with any of ``_int8``, ``_compiled``,
+``_sl``: the model through fairseq's generator (FConvBeamSearch driving the step) with the model overrides
+``inference_dtype int8``, ``inference_compile`` (the package's compile options, compiled within the timed run)
+and ``shortlist``.
 
 The step variants decode with the small beam search below (fairseq's rules: hypotheses end at EOS among the
 best ``beam`` candidates, scores divided by length, a sentence ends when it has ``beam`` finished hypotheses,
@@ -40,8 +43,10 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-STEP_VARIANTS = ("float32", "float32_sl", "int8", "int8_sl", "int8_fc3float", "int8_fc3float_sl")
-MODEL_VARIANTS = ("model", "model_int8", "model_sl", "model_int8_sl")
+STEP_VARIANTS = ("float32", "float32_sl", "int8", "int8_sl", "int8_fc3float", "int8_fc3float_sl",
+                 "float32_compiled", "int8_compiled", "float32_frozen", "int8_frozen", "int8_fc3float_sl_frozen")
+MODEL_VARIANTS = tuple("model" + int8 + compiled + sl for int8 in ("", "_int8") for compiled in ("", "_compiled")
+                       for sl in ("", "_sl"))
 
 
 def cpu_description():
@@ -66,9 +71,43 @@ PRODUCTS = [
 ]
 
 
+class PlainInt8Linear(nn.Module):
+    """For comparison only: the same int8 scheme as torchao's (int8 weight per row, int8 activation per
+    token, int32 accumulation) in plain aten operators, with the weight transposed once (``in x out``,
+    contiguous) and the unsigned-input compensation precomputed, where torchao's tensor subclass
+    transposes a view and sums the weight's columns at every call.  Measures how much of torchao's eager
+    time is its Python-level dispatch and layout rather than the int8 product."""
+
+    def __init__(self, quantized_linear):
+        super().__init__()
+        weight = quantized_linear.weight  # torchao Int8Tensor: qdata out x in, scale out x 1
+        self.register_buffer("weight_t", weight.qdata.t().contiguous())  # in x out, int8
+        # (q + 128) @ W = q @ W + 128 * column sums of W: the product runs with unsigned 8-bit inputs (VNNI)
+        self.register_buffer("compensation", self.weight_t.sum(0, keepdim=True, dtype=torch.int32) * 128)
+        self.register_buffer("scale", weight.scale.reshape(1, -1).float())  # 1 x out
+        self.register_buffer("bias", quantized_linear.bias.detach())
+
+    def forward(self, x):
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])  # R x in
+        scale = x.abs().amax(-1, keepdim=True).clamp_min(1e-12) / 127.5  # R x 1: torchao's symmetric scale
+        q = torch.clamp(torch.round(x / scale), -128, 127)
+        accumulated = torch._int_mm((q + 128).to(torch.uint8), self.weight_t) - self.compensation  # R x out, int32
+        y = accumulated.float() * scale * self.scale + self.bias
+        return y.reshape(*shape[:-1], -1)
+
+
+def torch_dynamic_int8(linear):
+    """For comparison only: ``linear`` through torch's own dynamic int8 kernels (``quantize_dynamic``:
+    ``torch.ops.quantized.linear_dynamic``, fbgemm, one activation scale per tensor), what the package used
+    before torchao."""
+    from torch.ao.quantization import quantize_dynamic
+
+    return quantize_dynamic(nn.Sequential(linear), {nn.Linear}, dtype=torch.qint8)
+
+
 def product_variants(linear, compile_too):
     """name -> callable(x) computing ``linear`` one way."""
-    from fconv_plugin.modules.int8 import Int8Linear  # the model-level int8: torch.ops.quantized kernels
     from fconv_plugin.serving.int8 import quantize_int8_
 
     holder = nn.Module()
@@ -80,7 +119,8 @@ def product_variants(linear, compile_too):
     variants = {
         "float32": linear,
         "torchao int8": torchao_linear,
-        "torch.ops.quantized int8": Int8Linear.from_linear(linear),
+        "torch.ops.quantized int8": torch_dynamic_int8(linear),
+        "int8 in plain aten": PlainInt8Linear(torchao_linear),
         "bfloat16": lambda x: F.linear(x.bfloat16(), weight_bf16, bias_bf16).float(),
     }
     if compile_too:
@@ -89,14 +129,14 @@ def product_variants(linear, compile_too):
     return variants
 
 
-def time_calls(fn, x, calls):
-    """Median seconds of one call over ``calls`` calls."""
+def time_calls(fn, x, calls, best=False):
+    """Median (``best``: minimum) seconds of one call over ``calls`` calls."""
     times = []
     for _ in range(calls):
         start = time.perf_counter()
         fn(x)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times) if best else statistics.median(times)
 
 
 def run_products(args):
@@ -113,14 +153,17 @@ def run_products(args):
             for fn in variants.values():  # warm-up (and compilation), not timed
                 for _ in range(3):
                     fn(x)
-            per_round = {v: [] for v in variants}
+            medians, bests = {v: [] for v in variants}, {v: [] for v in variants}
             for _ in range(args.rounds):  # variants alternate within each round
                 for v, fn in variants.items():
-                    per_round[v].append(time_calls(fn, x, args.calls))
-            ms = {v: 1000 * statistics.median(t) for v, t in per_round.items()}
-            rows_out.append({"product": name, "shape": f"{rows} x {fan_in} @ {fan_in} x {fan_out}", "ms": ms})
-            print(f"{name:16s} {rows:4d} x {fan_in} @ {fan_in} x {fan_out:5d}: "
-                  + ", ".join(f"{v} {t:.3f}" for v, t in ms.items()), flush=True)
+                    medians[v].append(time_calls(fn, x, args.calls))
+                    bests[v].append(time_calls(fn, x, args.calls, best=True))
+            ms = {v: 1000 * statistics.median(t) for v, t in medians.items()}
+            best_ms = {v: 1000 * min(t) for v, t in bests.items()}
+            rows_out.append({"product": name, "shape": f"{rows} x {fan_in} @ {fan_in} x {fan_out}",
+                             "median_ms": ms, "best_ms": best_ms})
+            print(f"{name:16s} {rows:4d} x {fan_in} @ {fan_in} x {fan_out:5d} median (best): "
+                  + ", ".join(f"{v} {ms[v]:.3f} ({best_ms[v]:.3f})" for v in ms), flush=True)
         rows_selected = torch.randperm(8192)[:1600].sort().values
         rows_out.append({"product": "select 1600 of 8192 rows of fc3 (per batch)", "ms": select_rows_ms(rows_selected, args)})
         print(rows_out[-1], flush=True)
@@ -128,22 +171,16 @@ def run_products(args):
 
 
 def select_rows_ms(rows, args):
-    """Per-batch cost of a shortlist's rows: float32 rows, int8 rows (torchao), and the model-level int8's
-    ``Int8Linear.select_rows`` (repacks for torch's kernel)."""
-    from fconv_plugin.modules.int8 import Int8Linear
+    """Per-batch cost of a shortlist's rows of fc3 (``vocabulary_rows``): float32 rows, int8 rows (torchao)."""
     from fconv_plugin.serving.int8 import quantize_int8_, vocabulary_rows
 
     step = nn.Module()
     step.fc3 = nn.Linear(256, 8192)
-    float_rows = lambda _: vocabulary_rows(step, rows)  # noqa: E731
-    old = Int8Linear.from_linear(step.fc3)
-    old_rows = lambda _: old.select_rows(rows)  # noqa: E731
     quantized = nn.Module()
     quantized.fc3 = nn.Linear(256, 8192)
     quantized.fc3.load_state_dict(step.fc3.state_dict())
     quantize_int8_(quantized)
-    int8_rows = lambda _: vocabulary_rows(quantized, rows)  # noqa: E731
-    calls = {"float32 rows": float_rows, "torchao int8 rows": int8_rows, "torch.ops.quantized select_rows": old_rows}
+    calls = {"float32 rows": lambda _: vocabulary_rows(step, rows), "torchao int8 rows": lambda _: vocabulary_rows(quantized, rows)}
     return {v: 1000 * statistics.median(time_calls(fn, None, args.calls) for _ in range(args.rounds))
             for v, fn in calls.items()}
 
@@ -222,16 +259,31 @@ def step_variant(model, variant):
     if variant.startswith("int8"):
         quantize_int8_(encoder)
         quantize_int8_(step, vocabulary="float32" if "_fc3float" in variant else "int8")
+    if "_compiled" in variant or "_frozen" in variant:
+        # _frozen: inductor's freezing treats the weights as constants, which is what lets it replace
+        # torchao's int8 product (written for the compiler as a float product with an int32 result) by its
+        # own int8 kernel.  The compiled modules keep the eager ones' attributes (initial_windows, fc3)
+        options = {"freezing": True} if "_frozen" in variant else {}
+        encoder = torch.compile(encoder, dynamic=True, fullgraph=True, options=options)
+        step = torch.compile(step, dynamic=True, fullgraph=True, options=options)
     return encoder, step
 
 
-def decode_steps(model, task, batches, variant, shortlist, beam):
-    """id -> hypothesis tokens of the whole test set through the step; and the seconds it took."""
+def decode_steps(model, task, batches, variant, shortlist, beam, warm_batches=0):
+    """id -> hypothesis tokens of the whole test set through the step; and the seconds it took (after
+    an untimed pass over ``warm_batches`` evenly spaced batches: compilation)."""
     import bench_child
 
     encoder, step = step_variant(model, variant)
     d = task.target_dictionary
     hyps = {}
+    with torch.no_grad():
+        for batch in batches[:: max(1, len(batches) // warm_batches)] if warm_batches else []:
+            src = batch["net_input"]["src_tokens"]
+            candidates = shortlist.candidates(src) if "_sl" in variant else None
+            for _ in beam_search(encoder, step, src, beam, d.eos(), d.pad(),
+                                 bench_child.MAX_LEN_A, bench_child.MAX_LEN_B, candidates):
+                pass
     start = time.perf_counter()
     with torch.no_grad():
         for batch in batches:
@@ -250,10 +302,12 @@ def decode_model(args, variant):
     overrides = {}
     if "int8" in variant:
         overrides["inference_dtype"] = "int8"
+    if "_compiled" in variant:
+        overrides["inference_compile"] = True
     if "_sl" in variant:
         overrides["shortlist"] = args.shortlist
     job = types.SimpleNamespace(checkpoint=args.checkpoint, data=args.data, dtype="float32", beam=args.beam,
-                                batch=args.batch, max_batches=0, device="cpu", overrides=overrides or None,
+                                batch=args.batch, max_batches=args.max_batches, device="cpu", overrides=overrides or None,
                                 threads=args.threads, references=args.references)
     result = bench_child.child_generate(job)
     return {int(i): h for i, h in result["hyps"].items()}, result["seconds"]
@@ -265,7 +319,7 @@ def run_decode(args):
 
     torch.set_num_threads(args.threads)
     job = types.SimpleNamespace(checkpoint=args.checkpoint, data=args.data, dtype="float32", beam=args.beam,
-                                batch=args.batch, max_batches=0, device="cpu")
+                                batch=args.batch, max_batches=args.max_batches, device="cpu")
     models, task, _, batches = bench_child.prepare_ensemble_decoding(job)
     model = models[0]
     shortlist = None
@@ -273,27 +327,46 @@ def run_decode(args):
         shortlist = Shortlist.load(args.shortlist, task.source_dictionary, task.target_dictionary)
     seconds = {v: [] for v in args.variants}
     hyps = {}
+    report = None
     for r in range(args.rounds):
         for v in args.variants:  # alternate: every variant once per round
             if v in MODEL_VARIANTS:
                 hyps[v], s = decode_model(args, v)
             else:
-                hyps[v], s = decode_steps(model, task, batches, v, shortlist, args.beam)
+                warm = args.warm_batches if ("_compiled" in v or "_frozen" in v) else 0
+                hyps[v], s = decode_steps(model, task, batches, v, shortlist, args.beam, warm)
             seconds[v].append(s)
             print(f"round {r}: {v} {s:.2f} s", flush=True)
-    reference = hyps.get("float32")
+        report = summary(args, task, seconds, hyps)  # after every round: a run cut short still reports
+        if args.out:
+            write(args.out, report)
+    return report
+
+
+def summary(args, task, seconds, hyps):
+    """Per variant: seconds (each round, median), BLEU, identical shares, speed ratio over float32."""
+    import bench_child
+
     report = {"command": " ".join(sys.argv), "cpu": cpu_description(), "threads": args.threads, "beam": args.beam,
-              "batch": args.batch, "rounds": args.rounds, "variants": {}}
+              "batch": args.batch, "rounds_done": len(seconds[args.variants[0]]), "sentences": len(hyps["float32"]),
+              "variants": {}}
     for v in args.variants:
         entry = {"seconds": seconds[v], "median_s": statistics.median(seconds[v]),
                  "detok_bleu": bench_child.detokenized_bleu(task, hyps[v], args.references),
-                 "bleu": bench_child.tokenized_bleu(task, hyps[v])}
-        if reference is not None:
-            entry["identical_to_float32"] = sum(hyps[v][i] == reference[i] for i in reference) / len(reference)
-            entry["speedup_over_float32"] = statistics.median(seconds["float32"]) / entry["median_s"]
+                 "bleu": bench_child.tokenized_bleu(task, hyps[v]),
+                 "speedup_over_float32": statistics.median(seconds["float32"]) / statistics.median(seconds[v])}
+        for reference in ("float32", "model"):
+            if reference in hyps:
+                same = sum(hyps[v][i] == hyps[reference][i] for i in hyps[reference])
+                entry[f"identical_to_{reference}"] = same / len(hyps[reference])
         report["variants"][v] = entry
         print(v, json.dumps(entry), flush=True)
     return report
+
+
+def write(path, result):
+    with open(path, "w") as f:
+        json.dump({"cpu": cpu_description(), "command": " ".join(sys.argv), "results": result}, f, indent=1)
 
 
 def main():
@@ -315,6 +388,8 @@ def main():
     pd.add_argument("--threads", type=int, default=2)
     pd.add_argument("--beam", type=int, default=5)
     pd.add_argument("--batch", type=int, default=64)
+    pd.add_argument("--max-batches", type=int, default=0, help="evenly spaced batches only (0: the whole test set)")
+    pd.add_argument("--warm-batches", type=int, default=4, help="batches of the untimed first pass of _compiled")
     for q in (pp, pd):
         q.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args()
@@ -324,8 +399,7 @@ def main():
         args.variants.insert(0, "float32")  # the reference of every ratio and identical share
     result = run_products(args) if args.command == "products" else run_decode(args)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"cpu": cpu_description(), "command": " ".join(sys.argv), "results": result}, f, indent=1)
+        write(args.out, result)
 
 
 if __name__ == "__main__":
