@@ -79,14 +79,15 @@ def serial_baseline(args, sentences: List[str]) -> Dict[str, float]:
     hub = FConvExtModel.from_pretrained(model_dir, checkpoint_file=checkpoint_file, data_name_or_path=args.data,
                                         **{k: v for k, v in model_options(args).items() if v})
     hub.eval()
+    max_len = {"max_len_a": args.max_len_a, "max_len_b": args.max_len_b}
     for sentence in sentences[:3]:  # warm-up
-        hub.translate(sentence, beam=args.beam)
+        hub.translate(sentence, beam=args.beam, **max_len)
     latencies = []
     translations = []
     start = time.perf_counter()
     for sentence in sentences:
         t = time.perf_counter()
-        translations.append(hub.translate(sentence, beam=args.beam))
+        translations.append(hub.translate(sentence, beam=args.beam, **max_len))
         latencies.append(time.perf_counter() - t)
     wall = time.perf_counter() - start
     del hub
@@ -117,6 +118,7 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "fconv_plugin.server.cli", args.checkpoint, "--data", args.data,
                "--port", str(self.port), "--threads", str(args.threads), "--beam", str(args.beam),
                "--max-tokens", str(args.max_tokens), "--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning",
+               "--max-len-a", str(args.max_len_a), "--max-len-b", str(args.max_len_b),
                *extra]
         for name, value in model_options(args).items():
             if value:
@@ -255,6 +257,8 @@ def main(argv=None) -> int:
     p.add_argument("--bpe", default=None)
     p.add_argument("--bpe-codes", default=None)
     p.add_argument("--beam", type=int, default=5)
+    p.add_argument("--max-len-a", type=float, default=0.0, help="output length cap, serial and server alike")
+    p.add_argument("--max-len-b", type=int, default=200)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-tokens", type=int, default=2048)
     p.add_argument("--max-wait-ms", type=float, default=10.0)

@@ -7,8 +7,8 @@ Two kinds of server run here, each a real uvicorn on 127.0.0.1 in a thread of th
   on command): the HTTP behaviour, limits and faults, in milliseconds;
 - with a real model, ``protected_tiny`` (fconv_ext_tiny trained on the gettext slice, tokenizer
   ``moses_protected``): translations equal ``hub.translate``'s, alone or batched, through a real
-  LibreTranslate client; the attention endpoint; the page in headless Chromium.  These skip without
-  ``../shared``.
+  LibreTranslate client; the attention endpoint; the page in headless Chromium; an ONNX export of the
+  model served through fconv_runtime.  These skip without ``../shared``.
 
 The SIGTERM test runs ``python -m fconv_plugin.server.cli`` as its own process.
 """

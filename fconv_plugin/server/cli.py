@@ -38,6 +38,10 @@ def parser() -> argparse.ArgumentParser:
     model.add_argument("--bpe", default=None, help="e.g. subword_nmt")
     model.add_argument("--bpe-codes", default=None, help="BPE codes file for --bpe subword_nmt")
     model.add_argument("--beam", type=int, default=5, help="beam size; alternatives go up to beam - 1")
+    model.add_argument("--max-len-a", type=float, default=0.0,
+                       help="a translation has at most max_len_a * source tokens + max_len_b tokens (fairseq's "
+                            "option and default)")
+    model.add_argument("--max-len-b", type=int, default=200, help="(fairseq's option and default)")
     model.add_argument("--threads", type=int, default=None,
                        help="torch threads for decoding (default: torch's, usually the number of cores)")
 
@@ -110,10 +114,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     def load():
         if exported:
             return ExportedTranslator(args.checkpoint, beam=args.beam, threads=args.threads,
-                                      max_sentence_tokens=args.max_sentence_tokens)
+                                      max_sentence_tokens=args.max_sentence_tokens, max_len_a=args.max_len_a,
+                                      max_len_b=args.max_len_b)
         return Translator.load(args.checkpoint, args.data, source_lang=args.source_lang,
                                target_lang=args.target_lang, tokenizer=args.tokenizer, bpe=args.bpe,
-                               bpe_codes=args.bpe_codes, beam=args.beam, max_sentence_tokens=args.max_sentence_tokens)
+                               bpe_codes=args.bpe_codes, beam=args.beam, max_sentence_tokens=args.max_sentence_tokens,
+                               max_len_a=args.max_len_a, max_len_b=args.max_len_b)
 
     server = Server(load, limits=limits, max_tokens=args.max_tokens, max_wait_ms=args.max_wait_ms, api_keys=api_keys)
     app = build_app(server, cors_origins=args.cors_origin)

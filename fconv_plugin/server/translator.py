@@ -73,10 +73,13 @@ class Translator:
 
     has_attention = True  # layer_attention works
 
-    def __init__(self, hub, beam: int = 5, max_sentence_tokens: Optional[int] = None):
+    def __init__(self, hub, beam: int = 5, max_sentence_tokens: Optional[int] = None, max_len_a: float = 0.0,
+                 max_len_b: int = 200):
         hub.eval()
         self.hub = hub
         self.beam = beam
+        # a translation has at most max_len_a * source length + max_len_b tokens (fairseq's defaults: 0, 200)
+        self.max_len = {"max_len_a": max_len_a, "max_len_b": max_len_b}
         # The batcher decides what is decoded together: hub.generate must not split its batches
         # again by the training run's --max-tokens / --batch-size stored in the checkpoint.
         hub.cfg.dataset.max_tokens = None
@@ -90,7 +93,7 @@ class Translator:
     def load(cls, checkpoint: str, data: str, *, source_lang: Optional[str] = None,
              target_lang: Optional[str] = None, tokenizer: Optional[str] = None, bpe: Optional[str] = None,
              bpe_codes: Optional[str] = None, beam: int = 5, max_sentence_tokens: Optional[int] = None,
-             ) -> "Translator":
+             max_len_a: float = 0.0, max_len_b: int = 200) -> "Translator":
         """``FConvExtModel.from_pretrained`` on ``checkpoint`` (a file or a model directory) with
         the dictionaries of ``data``, as the README loads a model."""
         from ..models import FConvExtModel
@@ -100,7 +103,7 @@ class Translator:
                    "bpe_codes": bpe_codes}
         hub = FConvExtModel.from_pretrained(model_dir, checkpoint_file=checkpoint_file, data_name_or_path=data,
                                             **{k: v for k, v in options.items() if v is not None})
-        return cls(hub, beam=beam, max_sentence_tokens=max_sentence_tokens)
+        return cls(hub, beam=beam, max_sentence_tokens=max_sentence_tokens, max_len_a=max_len_a, max_len_b=max_len_b)
 
     def languages(self) -> List[Dict[str, Any]]:
         return languages(self.source_lang, self.target_lang)
@@ -120,7 +123,7 @@ class Translator:
     def decode_batch(self, sources: List[torch.Tensor]) -> List[List[Hypothesis]]:
         """The n-best list (``beam`` hypotheses, best first) of each sentence, decoded as one batch."""
         with torch.inference_mode():
-            nbest = self.hub.generate(sources, beam=self.beam)
+            nbest = self.hub.generate(sources, beam=self.beam, **self.max_len)
         return [[Hypothesis(self.hub.decode(h["tokens"]), h["tokens"], float(h["score"])) for h in hypos]
                 for hypos in nbest]
 
@@ -176,11 +179,12 @@ class ExportedTranslator:
     has_attention = False
 
     def __init__(self, directory: str, beam: int = 5, threads: Optional[int] = None,
-                 max_sentence_tokens: Optional[int] = None):
+                 max_sentence_tokens: Optional[int] = None, max_len_a: float = 0.0, max_len_b: int = 200):
         from fconv_runtime import Translator as Runtime
 
         self.runtime = Runtime(directory, threads=threads)
         self.beam = beam
+        self.max_len = {"max_len_a": max_len_a, "max_len_b": max_len_b}
         self.source_lang: str = self.runtime.manifest["source_lang"]
         self.target_lang: str = self.runtime.manifest["target_lang"]
         model_limit = self.runtime.max_source_positions
@@ -210,7 +214,8 @@ class ExportedTranslator:
         src_tokens = np.full((len(sources), width), PAD, dtype=np.int64)  # B x S, left-padded as fairseq's
         for row, source in enumerate(sources):
             src_tokens[row, width - source.numel():] = source.numpy()
-        finalized = beam_search(self.runtime.backend, src_tokens, self.beam, self.runtime.max_target_positions)
+        finalized = beam_search(self.runtime.backend, src_tokens, self.beam, self.runtime.max_target_positions,
+                                **self.max_len)
         return [[Hypothesis(self.runtime.decode(tokens), torch.tensor(list(tokens) + [EOS]), float(score))
                  for score, tokens in hypotheses] for hypotheses in finalized]
 
