@@ -259,3 +259,18 @@ def test_compiled_step_on_cuda_gives_the_eager_step_hypotheses(dtype):
             results.append(FConvBeamSearch([model], tgt_dict, beam_size=4, max_len_b=12).generate([model], sample))
     same = sum(a[0]["tokens"].tolist() == b[0]["tokens"].tolist() for a, b in zip(*results))
     assert same >= 5, same  # fused kernels may reassociate sums: at most one near-tie may flip
+
+
+def test_the_step_and_the_encoder_of_one_training_model_leave_it_training():
+    model, src_dict, tgt_dict = small_fconv_ext()  # weight norm live
+    src = random_batch(src_dict, [5, 3], seed=8)
+    before = model.encoder(src)["encoder_out"][0]
+    SourceEncoder(model)
+    DecoderStep(model)
+    assert torch.equal(model.encoder(src)["encoder_out"][0], before)
+    folded, _, _ = small_fconv_ext()
+    prepared(folded)  # the same weights, weight norm folded: the same step
+    targets = torch.tensor([[2, 7, 9], [2, 5, 5]])
+    inputs = encoder_inputs_from(folded.encoder(src))
+    torch.testing.assert_close(step_log_probs(DecoderStep(model), inputs, targets),
+                               step_log_probs(DecoderStep(folded), inputs, targets), rtol=0, atol=1e-6)

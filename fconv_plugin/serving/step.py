@@ -22,8 +22,8 @@ and out, with a fixed-size state, that call can be compiled (``torch.compile``),
   :meth:`DecoderStep.with_vocabulary`); ``attention``: ``B x K x S``, averaged over the attention
   layers.
 
-Weight norm is folded (the step is built from a model after ``make_generation_fast_``, or folds a
-copy's weights itself), and each causal convolution is the ``nn.Linear`` its incremental step
+Weight norm is folded (the step holds each weight's value, ``g * v / ||v||``, as a plain tensor), and
+each causal convolution is the ``nn.Linear`` its incremental step
 computes: the ``out x in x k`` weight laid out frame-major as ``out x (k * in)`` and applied to the
 window's ``k`` taps.  The operations are the incremental decoder's, in its order, so that in eager
 mode the step's log-probabilities are the model's bit for bit (``FConvBeamSearch`` gives the same
@@ -38,7 +38,6 @@ Only fconv_ext (:class:`~fconv_plugin.models.fconv_ext.FConvExtModel` and its pr
 :func:`unsupported_reason` says why another model has none.
 """
 
-import copy
 import math
 from typing import List, Optional, Tuple
 
@@ -46,9 +45,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from torch.nn.utils import parametrize
 
-from ..modules import SQRT_HALF, fold_weight_norm_
+from ..modules import SQRT_HALF
 from ..modules.attention import source_length_scale
 
 #: the decoder state: one window of past inputs per causal convolution with k > 1
@@ -107,16 +105,6 @@ class _Layer(nn.Module):
         return (self.kernel_size - 1) * self.dilation
 
 
-def _folded_copy(model: nn.Module) -> nn.Module:
-    """``model`` itself when its weight norm is folded already, else a folded copy (the
-    caller's model keeps training)."""
-    if not any(parametrize.is_parametrized(m) for m in model.modules()):
-        return model
-    model = copy.deepcopy(model)
-    fold_weight_norm_(model)
-    return model
-
-
 class _Side(nn.Module):
     """What the step and the encoder take from their side of the model: the gate, the token and
     position embeddings, ``fc1``, the conv blocks as products (with ``attention`` per layer on the
@@ -139,11 +127,13 @@ class _Side(nn.Module):
 
 
 def _side_of(model: nn.Module, side: str) -> nn.Module:
-    """The model's ``"encoder"`` or ``"decoder"`` with weight norm folded (refusing other models)."""
+    """The model's ``"encoder"`` or ``"decoder"`` (refusing other models).  Its weights are read, not
+    changed: while weight norm is live, reading ``.weight`` computes ``g * v / ||v||``, the value
+    folding would store, so a model still training keeps training."""
     reason = unsupported_reason(model)
     if reason is not None:
         raise ValueError(reason)
-    return getattr(_folded_copy(model), side)
+    return getattr(model, side)
 
 
 class DecoderStep(_Side):
