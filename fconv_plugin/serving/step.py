@@ -18,9 +18,9 @@ and out, with a fixed-size state, that call can be compiled (``torch.compile``),
   (the ``K`` beams of a sentence attend over the same source);
 * ``source_mask``: ``B x S`` bool, True at padding; ``length_scale``: ``B x 1 x 1`` float32, the
   paper's ``s * sqrt(1/s)`` per sentence (:func:`source_length_scale`);
-* ``log_probs``: ``B x K x V`` float32 (``V``: the vocabulary, or the rows given with
-  :meth:`DecoderStep.with_vocabulary`); ``attention``: ``B x K x S``, averaged over the attention
-  layers.
+* ``log_probs``: ``B x K x V`` float32 (``V``: the vocabulary, or the rows given as
+  ``vocabulary_weight`` / ``vocabulary_bias``: a shortlist); ``attention``: ``B x K x S``, averaged
+  over the attention layers.
 
 Weight norm is folded (the step holds each weight's value, ``g * v / ||v||``, as a plain tensor), and
 each causal convolution is the ``nn.Linear`` its incremental step
