@@ -66,7 +66,8 @@ def model_options(args) -> Dict[str, Optional[str]]:
 # ------------------------------------------------------------------------------ serial baseline
 
 
-def serial_baseline(args, sentences: List[str]) -> Dict[str, float]:
+def load_hub(args):
+    """The hub interface on the model, in this process, with ``--threads`` torch threads."""
     import torch
 
     sys.path.insert(0, REPO)
@@ -78,7 +79,11 @@ def serial_baseline(args, sentences: List[str]) -> Dict[str, float]:
     model_dir, checkpoint_file = resolve_checkpoint(args.checkpoint)
     hub = FConvExtModel.from_pretrained(model_dir, checkpoint_file=checkpoint_file, data_name_or_path=args.data,
                                         **{k: v for k, v in model_options(args).items() if v})
-    hub.eval()
+    return hub.eval()
+
+
+def serial_baseline(args, sentences: List[str]) -> Dict[str, float]:
+    hub = load_hub(args)
     max_len = {"max_len_a": args.max_len_a, "max_len_b": args.max_len_b}
     for sentence in sentences[:3]:  # warm-up
         hub.translate(sentence, beam=args.beam, **max_len)
@@ -104,6 +109,33 @@ def serial_baseline(args, sentences: List[str]) -> Dict[str, float]:
             references = [line.rstrip("\n") for line in f][: len(sentences)]
         result["bleu"] = round(sacrebleu.corpus_bleu(translations, [references]).score, 1)
     return result
+
+
+def direct_vs_server(args, url: str, sentences: List[str], source: str, target: str) -> Dict:
+    """One request at a time, alternating: ``hub.translate`` in this process, then the same sentence
+    through the server (which then decodes it alone), so that both see the same machine load."""
+    import httpx
+
+    hub = load_hub(args)
+    max_len = {"max_len_a": args.max_len_a, "max_len_b": args.max_len_b}
+    direct: List[float] = []
+    served: List[float] = []
+    same = 0
+    with httpx.Client(base_url=url, timeout=120) as client:
+        for sentence in sentences:
+            start = time.perf_counter()
+            expected = hub.translate(sentence, beam=args.beam, **max_len)
+            direct.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            response = client.post("translate", json={"q": sentence, "source": source, "target": target})
+            served.append(time.perf_counter() - start)
+            same += response.json()["translatedText"] == expected
+    del hub
+    gc.collect()
+    return {"sentences": len(sentences), "same_translation": same,
+            "direct_p50_ms": 1000 * percentile(direct, 50), "server_p50_ms": 1000 * percentile(served, 50),
+            "direct_mean_ms": 1000 * statistics.mean(direct), "server_mean_ms": 1000 * statistics.mean(served),
+            "p50_ratio": percentile(served, 50) / percentile(direct, 50)}
 
 
 # ------------------------------------------------------------------------------ the server
@@ -263,7 +295,9 @@ def main(argv=None) -> int:
     p.add_argument("--max-tokens", type=int, default=2048)
     p.add_argument("--max-wait-ms", type=float, default=10.0)
     p.add_argument("--serial", type=int, default=200, help="sentences of the serial baseline")
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    p.add_argument("--ab", type=int, default=0, help="sentences of a one-at-a-time A/B: hub.translate here, then "
+                   "the server, alternating (the concurrency-1 latency under the same machine load)")
+    p.add_argument("--concurrency", type=int, nargs="*", default=[1, 8, 32, 64])
     p.add_argument("--requests", type=int, default=400, help="requests per concurrency level")
     p.add_argument("--time-limit", type=float, default=60.0, help="seconds per concurrency level")
     p.add_argument("--soak", type=float, default=600.0, help="seconds of the soak at concurrency 32 (0: none)")
@@ -280,10 +314,11 @@ def main(argv=None) -> int:
         sentences = [line.strip() for line in f]  # kept aligned with --references
     results: Dict = {"machine": machine(), "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
                      "settings": {k: v for k, v in vars(args).items() if k != "json"}}
-    print(f"serial hub.translate on {args.serial} sentences ...", flush=True)
-    results["serial"] = serial_baseline(args, sentences[: args.serial])
-    print(json.dumps(results["serial"]), flush=True)
-    sentences = [s for s in sentences[: args.serial] if s]  # the server gets the same sentences, in turn
+    if args.serial > 0:
+        print(f"serial hub.translate on {args.serial} sentences ...", flush=True)
+        results["serial"] = serial_baseline(args, sentences[: args.serial])
+        print(json.dumps(results["serial"]), flush=True)
+    sentences = [s for s in sentences[: max(args.serial, args.ab)] if s]  # the server gets the same, in turn
 
     server = ServerProcess(args)
     try:
@@ -293,6 +328,10 @@ def main(argv=None) -> int:
         languages = httpx.get(server.url + "languages").json()
         source, target = languages[0]["code"], languages[0]["targets"][0]
         asyncio.run(closed_loop(server.url, sentences, 4, 20, 60, source, target))  # warm-up
+        if args.ab > 0:
+            print(f"direct hub.translate and the server, alternating, on {args.ab} sentences ...", flush=True)
+            results["direct_vs_server"] = direct_vs_server(args, server.url, sentences[: args.ab], source, target)
+            print(json.dumps(results["direct_vs_server"]), flush=True)
         results["levels"] = []
         for concurrency in args.concurrency:
             level = asyncio.run(closed_loop(server.url, sentences, concurrency, args.requests, args.time_limit,
@@ -314,6 +353,11 @@ def main(argv=None) -> int:
         results["overload"] = overload(args, sentences, source, target)
         print(json.dumps(results["overload"]), flush=True)
 
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    if args.serial == 0:
+        return 0
     serial = results["serial"]
     print("\n| concurrency | sentences/s | x serial | p50 ms | p95 ms | p99 ms | errors | lost | server RSS MiB |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -324,9 +368,6 @@ def main(argv=None) -> int:
               f"{level['sentences_per_s'] / serial['sentences_per_s']:.2f} | {level['p50_ms']:.0f} | "
               f"{level['p95_ms']:.0f} | {level['p99_ms']:.0f} | {level['errors']} | {level['lost']} | "
               f"{level['rss_mib']:.0f} |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
     return 0
 
 
