@@ -25,10 +25,16 @@ shortlist selects from whichever it is (an int8 ``fc3`` gives int8 rows, used by
 torchao's tensor subclass), so the step's ``vocabulary_weight`` / ``vocabulary_bias`` arguments work
 with both.  docs/int8.md has the measurements behind the default.
 
-This module uses torchao only: not ``torch.ao.quantization`` and not the ``torch.ops.quantized``
-kernels of the model-level int8 (``fconv_plugin/modules/int8.py``).  CPUs only: a module on another
-device is refused with a message (this path is measured and tested on CPUs; on GPUs decode in
-bfloat16 or float16 instead).
+Speed: in eager mode each torchao int8 product pays a fixed cost per call (its tensor subclass's
+Python-level dispatch, the per-token scales, a sum over the weight's columns on CPUs with VNNI), more than
+a float32 product of a few rows costs, so the eager int8 step is not faster than the eager float32 one at
+decoding's sizes.  Compiled (``torch.compile(step, dynamic=True, fullgraph=True)``; with
+``options={"freezing": True}`` inductor runs torchao's product as its own int8 kernel) it is; docs/int8.md
+has the measurements.
+
+This module uses torchao only: not ``torch.ao.quantization`` and not torch's ``torch.ops.quantized``
+kernels.  CPUs only: a module on another device is refused with a message (this path is measured and
+tested on CPUs; on GPUs decode in bfloat16 or float16 instead).
 """
 
 from typing import Optional, Tuple
@@ -40,7 +46,9 @@ from torch import Tensor
 #: what :func:`quantize_int8_` can do with the vocabulary projection ``fc3``
 VOCABULARY_CHOICES = ("int8", "float32")
 
-#: the default: the vocabulary projection in int8 too (docs/int8.md: measured with and without a shortlist)
+#: the default: the vocabulary projection in int8 too, shortlist or not (docs/int8.md: at beam-search batch
+#: sizes its int8 product is faster than float32 over the whole vocabulary and over a shortlist's rows,
+#: and selecting a shortlist's int8 rows costs what selecting float32 rows costs)
 DEFAULT_VOCABULARY = "int8"
 
 
