@@ -1,10 +1,12 @@
-"""FConvBeamSearch through the pure-tensor decoder step (eager, and compiled with --compile) against
-fairseq's SequenceGenerator (the model's incremental interface), on
-one fconv_ext model with the gettext benchmark's shapes (fconv_ext_iwslt_de_en, random weights with
-EOS made likelier so that hypotheses end at different steps).  Same model, same batches, alternating,
-median of --reps; prints seconds per batch and ratios, and whether the hypotheses are identical.
+"""FConvBeamSearch through the decoder step, eager against compiled (``inference_compile``), on a
+trained fconv_ext checkpoint and its test set: CPU seconds of the decoding process (user + system,
+``time.process_time``: less sensitive than wall time to other processes on a shared machine), the
+first compiled pass (compilation included) on its own, and the share of identical hypotheses.
 
-    python benchmarks/bench_step.py --vocab 8000 --batch 64 --beam 5 1 --reps 3 [--compile]
+    python benchmarks/bench_step.py --checkpoint ext.pt --data /tmp/gt/bin --batch 64 --beam 5 \\
+        --batches 6 --reps 3 --threads 1 [--int8] [--shortlist FILE]
+
+Same model, same batches, the two sides alternating, median of ``--reps``.
 """
 
 import argparse
@@ -15,78 +17,58 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from conftest import make_dictionary, random_batch  # noqa: E402  (the tests' tiny dictionaries)
-
-from fairseq.sequence_generator import SequenceGenerator  # noqa: E402
-
-from fconv_plugin.models import build_model_from_config  # noqa: E402
-from fconv_plugin.models.architectures import PRESETS  # noqa: E402
-from fconv_plugin.serving.beam_search import FConvBeamSearch  # noqa: E402
-
-
-def model_for(vocab: int, seed: int = 0):
-    torch.manual_seed(seed)
-    src_dict, tgt_dict = make_dictionary(vocab), make_dictionary(vocab)
-    config = {"_name": "fconv_ext", **PRESETS["fconv_ext_iwslt_de_en"].values,
-              "max_source_positions": 1024, "max_target_positions": 1024}
-    model = build_model_from_config(config, src_dict, tgt_dict)
-    with torch.no_grad():
-        model.decoder.fc3.bias[tgt_dict.eos()] += 4.0  # hypotheses end after 5-40 tokens
-    model.make_generation_fast_(need_attn=False)
-    model.eval()
-    return model, src_dict, tgt_dict
-
-
-def batch(src_dict, size: int, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(4, 30, (size,), generator=g).tolist()  # gettext-like sentence lengths
-    return {"net_input": {"src_tokens": random_batch(src_dict, lengths, seed=seed),
-                          "src_lengths": torch.tensor(lengths)}, "id": torch.arange(size)}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_child import load_model  # noqa: E402  (loads a checkpoint with fconv_plugin registered)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--vocab", type=int, default=8000)
-    parser.add_argument("--batch", type=int, nargs="+", default=[64])
+    parser.add_argument("--checkpoint", required=True, help="a fconv_ext checkpoint")
+    parser.add_argument("--data", required=True, help="its binarized data directory (test split)")
+    parser.add_argument("--batch", type=int, default=64, help="sentences per batch")
     parser.add_argument("--beam", type=int, nargs="+", default=[5, 1])
+    parser.add_argument("--batches", type=int, default=6, help="batches of the test set decoded per pass")
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--compile", action="store_true", help="also the compiled step (inference_compile)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--int8", action="store_true", help="inference_dtype int8 on both sides")
+    parser.add_argument("--shortlist", help="a shortlist file for both sides")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model, src_dict, tgt_dict = model_for(args.vocab)
+    overrides = {"inference_dtype": "int8"} if args.int8 else {}
+    if args.shortlist:
+        overrides["shortlist"] = args.shortlist
+    model, _, task = load_model(args.checkpoint, args.data, model_overrides=overrides)
+    model.make_generation_fast_(need_attn=False)
+    model.eval()
+    task.load_dataset("test")
+    batches = task.get_batch_iterator(dataset=task.dataset("test"), max_sentences=args.batch,
+                                      max_positions=(1024, 1024)).next_epoch_itr(shuffle=False)
+    batches = [batch for _, batch in zip(range(args.batches), batches)]
+    from fconv_plugin.serving.beam_search import FConvBeamSearch
 
-    def run(path: str, sample, beam: int):
-        model.inference_compile = path == "compiled"
-        cls = SequenceGenerator if path == "fairseq" else FConvBeamSearch
-        generator = cls([model], tgt_dict, beam_size=beam, max_len_a=1.2, max_len_b=10)
-        start = time.perf_counter()
+    def decode(compiled: bool, beam: int):
+        model.inference_compile = compiled
+        generator = FConvBeamSearch([model], task.target_dictionary, beam_size=beam, max_len_a=1.2, max_len_b=10)
+        cpu, wall = time.process_time(), time.perf_counter()
         with torch.no_grad():
-            out = generator.generate([model], sample)
-        return time.perf_counter() - start, [h[0]["tokens"].tolist() for h in out]
+            hypotheses = [h[0]["tokens"].tolist() for batch in batches for h in generator.generate([model], batch)]
+        return time.process_time() - cpu, time.perf_counter() - wall, hypotheses
 
-    paths = ["fairseq", "step"] + (["compiled"] if args.compile else [])
-    print(f"# torch {torch.__version__}, {args.threads} threads, vocabulary {args.vocab}, fconv_ext_iwslt_de_en shapes")
-    for size in args.batch:
-        for beam in args.beam:
-            samples = [batch(src_dict, size, seed) for seed in range(args.reps)]
-            if args.compile:  # compile outside the timing (the compilation cost is reported by itself)
-                start = time.perf_counter()
-                run("compiled", samples[0], beam)
-                print(f"batch {size} beam {beam}: first compiled batch (compilation included) "
-                      f"{time.perf_counter() - start:.1f} s")
-            times = {p: [] for p in paths}
-            outputs = {p: [] for p in paths}
-            for sample in samples:
-                for path in paths:  # alternating
-                    seconds, hyps = run(path, sample, beam)
-                    times[path].append(seconds)
-                    outputs[path].append(hyps)
-            medians = {p: statistics.median(t) for p, t in times.items()}
-            line = ", ".join(f"{p} {medians[p]:.3f} s ({medians['fairseq'] / medians[p]:.2f}x)" for p in paths)
-            same = {p: outputs[p] == outputs["fairseq"] for p in paths}
-            print(f"batch {size} beam {beam}: {line}; identical to fairseq: {same}")
+    print(f"# {args.checkpoint}, {len(batches)} batches of {args.batch}, {args.threads} thread(s), int8={args.int8}, "
+          f"shortlist={bool(args.shortlist)}, torch {torch.__version__}")
+    for beam in args.beam:
+        cpu, wall, _ = decode(True, beam)
+        print(f"beam {beam}: first compiled pass (compilation included) {cpu:.1f} CPU s, {wall:.1f} s wall", flush=True)
+        seconds = {"eager": [], "compiled": []}
+        outputs = {}
+        for _ in range(args.reps):
+            for side in ("eager", "compiled"):
+                cpu, _, outputs[side] = decode(side == "compiled", beam)
+                seconds[side].append(cpu)
+        eager, compiled = statistics.median(seconds["eager"]), statistics.median(seconds["compiled"])
+        same = sum(a == b for a, b in zip(outputs["eager"], outputs["compiled"])) / len(outputs["eager"])
+        print(f"beam {beam} batch {args.batch}: eager {eager:.3f} CPU s, compiled {compiled:.3f} CPU s "
+              f"({eager / compiled:.2f}x); identical hypotheses {100 * same:.1f}%", flush=True)
 
 
 if __name__ == "__main__":
