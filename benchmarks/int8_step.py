@@ -11,7 +11,8 @@ decoding shapes, and whole-test-set decoding through DecoderStep / SourceEncoder
 Decode variants (``--variants``, names composed of options):
 ``float32`` / ``int8`` (the step and the encoder as they are / quantized by ``quantize_int8_``), ``_fc3float``
 (``vocabulary="float32"``: the vocabulary projection stays float32), ``_sl`` (the shortlist's rows of fc3, per
-batch, through ``vocabulary_rows``), ``_compiled`` (encoder and step through ``torch.compile(dynamic=True, fullgraph=True)``, the
+batch, through ``vocabulary_rows``; of an int8 fc3 its int8 rows, ``int8_rows=True``), ``_sldq`` (the same
+with ``vocabulary_rows``' default: an int8 fc3's rows dequantized to float32), ``_compiled`` (encoder and step through ``torch.compile(dynamic=True, fullgraph=True)``, the
 package's options, compiled in an untimed first pass over ``--warm-batches`` batches), ``_frozen`` (the same
 with inductor's ``freezing`` option); ``model`` with any of ``_int8``, ``_compiled``,
 ``_sl``: the model through fairseq's generator (FConvBeamSearch driving the step) with the model overrides
@@ -43,7 +44,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-STEP_VARIANTS = ("float32", "float32_sl", "int8", "int8_sl", "int8_fc3float", "int8_fc3float_sl",
+STEP_VARIANTS = ("float32", "float32_sl", "int8", "int8_sl", "int8_sldq", "int8_fc3float", "int8_fc3float_sl",
                  "float32_compiled", "int8_compiled", "float32_frozen", "int8_frozen", "int8_fc3float_sl_frozen")
 MODEL_VARIANTS = tuple("model" + int8 + compiled + sl for int8 in ("", "_int8") for compiled in ("", "_compiled")
                        for sl in ("", "_sl"))
@@ -180,7 +181,9 @@ def select_rows_ms(rows, args):
     quantized.fc3 = nn.Linear(256, 8192)
     quantized.fc3.load_state_dict(step.fc3.state_dict())
     quantize_int8_(quantized)
-    calls = {"float32 rows": lambda _: vocabulary_rows(step, rows), "torchao int8 rows": lambda _: vocabulary_rows(quantized, rows)}
+    calls = {"float32 rows": lambda _: vocabulary_rows(step, rows),
+             "torchao int8 rows": lambda _: vocabulary_rows(quantized, rows, int8_rows=True),
+             "int8 rows dequantized": lambda _: vocabulary_rows(quantized, rows)}
     return {v: 1000 * statistics.median(time_calls(fn, None, args.calls) for _ in range(args.rounds))
             for v, fn in calls.items()}
 
@@ -188,10 +191,11 @@ def select_rows_ms(rows, args):
 # ---------------------------------------------------------------- decoding
 
 
-def beam_search(encoder, step, src_tokens, beam, eos, pad, max_len_a, max_len_b, candidates=None):
+def beam_search(encoder, step, src_tokens, beam, eos, pad, max_len_a, max_len_b, candidates=None, int8_rows=True):
     """Best hypothesis (token list, EOS last) of each sentence of ``src_tokens`` (B x S, left-padded),
     decoded with ``step``.  ``candidates``: sorted target ids (a shortlist): only those rows of fc3 are
-    scored.  fairseq's rules (module docstring); no length penalty beyond dividing by the length."""
+    scored, rows of an int8 fc3 as int8 (``int8_rows``) or dequantized to float32.  fairseq's rules
+    (module docstring); no length penalty beyond dividing by the length."""
     from fconv_plugin.serving.int8 import vocabulary_rows
 
     keys, values, mask, scale = encoder(src_tokens)
@@ -199,7 +203,7 @@ def beam_search(encoder, step, src_tokens, beam, eos, pad, max_len_a, max_len_b,
     max_len = ((~mask).sum(1).float() * max_len_a + max_len_b).long()  # B: tokens allowed, EOS included
     vocabulary = {}
     if candidates is not None:
-        vocabulary["vocabulary_weight"], vocabulary["vocabulary_bias"] = vocabulary_rows(step, candidates)
+        vocabulary["vocabulary_weight"], vocabulary["vocabulary_bias"] = vocabulary_rows(step, candidates, int8_rows)
         pad_column, eos_column = int((candidates == pad).nonzero()), int((candidates == eos).nonzero())
     else:
         pad_column, eos_column = pad, eos
@@ -282,7 +286,7 @@ def decode_steps(model, task, batches, variant, shortlist, beam, warm_batches=0)
             src = batch["net_input"]["src_tokens"]
             candidates = shortlist.candidates(src) if "_sl" in variant else None
             for _ in beam_search(encoder, step, src, beam, d.eos(), d.pad(),
-                                 bench_child.MAX_LEN_A, bench_child.MAX_LEN_B, candidates):
+                                 bench_child.MAX_LEN_A, bench_child.MAX_LEN_B, candidates, "_sldq" not in variant):
                 pass
     start = time.perf_counter()
     with torch.no_grad():
@@ -290,7 +294,8 @@ def decode_steps(model, task, batches, variant, shortlist, beam, warm_batches=0)
             src = batch["net_input"]["src_tokens"]
             candidates = shortlist.candidates(src) if "_sl" in variant else None
             for row, tokens in beam_search(encoder, step, src, beam, d.eos(), d.pad(),
-                                           bench_child.MAX_LEN_A, bench_child.MAX_LEN_B, candidates):
+                                           bench_child.MAX_LEN_A, bench_child.MAX_LEN_B, candidates,
+                                           "_sldq" not in variant):
                 hyps[int(batch["id"][row])] = tokens
     return hyps, time.perf_counter() - start
 

@@ -96,7 +96,7 @@ def test_shortlist_rows_give_the_columns_of_the_full_product(vocabulary):
     encoder, step = SourceEncoder(model), DecoderStep(model)
     quantize_int8_(encoder)
     quantize_int8_(step, vocabulary=vocabulary)
-    weight, bias = vocabulary_rows(step, rows)
+    weight, bias = vocabulary_rows(step, rows, int8_rows=True)
     assert weight.shape == (rows.numel(), 12) and is_quantized_weight(weight) == (vocabulary == "int8")
     with torch.no_grad():
         got = decode_log_probs(encoder, step, src_tokens, targets, vocabulary_weight=weight, vocabulary_bias=bias)
@@ -107,6 +107,26 @@ def test_shortlist_rows_give_the_columns_of_the_full_product(vocabulary):
         step.fc3.bias = nn.Parameter(step.fc3.bias + mask, requires_grad=False)
         full = decode_log_probs(encoder, step, src_tokens, targets)
     torch.testing.assert_close(got, full[:, :, rows], rtol=0, atol=1e-5)
+
+
+def test_shortlist_rows_of_an_int8_fc3_are_float32_by_default():
+    model, src_dict, tgt_dict = prepared_model(seed=5)
+    src_tokens, targets = inputs(src_dict, tgt_dict, seed=6)
+    rows = torch.tensor([0, 1, 2, 3, 5, 7, 9, 11, 30, 40] + targets.unique().tolist()).unique()
+    encoder, step = SourceEncoder(model), DecoderStep(model)
+    quantize_int8_(encoder)
+    quantize_int8_(step)
+    weight, bias = vocabulary_rows(step, rows)
+    int8_weight, _ = vocabulary_rows(step, rows, int8_rows=True)
+    # float32 rows holding the int8 weights' values: int8 row x its scale
+    assert type(weight) is torch.Tensor and weight.dtype == torch.float32
+    torch.testing.assert_close(weight, int8_weight.qdata.float() * int8_weight.scale.view(-1, 1), rtol=0, atol=0)
+    with torch.no_grad():
+        got = decode_log_probs(encoder, step, src_tokens, targets, vocabulary_weight=weight, vocabulary_bias=bias)
+        exact = decode_log_probs(encoder, step, src_tokens, targets, vocabulary_weight=int8_weight,
+                                 vocabulary_bias=bias)
+    # the same weights; only fc3's activations are not rounded to 8 bits (measured: 0.0023 apart)
+    assert 0 < (got - exact).abs().max() < 0.02
 
 
 def test_quantization_and_decoding_are_deterministic():

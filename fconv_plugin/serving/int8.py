@@ -17,13 +17,13 @@ the log-softmax and every beam score.
     step, encoder = DecoderStep(model), SourceEncoder(model)
     quantize_int8_(encoder)
     quantize_int8_(step)                           # or: quantize_int8_(step, vocabulary="float32")
-    weight, bias = vocabulary_rows(step, rows)     # a shortlist's rows of fc3, either way
+    weight, bias = vocabulary_rows(step, rows)     # a shortlist's rows of fc3, float32 either way
 
 ``vocabulary`` says what happens to the vocabulary projection ``fc3`` (the widest product): ``"int8"``
 quantizes it like the rest, ``"float32"`` leaves it as it is.  :func:`vocabulary_rows` gives the rows a
-shortlist selects from whichever it is (an int8 ``fc3`` gives int8 rows, used by ``F.linear`` through
-torchao's tensor subclass), so the step's ``vocabulary_weight`` / ``vocabulary_bias`` arguments work
-with both.  docs/int8.md has the measurements behind the default.
+shortlist selects, for the step's ``vocabulary_weight`` / ``vocabulary_bias`` arguments, from either: by
+default float32 rows (an int8 ``fc3``'s rows dequantized), so that with a shortlist the vocabulary
+product runs in float32; docs/int8.md has the measurements behind both defaults.
 
 Speed: in eager mode each torchao int8 product pays a fixed cost per call (its tensor subclass's
 Python-level dispatch, the per-token scales, a sum over the weight's columns on CPUs with VNNI), more than
@@ -46,9 +46,8 @@ from torch import Tensor
 #: what :func:`quantize_int8_` can do with the vocabulary projection ``fc3``
 VOCABULARY_CHOICES = ("int8", "float32")
 
-#: the default: the vocabulary projection in int8 too, shortlist or not (docs/int8.md: at beam-search batch
-#: sizes its int8 product is faster than float32 over the whole vocabulary and over a shortlist's rows,
-#: and selecting a shortlist's int8 rows costs what selecting float32 rows costs)
+#: the default: the vocabulary projection in int8 too (without a shortlist its int8 product was the faster;
+#: with one, :func:`vocabulary_rows` gives float32 rows; docs/int8.md)
 DEFAULT_VOCABULARY = "int8"
 
 
@@ -118,13 +117,21 @@ def quantize_int8_(module: nn.Module, vocabulary: str = DEFAULT_VOCABULARY) -> i
     return sum(is_quantized(m) for m in module.modules())
 
 
-def vocabulary_rows(step: nn.Module, rows: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+def vocabulary_rows(step: nn.Module, rows: Tensor, int8_rows: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
     """Rows ``rows`` (a LongTensor of vocabulary indices: a shortlist) of the step's vocabulary
     projection, as the ``vocabulary_weight``, ``vocabulary_bias`` arguments of
-    :meth:`~.step.DecoderStep.forward`: float32 rows of a float32 ``fc3``, int8 rows (with their
-    per-row scales) of an int8 one.  Selecting int8 rows copies ``C x in`` int8 values and ``C``
-    scales: nothing is repacked."""
+    :meth:`~.step.DecoderStep.forward`, selected once per batch.
+
+    A float32 ``fc3`` gives float32 rows.  An int8 ``fc3`` gives, by default, its int8 rows dequantized
+    to float32 (``C x in`` values times their row scales): the shortlist's product then runs in float32
+    over the int8 weights' values, which was faster end to end than torchao's int8 product over the
+    rows in eager decoding (docs/int8.md: most steps of a test set have few rows, where torchao's int8
+    product costs more than a float32 one).  ``int8_rows=True`` gives the int8 rows themselves (with
+    their scales; nothing is repacked), which ``F.linear`` runs through torchao's int8 product: the
+    columns of the full int8 product exactly."""
     fc3 = step.fc3
     weight = fc3.weight[rows]  # C x in; an int8 fc3 selects its int8 rows and their scales (torchao's index)
+    if is_quantized_weight(weight) and not int8_rows:
+        weight = weight.dequantize()  # C x in float32: int8 values x row scales
     bias = None if fc3.bias is None else fc3.bias[rows]  # C
     return weight, bias
