@@ -28,8 +28,8 @@ product runs in float32; docs/int8.md has the measurements behind both defaults.
 Speed: in eager mode each torchao int8 product pays a fixed cost per call (its tensor subclass's
 Python-level dispatch, the per-token scales, a sum over the weight's columns on CPUs with VNNI), more than
 a float32 product of a few rows costs, so the eager int8 step is not faster than the eager float32 one at
-decoding's sizes.  Compiled (``torch.compile(step, dynamic=True, fullgraph=True)``; with
-``options={"freezing": True}`` inductor runs torchao's product as its own int8 kernel) it is; docs/int8.md
+decoding's sizes.  Compiled (``torch.compile(step, dynamic=True, fullgraph=True)``, faster still with
+inductor's ``options={"freezing": True}``, which treats the weights as constants) it is; docs/int8.md
 has the measurements.
 
 This module uses torchao only: not ``torch.ao.quantization`` and not torch's ``torch.ops.quantized``
