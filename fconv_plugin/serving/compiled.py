@@ -77,6 +77,10 @@ def decoder_step(model: nn.Module) -> Tuple[DecoderStep, Callable]:
         module = DecoderStep(model, need_attn=need_attn)
         if int8(model):
             _quantize(module, "decoder step")
+            if not compiled:
+                logger.warning("inference_dtype int8 without inference_compile: torchao's int8 products are slow in "
+                               "eager mode (slower than float32 at small batches); add 'inference_compile': True "
+                               "(benchmarks/results_step.md)")
         run = CompiledStep(module) if compiled else module
         if compiled:
             logger.info("inference_compile: the decoder step is compiled by torch.compile on its first call")
