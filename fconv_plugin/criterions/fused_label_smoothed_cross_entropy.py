@@ -62,15 +62,9 @@ from ..models.fconv_ext_lm import FConvExtLMDecoder
 
 #: Rows per chunk: at least MIN_CHUNK_ROWS, more while a chunk stays within CHUNK_ELEMENTS.
 #: The weight gradient is accumulated once per chunk (a V x H product over the chunk's rows),
-#: and that product is slower with few rows.  fc3 + loss, forward and backward, 3,600 tokens
-#: (3,480 counted), H = 256, 2 threads of the project's 2-core EPYC, median of 5 (2026-12-01,
-#: ``benchmarks/bench_train_sweep.py --loss-only --vocab 8000 32000 64000 --tokens 3600 --reps 5
-#: --chunk-rows 256 512 1024 2048``; fairseq = logits + log_softmax + label_smoothed_nll_loss):
-#: V = 8k:  fairseq 0.55 s; 256 rows 0.29 s, 512 rows 0.28 s, 1024 rows 0.27 s, 2048 rows 0.27 s;
-#: V = 32k: fairseq 1.98 s; 256 rows 1.32 s, 512 rows 1.17 s, 1024 rows 1.15 s, 2048 rows 1.15 s;
-#: V = 64k: fairseq 3.82 s; 256 rows 2.45 s, 512 rows 2.27 s, 1024 rows 2.31 s, 2048 rows 2.30 s.
-#: The buffer holds one chunk: 34 MB at 8k (1,048 rows), 66 MB at 32k, 131 MB at 64k (512 rows),
-#: against tokens x V per tensor for fairseq (4,000 tokens at 32k: 512 MB, several alive).
+#: and that product is slower with few rows; from 512 rows up the chunk size barely matters
+#: (measured: docs/training.md, "Chunk size").  The buffer holds one chunk, against tokens x V
+#: per tensor for fairseq's criterion.
 MIN_CHUNK_ROWS = 512
 CHUNK_ELEMENTS = 2 ** 23
 

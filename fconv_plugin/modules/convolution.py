@@ -78,8 +78,8 @@ def conv_path(device_type: str, dtype: torch.dtype, in_channels: int, k: int, di
     On CUDA every layer is one ``F.conv1d`` (cuDNN picks its own algorithm for the shape and
     accumulates float16/bfloat16 in float32); ``conv_tbc`` there is one matrix product per tap
     plus a transposed copy on each side, launches that showed at fconv_iwslt_de_en's 12 ms per
-    update on an H200 (benchmarks/results_gpu.md).  Not measured on a GPU yet (issue 17: no GPU
-    was lent to that session).  On CPUs the measured choices of :func:`conv_time_major`."""
+    update on an H200 (benchmarks/results_gpu.md); F.conv1d against conv_tbc on a GPU is not yet
+    measured.  On CPUs the measured choices of :func:`conv_time_major`."""
     if device_type == "cuda" or (dilation > 1 and k > 1):
         return "conv1d"
     if k == 1 or in_channels >= 512 or dtype in (torch.bfloat16, torch.float16):
