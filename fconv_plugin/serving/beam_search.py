@@ -476,7 +476,7 @@ class _IncrementalDecoder(_Decoder):
         expand = torch.arange(bsz, device=buffers.device).repeat_interleave(k)  # B*k: beams of sentence i together
         self.encoder_out = model.encoder.reorder_encoder_out(encoder_out, expand)
         self.incremental_state: Dict[str, Dict[str, Optional[Tensor]]] = {}
-        self.vocabulary = None if shortlist is None else _rows_of(model.decoder.fc3, shortlist)
+        self.vocabulary = None if shortlist is None else _LinearRows(model.decoder.fc3, shortlist)
         # fc3 computed here (into the buffer, over the shortlist) only where output_layer is fc3 itself:
         # a decoder whose output_layer is overridden or wrapped keeps it
         decoder = model.decoder
@@ -585,11 +585,6 @@ class _LinearRows(torch.nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.nn.functional.linear(x, self.weight, self.bias)
-
-
-def _rows_of(fc3: torch.nn.Module, shortlist: Tensor) -> torch.nn.Module:
-    """``fc3`` over the shortlist's rows only, built once per batch."""
-    return _LinearRows(fc3, shortlist)
 
 
 def decoder_for(model, encoder_out, bsz: int, k: int, buffers: "_StepBuffers", index: int,
