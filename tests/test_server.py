@@ -630,3 +630,13 @@ def test_sigterm_under_load_answers_every_accepted_request_and_exits_0(protected
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_wrong_checkpoint_or_data_path_stops_before_the_server_starts(tmp_path):
+    from fconv_plugin.server.cli import main
+
+    with pytest.raises(SystemExit, match="no checkpoint file or directory"):
+        main([str(tmp_path / "missing.pt"), "--data", str(tmp_path)])
+    (tmp_path / "model.pt").write_bytes(b"")
+    with pytest.raises(SystemExit, match="is not a directory"):
+        main([str(tmp_path / "model.pt"), "--data", str(tmp_path / "no-data")])

@@ -14,6 +14,7 @@ accepted, and exits 0.
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from typing import List, Optional
@@ -91,6 +92,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                  "languages (drop --data, --tokenizer, --bpe, --bpe-codes, --source-lang, --target-lang)")
     if not exported and args.data is None:
         sys.exit("--data DATA_BIN is needed (the binarized data directory with the model's dictionaries)")
+    # paths checked before the server starts, not found by the model loader behind a running server
+    if not os.path.exists(args.checkpoint):
+        sys.exit(f"no checkpoint file or directory {args.checkpoint!r}: give a checkpoint .pt file, a directory "
+                 "holding one, or an fconv-ext-export directory")
+    if args.data is not None and not os.path.isdir(args.data):
+        sys.exit(f"--data {args.data!r} is not a directory: give the binarized data directory (fairseq-preprocess's "
+                 "--destdir) that holds the model's dict.*.txt")
     api_keys = ()
     if args.api_keys:
         try:
