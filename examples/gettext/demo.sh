@@ -24,7 +24,7 @@ THREADS=${DEMO_THREADS:-$(nproc)}
 OPTIM=${DEMO_OPTIM:---optimizer adam --adam-betas (0.9,0.98) --lr 0.004 --clip-norm 0.1}
 WARMUP=${DEMO_WARMUP:-40}
 # fconv_ext and its presets train with the fused output layer + loss (the same loss as fairseq's
-# label_smoothed_cross_entropy, more updates in the budget: benchmarks/results_train_sweep.md); other archs
+# label_smoothed_cross_entropy, more updates in the budget: benchmarks/results/train_sweep.md); other archs
 # (fconv_ext_self_att, fconv_ext_lm, fairseq's own) need fairseq's criterion
 case "$ARCH" in
   fconv_ext | fconv_ext_iwslt_de_en | fconv_ext_wmt_* | fconv_ext_summarization | fconv_ext_tiny)
