@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.fconv-ext-setup
 
-.PHONY: setup test test-fast demo summarization clean-venv
+.PHONY: setup test test-fast demo demo-risk summarization clean-venv
 
 setup: $(STAMP)
 
@@ -37,6 +37,10 @@ clean-venv:
 
 demo: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/gettext/demo.sh
+
+# After `make demo`: fine-tune its model with sequence_risk (sequence-level training) and score it.
+demo-risk: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/gettext/demo_risk.sh
 
 # The paper's second task: headline generation on Debian package descriptions (no download).
 summarization: setup
