@@ -1,6 +1,6 @@
 """Side-by-side benchmark: fconv_ext vs fairseq's fconv, same weights, same data, same threads.
 
-    python benchmarks/bench.py --data /tmp/gt/bin --fconv-checkpoint CK.pt [--reps 3] [--out benchmarks/results]
+    python benchmarks/bench.py --data /tmp/gt/bin --fconv-checkpoint CK.pt [--reps 3] [--out benchmarks/results/decode]
         [--context lstm=CK_LSTM.pt transformer=CK_TRANSFORMER.pt] [--train-presets checkpoint fconv_wmt_en_de]
     python benchmarks/bench.py --smoke [--data D --fconv-checkpoint CK.pt]   # minutes: tiny model and data, no claims
     python benchmarks/bench.py --device cuda --dtypes fp16 bf16 ...   # on a GPU (benchmarks/gpu_run.sh)
@@ -73,10 +73,10 @@ from typing import NamedTuple
 
 from bench_child import ChildFailed, load_model, matmul_rate, run_child
 from bench_inputs import build_shortlist, convert_to, smoke_setup, untrained_checkpoint
-from bench_report import (add_efficiency, generation_line, machine, markdown, summarize_generation,
+from bench_common import machine, results_path
+from bench_report import (add_efficiency, generation_line, markdown, summarize_generation,
                           summarize_training, training_line, write_report)
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 GEN_CONFIGS = [("beam5_batch64", 5, 64), ("beam1_batch64", 1, 64), ("beam5_batch1", 5, 1)]
 # fconv_plugin.serving.beam_search's switch: =fairseq makes task.build_generator return fairseq's SequenceGenerator
 FAIRSEQ_BEAM_SEARCH = {"FCONV_EXT_BEAM_SEARCH": "fairseq"}
@@ -147,7 +147,8 @@ def parser():
     p.add_argument("--latency-sentences", type=int, default=200, help="sentences decoded at batch 1 (evenly spaced by length)")
     p.add_argument("--train-updates", type=int, default=20, help="timed training updates")
     p.add_argument("--train-max-tokens", type=int, default=4000, help="tokens per training batch")
-    p.add_argument("--out", default=os.path.join(HERE, "results"), help="output prefix (.json and .md)")
+    p.add_argument("--out", help="output prefix (.json and .md; default: benchmarks/results/decode, with --smoke "
+                                   "the run's temporary directory)")
     p.add_argument("--train-first", action="store_true",
                    help="measure training before generation (a run cut short by a time limit then has training)")
     p.add_argument("--keep-going", action="store_true",
@@ -213,11 +214,13 @@ def main():
         if not (args.data and args.fconv_checkpoint):
             args.data, args.fconv_checkpoint = smoke_setup(work)
         args.reps, args.latency_sentences, args.train_updates, args.train_max_tokens = 1, 10, 3, 500
+    if args.out is None:  # a smoke run never overwrites the committed results
+        args.out = os.path.join(work, "smoke") if args.smoke else results_path("decode")
     if not (args.data and args.fconv_checkpoint):
         p.error("--data and --fconv-checkpoint are required (or --smoke)")
 
     converted = convert_to(args.fconv_checkpoint, os.path.join(work, "fconv_ext.pt"))
-    report = {"machine": machine(args.device), "threads": args.threads, "reps": args.reps,
+    report = {"machine": machine(args.device, args.threads), "threads": args.threads, "reps": args.reps,
               "train_max_tokens": args.train_max_tokens, "date": time.strftime("%Y-%m-%d"),
               "command": " ".join(sys.argv), "device": args.device, "generation": {}, "training": {}, "errors": {},
               "references": args.references or "binarized test targets, detokenized"}
@@ -292,6 +295,7 @@ def main():
     add_efficiency(report, matmul_rate(load_model(converted, args.data)[0], args.threads, device=args.device))
     write_report(report, args.out, complete=True)
     print(markdown(report))
+    print(f"wrote {args.out}.json and {args.out}.md")
     return 0
 
 

@@ -2,7 +2,7 @@
 kernels limited to AVX2 (an AVX2-only CPU, emulated on an AVX-512 one).
 
     python benchmarks/bench_cli.py --data /tmp/gt/bin --fconv-checkpoint CK.pt [--reps 3] [--threads 2]
-        [--emulations native avx2] [--configs beam5_batch64 beam1_batch64] [--out benchmarks/results_cli]
+        [--emulations native avx2] [--configs beam5_batch64 beam1_batch64] [--out benchmarks/results/cli]
 
 The fconv checkpoint is converted to fconv_ext here (fconv-ext-convert's code).  For every emulation and
 configuration, ``fairseq-generate DATA --user-dir fconv_plugin --path CK --gen-subset test --beam B
@@ -12,8 +12,8 @@ defaults otherwise (max_len_a 0, max_len_b 200: as users run it).  Reported per 
 fairseq-generate's ``Translated N sentences (M tokens) in Xs (Y sentences/s, ...)`` line (N / Y: more
 digits than X; its timer covers ``task.inference_step`` only), the process's wall time (start-up,
 loading, data, scoring included) and the ``BLEU4`` line (equal lines on both sides: the same hypotheses,
-as far as fairseq's scorer sees them).  Medians and ratios go to ``OUT.json`` / ``OUT.md`` with the CPU
-model and flags (``lscpu``).
+as far as fairseq's scorer sees them).  Medians and ratios go to ``OUT.json`` / ``OUT.md`` with the
+machine's description (``bench_common.machine``: the CPU model and its flags of interest).
 
 Emulations (environment of both sides):
 
@@ -42,6 +42,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
+from bench_common import machine, machine_line, results_path  # noqa: E402
 from bench_inputs import convert_to, data_languages, fairseq_cli  # noqa: E402
 
 CONFIGS = {"beam5_batch64": (5, 64), "beam1_batch64": (1, 64), "beam5_batch1": (5, 1)}
@@ -83,19 +84,8 @@ def parser():
                    help="beam / batch configurations")
     p.add_argument("--extra", default="", help="more fairseq-generate options for both sides, one string "
                                                "(e.g. '--max-len-a 1.2 --max-len-b 10' to cap lengths as bench.py)")
-    p.add_argument("--out", default=os.path.join(HERE, "results_cli"), help="output prefix (.json and .md)")
+    p.add_argument("--out", default=results_path("cli"), help="output prefix (.json and .md)")
     return p
-
-
-def lscpu():
-    """``lscpu``'s model name and flags (the whole output where those lines are missing)."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError) as e:
-        return {"error": str(e)}
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    return {"model_name": fields.get("Model name", "").strip(), "flags": fields.get("Flags", "").strip(),
-            "cpus": fields.get("CPU(s)", "").strip()}
 
 
 def environment(emulation, threads):
@@ -155,10 +145,9 @@ TARGETS = {"beam5_batch64": 1.5, "beam1_batch64": 1.3}  # the issue's targets fo
 
 
 def markdown(r):
-    cpu = r["lscpu"]
-    lines = [f"fairseq-generate's own timer, {r['date']}, {cpu.get('model_name')} ({cpu.get('cpus')} CPUs), "
-             f"{r['threads']} threads, median of {r['reps']}, alternating fconv / fconv_ext, fresh process per run.",
-             f"Command: `{r['command']}`", "", f"CPU flags (lscpu): {cpu.get('flags')}", "",
+    lines = [f"fairseq-generate's own timer, {r['date']}, {r['threads']} threads, median of {r['reps']}, "
+             "alternating fconv / fconv_ext, fresh process per run.",
+             f"Command: `{r['command']}`", "", machine_line(r["machine"]), "",
              "Emulations verified (a child with the emulation's environment):", "",
              "| emulation | environment | torch CPU capability | oneDNN ISA | fp32 mm 320x256xV GFLOP/s |",
              "|---|---|---|---|---|"]
@@ -187,7 +176,7 @@ def main():
     with open(os.path.join(args.data, f"dict.{data_languages(args.data)[1]}.txt"), encoding="utf-8") as f:
         vocab = sum(1 for _ in f) + 4  # fairseq's 4 specials precede the file's entries
     report = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "threads": args.threads,
-              "reps": args.reps, "lscpu": lscpu(), "verification": {}, "results": {}}
+              "reps": args.reps, "machine": machine(threads=args.threads), "verification": {}, "results": {}}
     for name in args.emulations:
         report["verification"][name] = verify(name, args.threads, vocab)
         print(f"{name}: {report['verification'][name]}", flush=True)

@@ -1,7 +1,7 @@
 """Exported models (fconv-ext-export + fconv_runtime) next to fconv_ext in eager PyTorch.
 
     python benchmarks/bench_export.py --checkpoint CK.pt --data /tmp/gt/bin --codes /tmp/gt/tok/codes \\
-        --threads 2 --out benchmarks/results_export
+        --threads 2 --out benchmarks/results/export
 
 Sides, on the same model, the same raw test sentences and the same text pipeline (sacremoses with
 escaping, the subword-nmt codes, fconv_runtime's length-sorted batches):
@@ -20,14 +20,14 @@ imports and model loading included, to the first sentence translated); peak RSS 
 BLEU (sacrebleu) against the raw references; % of hypotheses identical to eager's.  fairseq-generate's
 length limits (max_len_a 0, max_len_b 200) and no length penalty, as fconv-ext-translate's defaults.
 
-Results: ``OUT.json`` and ``OUT.md`` with the command, ``lscpu``'s model and flags, and the date.  The
-machine may be shared: absolute numbers drift with the load; the sides alternate within each config.
+Results: ``OUT.json`` and ``OUT.md`` with the command, the machine (``bench_common.machine``), the date and
+``--note`` (what else ran on the machine, say).  The machine may be shared: absolute numbers drift with the
+load; the sides alternate within each config.
 """
 
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -38,6 +38,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+sys.path.insert(0, HERE)
+
+from bench_common import machine, machine_line, results_path  # noqa: E402
 
 SIDES = ("eager", "onnx", "onnx_int8", "aoti", "aoti_int8")
 DEFAULT_SIDES = ("eager", "onnx", "onnx_int8", "aoti")
@@ -152,31 +155,18 @@ def run_child(args, work: str, exports: dict, side: str, beam: int, batch: int, 
         return json.load(f)
 
 
-def lscpu() -> dict:
-    info = {}
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    for line in out.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("Model name", "CPU(s)", "Thread(s) per core", "Flags"):
-            info[key.strip()] = value.strip()
-    flags = info.get("Flags", "").split()
-    info["Flags (vector)"] = " ".join(f for f in flags if f.startswith(("avx", "fma", "amx", "vnni", "sse4")))
-    return info
-
-
-def report(args, results: dict, export_times: dict, cpu: dict) -> str:
+def report(args, results: dict, export_times: dict, info: dict) -> str:
     lines = [
         "# Exported models next to fconv_ext eager",
         "",
         f"Command: `python benchmarks/bench_export.py {' '.join(sys.argv[1:])}`",
         "",
-        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; CPU: {cpu.get('Model name')} "
-        f"({cpu.get('CPU(s)')} CPUs), vector flags: {cpu.get('Flags (vector)')}; threads: {args.threads}; "
-        f"torch {_version('torch')}, onnxruntime {_version('onnxruntime')}, Python {platform.python_version()}.",
+        machine_line(info),
         "",
-        "The machine was shared with other jobs (training runs, test suites) during the run: absolute numbers",
-        "are noisy, one repetition per cell; ratios within a configuration are the figures to read.",
+        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; onnxruntime {_version('onnxruntime')}; "
+        "one repetition per cell.",
         "",
+        *([args.note, ""] if args.note else []),
         "Export times (s, including imports): " + ", ".join(f"{k} {v:.0f}" for k, v in export_times.items()),
         "",
         "| config | side | sentences | sent/s | x eager | BLEU (detok) | identical to eager | peak RSS MB | first translation s |",
@@ -219,7 +209,9 @@ def main(argv=None) -> int:
     p.add_argument("--limit-batch1", type=int, default=0, help="sentences for batch-1 configs (0: --limit)")
     p.add_argument("--work", default="/tmp/bench_export", help="exports and per-measurement files")
     p.add_argument("--reuse", action="store_true", help="reuse exports already in --work")
-    p.add_argument("--out", default=os.path.join(HERE, "results_export"))
+    p.add_argument("--out", default=results_path("export"), help="output prefix (.json and .md)")
+    p.add_argument("--note", default="", help="a remark printed under the machine in OUT.md (e.g. other jobs "
+                                              "on the machine during the run)")
     args = p.parse_args(argv)
     if args.child:
         child(args.child)
@@ -242,13 +234,13 @@ def main(argv=None) -> int:
             r["bleu"] = sacrebleu.corpus_bleu(r["hypotheses"], [references[: len(r["hypotheses"])]]).score
             results[config][side] = r
             print(f"{config} {side}: {r['sentences'] / r['seconds']:.1f} sent/s, BLEU {r['bleu']:.2f}", flush=True)
-    cpu = lscpu()
+    info = machine(threads=args.threads)
     with open(args.out + ".json", "w", encoding="utf-8") as f:
-        json.dump({"command": sys.argv, "cpu": cpu, "threads": args.threads, "export_seconds": exported["seconds"],
+        json.dump({"command": sys.argv, "machine": info, "threads": args.threads, "export_seconds": exported["seconds"],
                    "results": {c: {s: {k: v for k, v in r.items() if k != "hypotheses"} for s, r in sides.items()}
                                for c, sides in results.items()}}, f, indent=2)
     with open(args.out + ".md", "w", encoding="utf-8") as f:
-        f.write(report(args, results, exported["seconds"], cpu))
+        f.write(report(args, results, exported["seconds"], info))
     with open(args.out + ".md", encoding="utf-8") as f:
         print(f.read())
     return 0

@@ -1,5 +1,6 @@
-"""The report of ``bench.py``: medians and ratios of the children's results, the machine's description,
-and ``OUT.json`` / ``OUT.md`` (rewritten after every configuration, marked partial until the end).
+"""The report of ``bench.py``: medians and ratios of the children's results, the machine's
+description (``bench_common.machine``), and ``OUT.json`` / ``OUT.md`` (rewritten after every configuration,
+marked partial until the end).
 
 A generation entry (one configuration) maps each side to its medians, plus:
 ``identical_hypotheses`` (fconv_ext == fconv), ``identical_hypotheses_seqgen`` (fconv_ext_seqgen ==
@@ -10,45 +11,14 @@ to fconv_ext and the share of sentences whose hypothesis is identical to fconv_e
 """
 
 import json
-import os
-import platform
 import statistics
 
 # not-exact sides compared with exact float32 fconv_ext (bench.py's --dtypes bf16 and --opt-ins)
 OPT_IN_SIDES = ("fconv_ext_bf16", "fconv_ext_shortlist", "fconv_ext_int8", "fconv_ext_shortlist_int8")
-# environment variables that change which instructions the kernels use (AVX2-only emulation), recorded
-ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 
 
 def median(values):
     return statistics.median(values)
-
-
-def machine(device="cpu"):
-    info = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        info["cpu"] = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = set(next(l.split(":", 1)[1].split() for l in f if l.startswith("flags")))
-        info["cpu_flags"] = sorted(flags & {"avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni",
-                                            "avx_vnni", "amx_bf16", "amx_int8", "amx_tile"})
-    except (OSError, StopIteration):
-        info["cpu_flags"] = []
-    import fairseq
-    import torch
-
-    info.update(torch=torch.__version__, fairseq=fairseq.__version__,
-                torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
-                isa_environment={k: os.environ[k] for k in ISA_VARIABLES if k in os.environ})
-    if device == "cuda":
-        info.update(gpu=torch.cuda.get_device_name(0), cuda=torch.version.cuda,
-                    float32_matmul_precision=torch.get_float32_matmul_precision(),
-                    cudnn_allow_tf32=torch.backends.cudnn.allow_tf32)
-    return info
 
 
 def share_identical(a, b):

@@ -1,7 +1,7 @@
 """Generation speed on long outputs: fconv_ext_self_att vs fairseq's fconv_self_att.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_self_att.py --lengths 100 200 400 --reps 3 \
-        --out benchmarks/results_self_att.md
+        --out benchmarks/results/self_att.md
 
 fairseq's fconv_self_att has no incremental decoder: at every step SequenceGenerator runs
 its decoder over the whole prefix (O(T^2) per sentence), while fconv_ext_self_att caches
@@ -14,7 +14,6 @@ hypotheses are compared.  Random weights: the numbers are speed only, not qualit
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -24,8 +23,10 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
+sys.path.insert(0, HERE)
 
 import fconv_plugin  # noqa: E402,F401  (registers fconv_ext_self_att)
+from bench_common import machine, machine_line, numbered_dictionary  # noqa: E402
 from fconv_plugin.convert import convert_checkpoint  # noqa: E402
 
 # fconv_self_att_wp's features (gated, 4 downsampled heads, input projections, kernel 4)
@@ -38,16 +39,12 @@ MODEL = dict(
 
 
 def build(vocab: int, seed: int):
-    from fairseq.data import Dictionary
     from fairseq.models import ARCH_CONFIG_REGISTRY
     from fairseq.models.fconv_self_att import FConvModelSelfAtt
-    from omegaconf import OmegaConf
 
-    from fconv_plugin.models.fconv_ext_self_att import FConvExtSelfAttConfig, FConvExtSelfAttModel
+    from fconv_plugin.models import build_model_from_config
 
-    d = Dictionary()
-    for i in range(vocab - len(d)):
-        d.add_symbol(f"w{i}")
+    d = numbered_dictionary(vocab)
 
     class Task:
         source_dictionary = target_dictionary = d
@@ -60,9 +57,7 @@ def build(vocab: int, seed: int):
         for p in ref.parameters():
             p.add_(0.05 * torch.randn_like(p))
     converted = convert_checkpoint({"cfg": {"model": args}, "model": ref.state_dict()})
-    conf = OmegaConf.merge(OmegaConf.structured(FConvExtSelfAttConfig),
-                           {k: v for k, v in converted["cfg"]["model"].items() if k != "_name"})
-    ext = FConvExtSelfAttModel.build_model(conf, Task())
+    ext = build_model_from_config(converted["cfg"]["model"], d, d)
     ext.load_state_dict(converted["model"], strict=True)
     return ref.eval(), ext.eval(), d
 
@@ -121,8 +116,8 @@ def main():
             f.write("Command (repository root, virtualenv active):\n\n```bash\nOMP_NUM_THREADS=1 python "
                     f"benchmarks/bench_self_att.py --lengths {' '.join(map(str, args.lengths))} --reps {args.reps} "
                     f"--batch {args.batch} --beam {args.beam} --threads {args.threads} --out {args.out}\n```\n\n")
-            f.write(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-                    f"torch {torch.__version__}, {args.threads} thread(s). Model: fconv_self_att_wp's features "
+            f.write(machine_line(machine(threads=args.threads)) + "\n\n")
+            f.write("Model: fconv_self_att_wp's features "
                     f"(gated, 4 downsampled self-attention heads, input projections, kernel 4) at reduced width "
                     f"{MODEL}, random (perturbed) weights, converted; vocabulary {args.vocab}. "
                     f"fairseq's SequenceGenerator, beam {args.beam}, {args.batch} source sentences of "

@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_child import load_model  # noqa: E402  (loads a checkpoint with fconv_plugin registered)
+from bench_common import machine, machine_line  # noqa: E402
 
 
 def main():
@@ -54,8 +55,9 @@ def main():
             hypotheses = [h[0]["tokens"].tolist() for batch in batches for h in generator.generate([model], batch)]
         return time.process_time() - cpu, time.perf_counter() - wall, hypotheses
 
-    print(f"# {args.checkpoint}, {len(batches)} batches of {args.batch}, {args.threads} thread(s), int8={args.int8}, "
-          f"shortlist={bool(args.shortlist)}, torch {torch.__version__}")
+    print(f"# {machine_line(machine(threads=args.threads))}")
+    print(f"# {args.checkpoint}, {len(batches)} batches of {args.batch}, int8={args.int8}, "
+          f"shortlist={bool(args.shortlist)}")
     for beam in args.beam:
         cpu, wall, _ = decode(True, beam)
         print(f"beam {beam}: first compiled pass (compilation included) {cpu:.1f} CPU s, {wall:.1f} s wall", flush=True)

@@ -14,13 +14,12 @@ child's total), peak RSS and the training's own peak (peak RSS minus the RSS aft
 torch and fairseq, which is the same for all sides), and the ratios to fconv.
 
     .venv/bin/python benchmarks/bench_train_sweep.py --vocab 8000 32000 --tokens 2000 4000 \\
-        --reps 2 --out benchmarks/results_train_sweep
+        --reps 2 --out benchmarks/results/train_sweep
 """
 
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -30,6 +29,10 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 GETTEXT = os.path.join(REPO, "..", "shared", "data", "gettext-en-de")
+sys.path.insert(0, HERE)
+
+from bench_common import machine, machine_line, numbered_dictionary  # noqa: E402
+
 SIDES = ("fconv", "fconv_ext", "fconv_ext_fused")
 
 
@@ -90,7 +93,6 @@ def child(side: str, vocab: int, max_tokens: int, steps: int, threads: int) -> d
 
     torch.set_num_threads(threads)
     from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
-    from fairseq.data import Dictionary
     from fairseq.models import ARCH_CONFIG_REGISTRY
     from fairseq.models.fconv import FConvModel
 
@@ -100,9 +102,7 @@ def child(side: str, vocab: int, max_tokens: int, steps: int, threads: int) -> d
     from fconv_plugin.models.architectures import PRESETS
 
     rss_imports = rss_mib()
-    d = Dictionary()
-    for i in range(vocab - len(d)):
-        d.add_symbol(f"w{i}")
+    d = numbered_dictionary(vocab)
     task = argparse.Namespace(source_dictionary=d, target_dictionary=d)
     torch.manual_seed(1)
     if side == "fconv":
@@ -195,29 +195,6 @@ def loss_only(vocab: int, rows: int, hidden: int, reps: int, threads: int, chunk
     return text
 
 
-def machine() -> str:
-    model = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    flags = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    flags = " ".join(x for x in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if x in have)
-                    break
-    except OSError:
-        pass
-    return f"{model} ({os.cpu_count()} CPUs; {flags}), load average at start {os.getloadavg()[0]:.2f}"
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--vocab", type=int, nargs="+", default=[8000, 32000])
@@ -240,12 +217,13 @@ def main():
         return
 
     if args.loss_only:
-        print(machine())
+        print(machine_line(machine(threads=args.threads)))
         for vocab in args.vocab:
             print(loss_only(vocab, max(args.tokens), 256, args.reps, args.threads, args.chunk_rows), flush=True)
         return
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    header = machine()
+    header = machine(threads=args.threads)
+    header["load_average_start"] = os.getloadavg()[0]
     runs = []
     for rep in range(args.reps):
         for vocab in args.vocab:
@@ -292,7 +270,9 @@ def summarize(runs, args):
 
 
 def report(header, args, table, load_end) -> str:
-    lines = [f"Machine: {header}; load average at end {load_end:.2f}.",
+    lines = [f"Command: `{' '.join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])}`", "",
+             machine_line(header) + f" Load average {header['load_average_start']:.2f} at the start, "
+             f"{load_end:.2f} at the end.",
              f"{args.threads} threads, {args.reps} repetitions x {args.steps} timed updates per side and "
              f"configuration (one child process each, sides alternating); batches: {sentence_lengths()[1]} "
              "sentence lengths, random tokens, random initialisation.", "",

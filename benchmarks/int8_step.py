@@ -29,9 +29,7 @@ over the rounds, detokenized sacreBLEU (bench_child's), tokenized BLEU, the shar
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 import types
@@ -44,20 +42,12 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from bench_common import machine  # noqa: E402
+
 STEP_VARIANTS = ("float32", "float32_sl", "int8", "int8_sl", "int8_sldq", "int8_fc3float", "int8_fc3float_sl",
                  "float32_compiled", "int8_compiled", "float32_frozen", "int8_frozen", "int8_fc3float_sl_frozen")
 MODEL_VARIANTS = tuple("model" + int8 + compiled + sl for int8 in ("", "_int8") for compiled in ("", "_compiled")
                        for sl in ("", "_sl"))
-
-
-def cpu_description():
-    """lscpu's model name and the flags that matter for int8/bfloat16 kernels."""
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    flags = [f for f in fields.get("Flags", "").split() if any(k in f for k in ("avx", "vnni", "amx", "bf16"))]
-    return {"model": fields.get("Model name", "?").strip(), "flags": " ".join(flags),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
-            "machine": platform.node()}
 
 
 # ---------------------------------------------------------------- products
@@ -352,7 +342,7 @@ def summary(args, task, seconds, hyps):
     """Per variant: seconds (each round, median), BLEU, identical shares, speed ratio over float32."""
     import bench_child
 
-    report = {"command": " ".join(sys.argv), "cpu": cpu_description(), "threads": args.threads, "beam": args.beam,
+    report = {"command": " ".join(sys.argv), "machine": machine(threads=args.threads), "threads": args.threads, "beam": args.beam,
               "batch": args.batch, "rounds_done": len(seconds[args.variants[0]]), "sentences": len(hyps["float32"]),
               "variants": {}}
     for v in args.variants:
@@ -371,7 +361,7 @@ def summary(args, task, seconds, hyps):
 
 def write(path, result):
     with open(path, "w") as f:
-        json.dump({"cpu": cpu_description(), "command": " ".join(sys.argv), "results": result}, f, indent=1)
+        json.dump({"machine": machine(), "command": " ".join(sys.argv), "results": result}, f, indent=1)
 
 
 def main():

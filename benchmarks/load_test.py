@@ -3,7 +3,7 @@
     python benchmarks/load_test.py CHECKPOINT --data DATA_BIN --sentences TEST.en \\
         [--tokenizer moses_protected --bpe subword_nmt --bpe-codes CODES] [--threads 2] \\
         [--concurrency 1 8 32 64] [--requests 400] [--time-limit 60] [--soak 600] \\
-        [--overload 256 --overload-queue 32] [--json results.json]
+        [--overload 256 --overload-queue 32] [--json /tmp/load_results.json]
 
 1. Serial baseline: ``hub.translate(sentence)`` on the first ``--serial`` sentences, one call at a time,
    in this process with ``--threads`` torch threads (then the model is freed).
@@ -28,7 +28,6 @@ import gc
 import json
 import logging
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -36,7 +35,11 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from bench_common import machine  # noqa: E402
 
 
 def percentile(values: List[float], q: float) -> float:
@@ -264,19 +267,6 @@ def overload(args, sentences, source, target) -> Dict:
     return result
 
 
-def machine() -> Dict[str, str]:
-    info = {"python": platform.python_version(), "cores": str(os.cpu_count())}
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in lscpu.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("Model name", "Flags"):
-                info[key.strip()] = value.strip()
-    except OSError as err:
-        info["lscpu"] = f"unavailable ({err})"
-    return info
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint")
@@ -312,7 +302,8 @@ def main(argv=None) -> int:
 
     with open(args.sentences, encoding="utf-8") as f:
         sentences = [line.strip() for line in f]  # kept aligned with --references
-    results: Dict = {"machine": machine(), "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+    results: Dict = {"machine": machine(threads=args.threads),
+                     "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
                      "settings": {k: v for k, v in vars(args).items() if k != "json"}}
     if args.serial > 0:
         print(f"serial hub.translate on {args.serial} sentences ...", flush=True)

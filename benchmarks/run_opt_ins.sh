@@ -6,7 +6,7 @@
 #                                                on a quiet 2-core machine, see benchmarks/README.md)
 # Settings (environment): GT (/tmp/gt: prepare_gettext.sh + the fconv training of benchmarks/README.md),
 # GT32K (/tmp/gt32k: benchmarks/prepare_32k.sh; skipped when its checkpoint is missing), REPS (3),
-# THREADS (2), OUT (benchmarks/results_opt_ins: the prefix of every file written), PYTHON (.venv/bin/python),
+# THREADS (2), OUT (benchmarks/results/opt_ins: the prefix of every file written), PYTHON (.venv/bin/python),
 # SHORTLIST / SHORTLIST32K (existing shortlist files; default: built in the run, the build timed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +15,7 @@ gt=${GT:-/tmp/gt}
 gt32k=${GT32K:-/tmp/gt32k}
 reps=${REPS:-3}
 threads=${THREADS:-2}
-out=${OUT:-benchmarks/results_opt_ins}
+out=${OUT:-benchmarks/results/opt_ins}
 refs=${REFERENCES:-../shared/data/gettext-en-de/test.de}
 ck=$gt/ck_fconv_1091/checkpoint_best.pt
 ck2=${ENSEMBLE_WITH:-$gt/ck_fconv_1091/checkpoint_6_1000.pt}  # the same run 91 updates earlier
@@ -47,6 +47,11 @@ stamp "4/5 the timer gap at beam 1 batch 64 (AVX2 emulation): per batch, bench.p
 work=$(mktemp -d)
 $py -c "import sys; sys.path.insert(0, 'benchmarks'); from bench_inputs import convert_to; convert_to('$ck', '$work/ext.pt')"
 {
+  echo "Command: benchmarks/run_opt_ins.sh (REPS=$reps THREADS=$threads GT=$gt), parts 4 and 5: benchmarks/timer_gap.py"
+  echo "and benchmarks/profile_decode.py on $ck and its conversion, beam 1 batch 64, under ${avx2[*]}."
+  env "${avx2[@]}" OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads" $py -c \
+      "import sys; sys.path.insert(0, 'benchmarks'); import bench_common as c; print(c.machine_line(c.machine()))"
+  echo
   for side in "$ck" "$work/ext.pt"; do
     env "${avx2[@]}" OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads" \
         $py benchmarks/timer_gap.py --data "$gt/bin" --checkpoint "$side" --beam 1 --batch 64 --threads "$threads" \
