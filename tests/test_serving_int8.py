@@ -1,6 +1,6 @@
-"""int8 on torchao for the serving modules (fconv_plugin/serving/int8.py): what is quantized, how close
-the quantized step stays to float32, shortlist rows, determinism, refusals, and that neither
-torch.ao.quantization nor torch's quantized kernels are used."""
+"""int8 for the serving modules (fconv_plugin/serving/int8.py): what is quantized, that Int8Linear
+computes torchao's int8 scheme exactly, how close the quantized step stays to float32, shortlist rows,
+determinism, refusals, and that neither torch.ao.quantization nor torch's quantized kernels are used."""
 
 import ast
 import os
@@ -17,7 +17,7 @@ from conftest import random_batch, small_fconv_ext
 
 pytest.importorskip("torchao")
 
-from fconv_plugin.serving.int8 import is_quantized, is_quantized_weight, quantize_int8_, vocabulary_rows  # noqa: E402
+from fconv_plugin.serving.int8 import Int8Linear, is_quantized, quantize_int8_, vocabulary_rows  # noqa: E402
 from fconv_plugin.serving.step import DecoderStep, SourceEncoder  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,13 +55,12 @@ def test_every_linear_is_quantized_and_counted():
     # fc1, fc2, fc3; 4 convolutions; 2 residual projections; 3 attention layers x 2 projections
     assert linears == 3 + 4 + 2 + 3 * 2
     assert quantize_int8_(step) == linears
-    assert all(is_quantized(m) for m in step.modules() if isinstance(m, nn.Linear))
+    assert not any(type(m) is nn.Linear for m in step.modules())
     # fc1, fc2, 3 convolutions, 2 residual projections
     assert quantize_int8_(encoder) == 2 + 3 + 2
-    # int8 weights, one float32 scale per output row; embeddings stay float32
-    weight = step.fc3.weight
-    assert weight.qdata.dtype == torch.int8 and weight.qdata.shape == (45, 12)
-    assert weight.scale.dtype == torch.float32 and weight.scale.numel() == 45
+    # int8 weights (stored in x out for the product), one float32 scale per output row; embeddings stay float32
+    assert step.fc3.weight_int8.dtype == torch.int8 and step.fc3.weight_int8.shape == (12, 45)
+    assert step.fc3.weight_scale.dtype == torch.float32 and step.fc3.weight_scale.numel() == 45
     assert step.embed_tokens.dtype == torch.float32
 
     float_fc3 = DecoderStep(model)
@@ -88,45 +87,58 @@ def test_quantized_step_stays_close_to_float32():
     assert all(torch.equal(a, b) for a, b in zip(weights_before, model.parameters()))
 
 
+def test_int8_linear_is_torchaos_int8_product():
+    """Int8Linear computes what torchao's int8 tensor subclass computes (per-row int8 weights, per-token
+    int8 activations, int32 accumulation): the same integers, scaled back in another order."""
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, PerRow, quantize_
+
+    torch.manual_seed(3)
+    linear = nn.Linear(48, 40)
+    x = torch.randn(2, 7, 48) * torch.logspace(-2, 1, 7).view(1, 7, 1)  # rows of very different ranges
+    x[0, 3] = 0  # an all-zero row: scale clamped, output = bias
+    reference = nn.Sequential(nn.Linear(48, 40))
+    reference[0].load_state_dict(linear.state_dict())
+    quantize_(reference, Int8DynamicActivationInt8WeightConfig(granularity=PerRow(), set_inductor_config=False))
+    with torch.no_grad():
+        expected, got, exact = reference(x), Int8Linear(linear)(x), linear(x)
+    assert got.shape == (2, 7, 40) and got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[0, 3], linear.bias.detach(), rtol=0, atol=0)
+    # and it is an int8 product: close to float32, not equal
+    assert 0 < (got - exact).abs().max() < 0.02 * exact.abs().max()
+    # the unsigned-input correction is exact: the signed int8 product gives the same integers
+    layer = Int8Linear(linear)
+    torch.testing.assert_close(layer.dequantized_weight(), layer.weight_int8.t().float() * layer.weight_scale.t())
+
+
 @pytest.mark.parametrize("vocabulary", ["int8", "float32"])
 def test_shortlist_rows_give_the_columns_of_the_full_product(vocabulary):
+    """A shortlist's rows are float32 (an int8 fc3's rows dequantized): the step over them gives the
+    columns of the step over the whole vocabulary whose fc3 is those float32 values."""
     model, src_dict, tgt_dict = prepared_model(seed=5)
     src_tokens, targets = inputs(src_dict, tgt_dict, seed=6)
     rows = torch.tensor([0, 1, 2, 3, 5, 7, 9, 11, 30, 40] + targets.unique().tolist()).unique()
     encoder, step = SourceEncoder(model), DecoderStep(model)
     quantize_int8_(encoder)
     quantize_int8_(step, vocabulary=vocabulary)
-    weight, bias = vocabulary_rows(step, rows, int8_rows=True)
-    assert weight.shape == (rows.numel(), 12) and is_quantized_weight(weight) == (vocabulary == "int8")
+    weight, bias = vocabulary_rows(step, rows)
+    assert type(weight) is torch.Tensor and weight.dtype == torch.float32 and weight.shape == (rows.numel(), 12)
+    if vocabulary == "int8":  # int8 values times their row scales
+        torch.testing.assert_close(weight, step.fc3.dequantized_weight()[rows], rtol=0, atol=0)
+    else:
+        torch.testing.assert_close(weight, step.fc3.weight[rows], rtol=0, atol=0)
     with torch.no_grad():
         got = decode_log_probs(encoder, step, src_tokens, targets, vocabulary_weight=weight, vocabulary_bias=bias)
-        # the same over the whole vocabulary with -inf outside the rows: each activation row is quantized
-        # on its own (per token), whichever weight rows it meets, so the logits of the rows are the same
+        # the same over the whole vocabulary, fc3 in float32 with those values, -inf outside the rows
+        full_weight = step.fc3.dequantized_weight() if vocabulary == "int8" else step.fc3.weight
         mask = torch.full((len(tgt_dict),), float("-inf"))
         mask[rows] = 0
-        step.fc3.bias = nn.Parameter(step.fc3.bias + mask, requires_grad=False)
+        step.fc3 = nn.Linear(12, len(tgt_dict))
+        step.fc3.weight = nn.Parameter(full_weight.detach().clone(), requires_grad=False)
+        step.fc3.bias = nn.Parameter(bias.new_zeros(len(tgt_dict)).index_put((rows,), bias) + mask,
+                                     requires_grad=False)
         full = decode_log_probs(encoder, step, src_tokens, targets)
     torch.testing.assert_close(got, full[:, :, rows], rtol=0, atol=1e-5)
-
-
-def test_shortlist_rows_of_an_int8_fc3_are_float32_by_default():
-    model, src_dict, tgt_dict = prepared_model(seed=5)
-    src_tokens, targets = inputs(src_dict, tgt_dict, seed=6)
-    rows = torch.tensor([0, 1, 2, 3, 5, 7, 9, 11, 30, 40] + targets.unique().tolist()).unique()
-    encoder, step = SourceEncoder(model), DecoderStep(model)
-    quantize_int8_(encoder)
-    quantize_int8_(step)
-    weight, bias = vocabulary_rows(step, rows)
-    int8_weight, _ = vocabulary_rows(step, rows, int8_rows=True)
-    # float32 rows holding the int8 weights' values: int8 row x its scale
-    assert type(weight) is torch.Tensor and weight.dtype == torch.float32
-    torch.testing.assert_close(weight, int8_weight.qdata.float() * int8_weight.scale.view(-1, 1), rtol=0, atol=0)
-    with torch.no_grad():
-        got = decode_log_probs(encoder, step, src_tokens, targets, vocabulary_weight=weight, vocabulary_bias=bias)
-        exact = decode_log_probs(encoder, step, src_tokens, targets, vocabulary_weight=int8_weight,
-                                 vocabulary_bias=bias)
-    # the same weights; only fc3's activations are not rounded to 8 bits (measured: 0.0023 apart)
-    assert 0 < (got - exact).abs().max() < 0.02
 
 
 def test_quantization_and_decoding_are_deterministic():
@@ -137,7 +149,7 @@ def test_quantization_and_decoding_are_deterministic():
         encoder, step = SourceEncoder(model), DecoderStep(model)
         quantize_int8_(encoder)
         quantize_int8_(step)
-        weights.append((step.layers[1].conv.weight.qdata.clone(), step.layers[1].conv.weight.scale.clone()))
+        weights.append((step.layers[1].conv.weight_int8.clone(), step.layers[1].conv.weight_scale.clone()))
         with torch.no_grad():
             outputs.append(decode_log_probs(encoder, step, src_tokens, targets))
     assert torch.equal(weights[0][0], weights[1][0]) and torch.equal(weights[0][1], weights[1][1])
@@ -169,7 +181,7 @@ def test_no_torch_quantized_kernels_and_no_quantized_tensors():
         quantize_int8_(encoder)
         quantize_int8_(step)
         decode_log_probs(encoder, step, src_tokens, targets)
-    assert "aten::_int_mm" in operators.names  # the products run in int8 (torchao's kernel choice)
+    assert "aten::_int_mm" in operators.names  # the products run in int8
     assert not {name for name in operators.names if name.startswith("quantized::")}
     assert not operators.dtypes & {torch.qint8, torch.quint8, torch.qint32}  # no torch quantized tensors
 

@@ -50,6 +50,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from .int8 import vocabulary_rows
 from .step import DecoderStep
 
 
@@ -118,8 +119,7 @@ class ShortlistBeamStep(BeamStep):
                 length_scale: Tensor, scores: Tensor, bias: Tensor, origin: Tensor, ignore: Tensor, words: Tensor,
                 *windows: Tensor) -> Tuple[Tensor, ...]:
         windows = self._reordered(windows, origin)
-        weight = self.step.fc3.weight.index_select(0, words)  # C x out_embed_dim
-        vocabulary_bias = None if self.step.fc3.bias is None else self.step.fc3.bias.index_select(0, words)  # C
+        weight, vocabulary_bias = vocabulary_rows(self.step, words)  # C x out_embed_dim, C
         log_probs, _, new_windows = self.step(tokens, position, windows, keys, values, source_mask, length_scale,
                                               weight, vocabulary_bias)
         return (*self._search(log_probs, scores, bias, ignore, words), *new_windows)

@@ -537,12 +537,12 @@ class _StepDecoder(_Decoder):
         self.keys, self.values, self.mask, self.scale = (t.clone() for t in encoder_inputs_from(encoder_out))
         self.windows = module.initial_windows(bsz, k, dtype=self.values.dtype, device=self.values.device)
         self.vocabulary = {}
-        if shortlist is not None:  # fc3's rows of the batch's words (float32 or int8), selected once per batch
+        if shortlist is not None:  # fc3's rows of the batch's words (float32), selected once per batch
             weight, bias = vocabulary_rows(module, shortlist)
             self.vocabulary = {"vocabulary_weight": weight, "vocabulary_bias": bias}
         # the eager step writes each step's logits and log-probabilities into the search's buffers
         # (float32 fc3 on a CPU: _StepBuffers); a compiled step plans its own memory
-        fc3_weight = self.vocabulary.get("vocabulary_weight", module.fc3.weight)
+        fc3_weight = self.vocabulary.get("vocabulary_weight", getattr(module.fc3, "weight", None))
         self.buffers = None
         if (step is module and buffers.enabled and type(fc3_weight) in (torch.Tensor, torch.nn.Parameter)
                 and fc3_weight.dtype == torch.float32 and fc3_weight.size(0) == buffers.vocab):

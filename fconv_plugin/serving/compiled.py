@@ -8,7 +8,7 @@ compiled by ``torch.compile`` (inductor: C++ kernels on CPUs, Triton on GPUs).  
 dynamic in its sizes (sentences, beams, source length), so one compilation serves a whole test set of
 varied batches; :data:`COMPILE_OPTIONS` says how.  With ``inference_dtype`` ``int8`` the step and
 the encoder (:func:`source_encoder`) are quantized by :func:`~fconv_plugin.serving.int8.quantize_int8_`
-(torchao) first; the model itself stays float32.
+first; the model itself stays float32.
 
 The step is rebuilt when the model's weights change (their storage or version), so a model that is
 decoded, trained further and decoded again is never decoded with stale weights.
@@ -77,10 +77,6 @@ def decoder_step(model: nn.Module) -> Tuple[DecoderStep, Callable]:
         module = DecoderStep(model, need_attn=need_attn)
         if int8(model):
             _quantize(module, "decoder step")
-            if not compiled:
-                logger.warning("inference_dtype int8 without inference_compile: torchao's int8 products are slow in "
-                               "eager mode (slower than float32 at small batches); add 'inference_compile': True "
-                               "(benchmarks/results_step.md)")
         run = CompiledStep(module) if compiled else module
         if compiled:
             logger.info("inference_compile: the decoder step is compiled by torch.compile on its first call")
@@ -109,5 +105,5 @@ def _quantize(module: nn.Module, what: str) -> None:
     from .int8 import quantize_int8_
 
     products = quantize_int8_(module)
-    logger.info(f"inference_dtype int8: {products} matrix products of the {what} quantized to int8 (torchao: "
-                "int8 weights per row, int8 activations per token)")
+    logger.info(f"inference_dtype int8: {products} matrix products of the {what} quantized to int8 (int8 weights "
+                "per row, int8 activations per token)")

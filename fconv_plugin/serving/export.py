@@ -27,7 +27,7 @@ checkpoint's task config, else fairseq's inference from the directory's binarize
 
 ``--int8``: ONNX: onnxruntime's dynamic quantization of the exported float graphs
 (``quantize_dynamic``: int8 weights with one scale per output channel, activations quantized per
-tensor at run time; embeddings, softmaxes and scores stay float32).  AOTI: the torchao int8 of
+tensor at run time; embeddings, softmaxes and scores stay float32).  AOTI: the int8 of
 :mod:`.int8` (per-row weight scales, per-token activation scales), traced into the package; if it does
 not trace, the export stops and says so.
 """
@@ -287,8 +287,8 @@ def quantize_onnx(path: str) -> None:
     os.replace(quantized, path)
 
 
-def quantize_torchao(encoder: nn.Module, step: BeamStep) -> None:
-    """The torchao int8 of :mod:`.int8` on both modules (for AOTI)."""
+def quantize_aoti(encoder: nn.Module, step: BeamStep) -> None:
+    """The int8 of :mod:`.int8` on both modules (for AOTI)."""
     from .int8 import quantize_int8_
 
     quantize_int8_(encoder)
@@ -317,9 +317,9 @@ def export(checkpoint: str, outdir: str, fmt: str = "onnx", int8: bool = False, 
     encoder, step = serving_modules(model, shortlist=shortlist is not None)
     if int8 and fmt == "aoti":
         try:
-            quantize_torchao(encoder, step)
+            quantize_aoti(encoder, step)
         except (ImportError, ValueError, RuntimeError) as err:
-            raise ExportError(f"--int8 --format aoti: the torchao int8 modules cannot be prepared ({err}); "
+            raise ExportError(f"--int8 --format aoti: the int8 modules cannot be prepared ({err}); "
                               "export with --format onnx --int8 instead") from None
     encoder_args, step_args = sample_inputs(encoder, step)
     encoder_shapes, step_shapes = dynamic_shapes(step, encoder.max_positions)
@@ -348,7 +348,7 @@ def export(checkpoint: str, outdir: str, fmt: str = "onnx", int8: bool = False, 
             except Exception as err:  # torch.export / inductor raise many types: re-raised, with the cause, as ExportError
                 if not int8:
                     raise
-                raise ExportError(f"--int8 --format aoti: the torchao int8 modules do not trace into an AOTInductor "
+                raise ExportError(f"--int8 --format aoti: the int8 modules do not trace into an AOTInductor "
                                   f"package ({type(err).__name__}: {str(err)[:300]}); export with --format onnx "
                                   "--int8 instead, or without --int8") from err
 
@@ -373,7 +373,7 @@ def export(checkpoint: str, outdir: str, fmt: str = "onnx", int8: bool = False, 
             "int8": int8,
             "quantization": None if not int8 else (
                 "onnxruntime quantize_dynamic: int8 weights per output channel, int8 activations per tensor"
-                if fmt == "onnx" else "torchao int8: int8 weights per row, int8 activations per token"),
+                if fmt == "onnx" else "int8 weights per row (torchao), int8 activations per token"),
             "source_lang": langs[0],
             "target_lang": langs[1],
             "model": {

@@ -1,14 +1,21 @@
-"""int8 inference for the serving modules (:class:`~.step.DecoderStep`, :class:`~.step.SourceEncoder`)
-with torchao.
+"""int8 inference for the serving modules (:class:`~.step.DecoderStep`, :class:`~.step.SourceEncoder`).
 
 Every matrix product of the step and the encoder is an ``nn.Linear`` (the convolutions are products
-over ``k`` frames, see step.py), so quantizing them is one call to ``torchao.quantization.quantize_``
-with ``Int8DynamicActivationInt8WeightConfig``:
+over ``k`` frames, see step.py), so int8 replaces each one by an :class:`Int8Linear` (the exact modules
+are not changed, only swapped):
 
-* weights: int8, symmetric, one float scale per output row, computed once here;
+* weights: int8, symmetric, one float scale per output row, quantized once by torchao
+  (``Int8Tensor.from_hp`` with ``PerRow``: ``scale = max |w_row| / 127.5``);
 * activations: quantized on the fly at each call, symmetric int8, one scale per row of the input
   (per token: each hypothesis' row in a decoder step, each source position in the encoder), the
-  product accumulated in int32 and scaled back to float32 (the scheme CTranslate2 and torchao use).
+  product accumulated in int32 and scaled back to float32 (the scheme CTranslate2 and torchao use,
+  with torchao's rounding).
+
+The product is a few plain aten operators around ``torch._int_mm``, so the modules run eagerly,
+compile (``torch.compile``) and trace (``torch.export``) like any other.  torchao's own int8 tensor
+subclass computes the same numbers, but in eager decoding its per-call dispatch cost more than a
+float32 product at decoding's sizes; here the weight is transposed once and the column sums that the
+unsigned-input product needs are computed once (benchmarks/results/int8_step.md has both measured).
 
 Everything else stays float32: embeddings, attention scores and softmax, the gates, residual sums,
 the log-softmax and every beam score.
@@ -21,20 +28,11 @@ the log-softmax and every beam score.
 
 ``vocabulary`` says what happens to the vocabulary projection ``fc3`` (the widest product): ``"int8"``
 quantizes it like the rest, ``"float32"`` leaves it as it is.  :func:`vocabulary_rows` gives the rows a
-shortlist selects, for the step's ``vocabulary_weight`` / ``vocabulary_bias`` arguments, from either: by
-default float32 rows (an int8 ``fc3``'s rows dequantized), so that with a shortlist the vocabulary
-product runs in float32; docs/int8.md has the measurements behind both defaults.
+shortlist selects, for the step's ``vocabulary_weight`` / ``vocabulary_bias`` arguments, in float32 (an
+int8 ``fc3``'s rows dequantized).
 
-Speed: in eager mode each torchao int8 product pays a fixed cost per call (its tensor subclass's
-Python-level dispatch, the per-token scales, a sum over the weight's columns on CPUs with VNNI), more than
-a float32 product of a few rows costs, so the eager int8 step is not faster than the eager float32 one at
-decoding's sizes.  Compiled (``torch.compile(step, dynamic=True, fullgraph=True)``, faster still with
-inductor's ``options={"freezing": True}``, which treats the weights as constants) it is; docs/int8.md
-has the measurements.
-
-This module uses torchao only: not ``torch.ao.quantization`` and not torch's ``torch.ops.quantized``
-kernels.  CPUs only: a module on another device is refused with a message (this path is measured and
-tested on CPUs; on GPUs decode in bfloat16 or float16 instead).
+This module does not use ``torch.ao.quantization`` nor torch's ``torch.ops.quantized`` kernels.  CPUs
+only: a module on another device is refused with a message (on GPUs decode in bfloat16 or float16).
 """
 
 from typing import Optional, Tuple
@@ -46,43 +44,84 @@ from torch import Tensor
 #: what :func:`quantize_int8_` can do with the vocabulary projection ``fc3``
 VOCABULARY_CHOICES = ("int8", "float32")
 
-#: the default: the vocabulary projection in int8 too (without a shortlist its int8 product was the faster;
-#: with one, :func:`vocabulary_rows` gives float32 rows; docs/int8.md)
+#: the default: the vocabulary projection in int8 too (without a shortlist its int8 product is the
+#: faster; with one, :func:`vocabulary_rows` gives float32 rows)
 DEFAULT_VOCABULARY = "int8"
 
+#: symmetric int8 with torchao's rounding: ``scale = max |x| / 127.5``, values clamped to [-128, 127]
+_HALF_RANGE = 127.5
+#: the smallest scale, torchao's (an all-zero row would otherwise divide by zero)
+_MIN_SCALE = torch.finfo(torch.float32).eps
 
-def _torchao_config():
-    """torchao's int8 dynamic-activation / int8-weight configuration (per-row weight scales,
-    per-token activation scales), imported here so that the error names the missing package."""
+
+def _quantize_rows(weight: Tensor) -> Tuple[Tensor, Tensor]:
+    """torchao's per-row symmetric int8 of ``weight`` (out x in): int8 values (out x in) and one float32
+    scale per row (out)."""
     try:
-        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, PerRow
+        from torchao.quantization import Int8Tensor, PerRow
     except ImportError as error:
         raise ImportError("int8 serving needs torchao: pip install torchao; "
                           f"importing it failed: {error}") from error
-    # set_inductor_config=False: torchao would otherwise change torch._inductor's process-wide settings
-    # (GPU autotuning options) as a side effect of quantizing
-    return Int8DynamicActivationInt8WeightConfig(granularity=PerRow(), set_inductor_config=False)
+    quantized = Int8Tensor.from_hp(weight.detach().float(), granularity=PerRow())
+    return quantized.qdata, quantized.scale.reshape(-1).float()
 
 
-def is_quantized_weight(tensor: Tensor) -> bool:
-    """Whether ``tensor`` is a torchao int8 tensor (what :func:`quantize_int8_` makes of a weight)."""
-    from torchao.quantization import Int8Tensor
+class Int8Linear(nn.Module):
+    """``nn.Linear`` in int8: ``y = (q(x) @ Wq^T) * s_x * s_w + b`` with ``Wq`` the weight's int8 rows
+    and ``s_w`` their scales, ``q(x)`` each input row (token) quantized to int8 with its own scale
+    ``s_x``, the product accumulated in int32.
 
-    return isinstance(tensor, Int8Tensor)
+    The product runs on unsigned inputs (``q(x) + 128``, what CPUs with VNNI multiply fastest), so the
+    int32 result is corrected by ``128 * column sums of Wq``, exactly: the same integers as the signed
+    product.  Buffers only, no parameters: an int8 module is for inference."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        weight, scale = _quantize_rows(linear.weight)  # out x in int8, out float32
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("weight_int8", weight.t().contiguous())  # in x out: _int_mm's right operand
+        self.register_buffer("compensation", self.weight_int8.sum(0, keepdim=True, dtype=torch.int32) * 128)  # 1 x out
+        self.register_buffer("weight_scale", scale.reshape(1, -1))  # 1 x out
+        bias = linear.bias
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())  # out
+
+    def dequantized_weight(self) -> Tensor:
+        """The float32 weight (out x in) the int8 values stand for: each int8 row times its scale."""
+        return self.weight_int8.t().float() * self.weight_scale.t()  # out x in
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        rows = x.reshape(-1, shape[-1])  # R x in
+        scale = (rows.abs().amax(-1, keepdim=True) / _HALF_RANGE).clamp_min_(_MIN_SCALE)  # R x 1
+        # x * (1 / scale), rounded half to even: torchao's rounding, so the same integers as its int8
+        unsigned = (rows * scale.reciprocal()).round_().clamp_(-128, 127).add_(128).to(torch.uint8)  # R x in
+        accumulated = torch._int_mm(unsigned, self.weight_int8) - self.compensation  # R x out, int32
+        y = accumulated.float().mul_(scale).mul_(self.weight_scale)  # R x out
+        if self.bias is not None:
+            y = y.add_(self.bias)
+        return y.view(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
 def is_quantized(linear: nn.Module) -> bool:
-    """Whether ``linear``'s weight is quantized (:func:`is_quantized_weight`)."""
-    return is_quantized_weight(getattr(linear, "weight", None))
+    """Whether ``linear`` is an :class:`Int8Linear` (what :func:`quantize_int8_` makes of an ``nn.Linear``)."""
+    return isinstance(linear, Int8Linear)
+
+
+def float_weight(linear: nn.Module) -> Tensor:
+    """The float32 weight (out x in) of an ``nn.Linear`` or an :class:`Int8Linear` (dequantized)."""
+    return linear.dequantized_weight() if is_quantized(linear) else linear.weight
 
 
 def _check_quantizable(module: nn.Module) -> None:
     """Refuse what this path does not support, with the reason and what to do instead."""
-    devices = {p.device.type for p in module.parameters()}
+    devices = {t.device.type for t in list(module.parameters()) + list(module.buffers())}
     if devices - {"cpu"}:
         raise ValueError(f"int8 serving runs on CPUs only; the module is on {sorted(devices - {'cpu'})}: "
                          "decode on a CPU, or decode in bfloat16 / float16 on the GPU")
-    dtypes = {p.dtype for p in module.parameters() if not is_quantized_weight(p)}
+    dtypes = {p.dtype for p in module.parameters()}
     if dtypes - {torch.float32}:
         raise ValueError(f"int8 serving quantizes a float32 module; this one has parameters in {sorted(map(str, dtypes))}")
     if any(is_quantized(m) for m in module.modules()):
@@ -93,45 +132,37 @@ def _check_quantizable(module: nn.Module) -> None:
 
 
 def quantize_int8_(module: nn.Module, vocabulary: str = DEFAULT_VOCABULARY) -> int:
-    """Quantize every ``nn.Linear`` of ``module`` (a :class:`~.step.DecoderStep` or
-    :class:`~.step.SourceEncoder`) to int8 in place, with torchao; returns the number of products
+    """Replace every ``nn.Linear`` of ``module`` (a :class:`~.step.DecoderStep` or
+    :class:`~.step.SourceEncoder`) by an :class:`Int8Linear`, in place; returns the number of products
     quantized.  ``vocabulary``: ``"int8"`` or ``"float32"`` for the decoder's vocabulary projection
     ``fc3`` (the module's child named ``fc3``; the encoder has none).
 
     The weights are quantized from the module's own float32 weights, deterministically (no
-    calibration data); the module's float weights are replaced, not modified, so a model the module
-    shares storage with is unchanged."""
+    calibration data); the modules are replaced, not modified, so a model the module shares weights
+    with is unchanged."""
     if vocabulary not in VOCABULARY_CHOICES:
         raise ValueError(f"vocabulary must be one of {VOCABULARY_CHOICES}, not {vocabulary!r}")
-    config = _torchao_config()
     _check_quantizable(module)
-    from torchao.quantization import quantize_
+    replaced = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            # plain nn.Linear only (a subclass may compute something else); fc3 as ``vocabulary`` says
+            if type(child) is not nn.Linear or (name == "fc3" and vocabulary == "float32"):
+                continue
+            setattr(parent, name, Int8Linear(child))
+            replaced += 1
+    return replaced
 
-    def selected(child: nn.Module, name: str) -> bool:
-        # plain nn.Linear only (a subclass may compute something else); fc3 as ``vocabulary`` says
-        if type(child) is not nn.Linear:
-            return False
-        return not (name == "fc3" and vocabulary == "float32")
 
-    quantize_(module, config, filter_fn=selected)
-    return sum(is_quantized(m) for m in module.modules())
-
-
-def vocabulary_rows(step: nn.Module, rows: Tensor, int8_rows: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+def vocabulary_rows(step: nn.Module, rows: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
     """Rows ``rows`` (a LongTensor of vocabulary indices: a shortlist) of the step's vocabulary
     projection, as the ``vocabulary_weight``, ``vocabulary_bias`` arguments of
-    :meth:`~.step.DecoderStep.forward`, selected once per batch.
-
-    A float32 ``fc3`` gives float32 rows.  An int8 ``fc3`` gives, by default, its int8 rows dequantized
-    to float32 (``C x in`` values times their row scales): the shortlist's product then runs in float32
-    over the int8 weights' values, which was faster end to end than torchao's int8 product over the
-    rows in eager decoding (docs/int8.md: most steps of a test set have few rows, where torchao's int8
-    product costs more than a float32 one).  ``int8_rows=True`` gives the int8 rows themselves (with
-    their scales; nothing is repacked), which ``F.linear`` runs through torchao's int8 product: the
-    columns of the full int8 product exactly."""
+    :meth:`~.step.DecoderStep.forward`, selected once per batch: float32 rows (an int8 ``fc3``'s rows
+    dequantized: the int8 weights' values, the product in float32 over a shortlist's few rows)."""
     fc3 = step.fc3
-    weight = fc3.weight[rows]  # C x in; an int8 fc3 selects its int8 rows and their scales (torchao's index)
-    if is_quantized_weight(weight) and not int8_rows:
-        weight = weight.dequantize()  # C x in float32: int8 values x row scales
-    bias = None if fc3.bias is None else fc3.bias[rows]  # C
+    if is_quantized(fc3):
+        weight = fc3.weight_int8.index_select(1, rows).t().float() * fc3.weight_scale.index_select(1, rows).t()
+    else:
+        weight = fc3.weight.index_select(0, rows)  # C x in
+    bias = None if fc3.bias is None else fc3.bias.index_select(0, rows)  # C
     return weight, bias

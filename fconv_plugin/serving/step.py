@@ -208,12 +208,16 @@ class DecoderStep(_Side):
             outputs.append(x)
 
         x = self.fc2(x)  # B x K x out_embed_dim
-        weight, bias = (self.fc3.weight, self.fc3.bias) if vocabulary_weight is None else (vocabulary_weight,
-                                                                                            vocabulary_bias)
-        if out is not None and not torch.compiler.is_compiling():
+        if vocabulary_weight is not None:  # a shortlist's rows of fc3
+            weight, bias = vocabulary_weight, vocabulary_bias
+        elif type(self.fc3) is nn.Linear:
+            weight, bias = self.fc3.weight, self.fc3.bias
+        else:  # fc3 replaced (int8): its own product
+            weight = bias = None
+        if out is not None and weight is not None and not torch.compiler.is_compiling():
             log_probs = self._log_probs_into(out, x, weight, bias)  # B x K x V
         else:
-            logits = F.linear(x, weight, bias)  # B x K x V (or C: a shortlist's rows)
+            logits = self.fc3(x) if weight is None else F.linear(x, weight, bias)  # B x K x V (or C: a shortlist)
             log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32)  # B x K x V
         if attention_sum is None:
             attention_sum = keys.new_zeros(tokens.size(0), tokens.size(1), keys.size(1))  # B x K x S
