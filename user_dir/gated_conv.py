@@ -11,13 +11,13 @@ checkpoints, the converter's parity) is fconv_ext's own, reused through one hook
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from fairseq.dataclass import ChoiceEnum
-from fairseq.models import register_model, register_model_architecture
-from fairseq.utils import safe_getattr
+from fairseq.models import register_model
 
 from fconv_plugin.models import FConvExtConfig, FConvExtModel
-from fconv_plugin.models.architectures import fconv_ext_tiny
+from fconv_plugin.models.architectures import PRESETS
+from fconv_plugin.models.presets import Preset, register_presets
+from fconv_plugin.modules import glu
 
 
 def gtu(x: torch.Tensor) -> torch.Tensor:
@@ -26,7 +26,7 @@ def gtu(x: torch.Tensor) -> torch.Tensor:
     return torch.tanh(a) * torch.sigmoid(b)
 
 
-GATES = {"glu": lambda x: F.glu(x, dim=-1), "gtu": gtu}
+GATES = {"glu": glu, "gtu": gtu}
 
 
 @dataclass
@@ -43,8 +43,11 @@ class FConvGatedModel(FConvExtModel):
         return GATES[str(cfg.gate)]
 
 
-@register_model_architecture("fconv_ext_gated", "fconv_ext_gated_tiny")
-def fconv_ext_gated_tiny(args):
-    """fconv_ext_tiny's sizes with the gated tanh unit."""
-    args.gate = safe_getattr(args, "gate", "gtu")
-    fconv_ext_tiny(args)
+# Presets are data: the values that differ from the config's defaults; options given on the
+# command line win.
+register_presets("fconv_ext_gated", FConvGatedConfig, {
+    "fconv_ext_gated_tiny": Preset(
+        "fconv_ext_tiny's sizes with the gated tanh unit.",
+        {**PRESETS["fconv_ext_tiny"].values, "gate": "gtu"},
+    ),
+})

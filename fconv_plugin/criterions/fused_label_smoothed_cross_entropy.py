@@ -18,10 +18,8 @@ plain PyTorch so it runs on CPUs and GPUs alike (both of those are Triton kernel
 torch 2.13's ``F.linear_cross_entropy(..., options=LinearCrossEntropyOptions())`` is chunked too,
 but not with label smoothing (it then warns and computes the full logits), it returns the loss
 only (fairseq's logged ``nll_loss``, ppl and accuracy would cost a second pass over ``tokens x V``),
-older torch releases lack it, and it was slower here even without smoothing: fc3 + loss, forward
-and backward, 3,600 tokens, H = 256, 2 threads of the project's 2-core EPYC, median of 5
-(``benchmarks/bench_train_sweep.py --loss-only --vocab 8000 32000 --tokens 3600 --reps 5``):
-0.34 s against 0.26 s at V = 8k, 2.76 s against 1.10 s at 32k.
+older torch releases lack it, and it was slower even without smoothing (measured side by side:
+benchmarks/results/train_sweep.md, "fc3 + loss alone").
 
 The gradient of fairseq's smoothed loss w.r.t. a row's logits ``z`` (target ``y``,
 ``eps_i = eps / (V - 1)``; fairseq's ``label_smoothed_nll_loss``)::
@@ -37,7 +35,7 @@ The model is called as usual (``model(**net_input)``, through any data-parallel 
 DDP sees a normal forward), with the decoder's ``output_layer`` replaced for that one call by
 the fused loss: the "logits" the decoder returns are then the summed loss, which depends on
 the features and on ``fc3``, as the real logits would.  The decoders of ``fconv_ext`` and
-``fconv_ext_lm`` (full softmax) end in ``output_layer(features) = fc3(vocabulary_input(features))``;
+``fconv_ext_lm`` (full softmax) end in ``output_layer(features) = fc3(features)``;
 other models (the self-attention family, an adaptive softmax) are refused with the criterion to
 use instead.
 """
@@ -80,12 +78,11 @@ def chunk_rows_for(vocab: int) -> int:
 
 class ChunkBuffer:
     """The ``rows x V`` float32 buffer a chunk's logits and probabilities live in, kept between
-    calls.  Fresh memory of that size comes from the operating system page by page: on the
-    project's 2-core EPYC a new 1,740 x 8k float32 tensor costs 20 ms of page faults at its first
-    write, half the time of the matrix product that fills it, at every chunk of every update
-    (benchmarks/results_train_sweep.md).  Each criterion owns one; it grows to the largest
-    chunk seen and is reused, never shared between two calls in flight (nothing of it is kept
-    for the backward pass)."""
+    calls.  Fresh memory of that size comes from the operating system page by page, and its first
+    write costs page faults at every chunk of every update, a large part of the time of the
+    matrix product that fills it (measured: benchmarks/results/train_sweep.md).  Each criterion
+    owns one; it grows to the largest chunk seen and is reused, never shared between two calls
+    in flight (nothing of it is kept for the backward pass)."""
 
     def __init__(self):
         self._flat: Optional[Tensor] = None
@@ -318,8 +315,7 @@ def fused_token_loss(model: nn.Module, sample: Dict, epsilon: float, padding_idx
         target = target[:, ignore_prefix_size:]
     results = {}
 
-    def fused_output_layer(features: Tensor, **unused) -> Tensor:
-        features = decoder.vocabulary_input(features)  # B x T x H (fconv_ext_lm: fc2 + dropout, as its output_layer)
+    def fused_output_layer(features: Tensor, **unused) -> Tensor:  # B x T x H: what fc3 takes (extract_features)
         if ignore_prefix_size > 0:
             features = features[:, ignore_prefix_size:, :]  # B x T' x H
         fc3 = decoder.fc3

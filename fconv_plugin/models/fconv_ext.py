@@ -47,14 +47,15 @@ from ..modules import (
     LearnedPositions,
     Linear,
     MultiStepAttention,
-    fold_weight_norm_,
     glu,
     parse_attention,
     parse_layers,
+    parse_option,
     scale_grad,
     source_length_scale,
 )
 from .conv_decoder import ConvDecoder
+from .conv_model import ConvSeq2SeqModel
 from .. import hub
 
 logger = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ class FConvExtConfig(ConvSeq2SeqConfig):
     inference_dtype: str = field(
         default="float32",
         metadata={"help": "opt-in, inference only: 'bfloat16' casts the model to bfloat16 when decoding starts "
-                  "(make_generation_fast_; faster than float32 at batch 64 on CPUs with AMX, slower without AMX); "
+                  "(make_generation_fast_; faster or slower than float32 depending on the CPU: benchmarks/README.md); "
                   "'int8' (CPUs only) decodes with the decoder step and encoder quantized by torchao: int8 weights "
                   "(one scale per row), int8 activations (one scale per token) in every product (docs/int8.md; "
                   "FConvBeamSearch only, fairseq's own generators decode in float32). log-probabilities "
@@ -135,17 +136,10 @@ class FConvExtConfig(ConvSeq2SeqConfig):
 
 def _parse_specs(cfg) -> Tuple[List, List, List[bool]]:
     """Parse the three spec strings of ``cfg``, naming the option that is wrong."""
-    parsed = []
-    for name in ("encoder_layers", "decoder_layers"):
-        try:
-            parsed.append(parse_layers(getattr(cfg, name)))
-        except LayerSpecError as err:
-            raise LayerSpecError(f"--{name.replace('_', '-')}: {err}") from None
-    try:
-        attention = parse_attention(cfg.decoder_attention, len(parsed[1]))
-    except LayerSpecError as err:
-        raise LayerSpecError(f"--decoder-attention: {err}") from None
-    return parsed[0], parsed[1], attention
+    encoder_layers = parse_option("encoder_layers", cfg.encoder_layers, parse_layers)
+    decoder_layers = parse_option("decoder_layers", cfg.decoder_layers, parse_layers)
+    attention = parse_option("decoder_attention", cfg.decoder_attention, parse_attention, len(decoder_layers))
+    return encoder_layers, decoder_layers, attention
 
 
 #: --inference-dtype values; anything else is refused when the model is built ('int8': torch.qint8
@@ -154,26 +148,17 @@ INFERENCE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8"
 
 
 @register_model("fconv_ext", dataclass=FConvExtConfig)
-class FConvExtModel(hub.PublishedModels, FairseqEncoderDecoderModel):
-    """Convolutional encoder-decoder with multi-step attention (ConvS2S)."""
+class FConvExtModel(ConvSeq2SeqModel, hub.PublishedModels, FairseqEncoderDecoderModel):
+    """Convolutional encoder-decoder with multi-step attention (ConvS2S).  The gate hook
+    (``gate_for``, which variants override), weight-norm folding for inference and the
+    1 / (2N) gradient scale of the encoder output (N = attention layers) are
+    :class:`~.conv_model.ConvSeq2SeqModel`'s."""
 
     PUBLISHED = hub.FCONV_MODELS  # fairseq's published fconv models: names, archives (hub.py)
 
     inference_dtype = torch.float32  # set from the config by build_model
     inference_compile = False  # set from the config by build_model (read by fconv_plugin.serving)
     shortlist_path: Optional[str] = None  # the config's vocabulary shortlist file (read by fconv_plugin.serving)
-
-    def __init__(self, encoder: "FConvExtEncoder", decoder: "FConvExtDecoder"):
-        super().__init__(encoder, decoder)
-        # The encoder output feeds every attention layer; its gradient is scaled by
-        # 1 / (2N) with N the number of attention layers (paper, section 3.4).
-        encoder.grad_scale = 1.0 / (2.0 * decoder.num_attention_layers)
-
-    @classmethod
-    def gate_for(cls, cfg) -> Gate:
-        """The gate of every conv block.  Variants override this (see user_dir/) to swap the
-        block without copying the encoder or decoder."""
-        return glu
 
     @classmethod
     def build_model(cls, cfg: FConvExtConfig, task):
@@ -227,15 +212,13 @@ class FConvExtModel(hub.PublishedModels, FairseqEncoderDecoderModel):
         return model
 
     def make_generation_fast_(self, **kwargs):
-        """Inference only: fold weight norm into plain weights (training is disabled afterwards
-        by fairseq), cast to ``--inference-dtype`` bfloat16 if asked, then let fairseq apply the
-        rest (dropout, need_attn).  ``int8`` is applied by the decoder step
+        """Inference only: weight norm folded and fairseq's part (``ConvModel``), then a cast to
+        ``--inference-dtype`` bfloat16 if asked.  ``int8`` is applied by the decoder step
         (:mod:`fconv_plugin.serving`), not to the model."""
-        if not self._is_generation_fast:
-            fold_weight_norm_(self)
-            if self.inference_dtype not in (torch.float32, torch.qint8):
-                self.to(self.inference_dtype)
+        cast = not self._is_generation_fast and self.inference_dtype not in (torch.float32, torch.qint8)
         super().make_generation_fast_(**kwargs)
+        if cast:
+            self.to(self.inference_dtype)
 
 
 class FConvExtEncoder(FairseqEncoder):
@@ -254,7 +237,7 @@ class FConvExtEncoder(FairseqEncoder):
         super().__init__(dictionary)
         self.dropout_module = FairseqDropout(dropout, module_name=self.__class__.__name__)
         self.padding_idx = dictionary.pad()
-        self.grad_scale = 1.0  # set by FConvExtModel to 1 / (2 * attention layers)
+        self.grad_scale = 1.0  # set by the model to 1 / (2 * attention layers): ConvSeq2SeqModel
 
         self.embed_tokens = Embedding(len(dictionary), embed_dim, self.padding_idx)
         if embed_dict:
@@ -383,8 +366,9 @@ class FConvExtDecoder(ConvDecoder):
         incremental_state: Optional[IncrementalState] = None,
         **unused,
     ) -> Tuple[Tensor, Optional[Tensor]]:
-        """The decoder state before the vocabulary projection (B x T x out_embed_dim, after
-        dropout) and the averaged attention (or None)."""
+        """What the vocabulary projection ``fc3`` takes (``output_layer``'s input): ``fc2``'s
+        output after dropout (B x T x out_embed_dim), as fairseq's ``fconv`` feeds its ``fc3``;
+        and the attention averaged over the attention layers (or None)."""
         keys, values = encoder_out["encoder_out"]  # B' x S x E each (B' = B / beams)
         padding_mask = encoder_out["encoder_padding_mask"]  # B' x S or None
         beams = encoder_out.get("beams", 1)  # decoder rows per encoder row (reorder_encoder_out)
@@ -413,8 +397,3 @@ class FConvExtDecoder(ConvDecoder):
     def output_layer(self, features: Tensor, **unused) -> Tensor:
         """The logits ``fc3(features)`` (B x T x V)."""
         return self.fc3(features)
-
-    def vocabulary_input(self, features: Tensor) -> Tensor:
-        """What ``fc3`` is applied to: the features themselves (``fc2`` and dropout are in
-        :meth:`extract_features`); fused_label_smoothed_cross_entropy applies ``fc3`` itself."""
-        return features

@@ -8,10 +8,9 @@ encoder and without attention, top to bottom:
     FConvExtLanguageModel   build_model(): config -> decoder
     FConvExtLMDecoder       embed [+ positions] -> fc1 -> [causal conv, GLU, residual] x L
                             -> fc2 -> fc3 (full softmax) | adaptive softmax
-    presets                 fconv_ext_lm_dauphin_wikitext103, fconv_ext_lm_dauphin_gbw,
-                            fconv_ext_lm_tiny
 
-The conv blocks, weight-normalised layers, embeddings and the incremental window of the
+Its presets (fconv_ext_lm_dauphin_wikitext103, fconv_ext_lm_dauphin_gbw, fconv_ext_lm_tiny) are
+in :mod:`.architectures`.  The conv blocks, weight-normalised layers, embeddings and the incremental window of the
 causal convolutions are :mod:`fconv_plugin.modules`; the adaptive softmax (Grave et al.
 2017) is fairseq's own ``AdaptiveSoftmax``, so ``--criterion adaptive_loss`` works as with
 ``fconv_lm``.  Tensors are batch-major: ``B`` batch, ``T`` length, ``C`` conv channels,
@@ -42,30 +41,15 @@ from ..modules import (
     LAYERS_HELP,
     LayerSpecError,
     Linear,
-    fold_weight_norm_,
     glu,
     parse_layers,
+    parse_option,
     safe_literal,
 )
 from .conv_decoder import ConvDecoder
-from .presets import Preset, register_presets
+from .conv_model import ConvModel
 
 logger = logging.getLogger(__name__)
-
-# Dauphin et al. 2017, table 1 (GCNN-14 for WikiText-103, GCNN-13 bottleneck for Google
-# Billion Word), written as fairseq's fconv_lm presets write them.
-WIKITEXT103_LAYERS = (
-    "[(850, 6)] * 3 + [(850, 1)] * 1 + [(850, 5)] * 4 + [(850, 1)] * 1"
-    " + [(850, 4)] * 3 + [(1024, 4)] * 1 + [(2048, 4)] * 1"
-)
-GBW_LAYERS = (
-    "[(512, 5)]"
-    " + [(128, 1, 0), (128, 5, 0), (512, 1, 3)] * 3"
-    " + [(512, 1, 0), (512, 5, 0), (1024, 1, 3)] * 3"
-    " + [(1024, 1, 0), (1024, 5, 0), (2048, 1, 3)] * 6"
-    " + [(1024, 1, 0), (1024, 5, 0), (4096, 1, 3)]"
-)
-
 
 @dataclass
 class FConvExtLMConfig(FairseqDataclass):
@@ -110,10 +94,11 @@ def parse_cutoff(text: Optional[str]) -> Optional[List[int]]:
     positive and increasing."""
     if text is None or not str(text).strip():
         return None
-    try:
-        value = safe_literal(str(text))
-    except LayerSpecError as err:
-        raise LayerSpecError(f"--adaptive-softmax-cutoff: {err}") from None
+    return parse_option("adaptive_softmax_cutoff", str(text), _cutoff)
+
+
+def _cutoff(text: str) -> List[int]:
+    value = safe_literal(text)
     cutoff = [value] if isinstance(value, int) else value
     if (
         not isinstance(cutoff, (list, tuple))
@@ -122,27 +107,18 @@ def parse_cutoff(text: Optional[str]) -> Optional[List[int]]:
         or any(a >= b for a, b in zip(cutoff, cutoff[1:]))
     ):
         raise LayerSpecError(
-            f"--adaptive-softmax-cutoff {text!r}: expected increasing positive integers "
-            "separated by commas, e.g. 10000,20000,200000"
+            f"{text!r}: expected increasing positive integers separated by commas, e.g. 10000,20000,200000"
         )
     return list(cutoff)
 
 
 @register_model("fconv_ext_lm", dataclass=FConvExtLMConfig)
-class FConvExtLanguageModel(FairseqLanguageModel):
+class FConvExtLanguageModel(ConvModel, FairseqLanguageModel):
     """Gated convolutional language model (GCNN): a causal ConvS2S decoder alone."""
 
     @classmethod
-    def gate_for(cls, cfg) -> Gate:
-        """The gate of every conv block (variants may override it, as for fconv_ext)."""
-        return glu
-
-    @classmethod
     def build_model(cls, cfg: FConvExtLMConfig, task):
-        try:
-            layers = parse_layers(cfg.decoder_layers)
-        except LayerSpecError as err:
-            raise LayerSpecError(f"--decoder-layers: {err}") from None
+        layers = parse_option("decoder_layers", cfg.decoder_layers, parse_layers)
         dictionary = task.target_dictionary
         cutoff = parse_cutoff(cfg.adaptive_softmax_cutoff)
         if cutoff is not None and cfg.criterion != "adaptive_loss":
@@ -171,12 +147,6 @@ class FConvExtLanguageModel(FairseqLanguageModel):
             gate=cls.gate_for(cfg),
         )
         return cls(decoder)
-
-    def make_generation_fast_(self, **kwargs):
-        """Inference only: fold weight norm into plain weights, then fairseq's part."""
-        if not self._is_generation_fast:
-            fold_weight_norm_(self)
-        super().make_generation_fast_(**kwargs)
 
 
 class FConvExtLMDecoder(ConvDecoder):
@@ -230,42 +200,21 @@ class FConvExtLMDecoder(ConvDecoder):
     def extract_features(
         self, prev_output_tokens: Tensor, encoder_out=None, incremental_state: Optional[IncrementalState] = None, **unused
     ):
+        """What the vocabulary projection takes (``output_layer``'s input) and None (no
+        attention): ``fc2``'s output after dropout (B x T x E), or with the adaptive softmax the
+        conv stack's output (B x T x C), which the adaptive softmax projects itself."""
         x = self.embed(prev_output_tokens, incremental_state)  # B x T x E
 
         x = self.fc1(x)  # B x T x C
         x = self.stack(x, incremental_state=incremental_state)  # [causal conv, GLU, residual] x L
-        return x, None
+        if self.adaptive_softmax is not None:
+            return x, None  # B x T x C
+        x = self.fc2(x)  # B x T x E
+        return self.dropout_module(x), None
 
     def output_layer(self, features: Tensor, **unused) -> Tensor:
+        """The logits ``fc3(features)`` (B x T x V); with the adaptive softmax the features
+        themselves (``get_normalized_probs`` applies the adaptive softmax)."""
         if self.adaptive_softmax is not None:
-            return features  # B x T x C; get_normalized_probs applies the adaptive softmax
-        return self.fc3(self.vocabulary_input(features))  # B x T x V
-
-    def vocabulary_input(self, features: Tensor) -> Tensor:
-        """What ``fc3`` is applied to: ``dropout(fc2(features))``, B x T x E (full softmax only;
-        fused_label_smoothed_cross_entropy applies ``fc3`` itself)."""
-        x = self.fc2(features)  # B x T x E
-        return self.dropout_module(x)
-
-
-# ----------------------------------------------------------------------------- presets
-
-#: ``--arch fconv_ext_lm`` itself is fairseq's ``fconv_lm`` (13 layers of 1268 units, kernel
-#: width 4): the config dataclass defaults.
-PRESETS = {
-    "fconv_ext_lm_dauphin_wikitext103": Preset(
-        "WikiText-103 (paper, GCNN-14): 280-d embeddings, adaptive softmax 10k/20k/200k.",
-        {"decoder_embed_dim": 280, "decoder_layers": WIKITEXT103_LAYERS,
-         "adaptive_softmax_cutoff": "10000,20000,200000"},
-    ),
-    "fconv_ext_lm_dauphin_gbw": Preset(
-        "Google Billion Word (paper, GCNN-13 with bottleneck blocks): adaptive softmax 10k/50k/200k.",
-        {"decoder_embed_dim": 128, "decoder_layers": GBW_LAYERS, "adaptive_softmax_cutoff": "10000,50000,200000"},
-    ),
-    "fconv_ext_lm_tiny": Preset(
-        "A few-second model for tests and CPU smoke runs (not from the paper): a bottleneck block whose "
-        "residual skips 3 layers back, like the GBW preset in small.",
-        {"decoder_embed_dim": 32, "decoder_layers": "[(32, 4)] + [(16, 1, 0), (16, 4, 0), (32, 1, 3)] + [(32, 3)]"},
-    ),
-}
-register_presets("fconv_ext_lm", FConvExtLMConfig, PRESETS)
+            return features  # B x T x C
+        return self.fc3(features)  # B x T x V

@@ -43,7 +43,6 @@ from fairseq.models import (
     register_model,
 )
 from fairseq.utils import safe_getattr
-from omegaconf import OmegaConf
 from torch import Tensor
 
 from ..checkpoint import load_checkpoint_file
@@ -55,17 +54,18 @@ from ..modules import (
     LAYERS_HELP,
     LayerSpecError,
     Linear,
-    fold_weight_norm_,
     glu,
     parse_attention,
+    parse_flag,
     parse_layers,
-    safe_literal,
+    parse_option,
 )
 from ..modules.downsampled_attention import DownsampledMultiHeadAttention, GatedSelfAttention
 from .fconv_ext import ConvSeq2SeqConfig, FConvExtEncoder
 from .conv_decoder import ConvDecoder
+from .conv_model import ConvSeq2SeqModel
 from .. import hub
-from .presets import Preset, register_presets
+from .presets import config_from_dict
 from .foreign import native_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -119,59 +119,19 @@ class FConvExtSelfAttConfig(ConvSeq2SeqConfig):
     )
 
 
-def _flag(cfg, name: str) -> bool:
-    """A single True/False option given as a string (fairseq's ``--project-input True``)."""
-    return parse_flag(getattr(cfg, name), name)
-
-
-def parse_flag(text, name: str) -> bool:
-    value = text
-    if isinstance(value, str):
-        try:
-            value = safe_literal(value)
-        except LayerSpecError as err:
-            raise LayerSpecError(f"--{name.replace('_', '-')}: {err}") from None
-    if not isinstance(value, bool):
-        raise LayerSpecError(f"--{name.replace('_', '-')} must be True or False, got {text!r}")
-    return value
-
-
-def _per_layer(cfg, name: str, num_layers: int) -> List[bool]:
-    try:
-        return parse_attention(getattr(cfg, name), num_layers)
-    except LayerSpecError as err:
-        raise LayerSpecError(f"--{name.replace('_', '-')}: {err}") from None
-
-
-def _layers(cfg, name: str):
-    try:
-        return parse_layers(getattr(cfg, name))
-    except LayerSpecError as err:
-        raise LayerSpecError(f"--{name.replace('_', '-')}: {err}") from None
-
-
 @register_model("fconv_ext_self_att", dataclass=FConvExtSelfAttConfig)
-class FConvExtSelfAttModel(hub.PublishedModels, FairseqEncoderDecoderModel):
+class FConvExtSelfAttModel(ConvSeq2SeqModel, hub.PublishedModels, FairseqEncoderDecoderModel):
     """Convolutional encoder-decoder with gated multi-head self-attention and optional
-    fusion with a frozen pretrained model (Fan et al. 2018)."""
+    fusion with a frozen pretrained model (Fan et al. 2018).  The gate hook, weight-norm
+    folding for inference and the 1 / (2N) gradient scale of the encoder output (N = the
+    decoder's encoder-attention layers) are :class:`~.conv_model.ConvSeq2SeqModel`'s."""
 
     PUBLISHED = hub.FCONV_SELF_ATT_MODELS  # fairseq's published fconv_self_att models: names, archives (hub.py)
-
-    def __init__(self, encoder: "FConvExtSelfAttEncoder", decoder: "FConvExtSelfAttDecoder"):
-        super().__init__(encoder, decoder)
-        # The encoder output feeds every encoder-attention layer: its gradient is scaled
-        # by 1 / (2N), N = number of those layers (Gehring et al. 2017, section 3.4).
-        encoder.grad_scale = 1.0 / (2.0 * decoder.num_attention_layers)
-
-    @classmethod
-    def gate_for(cls, cfg) -> Gate:
-        """The gate of every conv block (variants may override it, as for fconv_ext)."""
-        return glu
 
     @classmethod
     def build_model(cls, cfg: FConvExtSelfAttConfig, task):
         pretrained = None
-        if _flag(cfg, "pretrained"):
+        if parse_option("pretrained", cfg.pretrained, parse_flag):
             pretrained = load_pretrained_model(cfg.pretrained_checkpoint, task)
         return cls.build_with_pretrained(cfg, task, pretrained)
 
@@ -180,8 +140,9 @@ class FConvExtSelfAttModel(hub.PublishedModels, FairseqEncoderDecoderModel):
         cls, cfg: FConvExtSelfAttConfig, task, pretrained: Optional["FConvExtSelfAttModel"]
     ) -> "FConvExtSelfAttModel":
         """build_model() with the (frozen) pretrained model for fusion given, or None."""
-        encoder_layers, decoder_layers = _layers(cfg, "encoder_layers"), _layers(cfg, "decoder_layers")
-        attention = _per_layer(cfg, "decoder_attention", len(decoder_layers))
+        encoder_layers = parse_option("encoder_layers", cfg.encoder_layers, parse_layers)
+        decoder_layers = parse_option("decoder_layers", cfg.decoder_layers, parse_layers)
+        attention = parse_option("decoder_attention", cfg.decoder_attention, parse_attention, len(decoder_layers))
         if not any(attention):
             raise LayerSpecError(
                 "--decoder-attention selects no layer: fconv_ext_self_att needs attention over the "
@@ -192,7 +153,8 @@ class FConvExtSelfAttModel(hub.PublishedModels, FairseqEncoderDecoderModel):
             embed_dim=cfg.encoder_embed_dim,
             max_positions=cfg.max_source_positions,
             layers=encoder_layers,
-            self_attention=_per_layer(cfg, "encoder_attention", len(encoder_layers)),
+            self_attention=parse_option("encoder_attention", cfg.encoder_attention, parse_attention,
+                                        len(encoder_layers)),
             self_attention_heads=cfg.encoder_attention_nheads,
             dropout=cfg.dropout,
             gate=cls.gate_for(cfg),
@@ -206,22 +168,16 @@ class FConvExtSelfAttModel(hub.PublishedModels, FairseqEncoderDecoderModel):
             layers=decoder_layers,
             attention=attention,
             attention_heads=cfg.multihead_attention_nheads,
-            self_attention=_per_layer(cfg, "self_attention", len(decoder_layers)),
+            self_attention=parse_option("self_attention", cfg.self_attention, parse_attention, len(decoder_layers)),
             self_attention_heads=cfg.multihead_self_attention_nheads,
-            project_input=_flag(cfg, "project_input"),
-            gated=_flag(cfg, "gated_attention"),
-            downsample=_flag(cfg, "downsample"),
+            project_input=parse_option("project_input", cfg.project_input, parse_flag),
+            gated=parse_option("gated_attention", cfg.gated_attention, parse_flag),
+            downsample=parse_option("downsample", cfg.downsample, parse_flag),
             dropout=cfg.dropout,
             gate=cls.gate_for(cfg),
             pretrained=None if pretrained is None else pretrained.decoder,
         )
         return cls(encoder, decoder)
-
-    def make_generation_fast_(self, **kwargs):
-        """Inference only: fold weight norm into plain weights, then fairseq's part."""
-        if not self._is_generation_fast:
-            fold_weight_norm_(self)
-        super().make_generation_fast_(**kwargs)
 
 
 def load_pretrained_model(path: str, task) -> FConvExtSelfAttModel:
@@ -251,13 +207,9 @@ def pretrained_model_from_state(state: Dict, task, path: str = "<checkpoint>") -
             f"--pretrained-checkpoint {path!r} is neither an fconv_ext_self_att nor a fairseq "
             "fconv_self_att checkpoint"
         )
-    if parse_flag(model_cfg.get("pretrained", "False"), "pretrained"):
+    if parse_option("pretrained", model_cfg.get("pretrained", "False"), parse_flag):
         raise ValueError(f"--pretrained-checkpoint {path!r} is itself a fusion model; fuse with its base model")
-    known = set(FConvExtSelfAttConfig.__dataclass_fields__) - {"_name"}
-    conf = OmegaConf.merge(
-        OmegaConf.structured(FConvExtSelfAttConfig), {k: v for k, v in model_cfg.items() if k in known}
-    )
-    model = FConvExtSelfAttModel.build_with_pretrained(conf, task, None)
+    model = FConvExtSelfAttModel.build_with_pretrained(config_from_dict(FConvExtSelfAttConfig, model_cfg), task, None)
     model.load_state_dict(state["model"], strict=True)
     for p in model.parameters():
         p.requires_grad = False
@@ -407,13 +359,7 @@ class FConvExtSelfAttDecoder(ConvDecoder):
         (B x T x S; eval mode with ``need_attn`` only).  With ``incremental_state`` only
         the newest position is computed (T = 1)."""
         x, avg_attn = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
-        x = self.dropout_module(x)
-        if self.fusion is not None:
-            hidden, _ = self.pretrained.extract_features(
-                prev_output_tokens, encoder_out["pretrained"], incremental_state
-            )
-            x = self.fusion(x, hidden)
-        return self.fc3(x), avg_attn  # B x T x V
+        return self.output_layer(x), avg_attn
 
     def extract_features(
         self,
@@ -422,8 +368,29 @@ class FConvExtSelfAttDecoder(ConvDecoder):
         incremental_state: Optional[IncrementalState] = None,
         **unused,
     ):
-        """The decoder state before the vocabulary projection (``fc2`` output, before
-        dropout: B x T x out_embed_dim) and the averaged encoder attention."""
+        """What the vocabulary projection ``fc3`` takes (``output_layer``'s input, B x T x
+        out_embed_dim): ``fc2``'s output after dropout, with fusion joined with the pretrained
+        decoder's :meth:`hidden_state`; and the averaged encoder attention (or None)."""
+        x, avg_attn = self.hidden_state(prev_output_tokens, encoder_out, incremental_state)
+        x = self.dropout_module(x)
+        if self.fusion is not None:
+            hidden, _ = self.pretrained.hidden_state(prev_output_tokens, encoder_out["pretrained"], incremental_state)
+            x = self.fusion(x, hidden)
+        return x, avg_attn
+
+    def output_layer(self, features: Tensor, **unused) -> Tensor:
+        """The logits ``fc3(features)`` (B x T x V)."""
+        return self.fc3(features)
+
+    def hidden_state(
+        self,
+        prev_output_tokens: Tensor,
+        encoder_out,
+        incremental_state: Optional[IncrementalState] = None,
+    ):
+        """``fc2``'s output before dropout (B x T x out_embed_dim) and the averaged encoder
+        attention: what model fusion reads of the pretrained decoder (fairseq's forward hook
+        on its ``fc2``)."""
         keys, values = encoder_out["encoder_out"]  # B x S x E each
         padding_mask = encoder_out["encoder_padding_mask"]  # B x S or None
 
@@ -451,29 +418,3 @@ class FConvExtSelfAttDecoder(ConvDecoder):
         x = self.stack(x, incremental_state=incremental_state, after_conv=attend)  # B x T x C
         return self.fc2(x), average.value  # B x T x out_embed_dim
 
-
-# ----------------------------------------------------------------------------- presets
-
-
-#: ``--arch fconv_ext_self_att`` itself is fairseq's ``fconv_self_att``: 3 encoder and 8
-#: decoder layers of 512 units, encoder attention in every decoder layer, no
-#: self-attention (the config dataclass defaults).
-WRITING_PROMPTS = {
-    "encoder_embed_dim": 256, "encoder_layers": "[(128, 3)] * 2 + [(512,3)] * 1",
-    "decoder_embed_dim": 256, "decoder_layers": "[(512, 4)] * 4 + [(768, 4)] * 2 + [(1024, 4)] * 1",
-    "decoder_out_embed_dim": 256, "self_attention": "True", "multihead_self_attention_nheads": 4,
-    "project_input": "True", "gated_attention": "True", "downsample": "True",
-}
-PRESETS = {
-    "fconv_ext_self_att_wp": Preset(
-        "fairseq's fconv_self_att_wp (WritingPrompts, Fan et al. 2018): 3 encoder layers, 7 decoder layers "
-        "with kernel width 4, gated multi-scale self-attention with 4 downsampled heads and input projections.",
-        WRITING_PROMPTS,
-    ),
-    "fconv_ext_self_att_tiny": Preset(
-        "A few-second model for tests and CPU smoke runs with the wp features on (not from the paper).",
-        {**WRITING_PROMPTS, "encoder_embed_dim": 32, "encoder_layers": "[(32, 3)] * 2", "decoder_embed_dim": 32,
-         "decoder_layers": "[(32, 4)] * 2", "decoder_out_embed_dim": 32, "multihead_self_attention_nheads": 2},
-    ),
-}
-register_presets("fconv_ext_self_att", FConvExtSelfAttConfig, PRESETS)

@@ -38,16 +38,15 @@ def conv_time_major(x: Tensor, weight: Tensor, bias: Tensor, pad_left: int, pad_
     """1-D convolution of a ``B x T x C`` tensor with a Conv1d weight (``out x in x k``).
     Output ``t`` sees inputs ``t - pad_left .. t + pad_right`` (every ``dilation``-th one).
 
-    Two ways to compute it, chosen by what was faster for forward + backward on this project's
-    2-core CPU (``benchmarks/conv_layouts.py`` and the shapes of fconv_iwslt_de_en / fconv_wmt_en_de):
+    Two ways to compute it on CPUs, chosen by what was faster for forward + backward at the shapes
+    of fconv_iwslt_de_en / fconv_wmt_en_de (measured: docs/design.md, "Convolution kernels"):
 
     * ``torch.conv_tbc`` (one matrix product per kernel tap over a time-major ``T x B x C`` copy,
       accumulated in place; the kernel fairseq's ``ConvTBC`` uses) for narrow float32 layers
-      (< 512 input channels, k > 1): 15.7 vs 17.6 ms at B=64, T=30, 256 -> 512, k=3;
-    * one matrix product over the unfolded windows otherwise: wider layers (440 vs 490 ms at
-      B=300, T=13, 1024 -> 2048, k=3), k = 1 (no copy at all), and bfloat16 / float16, where
-      conv_tbc would add the taps up in the low precision (bfloat16 decoding of the gettext
-      test set: 28.12 BLEU against 28.73) while the single product sums them in float32.
+      (< 512 input channels, k > 1);
+    * one matrix product over the unfolded windows otherwise: wider layers, k = 1 (no copy at
+      all), and bfloat16 / float16, where conv_tbc would add the taps up in the low precision
+      (it costs BLEU) while the single product sums them in float32.
 
     Dilated layers (``dilation > 1``; conv_tbc has no dilation) go through ``F.conv1d``, and so does
     every layer on CUDA (:func:`conv_path`).
@@ -77,9 +76,9 @@ def conv_path(device_type: str, dtype: torch.dtype, in_channels: int, k: int, di
 
     On CUDA every layer is one ``F.conv1d`` (cuDNN picks its own algorithm for the shape and
     accumulates float16/bfloat16 in float32); ``conv_tbc`` there is one matrix product per tap
-    plus a transposed copy on each side, launches that showed at fconv_iwslt_de_en's 12 ms per
-    update on an H200 (benchmarks/results_gpu.md); F.conv1d against conv_tbc on a GPU is not yet
-    measured.  On CPUs the measured choices of :func:`conv_time_major`."""
+    plus a transposed copy on each side, kernel launches that matter at the small per-update
+    times of a GPU (docs/design.md, "Convolution kernels").  On CPUs the choices of
+    :func:`conv_time_major`."""
     if device_type == "cuda" or (dilation > 1 and k > 1):
         return "conv1d"
     if k == 1 or in_channels >= 512 or dtype in (torch.bfloat16, torch.float16):

@@ -10,13 +10,13 @@ evaluated: integer/boolean literals, lists, tuples, ``+`` (concatenation) and ``
 """
 
 import ast
-from typing import List, NamedTuple, Sequence, Union
+from typing import Callable, List, NamedTuple, Sequence, TypeVar, Union
+
+T = TypeVar("T")
 
 #: Upper bound on the number of layers / list items a spec may expand to; protects
 #: against ``[(512, 3)] * 10**12`` style inputs that would exhaust memory.
 MAX_SPEC_ITEMS = 10_000
-
-
 
 #: help text of every ``--*-layers`` option
 LAYERS_HELP = (
@@ -33,9 +33,6 @@ class ConvLayerSpec(NamedTuple):
     kernel_width: int
     residual: int = 1  # 1 = previous layer's output, 0 = none, N = the output N layers back
     dilation: int = 1  # taps d frames apart: a window of (k - 1) * d + 1 frames
-
-
-LayerSpec = ConvLayerSpec  # the name earlier versions exported
 
 
 class LayerSpecError(ValueError):
@@ -168,3 +165,21 @@ def parse_attention(spec: Union[str, bool, Sequence[bool]], num_layers: int) -> 
         f"invalid decoder attention {spec!r}: expected True, False, or a list of True/False "
         f"with one entry per decoder layer ({num_layers})"
     )
+
+
+def parse_flag(spec: Union[str, bool]) -> bool:
+    """Parse a single True/False option given as a string (fairseq's ``--project-input True``)."""
+    value = safe_literal(spec) if isinstance(spec, str) else spec
+    if not isinstance(value, bool):
+        raise LayerSpecError(f"must be True or False, got {spec!r}")
+    return value
+
+
+def parse_option(name: str, spec, parse: Callable[..., T], *args) -> T:
+    """``parse(spec, *args)`` for the model option ``name`` (e.g. ``decoder_layers``): a
+    :class:`LayerSpecError` is raised again with the option as typed on the command line in
+    front (``--decoder-layers: ...``), so the user knows which of several specs is wrong."""
+    try:
+        return parse(spec, *args)
+    except LayerSpecError as err:
+        raise LayerSpecError(f"--{name.replace('_', '-')}: {err}") from None
