@@ -142,7 +142,7 @@ def counting_conversions(monkeypatch):
         calls.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(archive_mod, "convert_directory", spy)
+    monkeypatch.setattr(hub, "_convert_directory", spy)  # the converter from_pretrained calls
     return calls
 
 

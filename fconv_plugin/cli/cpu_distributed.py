@@ -16,9 +16,10 @@ default is 1, so every worker trained alone) and then divides by
 keeps one store for all attempts, and a restarted worker can read the address a worker
 of the previous attempt published there (pytorch/pytorch#135712, #167288).
 
-``fconv-ext-train-cpu --nproc N DATA ...`` is kept for the commands written before: it
-prints the torchrun command above (one machine, ``--standalone``, the plugin as
-``--user-dir``, ``--cpu``, ``OMP_NUM_THREADS`` = cores / N) and replaces itself with it.
+``fconv-ext-train-cpu --nproc N DATA ...`` is that torchrun command for one machine, with the
+settings easy to get wrong filled in: it prints it (``--standalone``, the plugin as
+``--user-dir``, ``--cpu``, ``OMP_NUM_THREADS`` = cores / N so that N workers do not share cores)
+and replaces itself with it.
 """
 
 import argparse

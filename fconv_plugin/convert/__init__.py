@@ -26,7 +26,7 @@ from .common import ConversionError, check_weights_match, converted_checkpoint
 from .dispatch import CONVERTERS, convert_checkpoint, convert_foreign_checkpoint
 
 register_checkpoint_converter(convert_foreign_checkpoint)
-hub.register_directory_converter(lambda src, out, pretrained: archive.convert_directory(src, out, pretrained), archive.converts)
+hub.register_directory_converter(archive.convert_directory, archive.converts)
 
 __all__ = [
     "CONVERTERS",

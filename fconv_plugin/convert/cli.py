@@ -1,5 +1,6 @@
-"""``fconv-ext-convert INPUT OUTPUT``: convert a fairseq checkpoint file, or a model
-directory (an extracted published archive: checkpoints, dictionaries, bpecodes; :mod:`.archive`)."""
+"""``fconv-ext-convert INPUT OUTPUT`` (also ``python -m fconv_plugin.convert``): convert a fairseq
+checkpoint file, or a model directory (an extracted published archive: checkpoints, dictionaries,
+bpecodes; :mod:`.archive`)."""
 
 import argparse
 import os
@@ -47,7 +48,3 @@ def _convert_directory(src: str, out: str) -> int:
         return 2
     print(f"wrote {out}: {', '.join(os.path.basename(w) for w in written)} and the model's other files")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
