@@ -252,7 +252,7 @@ class FConvTranslationTask(TranslationTask):
         permutation) under ``numpy_seed(seed + epoch)`` of the epoch in which the batches are
         made. An uninterrupted run makes them once, in epoch 1, and reuses them; a run resumed
         at epoch E makes them again with ``seed + E``: same batch sizes, other sentences,
-        hence a different model (seen here: 2.4e-2 weight difference after one epoch).
+        hence a different model (docs/upstream-problems.md, problem 16).
         Here the order is always made under ``seed + 1``, so resuming at any epoch sees the
         batches the uninterrupted run sees."""
         bound = inspect.signature(super().get_batch_iterator).bind(dataset, *args, **kwargs)
