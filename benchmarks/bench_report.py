@@ -136,7 +136,7 @@ def _number(x, fmt=".2f"):
 
 
 def markdown(r):
-    """The report as markdown.  CPU runs keep the committed results.md layout; CUDA runs add the GPU,
+    """The report as markdown.  CPU runs keep the layout of the committed results/decode.md; CUDA runs add the GPU,
     peak GPU memory and (with fp16 sides) a half-precision table."""
     m, gpu = r["machine"], r.get("device", "cpu") == "cuda"
     rate = (f"fp32 matmul rate {r['matmul_gflops']:.0f} GFLOP/s" if r.get("matmul_gflops") is not None
