@@ -22,7 +22,7 @@ WMT_EN_DE_LAYERS = "[(512, 3)] * 9 + [(1024, 3)] * 4 + [(2048, 1)] * 2"
 # WMT'14 En-Fr: 15 layers, 6 x 512, 4 x 768, 3 x 1024, 1 x 2048 (1x1), 1 x 4096 (1x1).
 WMT_EN_FR_LAYERS = "[(512, 3)] * 6 + [(768, 3)] * 4 + [(1024, 3)] * 3 + [(2048, 1)] * 1 + [(4096, 1)] * 1"
 
-#: fconv_ext's presets (20 + 20 layers of 512 units, kernel width 3, without one)
+#: fconv_ext's presets (``--arch fconv_ext``: 20 + 20 layers of 512 units, kernel width 3)
 PRESETS = {
     "fconv_ext_iwslt_de_en": Preset(
         "IWSLT'14 De-En: 4 encoder and 3 decoder layers of 256 units.",
@@ -73,7 +73,7 @@ GBW_LAYERS = (
     " + [(1024, 1, 0), (1024, 5, 0), (4096, 1, 3)]"
 )
 
-#: fconv_ext_lm's presets (13 layers of 1268 units, kernel width 4, without one)
+#: fconv_ext_lm's presets (``--arch fconv_ext_lm``: 13 layers of 1268 units, kernel width 4)
 LM_PRESETS = {
     "fconv_ext_lm_dauphin_wikitext103": Preset(
         "WikiText-103 (paper, GCNN-14): 280-d embeddings, adaptive softmax 10k/20k/200k.",
@@ -101,8 +101,8 @@ WRITING_PROMPTS = {
     "project_input": "True", "gated_attention": "True", "downsample": "True",
 }
 
-#: fconv_ext_self_att's presets (3 encoder and 8 decoder layers of 512 units, encoder attention in
-#: every decoder layer, no self-attention, without one)
+#: fconv_ext_self_att's presets (``--arch fconv_ext_self_att``: 3 encoder and 8 decoder layers of 512
+#: units, encoder attention in every decoder layer, no self-attention)
 SELF_ATT_PRESETS = {
     "fconv_ext_self_att_wp": Preset(
         "fairseq's fconv_self_att_wp (WritingPrompts, Fan et al. 2018): 3 encoder layers, 7 decoder layers "

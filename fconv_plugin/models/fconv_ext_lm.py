@@ -10,8 +10,9 @@ encoder and without attention, top to bottom:
                             -> fc2 -> fc3 (full softmax) | adaptive softmax
 
 Its presets (fconv_ext_lm_dauphin_wikitext103, fconv_ext_lm_dauphin_gbw, fconv_ext_lm_tiny) are
-in :mod:`.architectures`.  The conv blocks, weight-normalised layers, embeddings and the incremental window of the
-causal convolutions are :mod:`fconv_plugin.modules`; the adaptive softmax (Grave et al.
+in :mod:`.architectures`.  The conv blocks, weight-normalised layers, embeddings and the
+incremental window of the causal convolutions are :mod:`fconv_plugin.modules`; the gate hook
+and weight-norm folding are :class:`~.conv_model.ConvModel`'s; the adaptive softmax (Grave et al.
 2017) is fairseq's own ``AdaptiveSoftmax``, so ``--criterion adaptive_loss`` works as with
 ``fconv_lm``.  Tensors are batch-major: ``B`` batch, ``T`` length, ``C`` conv channels,
 ``E`` embedding dim, ``V`` vocabulary.
@@ -198,7 +199,11 @@ class FConvExtLMDecoder(ConvDecoder):
         return self.output_layer(x), None
 
     def extract_features(
-        self, prev_output_tokens: Tensor, encoder_out=None, incremental_state: Optional[IncrementalState] = None, **unused
+        self,
+        prev_output_tokens: Tensor,  # B x T
+        encoder_out=None,
+        incremental_state: Optional[IncrementalState] = None,
+        **unused,
     ):
         """What the vocabulary projection takes (``output_layer``'s input) and None (no
         attention): ``fc2``'s output after dropout (B x T x E), or with the adaptive softmax the
