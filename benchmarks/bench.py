@@ -19,7 +19,9 @@ The harness, one job per file:
   updates), and the machine's matmul rate;
 * ``bench_flops.py``: the FLOP model (analytic matmul FLOPs per layer) behind the efficiency column;
 * ``bench_report.py``: medians, ratios, the machine's description, ``OUT.json`` / ``OUT.md``;
-* ``bench_inputs.py``: the checkpoints and data measured (conversion, untrained presets, ``--smoke``).
+* ``bench_inputs.py``: the checkpoints and data measured (conversion, untrained presets, ``--smoke``);
+* ``bench_common.py`` (shared with the other benchmark scripts): the machine's description and
+  ``benchmarks/results/``, where committed results go.
 
 Sides (generation):
 * ``fconv``: fairseq's fconv checkpoint, decoded by fairseq's SequenceGenerator;
