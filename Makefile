@@ -29,8 +29,9 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 test: setup
 	$(PY) -m pytest -q tests
 
+# the unit tests (tests/unit: fast, no fairseq CLI runs); `make test` runs tests/integration too
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q tests/unit
 
 clean-venv:
 	rm -rf $(VENV)

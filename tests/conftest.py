@@ -1,180 +1,15 @@
-"""Shared helpers: twin fairseq-fconv / fconv_ext models with identical weights."""
+"""Fixtures of the end-to-end tests (the helpers they use are in tests/helpers.py).
 
-import argparse
+The expensive ones (a prepared corpus slice, a training run) are session-scoped and only read by the tests,
+so each runs once however the tests are selected.  They run fairseq's own command-line tools on a slice of
+the real gettext corpus."""
+
 import os
 import sys
 
 import pytest
-import torch
-from fairseq.data import Dictionary
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DATA = os.path.join(REPO, "..", "shared", "data")
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
-
-import fconv_plugin  # noqa: E402,F401  (registers fconv_ext)
-from fconv_plugin.convert import convert_checkpoint  # noqa: E402
-from fconv_plugin.models import build_model_from_config  # noqa: E402
-
-
-def make_dictionary(size: int) -> Dictionary:
-    d = Dictionary()
-    for i in range(size - len(d)):
-        d.add_symbol(f"w{i}")
-    return d
-
-
-class StubTask:
-    def __init__(self, src_dict, tgt_dict):
-        self.source_dictionary = src_dict
-        self.target_dictionary = tgt_dict
-
-
-#: a small fconv_ext config with the spec's features: width changes, residual 0 and 2 layers back, even
-#: kernels, attention in 3 of 4 decoder layers (small_fconv_ext)
-SMALL_FCONV_EXT = {
-    "_name": "fconv_ext",
-    "dropout": 0.1,
-    "encoder_embed_dim": 16,
-    "encoder_layers": "[(16, 3), (24, 2), (24, 3, 2)]",
-    "decoder_embed_dim": 16,
-    "decoder_layers": "[(16, 3), (24, 4), (24, 1, 0), (16, 2)]",
-    "decoder_out_embed_dim": 12,
-    "decoder_attention": "[True, False, True, True]",
-    "share_input_output_embed": False,
-    "max_source_positions": 64,
-    "max_target_positions": 64,
-}
-
-#: the smallest fconv_ext config: two 16-channel layers on each side (beam search, shortlists)
-MINI_FCONV_EXT = {
-    "_name": "fconv_ext",
-    "encoder_embed_dim": 16, "decoder_embed_dim": 16, "decoder_out_embed_dim": 16, "dropout": 0.1,
-    "encoder_layers": "[(16, 3)] * 2", "decoder_layers": "[(16, 3)] * 2", "decoder_attention": "True",
-    "share_input_output_embed": False, "max_source_positions": 64, "max_target_positions": 64,
-}
-
-#: small fconv_self_att configs with the features of fairseq's two presets (fconv_self_att, _wp)
-SELF_ATT_BASE_SMALL = dict(encoder_embed_dim=24, encoder_layers="[(16, 3)] * 2 + [(32, 3)]",
-                           decoder_embed_dim=24, decoder_layers="[(16, 3)] * 2 + [(32, 3)]", decoder_out_embed_dim=20)
-SELF_ATT_WP_SMALL = dict(encoder_embed_dim=24, encoder_layers="[(16, 3)] * 2 + [(32,3)] * 1",
-                         decoder_embed_dim=24, decoder_layers="[(32, 4)] * 2 + [(48, 4)] * 1 + [(16, 2)]",
-                         decoder_out_embed_dim=20)
-
-
-def small_fconv_ext(seed=0, **overrides):
-    """A SMALL_FCONV_EXT model (source vocabulary 40, target 45) with perturbed weights (non-trivial
-    biases and gains), in eval mode, and its dictionaries."""
-    torch.manual_seed(seed)
-    src_dict, tgt_dict = make_dictionary(40), make_dictionary(45)
-    model = build_model_from_config({**SMALL_FCONV_EXT, **overrides}, src_dict, tgt_dict)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval(), src_dict, tgt_dict
-
-
-def mini_fconv_ext_for_search(vocab: int, seed: int = 0, eos_bias: float = 3.0):
-    """A MINI_FCONV_EXT model with strongly perturbed weights (noise 0.3) and EOS made likelier by
-    ``eos_bias`` in ``fc3``, so that beam-search hypotheses end at different steps; in train mode
-    (the caller sets eval), with its source and target dictionaries (both ``vocab`` symbols)."""
-    torch.manual_seed(seed)
-    src_dict, tgt_dict = make_dictionary(vocab), make_dictionary(vocab)
-    model = build_model_from_config(MINI_FCONV_EXT, src_dict, tgt_dict)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-        model.decoder.fc3.bias[tgt_dict.eos()] += eos_bias
-    return model, src_dict, tgt_dict
-
-
-def fconv_args(arch: str, **overrides) -> argparse.Namespace:
-    """fairseq fconv options for ``arch`` (its preset function fills the defaults)."""
-    from fairseq.models import ARCH_CONFIG_REGISTRY
-
-    args = argparse.Namespace(arch=arch, max_source_positions=1024, max_target_positions=1024, **overrides)
-    ARCH_CONFIG_REGISTRY[arch](args)
-    return args
-
-
-def build_twins(arch: str, vocab: int = 60, noise: float = 0.02, seed: int = 0, **overrides):
-    """A fairseq ``fconv`` model with perturbed weights (so biases are non-zero and
-    g != ||v||) and its fconv_ext twin obtained through the converter.  Both in eval mode."""
-    from fairseq.models.fconv import FConvModel
-
-    torch.manual_seed(seed)
-    src_dict, tgt_dict = make_dictionary(vocab), make_dictionary(vocab + 7)
-    args = fconv_args(arch, **overrides)
-    ref = FConvModel.build_model(args, StubTask(src_dict, tgt_dict))
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.add_(noise * torch.randn_like(p))
-    converted = convert_checkpoint({"cfg": {"model": args}, "model": ref.state_dict()})
-    ext = build_model_from_config(converted["cfg"]["model"], src_dict, tgt_dict)
-    ext.load_state_dict(converted["model"], strict=True)
-    return ref.eval(), ext.eval(), src_dict, tgt_dict
-
-
-def random_batch(dictionary, lengths, seed=1, left_pad=True):
-    """B x T token ids ending with EOS, padded with the dictionary's pad (left by default)."""
-    g = torch.Generator().manual_seed(seed)
-    T = max(lengths)
-    out = torch.full((len(lengths), T), dictionary.pad(), dtype=torch.long)
-    for i, n in enumerate(lengths):
-        toks = torch.randint(dictionary.nspecial, len(dictionary), (n,), generator=g)
-        toks[-1] = dictionary.eos()
-        if left_pad:
-            out[i, T - n:] = toks
-        else:
-            out[i, :n] = toks
-    return out
-
-
-def assert_padded_batch_equals_each_sentence_alone(model, src_dict, tgt_dict, lengths=(9, 4, 1)):
-    """An encoder-decoder's output for each sentence of a left-padded batch equals its output for
-    that sentence alone (no padding), to 1e-5."""
-    src = random_batch(src_dict, list(lengths), seed=5)
-    prev = random_batch(tgt_dict, [6, 3, 5][: len(lengths)], seed=6, left_pad=False)
-    prev[:, 0] = tgt_dict.eos()
-    with torch.no_grad():
-        batched, _ = model(src, None, prev)
-        for i, n in enumerate(lengths):
-            tgt_len = int(prev[i].ne(tgt_dict.pad()).sum())
-            alone, _ = model(src[i : i + 1, src.size(1) - n :], None, prev[i : i + 1, :tgt_len])
-            assert torch.allclose(batched[i, :tgt_len], alone[0], atol=1e-5), f"sentence {i}"
-
-
-# --------------------------------------------------------------------------- fixtures
-# The fixtures of the test modules are defined here and reach the tests by name: no test module
-# imports another.  The expensive ones (a prepared corpus slice, a training run) are session-scoped
-# and only read by the tests, so each runs once however the tests are selected.  The end-to-end
-# fixtures run fairseq's own command-line tools (this environment's, BIN) on a slice of the real
-# gettext corpus; ``run`` and ``hypotheses`` are what they and the tests run and read those tools with.
-
-BIN = os.path.dirname(sys.executable)  # fairseq-train, fairseq-generate, fconv-ext-* of this environment
-USER_DIR = os.path.join(REPO, "fconv_plugin")
-N_TEST = 37  # test sentences in data_bin: not a multiple of 8 on purpose (fairseq's batches drop N mod 8)
-
-
-def run(cmd, cwd=None, stdin=None):
-    """Run a command with one thread; its stdout + stderr.  A failure shows the command and both tails."""
-    import subprocess
-
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, cwd=cwd, input=stdin, capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout + proc.stderr
-
-
-def hypotheses(output):
-    """{sentence id: (hypothesis, score)} from fairseq-generate's H- lines."""
-    hyps = {}
-    for line in output.splitlines():
-        if line.startswith("H-"):
-            ident, score, text = line.split("\t")
-            hyps[int(ident[2:])] = (text, float(score))
-    return hyps
+from helpers import BIN, N_TEST, REPO, SHARED_DATA, binarized_slice, generate, run
 
 
 @pytest.fixture(scope="session")
@@ -184,33 +19,6 @@ def shared_gettext():
     if not os.path.isfile(os.path.join(path, "train.en")):
         pytest.skip("../shared/data/gettext-en-de is not beside the repository")
     return path
-
-
-def binarized_slice(shared_gettext, root, tokenize_for):
-    """``root / "bin"``: the first 1500 / 60 / N_TEST sentences of the gettext corpus's splits, tokenized by
-    ``tokenize_for(lang)`` (a function of one line), a joint 500-merge subword-nmt BPE learnt on the training
-    slice (its codes: ``root / "codes"``; the BPE'd text: ``root / "{split}.{lang}"``), fairseq-preprocess'd
-    with a joined dictionary."""
-    from subword_nmt.apply_bpe import BPE
-    from subword_nmt.learn_bpe import learn_bpe
-
-    tokenized = {}
-    for split, n in [("train", 1500), ("valid", 60), ("test", N_TEST)]:
-        for lang in ("en", "de"):
-            tokenize = tokenize_for(lang)
-            with open(os.path.join(shared_gettext, f"{split}.{lang}"), encoding="utf-8") as f:
-                tokenized[split, lang] = [tokenize(next(f)) for _ in range(n)]
-    with open(root / "codes", "w", encoding="utf-8") as f:
-        learn_bpe(tokenized["train", "en"] + tokenized["train", "de"], f, 500)
-    with open(root / "codes", encoding="utf-8") as f:
-        bpe = BPE(f)
-    for (split, lang), lines in tokenized.items():
-        with open(root / f"{split}.{lang}", "w", encoding="utf-8") as f:
-            f.writelines(bpe.process_line(line) + "\n" for line in lines)
-    run([f"{BIN}/fairseq-preprocess", "--source-lang", "en", "--target-lang", "de", "--joined-dictionary",
-         "--trainpref", str(root / "train"), "--validpref", str(root / "valid"), "--testpref", str(root / "test"),
-         "--destdir", str(root / "bin"), "--workers", "1"])
-    return root / "bin"
 
 
 @pytest.fixture(scope="session")
@@ -241,16 +49,6 @@ def fconv_ext_tiny_run(data_bin, tmp_path_factory):
                "--no-progress-bar", "--seed", "1", "--no-epoch-checkpoints"], cwd=REPO)
     (save / "train.log").write_text(log)
     return save
-
-
-def generate(data, checkpoint, *extra, user_dir=True, cwd=None, tool="fairseq-generate"):
-    """fairseq-generate (or ``tool``) on the test split, beam 5, batches of 16, with --user-dir unless
-    ``user_dir=False``.  fairseq's default --required-batch-size-multiple 8 would drop the last N mod 8
-    sentences; the plugin keeps them (no flag needed)."""
-    cmd = [f"{BIN}/{tool}", str(data), "--path", str(checkpoint), "--beam", "5", "--batch-size", "16", *extra]
-    if user_dir:
-        cmd += ["--user-dir", USER_DIR]
-    return run(cmd, cwd=cwd)
 
 
 @pytest.fixture(scope="session")
