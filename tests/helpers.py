@@ -4,8 +4,10 @@ that run this environment's command-line tools and read fairseq-generate's outpu
 from them are in the conftest files."""
 
 import argparse
+import io
 import os
 import sys
+import tarfile
 
 import torch
 from fairseq.data import Dictionary
@@ -64,6 +66,11 @@ SELF_ATT_BASE_SMALL = dict(encoder_embed_dim=24, encoder_layers="[(16, 3)] * 2 +
 SELF_ATT_WP_SMALL = dict(encoder_embed_dim=24, encoder_layers="[(16, 3)] * 2 + [(32,3)] * 1",
                          decoder_embed_dim=24, decoder_layers="[(32, 4)] * 2 + [(48, 4)] * 1 + [(16, 2)]",
                          decoder_out_embed_dim=20)
+
+
+#: gettext messages with placeholders (%s, %1$s, {0}, %lu%%) and C++, the kind the gettext corpus is made of
+MESSAGES_EN = ["Cannot open file %s", "Invalid value %1$s for {0} in C++: %lu%%", "Usage: %s [options] <file>"]
+MESSAGES_DE = ["Datei »%s« kann nicht geöffnet werden", "Kann „%s“ nicht öffnen: %s", "Ungültiger Wert %d für %s"]
 
 
 def small_fconv_ext(seed=0, **overrides):
@@ -146,6 +153,100 @@ def assert_padded_batch_equals_each_sentence_alone(model, src_dict, tgt_dict, le
             tgt_len = int(prev[i].ne(tgt_dict.pad()).sum())
             alone, _ = model(src[i : i + 1, src.size(1) - n :], None, prev[i : i + 1, :tgt_len])
             assert torch.allclose(batched[i, :tgt_len], alone[0], atol=1e-5), f"sentence {i}"
+
+
+def save_checkpoint(directory, model, src_dict, tgt_dict, config=MINI_FCONV_EXT):
+    """A fairseq-style fconv_ext checkpoint with its dictionaries beside it (en -> de)."""
+    os.makedirs(directory, exist_ok=True)
+    src_dict.save(os.path.join(directory, "dict.en.txt"))
+    tgt_dict.save(os.path.join(directory, "dict.de.txt"))
+    path = os.path.join(directory, "model.pt")
+    torch.save({"cfg": {"model": dict(config), "task": {"source_lang": "en", "target_lang": "de"}},
+                "model": model.state_dict()}, path)
+    return path
+
+
+# --------------------------------------------------------------------------- a published model archive
+# The conv.wmt14.en-fr kind of archive fairseq published: an fconv checkpoint as fairseq 0.6 wrote it, its
+# dictionaries (of words) and BPE codes.
+
+#: the words of the published dictionaries
+PUBLISHED_WORDS = ("Hello world ! the a house is small big cat dog "
+                   "Bonjour le monde la maison est petite grand chat chien").split()
+#: the small model of the published checkpoint
+PUBLISHED_SMALL = dict(encoder_embed_dim=16, decoder_embed_dim=16, decoder_out_embed_dim=16,
+             encoder_layers="[(32, 3)] * 2", decoder_layers="[(32, 3)] * 2")
+
+
+def words_dictionary(extra: int = 0) -> Dictionary:
+    """PUBLISHED_WORDS (each seen 5 times), then ``extra`` symbols ``w0``, ``w1``, ..."""
+    d = Dictionary()
+    for w in PUBLISHED_WORDS + [f"w{i}" for i in range(extra)]:
+        d.add_symbol(w, n=5)
+    return d
+
+
+def perturb_(model, noise=0.05, seed=0):
+    """Adds ``noise`` times Gaussian noise to every parameter (non-zero biases, g != ||v||)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(noise * torch.randn(p.shape, generator=g))
+
+
+def old_fconv_state(src_dict, tgt_dict, seed=0, version=2, with_model=False):
+    """A fairseq fconv checkpoint as fairseq 0.6 wrote it: args Namespace (max_positions, no task,
+    data as a list, lr a float, options added later missing), top-level optimizer / best_loss / epoch,
+    _linearized_weight buffers; ``version=1``: decoder.version 1 (fairseq < 0.5: weight norm of the decoder
+    convolutions over dim 0; ``with_model``: also the fairseq model that computes with it)."""
+    from fairseq.models import ARCH_CONFIG_REGISTRY
+    from fairseq.models.fconv import FConvModel
+
+    torch.manual_seed(seed)
+    args = argparse.Namespace(arch="fconv_wmt_en_fr", max_positions=64, source_lang="en", target_lang="fr",
+                              data=["/checkpoint/wmt14_en_fr"], lr=0.5, min_lr=1e-4, raw_text=False, remove_bpe="@@ ",
+                              criterion="label_smoothed_cross_entropy", label_smoothing=0.1, optimizer="nag",
+                              clip_norm=0.1, left_pad_source="True", left_pad_target="False", dropout=0.2,
+                              **PUBLISHED_SMALL)
+    full = argparse.Namespace(**vars(args), max_source_positions=64, max_target_positions=64)
+    ARCH_CONFIG_REGISTRY["fconv_wmt_en_fr"](full)
+    model = FConvModel.build_model(full, StubTask(src_dict, tgt_dict))
+    if version < 2:  # the old layout, as fairseq's FConvDecoder.upgrade_state_dict recreates it
+        for i, conv in enumerate(model.decoder.convolutions):
+            torch.nn.utils.remove_weight_norm(conv)
+            model.decoder.convolutions[i] = torch.nn.utils.weight_norm(conv, dim=0)
+    perturb_(model, seed=seed)
+    weights = model.state_dict()
+    weights["decoder.version"] = torch.Tensor([version])
+    for i in range(len(model.decoder.convolutions)):
+        weights[f"decoder.convolutions.{i}._linearized_weight"] = torch.zeros(3, 32)
+    state = {"args": args, "model": weights, "optimizer": {"state": {}, "param_groups": []}, "best_loss": 3.5,
+             "epoch": 12, "batch_offset": 0, "val_loss": 3.5}
+    return (state, model.eval()) if with_model else state
+
+
+def save_old(state, path):
+    """``torch.save`` in the format of torch < 1.6."""
+    torch.save(state, path, _use_new_zipfile_serialization=False)  # torch < 1.6's format
+
+
+def write_tar(path, top, files, mode="w:bz2"):
+    """A tar archive of {name: bytes} under the directory ``top`` (the published layout)."""
+    with tarfile.open(path, mode) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(f"{top}/{name}" if top else name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def dict_bytes(d: Dictionary) -> bytes:
+    """The dictionary's dict.txt file."""
+    buf = io.StringIO()
+    d.save(buf)
+    return buf.getvalue().encode()
+
+
+BPECODES = b"#version: 0.2\nw o\nwo r\n"
 
 
 # --------------------------------------------------------------------------- command-line tools

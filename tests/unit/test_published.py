@@ -15,7 +15,9 @@ import pytest
 import torch
 from fairseq.data import Dictionary
 
-from helpers import BIN, REPO, StubTask, hypotheses, run, SELF_ATT_BASE_SMALL as BASE_SMALL, SELF_ATT_WP_SMALL as WP_SMALL
+from helpers import SELF_ATT_BASE_SMALL as BASE_SMALL
+from helpers import SELF_ATT_WP_SMALL as WP_SMALL
+from helpers import StubTask, dict_bytes, old_fconv_state, perturb_, save_old, words_dictionary, write_tar
 from fconv_plugin import hub
 from fconv_plugin.convert import ConversionError, convert_checkpoint
 from fconv_plugin.convert import archive as archive_mod
@@ -25,95 +27,9 @@ from fconv_plugin.models.fconv_ext_self_att import FConvExtSelfAttModel
 
 torch.set_num_threads(1)
 
-WORDS = "Hello world ! the a house is small big cat dog Bonjour le monde la maison est petite grand chat chien".split()
 SENTENCES = ["Hello world!", "the house is small", "a big cat"]
-SMALL = dict(encoder_embed_dim=16, decoder_embed_dim=16, decoder_out_embed_dim=16,
-             encoder_layers="[(32, 3)] * 2", decoder_layers="[(32, 3)] * 2")
 WMT_URL = hub.FCONV_MODELS["conv.wmt14.en-fr"]["path"]
 STORIES_URL = hub.FCONV_SELF_ATT_MODELS["conv.stories"]["path"]
-
-
-def dictionary(extra: int = 0) -> Dictionary:
-    d = Dictionary()
-    for w in WORDS + [f"w{i}" for i in range(extra)]:
-        d.add_symbol(w, n=5)
-    return d
-
-
-def perturb_(model, noise=0.05, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(noise * torch.randn(p.shape, generator=g))
-
-
-def old_fconv_state(src_dict, tgt_dict, seed=0, version=2, with_model=False):
-    """A fairseq fconv checkpoint as fairseq 0.6 wrote it: args Namespace (max_positions, no task,
-    data as a list, lr a float, options added later missing), top-level optimizer / best_loss / epoch,
-    _linearized_weight buffers; ``version=1``: decoder.version 1 (fairseq < 0.5: weight norm of the decoder
-    convolutions over dim 0; ``with_model``: also the fairseq model that computes with it)."""
-    from fairseq.models import ARCH_CONFIG_REGISTRY
-    from fairseq.models.fconv import FConvModel
-
-    torch.manual_seed(seed)
-    args = argparse.Namespace(arch="fconv_wmt_en_fr", max_positions=64, source_lang="en", target_lang="fr",
-                              data=["/checkpoint/wmt14_en_fr"], lr=0.5, min_lr=1e-4, raw_text=False, remove_bpe="@@ ",
-                              criterion="label_smoothed_cross_entropy", label_smoothing=0.1, optimizer="nag",
-                              clip_norm=0.1, left_pad_source="True", left_pad_target="False", dropout=0.2, **SMALL)
-    full = argparse.Namespace(**vars(args), max_source_positions=64, max_target_positions=64)
-    ARCH_CONFIG_REGISTRY["fconv_wmt_en_fr"](full)
-    model = FConvModel.build_model(full, StubTask(src_dict, tgt_dict))
-    if version < 2:  # the old layout, as fairseq's FConvDecoder.upgrade_state_dict recreates it
-        for i, conv in enumerate(model.decoder.convolutions):
-            torch.nn.utils.remove_weight_norm(conv)
-            model.decoder.convolutions[i] = torch.nn.utils.weight_norm(conv, dim=0)
-    perturb_(model, seed=seed)
-    weights = model.state_dict()
-    weights["decoder.version"] = torch.Tensor([version])
-    for i in range(len(model.decoder.convolutions)):
-        weights[f"decoder.convolutions.{i}._linearized_weight"] = torch.zeros(3, 32)
-    state = {"args": args, "model": weights, "optimizer": {"state": {}, "param_groups": []}, "best_loss": 3.5,
-             "epoch": 12, "batch_offset": 0, "val_loss": 3.5}
-    return (state, model.eval()) if with_model else state
-
-
-def save_old(state, path):
-    torch.save(state, path, _use_new_zipfile_serialization=False)  # torch < 1.6's format
-
-
-def write_tar(path, top, files, mode="w:bz2"):
-    """A tar archive of {name: bytes} under the directory ``top`` (the published layout)."""
-    with tarfile.open(path, mode) as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(f"{top}/{name}" if top else name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-
-def dict_bytes(d: Dictionary) -> bytes:
-    buf = io.StringIO()
-    d.save(buf)
-    return buf.getvalue().encode()
-
-
-BPECODES = b"#version: 0.2\nw o\nwo r\n"
-
-
-@pytest.fixture(scope="module")
-def wmt_archive(tmp_path_factory):
-    """(archive path, extracted directory) of a conv.wmt14.en-fr-like archive."""
-    root = tmp_path_factory.mktemp("wmt")
-    src, tgt = dictionary(), dictionary(extra=3)
-    save_old(old_fconv_state(src, tgt), root / "model.pt")
-    files = {"model.pt": (root / "model.pt").read_bytes(), "dict.en.txt": dict_bytes(src),
-             "dict.fr.txt": dict_bytes(tgt), "bpecodes": BPECODES}
-    path = root / "wmt14.v2.en-fr.fconv-py.tar.bz2"
-    write_tar(path, "wmt14.en-fr.fconv-py", files)
-    extracted = root / "extracted"
-    extracted.mkdir()
-    for name, data in files.items():
-        (extracted / name).write_bytes(data)
-    return path, extracted
 
 
 class FakeDownload:
@@ -202,7 +118,7 @@ def stories_archive(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("stories")
     torch.manual_seed(0)
-    src, tgt = dictionary(), dictionary(extra=5)
+    src, tgt = words_dictionary(), words_dictionary(extra=5)
     task = StubTask(src, tgt)
     pre_args = stories_args("fconv_self_att", **BASE_SMALL)
     pretrained = FConvModelSelfAtt.build_model(pre_args, task)
@@ -370,7 +286,7 @@ def test_local_archive_file_loads(wmt_archive, tmp_path):
 
 
 def test_legacy_fields_are_upgraded_without_touching_the_input():
-    src, tgt = dictionary(), dictionary(extra=3)
+    src, tgt = words_dictionary(), words_dictionary(extra=3)
     state = old_fconv_state(src, tgt)
     before_args = dict(vars(state["args"]))
     new = upgrade_legacy_checkpoint(state)
@@ -395,7 +311,7 @@ def test_decoder_version_1_weight_norm_converts_to_the_same_function():
     is found first) and fails with a size mismatch; the converter keeps the weight fairseq's upgrade computes."""
     from fconv_plugin.models import build_model_from_config
 
-    src, tgt = dictionary(), dictionary(extra=3)
+    src, tgt = words_dictionary(), words_dictionary(extra=3)
     state, reference = old_fconv_state(src, tgt, version=1, with_model=True)
     assert state["model"]["decoder.convolutions.0.weight_g"].shape == (3, 1, 1)
     converted = convert_checkpoint(state)
@@ -412,8 +328,8 @@ def test_decoder_version_1_weight_norm_converts_to_the_same_function():
 
 
 def test_dictionary_padding_and_wrong_dictionaries(tmp_path):
-    src, tgt = dictionary(), dictionary(extra=3)  # 4 + 21 = 25 and 28 symbols
-    padded_src, padded_tgt = dictionary(), dictionary(extra=3)
+    src, tgt = words_dictionary(), words_dictionary(extra=3)  # 4 + 21 = 25 and 28 symbols
+    padded_src, padded_tgt = words_dictionary(), words_dictionary(extra=3)
     padded_src.pad_to_multiple_(8)
     padded_tgt.pad_to_multiple_(8)
     state = old_fconv_state(padded_src, padded_tgt)  # embedding tables of 32 rows
@@ -428,7 +344,7 @@ def test_dictionary_padding_and_wrong_dictionaries(tmp_path):
         assert len(d) == 32 and d.symbols[: len(original)] == original.symbols
         assert d.symbols[len(original):] == [f"madeupword{i:04d}" for i in range(32 - len(original))]
 
-    (model_dir / "dict.fr.txt").write_bytes(dict_bytes(dictionary(extra=20)))  # 45 symbols: not padding
+    (model_dir / "dict.fr.txt").write_bytes(dict_bytes(words_dictionary(extra=20)))  # 45 symbols: not padding
     with pytest.raises(ConversionError) as err:
         archive_mod.convert_directory(str(model_dir), str(tmp_path / "out2"))
     assert "dict.fr.txt has 45 symbols" in str(err.value) and "model.pt has 32 embedding rows" in str(err.value)
@@ -436,28 +352,3 @@ def test_dictionary_padding_and_wrong_dictionaries(tmp_path):
 
 
 # ---------------------------------------------------------------- the command line
-
-
-@pytest.mark.slow
-def test_cli_converts_an_extracted_archive_for_fairseq_generate_and_the_hub(wmt_archive, tmp_path):
-    from fairseq.models.fconv import FConvModel
-
-    _, extracted = wmt_archive
-    out = tmp_path / "converted"
-    log = run([f"{BIN}/fconv-ext-convert", str(extracted), str(out)])
-    assert "model.pt" in log and hub.is_converted_directory(str(out))
-    for lang, text in [("en", "the house is small\nHello world !\na big cat\n"), ("fr", "la maison est petite\nBonjour le monde !\nun grand chat\n")]:
-        (tmp_path / f"test.{lang}").write_text(text)
-    run([f"{BIN}/fairseq-preprocess", "--source-lang", "en", "--target-lang", "fr", "--srcdict", str(out / "dict.en.txt"),
-         "--tgtdict", str(out / "dict.fr.txt"), "--testpref", str(tmp_path / "test"), "--destdir", str(tmp_path / "bin"),
-         "--workers", "1"])
-    common = [str(tmp_path / "bin"), "--beam", "5", "--batch-size", "1", "--user-dir", "fconv_plugin"]
-    ours = hypotheses(run([f"{BIN}/fairseq-generate", *common, "--path", str(out / "model.pt")], cwd=REPO))
-    theirs = hypotheses(run([f"{BIN}/fairseq-generate", *common, "--path", str(extracted / "model.pt")], cwd=REPO))
-    assert len(ours) == 3 and {k: v[0] for k, v in ours.items()} == {k: v[0] for k, v in theirs.items()}
-    for k in ours:
-        assert ours[k][1] == pytest.approx(theirs[k][1], abs=1e-3)
-
-    hub_ = FConvExtModel.from_pretrained(str(out), tokenizer="moses", bpe="subword_nmt")
-    reference = FConvModel.from_pretrained(str(extracted), tokenizer="moses", bpe="subword_nmt")
-    assert hub_.translate("the house is small", beam=5) == reference.translate("the house is small", beam=5)

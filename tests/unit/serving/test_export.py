@@ -4,24 +4,14 @@ fairseq's beam search's; the ONNX runtime runs where torch and fairseq cannot be
 exports are refused with a message that says what to do."""
 
 import json
-import math
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
-from helpers import (
-    BIN,
-    MINI_FCONV_EXT,
-    N_TEST,
-    REPO,
-    SELF_ATT_BASE_SMALL,
-    hypotheses,
-    mini_fconv_ext_for_search,
-    random_batch,
-)
+
+from helpers import REPO, SELF_ATT_BASE_SMALL, random_batch, save_checkpoint
 
 from fconv_plugin.serving.beam_search import FConvBeamSearch
 from fconv_plugin.serving.export import (
@@ -33,36 +23,6 @@ from fconv_plugin.serving.export import (
 )
 from fconv_runtime import ArtifactError, Translator
 from fconv_runtime.artifact import MANIFEST, load_manifest, sha256_of
-
-VOCAB = 24  # the search model's vocabulary: small, so that hypotheses end at different steps
-
-
-def save_checkpoint(directory, model, src_dict, tgt_dict, config=MINI_FCONV_EXT):
-    """A fairseq-style fconv_ext checkpoint with its dictionaries beside it (en -> de)."""
-    os.makedirs(directory, exist_ok=True)
-    src_dict.save(os.path.join(directory, "dict.en.txt"))
-    tgt_dict.save(os.path.join(directory, "dict.de.txt"))
-    path = os.path.join(directory, "model.pt")
-    torch.save({"cfg": {"model": dict(config), "task": {"source_lang": "en", "target_lang": "de"}},
-                "model": model.state_dict()}, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def search_model():
-    """MINI_FCONV_EXT with strongly perturbed weights and a likely EOS (hypotheses of many lengths)."""
-    model, src_dict, tgt_dict = mini_fconv_ext_for_search(VOCAB, seed=4, eos_bias=1.5)
-    return model.eval(), src_dict, tgt_dict
-
-
-@pytest.fixture(scope="module")
-def onnx_export(search_model, tmp_path_factory):
-    """(checkpoint, OUTDIR) of search_model exported to ONNX once for the module."""
-    root = tmp_path_factory.mktemp("onnx_export")
-    checkpoint = save_checkpoint(root / "ckpt", *search_model)
-    out = root / "out"
-    export(str(checkpoint), str(out), "onnx")
-    return checkpoint, out
 
 
 def copy_of(directory, tmp_path):
@@ -304,56 +264,3 @@ def test_export_refuses_non_empty_outdir(onnx_export):
     with pytest.raises(ExportError, match="exists and is not empty: choose another OUTDIR, or pass --force"):
         export(str(onnx_export[0]), str(onnx_export[1]), "onnx")
 
-
-# ------------------------------------------------------------------------------- end to end
-
-
-@pytest.mark.slow
-def test_exported_tiny_model_translates_like_fairseq_generate(data_bin, fconv_ext_tiny_run, fconv_ext_tiny_generated,
-                                                              tmp_path):
-    """fconv-ext-export + fconv-ext-translate on fconv_ext_tiny trained by fairseq-train: the hypotheses of
-    the BPE'd test split are fairseq-generate's (beam 5)."""
-    out = tmp_path / "onnx"
-    subprocess.run([f"{BIN}/fconv-ext-export", str(fconv_ext_tiny_run / "checkpoint_best.pt"), str(out),
-                    "--format", "onnx", "--data", str(data_bin)], check=True, capture_output=True, cwd=REPO)
-    source = (data_bin.parent / "test.en").read_text(encoding="utf-8")
-    proc = subprocess.run([f"{BIN}/fconv-ext-translate", str(out), "--beam", "5", "--batch-size", "16"],
-                          input=source, capture_output=True, text=True, check=True)
-    got = proc.stdout.splitlines()
-    expected = hypotheses(fconv_ext_tiny_generated)
-    assert len(got) == N_TEST == len(expected)
-    same = sum(got[i] == expected[i][0] for i in range(N_TEST))
-    print(f"identical hypotheses: {same} of {N_TEST}")
-    assert same >= 0.99 * N_TEST
-    # fairseq-generate prints scores in base 2
-    scores = [hyps[0].score / math.log(2) for hyps in Translator(str(out)).translate_nbest(source.splitlines())]
-    np.testing.assert_allclose(scores, [expected[i][1] for i in range(N_TEST)], atol=2e-4)
-
-
-@pytest.mark.slow
-def test_aoti_export_equals_onnx_runtime(search_model, onnx_export, tmp_path):
-    """The one AOTInductor export of the suite (gcc compiles it): its graphs equal the eager modules and
-    its translations equal the ONNX export's."""
-    out = tmp_path / "aoti"
-    export(str(onnx_export[0]), str(out), "aoti")
-    model, _, _, _ = load_model(str(onnx_export[0]))
-    encoder, step = serving_modules(model)
-    from torch._inductor import aoti_load_package
-
-    step_package = aoti_load_package(str(out / "step.pt2"))
-    for sentences, beams, source in [(1, 1, 3), (5, 4, 12)]:
-        _, step_inputs = sample_inputs(encoder, step, sentences, beams, source, seed=beams)
-        with torch.no_grad():
-            expected = step(*step_inputs)
-            got = step_package(*step_inputs)
-        for e, g in zip(expected, got):
-            torch.testing.assert_close(g, e, atol=1e-5, rtol=0)
-
-    _, src_dict, _ = search_model
-    words = [src_dict[i] for i in range(src_dict.nspecial, len(src_dict))]
-    lines = [" ".join(words[i : i + 3 + i % 5]) for i in range(15)]
-    got = Translator(str(out)).translate_nbest(lines, beam=4, nbest=2)
-    expected = Translator(str(onnx_export[1])).translate_nbest(lines, beam=4, nbest=2)
-    assert [[h.tokens for h in hyps] for hyps in got] == [[h.tokens for h in hyps] for hyps in expected]
-    np.testing.assert_allclose([h.score for hyps in got for h in hyps], [h.score for hyps in expected for h in hyps],
-                               atol=1e-5)
