@@ -3,19 +3,21 @@
 A checkpoint stores its model options as a dict (``state["cfg"]["model"]``, with the
 registered model name under ``"_name"``).  :func:`build_model_from_config` turns such a
 dict and the dictionaries into an untrained model of the right class, the way
-``fairseq-train`` would, without a task or a data directory.  The converters, the
-fusion model's pretrained-checkpoint loader, tools and tests all build models here.
+``fairseq-train`` would, without a task or a data directory.  The converters, tools and
+tests build models here; the fusion model's pretrained-checkpoint loader, which cannot import
+this module (it is one of the models built here), shares its first step,
+:func:`~.presets.config_from_dict`.
 """
 
 from types import SimpleNamespace
 from typing import Any, Mapping, Optional
 
 from fairseq.models import MODEL_DATACLASS_REGISTRY, MODEL_REGISTRY
-from omegaconf import OmegaConf
 
 from .fconv_ext import FConvExtModel
 from .fconv_ext_lm import FConvExtLanguageModel
 from .fconv_ext_self_att import FConvExtSelfAttModel
+from .presets import config_from_dict
 
 #: the model families this function builds (and their subclasses, e.g. user_dir variants)
 FAMILIES = (FConvExtModel, FConvExtLanguageModel, FConvExtSelfAttModel)
@@ -41,10 +43,7 @@ def build_model_from_config(
     if cls is None or config_class is None or not issubclass(cls, FAMILIES):
         known = sorted(n for n, c in MODEL_REGISTRY.items() if isinstance(c, type) and issubclass(c, FAMILIES))
         raise ValueError(f"model {name!r} is not a registered fconv_ext model (known: {', '.join(known)})")
-    fields = set(config_class.__dataclass_fields__) - {"_name"}
-    cfg = OmegaConf.merge(
-        OmegaConf.structured(config_class), {k: v for k, v in model_cfg.items() if k in fields}
-    )
+    cfg = config_from_dict(config_class, model_cfg)
     task = SimpleNamespace(
         source_dictionary=source_dictionary,
         target_dictionary=target_dictionary if target_dictionary is not None else source_dictionary,
