@@ -9,11 +9,15 @@ import os
 import sys
 import tarfile
 
+import pytest
 import torch
 from fairseq.data import Dictionary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root
-SHARED_DATA = os.path.join(REPO, "..", "shared", "data")
+SHARED_DATA = os.path.join(REPO, "..", "shared", "data")  # the corpora beside the repository
+DEBIAN_DESCRIPTIONS = os.path.join(SHARED_DATA, "debian-descriptions")
+needs_debian_descriptions = pytest.mark.skipif(not os.path.isdir(DEBIAN_DESCRIPTIONS),
+                                               reason="../shared/data/debian-descriptions is not beside the repository")
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 

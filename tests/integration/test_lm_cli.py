@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from helpers import BIN, REPO, SHARED_DATA, hypotheses
+from helpers import BIN, DEBIAN_DESCRIPTIONS, REPO, hypotheses
 from helpers import run as run_tool
 
 
@@ -32,7 +32,7 @@ def perplexity(output):
 
 @pytest.fixture(scope="module")
 def lm_data(tmp_path_factory):
-    src = os.path.join(SHARED_DATA, "debian-descriptions")
+    src = DEBIAN_DESCRIPTIONS
     if not os.path.isfile(os.path.join(src, "train.short")):
         pytest.skip("../shared/data/debian-descriptions is not beside the repository")
     root = tmp_path_factory.mktemp("lm")

@@ -1,27 +1,19 @@
 """Summarization: the apt-index corpus builder, the Gigaword/DUC recipe (offline, on fake
-archives laid out like the real ones), ROUGE scoring and the lead baseline, and an end-to-end
-run with validation ROUGE on a slice of the real debian-descriptions corpus."""
+archives laid out like the real ones), ROUGE scoring and the lead baseline.  The end-to-end run with
+validation ROUGE: tests/integration/test_summarization_cli.py."""
 
 import gzip
-import io
 import json
 import os
-import re
-import subprocess
-import sys
 import zipfile
 
 import lz4.frame
 import pytest
 
+from helpers import DEBIAN_DESCRIPTIONS, needs_debian_descriptions
 from fconv_plugin import rouge
 from fconv_plugin.data import apt_corpus, prepare_summarization
 
-from helpers import REPO, SHARED_DATA
-
-DEBIAN = os.path.join(SHARED_DATA, "debian-descriptions")
-BIN = os.path.dirname(sys.executable)
-needs_corpus = pytest.mark.skipif(not os.path.isdir(DEBIAN), reason="../shared/data/debian-descriptions is not beside the repository")
 
 # Two stanzas of a Translation-en index as apt stores it (continuation lines start with a
 # space, " ." separates paragraphs), plus a duplicate long description and a too-short one.
@@ -87,12 +79,12 @@ def test_apt_index_parsed_folded_deduplicated(tmp_path):
     assert written == 2
 
 
-@needs_corpus
+@needs_debian_descriptions
 def test_split_rule_reproduces_the_fixed_corpus():
     """The hash split of the builder puts every line of ../shared/data/debian-descriptions in
     the split it is in: the recipe makes the same kind of corpus, not a look-alike."""
     for split in apt_corpus.SPLITS:
-        with open(os.path.join(DEBIAN, f"{split}.long"), encoding="utf-8") as f:
+        with open(os.path.join(DEBIAN_DESCRIPTIONS, f"{split}.long"), encoding="utf-8") as f:
             wrong = [i for i, line in enumerate(f) if apt_corpus.split_of(line) != split]
         assert wrong == [], f"{len(wrong)} lines of {split}.long hash to another split"
 
@@ -182,48 +174,3 @@ def test_summarization_preset_is_the_papers_model():
     ARCH_CONFIG_REGISTRY["fconv_ext_summarization"](args)
     assert args.encoder_layers == args.decoder_layers == "[(256, 3)] * 6"
     assert args.encoder_embed_dim == args.decoder_embed_dim == args.decoder_out_embed_dim == 256
-
-
-@pytest.mark.slow
-@needs_corpus
-def test_train_with_validation_rouge_and_score(tmp_path):
-    """A slice of the real corpus through prepare.sh, fairseq-train with validation ROUGE as
-    the best-checkpoint metric, fairseq-generate with headline bounds, fconv-ext-rouge."""
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    for split, n in (("train", 400), ("valid", 30), ("test", 30)):
-        for side in ("long", "short"):
-            with open(os.path.join(DEBIAN, f"{split}.{side}"), encoding="utf-8") as f:
-                lines = [" ".join(next(f).split()[:60]) for _ in range(n)]  # short sources: a fast test
-            (raw / f"{split}.{side}").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    env = dict(os.environ, PATH=BIN + os.pathsep + os.environ["PATH"], SUMM_BPE_MERGES="500", SUMM_THREADS="1", OMP_NUM_THREADS="1")
-    subprocess.run(["bash", os.path.join(REPO, "examples/summarization/prepare.sh"), str(raw), str(tmp_path)],
-                   check=True, env=env, capture_output=True)
-    train = subprocess.run(
-        [f"{BIN}/fairseq-train", str(tmp_path / "bin"), "--user-dir", "fconv_plugin", "--task", "fconv_translation",
-         "--arch", "fconv_ext_tiny", "--no-eval-bleu", "--eval-rouge",
-         "--eval-bleu-args", '{"beam": 1, "max_len_a": 0, "max_len_b": 12}', "--eval-bleu-detok-args", '{"target_lang": "en"}',
-         "--best-checkpoint-metric", "rougeL", "--maximize-best-checkpoint-metric",
-         "--optimizer", "adam", "--lr", "0.005", "--max-tokens", "3000", "--max-epoch", "3",
-         "--required-batch-size-multiple", "1", "--save-dir", str(tmp_path / "ck"), "--no-epoch-checkpoints",
-         "--log-format", "json", "--seed", "1"],
-        cwd=REPO, env=env, capture_output=True, text=True)
-    assert train.returncode == 0, train.stderr[-3000:]
-    valid = [json.loads(line.split("|")[-1]) for line in (train.stdout + train.stderr).splitlines()
-             if '"valid_rougeL"' in line]
-    assert len(valid) == 3
-    for stats in valid:
-        for t in ("rouge1", "rouge2", "rougeL"):
-            assert 0.0 <= float(stats[f"valid_{t}"]) <= 100.0
-    assert float(valid[-1]["valid_best_rougeL"]) == max(float(s["valid_rougeL"]) for s in valid)
-
-    gen = subprocess.run(
-        [f"{BIN}/fairseq-generate", str(tmp_path / "bin"), "--user-dir", "fconv_plugin", "--path", str(tmp_path / "ck/checkpoint_best.pt"),
-         "--beam", "5", "--max-len-a", "0", "--max-len-b", "12", "--batch-size", "16", "--remove-bpe"],
-        cwd=REPO, env=env, capture_output=True, text=True, check=True)
-    hyps = sorted((int(m.group(1)), m.group(2)) for m in re.finditer(r"^H-(\d+)\t\S+\t(.*)$", gen.stdout, re.M))
-    assert len(hyps) == 30 and all(len(h.split()) <= 12 for _, h in hyps)
-    (tmp_path / "test.hyp").write_text("\n".join(h for _, h in hyps) + "\n")
-    scored = subprocess.run([f"{BIN}/fconv-ext-rouge", "--ref", str(raw / "test.short"), "--hyp", str(tmp_path / "test.hyp")],
-                            env=env, capture_output=True, text=True, check=True)
-    assert re.search(r"rouge1 \d+\.\d\d / rouge2 \d+\.\d\d / rougeL \d+\.\d\d", scored.stdout)

@@ -1,17 +1,15 @@
 """fconv_ext_self_att (Fan et al. 2018): parity with fairseq's fconv_self_att through the
-converter, real incremental decoding, padding masks, presets, model fusion, end to end."""
+converter, real incremental decoding, padding masks, presets, model fusion.  Through fairseq-train and
+fairseq-generate: tests/integration/test_self_att_cli.py."""
 
 import argparse
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from fairseq.sequence_generator import SequenceGenerator
 from omegaconf import OmegaConf
 
-from helpers import REPO, StubTask, make_dictionary, random_batch, SELF_ATT_BASE_SMALL as BASE_SMALL, SELF_ATT_WP_SMALL as WP_SMALL
+from helpers import StubTask, make_dictionary, random_batch, SELF_ATT_BASE_SMALL as BASE_SMALL, SELF_ATT_WP_SMALL as WP_SMALL
 from fconv_plugin.convert import convert_checkpoint
 from fconv_plugin.models.fconv_ext_self_att import FConvExtSelfAttConfig, FConvExtSelfAttModel
 
@@ -248,53 +246,3 @@ def test_spec_strings_are_not_evaluated():
                                {field_name: value, "max_source_positions": 8, "max_target_positions": 8})
         with pytest.raises(LayerSpecError, match=field_name.replace("_", "-")):
             FConvExtSelfAttModel.build_model(conf, StubTask(src_dict, src_dict))
-
-
-@pytest.mark.slow
-def test_train_and_generate_tiny_preset(tmp_path):
-    """fairseq-train --user-dir fconv_plugin --arch fconv_ext_self_att_tiny a few updates on a
-    tiny binarized corpus, then fairseq-generate decodes every test sentence."""
-    bin_dir = os.path.dirname(sys.executable)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-
-    def run(*cmd):
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
-        assert proc.returncode == 0, f"{cmd[0]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        return proc.stdout + proc.stderr
-
-    g = torch.Generator().manual_seed(0)
-    words = [f"w{i}" for i in range(30)]
-    for split, n in [("train", 200), ("valid", 20), ("test", 13)]:
-        with open(tmp_path / f"{split}.src", "w") as fs, open(tmp_path / f"{split}.tgt", "w") as ft:
-            for _ in range(n):
-                ids = torch.randint(0, 30, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist()
-                fs.write(" ".join(words[i] for i in ids) + "\n")
-                ft.write(" ".join(words[i] for i in reversed(ids)) + "\n")
-    data = tmp_path / "bin"
-    run(f"{bin_dir}/fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--joined-dictionary",
-        "--trainpref", str(tmp_path / "train"), "--validpref", str(tmp_path / "valid"),
-        "--testpref", str(tmp_path / "test"), "--destdir", str(data), "--workers", "1")
-    save = tmp_path / "ck"
-    log = run(f"{bin_dir}/fairseq-train", str(data), "--user-dir", "fconv_plugin", "--arch", "fconv_ext_self_att_tiny",
-              "--optimizer", "adam", "--lr", "0.002", "--max-tokens", "800", "--max-update", "6",
-              "--no-progress-bar", "--save-dir", str(save), "--no-epoch-checkpoints", "--seed", "1")
-    assert "FConvExtSelfAttModel" in log and (save / "checkpoint_last.pt").exists()
-    out = run(f"{bin_dir}/fairseq-generate", str(data), "--user-dir", "fconv_plugin",
-              "--path", str(save / "checkpoint_last.pt"), "--beam", "3", "--batch-size", "5", "--max-len-b", "12")
-    hyps = [line for line in out.splitlines() if line.startswith("H-")]
-    assert len(hyps) == 13
-
-    # model fusion with the model just trained (frozen), then generation from the fusion checkpoint
-    fusion = tmp_path / "fusion"
-    log = run(f"{bin_dir}/fairseq-train", str(data), "--user-dir", "fconv_plugin", "--arch", "fconv_ext_self_att_tiny",
-              "--pretrained", "True", "--pretrained-checkpoint", str(save / "checkpoint_last.pt"),
-              "--optimizer", "adam", "--lr", "0.002", "--max-tokens", "800", "--max-update", "3",
-              "--no-progress-bar", "--save-dir", str(fusion), "--no-epoch-checkpoints", "--seed", "1")
-    assert "fusion: loading the pretrained model" in log
-    state = torch.load(fusion / "checkpoint_last.pt", weights_only=True)
-    pretrained = torch.load(save / "checkpoint_last.pt", weights_only=True)["model"]
-    # the pretrained weights are frozen: unchanged inside the fusion checkpoint
-    assert torch.equal(state["model"]["decoder.pretrained.fc2.bias"], pretrained["decoder.fc2.bias"])
-    out = run(f"{bin_dir}/fairseq-generate", str(data), "--user-dir", "fconv_plugin",
-              "--path", str(fusion / "checkpoint_last.pt"), "--beam", "3", "--batch-size", "5", "--max-len-b", "12")
-    assert len([line for line in out.splitlines() if line.startswith("H-")]) == 13
