@@ -1,7 +1,7 @@
-"""int8 on torchao for the serving modules (fconv_plugin/serving/int8.py): speed of single products at
+"""int8 for the serving modules (fconv_plugin/serving/int8.py): speed of single products at
 decoding shapes, and whole-test-set decoding through DecoderStep / SourceEncoder, float32 against int8.
 
-    # per product, one thread: float32, torchao int8, torch's dynamic int8 kernels (modules/int8.py), bfloat16
+    # per product, one thread: float32, Int8Linear, torchao's int8 subclass, torch's dynamic int8 kernels, bfloat16
     python benchmarks/int8_step.py products [--threads 1] [--rounds 5] [--calls 50] [--compile]
 
     # the test set, beam 5, batch 64, 2 threads, every variant once per round, rounds alternating
@@ -11,8 +11,8 @@ decoding shapes, and whole-test-set decoding through DecoderStep / SourceEncoder
 Decode variants (``--variants``, names composed of options):
 ``float32`` / ``int8`` (the step and the encoder as they are / quantized by ``quantize_int8_``), ``_fc3float``
 (``vocabulary="float32"``: the vocabulary projection stays float32), ``_sl`` (the shortlist's rows of fc3, per
-batch, through ``vocabulary_rows``; of an int8 fc3 its int8 rows, ``int8_rows=True``), ``_sldq`` (the same
-with ``vocabulary_rows``' default: an int8 fc3's rows dequantized to float32), ``_compiled`` (encoder and step through ``torch.compile(dynamic=True, fullgraph=True)``, the
+batch, through ``vocabulary_rows``; of an int8 fc3 its int8 rows), ``_sldq`` (the same
+with an int8 fc3's rows dequantized to float32), ``_compiled`` (encoder and step through ``torch.compile(dynamic=True, fullgraph=True)``, the
 package's options, compiled in an untimed first pass over ``--warm-batches`` batches), ``_frozen`` (the same
 with inductor's ``freezing`` option); ``model`` with any of ``_int8``, ``_compiled``,
 ``_sl``: the model through fairseq's generator (FConvBeamSearch driving the step) with the model overrides
@@ -62,30 +62,16 @@ PRODUCTS = [
 ]
 
 
-class PlainInt8Linear(nn.Module):
-    """For comparison only: the same int8 scheme as torchao's (int8 weight per row, int8 activation per
-    token, int32 accumulation) in plain aten operators, with the weight transposed once (``in x out``,
-    contiguous) and the unsigned-input compensation precomputed, where torchao's tensor subclass
-    transposes a view and sums the weight's columns at every call.  Measures how much of torchao's eager
-    time is its Python-level dispatch and layout rather than the int8 product."""
+def torchao_int8(linear):
+    """For comparison only: ``linear`` through torchao's int8 tensor subclass
+    (``Int8DynamicActivationInt8WeightConfig``, per-row weights, per-token activations): the same numbers
+    as the package's ``Int8Linear``, dispatched through the subclass at every call."""
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, PerRow, quantize_
 
-    def __init__(self, quantized_linear):
-        super().__init__()
-        weight = quantized_linear.weight  # torchao Int8Tensor: qdata out x in, scale out x 1
-        self.register_buffer("weight_t", weight.qdata.t().contiguous())  # in x out, int8
-        # (q + 128) @ W = q @ W + 128 * column sums of W: the product runs with unsigned 8-bit inputs (VNNI)
-        self.register_buffer("compensation", self.weight_t.sum(0, keepdim=True, dtype=torch.int32) * 128)
-        self.register_buffer("scale", weight.scale.reshape(1, -1).float())  # 1 x out
-        self.register_buffer("bias", quantized_linear.bias.detach())
-
-    def forward(self, x):
-        shape = x.shape
-        x = x.reshape(-1, shape[-1])  # R x in
-        scale = x.abs().amax(-1, keepdim=True).clamp_min(1e-12) / 127.5  # R x 1: torchao's symmetric scale
-        q = torch.clamp(torch.round(x / scale), -128, 127)
-        accumulated = torch._int_mm((q + 128).to(torch.uint8), self.weight_t) - self.compensation  # R x out, int32
-        y = accumulated.float() * scale * self.scale + self.bias
-        return y.reshape(*shape[:-1], -1)
+    holder = nn.Sequential(nn.Linear(linear.in_features, linear.out_features))
+    holder[0].load_state_dict(linear.state_dict())
+    quantize_(holder, Int8DynamicActivationInt8WeightConfig(granularity=PerRow(), set_inductor_config=False))
+    return holder
 
 
 def torch_dynamic_int8(linear):
@@ -99,23 +85,20 @@ def torch_dynamic_int8(linear):
 
 def product_variants(linear, compile_too):
     """name -> callable(x) computing ``linear`` one way."""
-    from fconv_plugin.serving.int8 import quantize_int8_
+    from fconv_plugin.serving.int8 import Int8Linear
 
-    holder = nn.Module()
-    holder.linear = nn.Linear(linear.in_features, linear.out_features)
-    holder.linear.load_state_dict(linear.state_dict())
-    quantize_int8_(holder)
-    torchao_linear = holder.linear
+    int8_linear = Int8Linear(linear)
+    torchao_linear = torchao_int8(linear)
     weight_bf16, bias_bf16 = linear.weight.bfloat16(), linear.bias.bfloat16()
     variants = {
         "float32": linear,
-        "torchao int8": torchao_linear,
+        "Int8Linear (shipped)": int8_linear,
+        "torchao int8 subclass": torchao_linear,
         "torch.ops.quantized int8": torch_dynamic_int8(linear),
-        "int8 in plain aten": PlainInt8Linear(torchao_linear),
         "bfloat16": lambda x: F.linear(x.bfloat16(), weight_bf16, bias_bf16).float(),
     }
     if compile_too:
-        variants["torchao int8, torch.compile"] = torch.compile(torchao_linear, dynamic=False)
+        variants["Int8Linear, torch.compile"] = torch.compile(int8_linear, dynamic=False)
         variants["float32, torch.compile"] = torch.compile(linear, dynamic=False)
     return variants
 
@@ -162,7 +145,7 @@ def run_products(args):
 
 
 def select_rows_ms(rows, args):
-    """Per-batch cost of a shortlist's rows of fc3 (``vocabulary_rows``): float32 rows, int8 rows (torchao)."""
+    """Per-batch cost of a shortlist's rows of fc3 (``vocabulary_rows``): float32 rows, int8 rows."""
     from fconv_plugin.serving.int8 import quantize_int8_, vocabulary_rows
 
     step = nn.Module()
@@ -172,8 +155,7 @@ def select_rows_ms(rows, args):
     quantized.fc3.load_state_dict(step.fc3.state_dict())
     quantize_int8_(quantized)
     calls = {"float32 rows": lambda _: vocabulary_rows(step, rows),
-             "torchao int8 rows": lambda _: vocabulary_rows(quantized, rows, int8_rows=True),
-             "int8 rows dequantized": lambda _: vocabulary_rows(quantized, rows)}
+             "int8 rows": lambda _: vocabulary_rows(quantized, rows)}
     return {v: 1000 * statistics.median(time_calls(fn, None, args.calls) for _ in range(args.rounds))
             for v, fn in calls.items()}
 
@@ -184,7 +166,7 @@ def select_rows_ms(rows, args):
 def beam_search(encoder, step, src_tokens, beam, eos, pad, max_len_a, max_len_b, candidates=None, int8_rows=True):
     """Best hypothesis (token list, EOS last) of each sentence of ``src_tokens`` (B x S, left-padded),
     decoded with ``step``.  ``candidates``: sorted target ids (a shortlist): only those rows of fc3 are
-    scored, rows of an int8 fc3 as int8 (``int8_rows``) or dequantized to float32.  fairseq's rules
+    scored, rows of an int8 fc3 as int8 (``int8_rows``) or dequantized to float32 here.  fairseq's rules
     (module docstring); no length penalty beyond dividing by the length."""
     from fconv_plugin.serving.int8 import vocabulary_rows
 
@@ -193,7 +175,10 @@ def beam_search(encoder, step, src_tokens, beam, eos, pad, max_len_a, max_len_b,
     max_len = ((~mask).sum(1).float() * max_len_a + max_len_b).long()  # B: tokens allowed, EOS included
     vocabulary = {}
     if candidates is not None:
-        vocabulary["vocabulary_weight"], vocabulary["vocabulary_bias"] = vocabulary_rows(step, candidates, int8_rows)
+        vocabulary = vocabulary_rows(step, candidates)
+        if "vocabulary_scale" in vocabulary and not int8_rows:  # int8 values x row scales, in float32
+            scales = vocabulary.pop("vocabulary_scale")
+            vocabulary["vocabulary_weight"] = vocabulary["vocabulary_weight"].float() * scales.unsqueeze(1)
         pad_column, eos_column = int((candidates == pad).nonzero()), int((candidates == eos).nonzero())
     else:
         pad_column, eos_column = pad, eos
@@ -254,9 +239,8 @@ def step_variant(model, variant):
         quantize_int8_(encoder)
         quantize_int8_(step, vocabulary="float32" if "_fc3float" in variant else "int8")
     if "_compiled" in variant or "_frozen" in variant:
-        # _frozen: inductor's freezing treats the weights as constants, which is what lets it replace
-        # torchao's int8 product (written for the compiler as a float product with an int32 result) by its
-        # own int8 kernel.  The compiled modules keep the eager ones' attributes (initial_windows, fc3)
+        # _frozen: inductor's freezing treats the weights as constants (it may prepack them for its
+        # own kernels).  The compiled modules keep the eager ones' attributes (initial_windows, fc3)
         options = {"freezing": True} if "_frozen" in variant else {}
         encoder = torch.compile(encoder, dynamic=True, fullgraph=True, options=options)
         step = torch.compile(step, dynamic=True, fullgraph=True, options=options)
@@ -371,7 +355,7 @@ def main():
     pp.add_argument("--threads", type=int, default=1)
     pp.add_argument("--rounds", type=int, default=5)
     pp.add_argument("--calls", type=int, default=50)
-    pp.add_argument("--compile", action="store_true", help="also torch.compile'd float32 and torchao int8")
+    pp.add_argument("--compile", action="store_true", help="also torch.compile'd float32 and Int8Linear")
     pp.add_argument("--rows", type=int, nargs="+", help="only the products with these numbers of rows (5, 64, 320)")
     pd = sub.add_parser("decode")
     pd.add_argument("--checkpoint", required=True, help="an fconv_ext checkpoint (fconv-ext-convert's output)")

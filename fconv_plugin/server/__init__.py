@@ -13,5 +13,5 @@ Read in this order:
 - :mod:`.page`       the page at ``/`` (``static/index.html``)
 
 The server needs ``pip install 'fconv-ext[serve]'`` (starlette, uvicorn, prometheus_client);
-docs/serving.md has the whole story, benchmarks/results_serve.md the load test.
+docs/serving.md has the whole story, benchmarks/results/serve.md the load test.
 """

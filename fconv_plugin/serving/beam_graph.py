@@ -119,9 +119,9 @@ class ShortlistBeamStep(BeamStep):
                 length_scale: Tensor, scores: Tensor, bias: Tensor, origin: Tensor, ignore: Tensor, words: Tensor,
                 *windows: Tensor) -> Tuple[Tensor, ...]:
         windows = self._reordered(windows, origin)
-        weight, vocabulary_bias = vocabulary_rows(self.step, words)  # C x out_embed_dim, C
+        vocabulary = vocabulary_rows(self.step, words)  # fc3's rows: C x out_embed_dim, C[, C]
         log_probs, _, new_windows = self.step(tokens, position, windows, keys, values, source_mask, length_scale,
-                                              weight, vocabulary_bias)
+                                              **vocabulary)
         return (*self._search(log_probs, scores, bias, ignore, words), *new_windows)
 
 

@@ -537,9 +537,8 @@ class _StepDecoder(_Decoder):
         self.keys, self.values, self.mask, self.scale = (t.clone() for t in encoder_inputs_from(encoder_out))
         self.windows = module.initial_windows(bsz, k, dtype=self.values.dtype, device=self.values.device)
         self.vocabulary = {}
-        if shortlist is not None:  # fc3's rows of the batch's words (float32), selected once per batch
-            weight, bias = vocabulary_rows(module, shortlist)
-            self.vocabulary = {"vocabulary_weight": weight, "vocabulary_bias": bias}
+        if shortlist is not None:  # fc3's rows of the batch's words (float32 or int8), selected once per batch
+            self.vocabulary = vocabulary_rows(module, shortlist)
         # the eager step writes each step's logits and log-probabilities into the search's buffers
         # (float32 fc3 on a CPU: _StepBuffers); a compiled step plans its own memory
         fc3_weight = self.vocabulary.get("vocabulary_weight", getattr(module.fc3, "weight", None))

@@ -14,8 +14,8 @@ are not changed, only swapped):
 The product is a few plain aten operators around ``torch._int_mm``, so the modules run eagerly,
 compile (``torch.compile``) and trace (``torch.export``) like any other.  torchao's own int8 tensor
 subclass computes the same numbers, but in eager decoding its per-call dispatch cost more than a
-float32 product at decoding's sizes; here the weight is transposed once and the column sums that the
-unsigned-input product needs are computed once (benchmarks/results/int8_step.md has both measured).
+float32 product at decoding's sizes; here the weight is stored transposed, as the product takes it
+(benchmarks/results/int8_step.md has both measured).
 
 Everything else stays float32: embeddings, attention scores and softmax, the gates, residual sums,
 the log-softmax and every beam score.
@@ -24,18 +24,17 @@ the log-softmax and every beam score.
     step, encoder = DecoderStep(model), SourceEncoder(model)
     quantize_int8_(encoder)
     quantize_int8_(step)                           # or: quantize_int8_(step, vocabulary="float32")
-    weight, bias = vocabulary_rows(step, rows)     # a shortlist's rows of fc3, float32 either way
+    selected = vocabulary_rows(step, rows)         # a shortlist's rows of fc3: step(..., **selected)
 
 ``vocabulary`` says what happens to the vocabulary projection ``fc3`` (the widest product): ``"int8"``
 quantizes it like the rest, ``"float32"`` leaves it as it is.  :func:`vocabulary_rows` gives the rows a
-shortlist selects, for the step's ``vocabulary_weight`` / ``vocabulary_bias`` arguments, in float32 (an
-int8 ``fc3``'s rows dequantized).
+shortlist selects, in the dtype of ``fc3``, as the step's ``vocabulary_*`` arguments.
 
 This module does not use ``torch.ao.quantization`` nor torch's ``torch.ops.quantized`` kernels.  CPUs
 only: a module on another device is refused with a message (on GPUs decode in bfloat16 or float16).
 """
 
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -44,8 +43,7 @@ from torch import Tensor
 #: what :func:`quantize_int8_` can do with the vocabulary projection ``fc3``
 VOCABULARY_CHOICES = ("int8", "float32")
 
-#: the default: the vocabulary projection in int8 too (without a shortlist its int8 product is the
-#: faster; with one, :func:`vocabulary_rows` gives float32 rows)
+#: the default: the vocabulary projection in int8 too (the widest product, where int8 gains the most)
 DEFAULT_VOCABULARY = "int8"
 
 #: symmetric int8 with torchao's rounding: ``scale = max |x| / 127.5``, values clamped to [-128, 127]
@@ -66,40 +64,41 @@ def _quantize_rows(weight: Tensor) -> Tuple[Tensor, Tensor]:
     return quantized.qdata, quantized.scale.reshape(-1).float()
 
 
-class Int8Linear(nn.Module):
-    """``nn.Linear`` in int8: ``y = (q(x) @ Wq^T) * s_x * s_w + b`` with ``Wq`` the weight's int8 rows
-    and ``s_w`` their scales, ``q(x)`` each input row (token) quantized to int8 with its own scale
-    ``s_x``, the product accumulated in int32.
+def int8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """``F.linear`` in int8: ``y = (q(x) @ W^T) * s_x * s_w + b``, with ``weight`` int8 (out x in) and
+    ``weight_scale`` its rows' scales ``s_w`` (out), ``q(x)`` each input row (token) quantized to int8
+    with its own scale ``s_x``, the product accumulated in int32 (``torch._int_mm``)."""
+    shape = x.shape
+    rows = x.reshape(-1, shape[-1])  # R x in
+    scale = (rows.abs().amax(-1, keepdim=True) / _HALF_RANGE).clamp_min_(_MIN_SCALE)  # R x 1
+    # x * (1 / scale), rounded half to even: torchao's rounding, so the same integers as its int8
+    quantized = (rows * scale.reciprocal()).round_().clamp_(-128, 127).to(torch.int8)  # R x in
+    accumulated = torch._int_mm(quantized, weight.t())  # R x out, int32
+    y = accumulated.float().mul_(scale).mul_(weight_scale)  # R x out: torchao's order of the two scalings
+    if bias is not None:
+        y = y.add_(bias)
+    return y.view(*shape[:-1], weight.size(0))
 
-    The product runs on unsigned inputs (``q(x) + 128``, what CPUs with VNNI multiply fastest), so the
-    int32 result is corrected by ``128 * column sums of Wq``, exactly: the same integers as the signed
-    product.  Buffers only, no parameters: an int8 module is for inference."""
+
+class Int8Linear(nn.Module):
+    """``nn.Linear`` in int8 (:func:`int8_linear`): the weight's rows in int8, one float32 scale per
+    row, quantized once by torchao.  Buffers only, no parameters: an int8 module is for inference."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
         weight, scale = _quantize_rows(linear.weight)  # out x in int8, out float32
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer("weight_int8", weight.t().contiguous())  # in x out: _int_mm's right operand
-        self.register_buffer("compensation", self.weight_int8.sum(0, keepdim=True, dtype=torch.int32) * 128)  # 1 x out
-        self.register_buffer("weight_scale", scale.reshape(1, -1))  # 1 x out
+        self.register_buffer("weight_int8", weight)  # out x in
+        self.register_buffer("weight_scale", scale)  # out
         bias = linear.bias
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())  # out
 
     def dequantized_weight(self) -> Tensor:
         """The float32 weight (out x in) the int8 values stand for: each int8 row times its scale."""
-        return self.weight_int8.t().float() * self.weight_scale.t()  # out x in
+        return self.weight_int8.float() * self.weight_scale.unsqueeze(1)  # out x in
 
     def forward(self, x: Tensor) -> Tensor:
-        shape = x.shape
-        rows = x.reshape(-1, shape[-1])  # R x in
-        scale = (rows.abs().amax(-1, keepdim=True) / _HALF_RANGE).clamp_min_(_MIN_SCALE)  # R x 1
-        # x * (1 / scale), rounded half to even: torchao's rounding, so the same integers as its int8
-        unsigned = (rows * scale.reciprocal()).round_().clamp_(-128, 127).add_(128).to(torch.uint8)  # R x in
-        accumulated = torch._int_mm(unsigned, self.weight_int8) - self.compensation  # R x out, int32
-        y = accumulated.float().mul_(scale).mul_(self.weight_scale)  # R x out
-        if self.bias is not None:
-            y = y.add_(self.bias)
-        return y.view(*shape[:-1], self.out_features)
+        return int8_linear(x, self.weight_int8, self.weight_scale, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -154,15 +153,16 @@ def quantize_int8_(module: nn.Module, vocabulary: str = DEFAULT_VOCABULARY) -> i
     return replaced
 
 
-def vocabulary_rows(step: nn.Module, rows: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+def vocabulary_rows(step: nn.Module, rows: Tensor) -> Dict[str, Tensor]:
     """Rows ``rows`` (a LongTensor of vocabulary indices: a shortlist) of the step's vocabulary
-    projection, as the ``vocabulary_weight``, ``vocabulary_bias`` arguments of
-    :meth:`~.step.DecoderStep.forward`, selected once per batch: float32 rows (an int8 ``fc3``'s rows
-    dequantized: the int8 weights' values, the product in float32 over a shortlist's few rows)."""
+    projection ``fc3``, as the keyword arguments of :meth:`~.step.DecoderStep.forward` that score only
+    them, selected once per batch: ``vocabulary_weight`` (C x in) and ``vocabulary_bias`` (C); for an
+    int8 ``fc3`` its int8 rows and ``vocabulary_scale`` (C), their scales (nothing is requantized:
+    the columns of the full int8 product exactly, since each activation row is quantized on its own)."""
     fc3 = step.fc3
+    selected = {"vocabulary_weight": (fc3.weight_int8 if is_quantized(fc3) else fc3.weight).index_select(0, rows)}
+    if fc3.bias is not None:
+        selected["vocabulary_bias"] = fc3.bias.index_select(0, rows)  # C
     if is_quantized(fc3):
-        weight = fc3.weight_int8.index_select(1, rows).t().float() * fc3.weight_scale.index_select(1, rows).t()
-    else:
-        weight = fc3.weight.index_select(0, rows)  # C x in
-    bias = None if fc3.bias is None else fc3.bias.index_select(0, rows)  # C
-    return weight, bias
+        selected["vocabulary_scale"] = fc3.weight_scale.index_select(0, rows)  # C
+    return selected

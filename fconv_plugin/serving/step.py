@@ -19,7 +19,7 @@ and out, with a fixed-size state, that call can be compiled (``torch.compile``),
 * ``source_mask``: ``B x S`` bool, True at padding; ``length_scale``: ``B x 1 x 1`` float32, the
   paper's ``s * sqrt(1/s)`` per sentence (:func:`source_length_scale`);
 * ``log_probs``: ``B x K x V`` float32 (``V``: the vocabulary, or the rows given as
-  ``vocabulary_weight`` / ``vocabulary_bias``: a shortlist); ``attention``: ``B x K x S``, averaged
+  ``vocabulary_weight`` / ``vocabulary_bias`` [/ ``vocabulary_scale`` for int8 rows]: a shortlist); ``attention``: ``B x K x S``, averaged
   over the attention layers.
 
 Weight norm is folded (the step holds each weight's value, ``g * v / ||v||``, as a plain tensor), and
@@ -48,6 +48,7 @@ from torch import Tensor
 
 from ..modules import SQRT_HALF
 from ..modules.attention import source_length_scale
+from .int8 import int8_linear
 
 #: the decoder state: one window of past inputs per causal convolution with k > 1
 Windows = Tuple[Tensor, ...]
@@ -163,6 +164,7 @@ class DecoderStep(_Side):
         length_scale: Tensor,  # B x 1 x 1
         vocabulary_weight: Optional[Tensor] = None,  # C x out_embed_dim: rows of fc3 (a shortlist)
         vocabulary_bias: Optional[Tensor] = None,  # C
+        vocabulary_scale: Optional[Tensor] = None,  # C: the rows' scales when they are int8 (serving.int8)
         out: Optional[Tuple[Tensor, Tensor]] = None,  # eager only: (logits, log_probs) buffers, B*K x V each
     ) -> Tuple[Tensor, Tensor, Windows]:
         """``out``: buffers the eager caller keeps for the whole search, so that the two ``B*K x V``
@@ -208,16 +210,19 @@ class DecoderStep(_Side):
             outputs.append(x)
 
         x = self.fc2(x)  # B x K x out_embed_dim
-        if vocabulary_weight is not None:  # a shortlist's rows of fc3
-            weight, bias = vocabulary_weight, vocabulary_bias
-        elif type(self.fc3) is nn.Linear:
-            weight, bias = self.fc3.weight, self.fc3.bias
-        else:  # fc3 replaced (int8): its own product
-            weight = bias = None
+        if vocabulary_weight is None:  # the whole vocabulary: fc3 itself
+            weight, bias = (self.fc3.weight, self.fc3.bias) if type(self.fc3) is nn.Linear else (None, None)
+        else:  # a shortlist's rows of fc3
+            weight, bias = (vocabulary_weight, vocabulary_bias) if vocabulary_scale is None else (None, None)
         if out is not None and weight is not None and not torch.compiler.is_compiling():
             log_probs = self._log_probs_into(out, x, weight, bias)  # B x K x V
         else:
-            logits = self.fc3(x) if weight is None else F.linear(x, weight, bias)  # B x K x V (or C: a shortlist)
+            if weight is not None:
+                logits = F.linear(x, weight, bias)  # B x K x V (or C: a shortlist's rows)
+            elif vocabulary_weight is None:
+                logits = self.fc3(x)  # B x K x V: a replaced fc3 (int8)
+            else:
+                logits = int8_linear(x, vocabulary_weight, vocabulary_scale, vocabulary_bias)  # B x K x C
             log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32)  # B x K x V
         if attention_sum is None:
             attention_sum = keys.new_zeros(tokens.size(0), tokens.size(1), keys.size(1))  # B x K x S

@@ -56,8 +56,8 @@ def test_every_linear_is_quantized_and_counted():
     assert not any(type(m) is nn.Linear for m in step.modules())
     # fc1, fc2, 3 convolutions, 2 residual projections
     assert quantize_int8_(encoder) == 2 + 3 + 2
-    # int8 weights (stored in x out for the product), one float32 scale per output row; embeddings stay float32
-    assert step.fc3.weight_int8.dtype == torch.int8 and step.fc3.weight_int8.shape == (12, 45)
+    # int8 weights, one float32 scale per output row; embeddings stay float32
+    assert step.fc3.weight_int8.dtype == torch.int8 and step.fc3.weight_int8.shape == (45, 12)
     assert step.fc3.weight_scale.dtype == torch.float32 and step.fc3.weight_scale.numel() == 45
     assert step.embed_tokens.dtype == torch.float32
 
@@ -87,7 +87,7 @@ def test_quantized_step_stays_close_to_float32():
 
 def test_int8_linear_is_torchaos_int8_product():
     """Int8Linear computes what torchao's int8 tensor subclass computes (per-row int8 weights, per-token
-    int8 activations, int32 accumulation): the same integers, scaled back in another order."""
+    int8 activations, int32 accumulation, the same scalings in the same order): the same numbers."""
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig, PerRow, quantize_
 
     torch.manual_seed(3)
@@ -100,41 +100,38 @@ def test_int8_linear_is_torchaos_int8_product():
     with torch.no_grad():
         expected, got, exact = reference(x), Int8Linear(linear)(x), linear(x)
     assert got.shape == (2, 7, 40) and got.dtype == torch.float32
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
     torch.testing.assert_close(got[0, 3], linear.bias.detach(), rtol=0, atol=0)
     # and it is an int8 product: close to float32, not equal
     assert 0 < (got - exact).abs().max() < 0.02 * exact.abs().max()
-    # the unsigned-input correction is exact: the signed int8 product gives the same integers
+    # torchao's int8 values and scales, kept as they are
     layer = Int8Linear(linear)
-    torch.testing.assert_close(layer.dequantized_weight(), layer.weight_int8.t().float() * layer.weight_scale.t())
+    assert torch.equal(layer.weight_int8, reference[0].weight.qdata)
+    assert torch.equal(layer.weight_scale, reference[0].weight.scale.view(-1))
+    torch.testing.assert_close(layer.dequantized_weight(), reference[0].weight.dequantize(), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("vocabulary", ["int8", "float32"])
 def test_shortlist_rows_give_the_columns_of_the_full_product(vocabulary):
-    """A shortlist's rows are float32 (an int8 fc3's rows dequantized): the step over them gives the
-    columns of the step over the whole vocabulary whose fc3 is those float32 values."""
     model, src_dict, tgt_dict = prepared_model(seed=5)
     src_tokens, targets = inputs(src_dict, tgt_dict, seed=6)
     rows = torch.tensor([0, 1, 2, 3, 5, 7, 9, 11, 30, 40] + targets.unique().tolist()).unique()
     encoder, step = SourceEncoder(model), DecoderStep(model)
     quantize_int8_(encoder)
     quantize_int8_(step, vocabulary=vocabulary)
-    weight, bias = vocabulary_rows(step, rows)
-    assert type(weight) is torch.Tensor and weight.dtype == torch.float32 and weight.shape == (rows.numel(), 12)
-    if vocabulary == "int8":  # int8 values times their row scales
-        torch.testing.assert_close(weight, step.fc3.dequantized_weight()[rows], rtol=0, atol=0)
-    else:
-        torch.testing.assert_close(weight, step.fc3.weight[rows], rtol=0, atol=0)
+    selected = vocabulary_rows(step, rows)
+    weight = selected["vocabulary_weight"]
+    assert weight.shape == (rows.numel(), 12)
+    assert weight.dtype == (torch.int8 if vocabulary == "int8" else torch.float32)
+    assert ("vocabulary_scale" in selected) == (vocabulary == "int8")
     with torch.no_grad():
-        got = decode_log_probs(encoder, step, src_tokens, targets, vocabulary_weight=weight, vocabulary_bias=bias)
-        # the same over the whole vocabulary, fc3 in float32 with those values, -inf outside the rows
-        full_weight = step.fc3.dequantized_weight() if vocabulary == "int8" else step.fc3.weight
+        got = decode_log_probs(encoder, step, src_tokens, targets, **selected)
+        # the same over the whole vocabulary with -inf outside the rows: each activation row is quantized
+        # on its own (per token), whichever weight rows it meets, so the logits of the rows are the same
         mask = torch.full((len(tgt_dict),), float("-inf"))
         mask[rows] = 0
-        step.fc3 = nn.Linear(12, len(tgt_dict))
-        step.fc3.weight = nn.Parameter(full_weight.detach().clone(), requires_grad=False)
-        step.fc3.bias = nn.Parameter(bias.new_zeros(len(tgt_dict)).index_put((rows,), bias) + mask,
-                                     requires_grad=False)
+        masked = step.fc3.bias + mask  # a buffer of Int8Linear, a parameter of nn.Linear
+        step.fc3.bias = masked if vocabulary == "int8" else nn.Parameter(masked, requires_grad=False)
         full = decode_log_probs(encoder, step, src_tokens, targets)
     torch.testing.assert_close(got, full[:, :, rows], rtol=0, atol=1e-5)
 
