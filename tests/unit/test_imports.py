@@ -1,12 +1,11 @@
-"""fconv_plugin has no import cycle: every module imports on its own, and the graph of
-its imports (read from the source, imports inside functions included) has no cycle;
-the models never depend on the converters, the CLIs, the tasks or the criterions."""
+"""The graph of fconv_plugin's imports, read from the source (imports inside functions included): it has
+no cycle, each layer imports only the layers below it, and the models never depend on the converters, the
+CLIs, the tasks or the criterions, not even through other modules.  fconv_runtime needs neither fairseq nor
+the plugin."""
 
 import ast
 import os
 import pkgutil
-import subprocess
-import sys
 from typing import Dict, List, Set
 
 import pytest
@@ -141,36 +140,55 @@ def test_models_and_modules_never_import_converters_clis_tasks_or_criterions(bel
     assert not offending, f"{below} depends on (directly or through other modules): {offending}"
 
 
-#: run in a fresh interpreter: torch and fairseq (the slow part) are imported once, then
-#: each fconv_plugin module is imported first thing in a forked child of that interpreter
-_IMPORT_EACH = """
-import importlib, os, sys, traceback
-import torch, fairseq  # noqa: F401  (shared by every child; fconv_plugin is not imported here)
-failed = []
-for name in sys.argv[1:]:
-    pid = os.fork()
-    if pid == 0:
-        try:
-            importlib.import_module(name)
-        except BaseException:
-            print(f"--- import {name} failed:", file=sys.stderr)
-            traceback.print_exc()
-            os._exit(1)
-        os._exit(0)
-    if os.waitpid(pid, 0)[1] != 0:
-        failed.append(name)
-print("failed imports:", " ".join(failed))
-"""
+#: the layers of fconv_plugin and the ones each may import directly (DESIGN: models -> modules; serving,
+#: convert, criterions -> models; nothing imports back up; the exact model knows nothing of serving)
+MAY_IMPORT = {
+    "fconv_plugin.modules": set(),
+    "fconv_plugin.models": {"fconv_plugin.modules", "fconv_plugin.checkpoint", "fconv_plugin.hub"},
+    "fconv_plugin.hub": {"fconv_plugin.checkpoint"},
+    "fconv_plugin.checkpoint": set(),
+    "fconv_plugin.criterions": {"fconv_plugin.models", "fconv_plugin.modules"},
+    "fconv_plugin.serving": {"fconv_plugin.models", "fconv_plugin.modules", "fconv_plugin.checkpoint"},
+    "fconv_plugin.convert": {"fconv_plugin.models", "fconv_plugin.modules", "fconv_plugin.checkpoint",
+                             "fconv_plugin.hub"},
+}
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_each_module_imports_on_its_own():
-    """For every module, a fresh interpreter that has not imported fconv_plugin imports that
-    module first: no order of imports is needed."""
-    done = subprocess.run(
-        [sys.executable, "-c", _IMPORT_EACH, *sorted(m for m in MODULES if not m.endswith(".__main__"))],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-    )  # (a package's __main__ is a script: `python -m` runs it)
-    assert done.returncode == 0, done.stderr[-3000:]
-    failed = done.stdout.rpartition("failed imports:")[2].split()
-    assert not failed, f"these modules do not import on their own: {failed}\n{done.stderr[-3000:]}"
+def _layer(name: str) -> str:
+    return ".".join(name.split(".")[:2])
+
+
+@pytest.mark.parametrize("layer", sorted(MAY_IMPORT))
+def test_each_layer_imports_only_the_layers_below_it(layer):
+    """Direct imports, so that a forbidden one is named where it is written."""
+    offending = {
+        name: sorted(target for target in GRAPH[name] if _layer(target) not in MAY_IMPORT[layer] | {layer})
+        for name in MODULES
+        if _layer(name) == layer
+    }
+    offending = {name: targets for name, targets in offending.items() if targets}
+    assert not offending, f"{layer} may import only {sorted(MAY_IMPORT[layer])}; these modules import more: {offending}"
+
+
+def test_fconv_runtime_needs_neither_fairseq_nor_the_plugin_and_torch_only_in_a_function():
+    """fconv_runtime runs where fairseq and torch cannot be imported: neither it nor the plugin is imported
+    anywhere in it, torch only inside a function (the AOTInductor backend's)."""
+    folder = os.path.join(REPO, "fconv_runtime")
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".py"))
+    assert "backends.py" in files
+    found = []
+    for filename in files:
+        tree = ast.parse(open(os.path.join(folder, filename)).read(), filename)
+        top_level = {id(node) for node in tree.body}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                root = name.split(".")[0]
+                if root in ("fairseq", "fconv_plugin") or (root == "torch" and id(node) in top_level):
+                    found.append(f"{filename}:{node.lineno} imports {name}")
+    assert not found, found
