@@ -370,13 +370,14 @@ import argparse, json, os, sys, tempfile, traceback
 import numpy as np, torch
 import fairseq_cli.interactive as interactive  # fairseq first, then the plugin, as under fairseq-interactive
 from fairseq import checkpoint_utils
-from fairseq.data import Dictionary, data_utils
+from fairseq.data import data_utils
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 
 def changes_in_effect(model_cfg):
     import fconv_plugin
     from fconv_plugin.models import build_model_from_config
+    from helpers import make_dictionary  # (it imports the plugin: only now)
 
     on = {"safe_globals": argparse.Namespace in torch.serialization.get_safe_globals()}
     tmp = tempfile.mkdtemp()
@@ -396,9 +397,7 @@ def changes_in_effect(model_cfg):
     batches = data_utils.batch_by_size(np.arange(13), None, num_tokens_vec=np.full(13, 5), max_sentences=4,
                                        required_batch_size_multiple=8)
     on["keep_last_batch"] = sum(len(b) for b in batches) == 13
-    d = Dictionary()
-    for i in range(16):
-        d.add_symbol(f"w{i}")
+    d = make_dictionary(20)
     model = build_model_from_config(model_cfg, d, d)
     generator = TranslationTask(TranslationConfig(), d, d).build_generator([model], argparse.Namespace(beam=2))
     on["beam_search"] = type(generator).__name__ == "FConvBeamSearch"
@@ -451,7 +450,7 @@ def test_each_switch_turns_off_its_change_and_only_that():
     settings["FCONV_EXT_NO_FIXES=0"] = ({"FCONV_EXT_NO_FIXES": "0"}, {n: True for n in names})
     settings["no switch"] = ({}, {n: True for n in names})
     env = {k: v for k, v in os.environ.items() if not k.startswith("FCONV_EXT_")}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]))
     out = subprocess.run([sys.executable, "-c", PROBE, json.dumps({k: e for k, (e, _) in settings.items()}),
                           json.dumps(TINY_EXT)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
