@@ -21,7 +21,7 @@ fairseq's checkpoints converted into ``<directory>.fconv_ext``; one of this plug
 it is).
 
 The models import this module for their ``hub_models`` / ``from_pretrained``, and models never
-depend on the converters (tests/test_imports.py): :mod:`fconv_plugin.convert` registers the
+depend on the converters (tests/unit/test_imports.py): :mod:`fconv_plugin.convert` registers the
 directory conversion here (:func:`register_directory_converter`), as it registers its checkpoint
 converter with the models (:mod:`fconv_plugin.models.foreign`).
 """

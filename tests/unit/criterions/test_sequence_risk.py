@@ -86,8 +86,8 @@ def test_alpha_one_is_label_smoothed_cross_entropy():
         loss.backward()
         results.append((loss.detach(), sample_size, [p.grad.clone() for p in model.parameters()]))
     (l1, s1, g1), (l2, s2, g2) = results
-    # fconv_ext's token-level loss is the fused output layer + loss (tests/test_fused_criterion.py):
-    # the same numbers up to float32 rounding
+    # fconv_ext's token-level loss is the fused output layer + loss
+    # (tests/unit/criterions/test_fused_criterion.py): the same numbers up to float32 rounding
     torch.testing.assert_close(l1, l2, rtol=1e-5, atol=1e-5)
     assert s1 == s2
     for a, b in zip(g1, g2):

@@ -1,6 +1,6 @@
 """fairseq drops the last N mod 8 examples of a split (its longest); with the plugin
 imported (fconv_plugin.fairseq_fixes, entry keep_last_batch) every example is in exactly
-one batch.  tests/test_fairseq_fixes.py compares the batches with fairseq's own."""
+one batch.  tests/unit/fairseq_fixes/test_fairseq_fixes.py compares the batches with fairseq's own."""
 
 import numpy as np
 import pytest
