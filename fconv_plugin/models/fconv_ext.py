@@ -108,7 +108,7 @@ class FConvExtConfig(ConvSeq2SeqConfig):
         default="float32",
         metadata={"help": "opt-in, inference only: 'bfloat16' casts the model to bfloat16 when decoding starts "
                   "(make_generation_fast_; faster or slower than float32 depending on the CPU: benchmarks/README.md); "
-                  "'int8' (CPUs only) decodes with the decoder step and encoder quantized by torchao: int8 weights "
+                  "'int8' (CPUs only) decodes with the decoder step and encoder quantized to int8: int8 weights "
                   "(one scale per row), int8 activations (one scale per token) in every product (docs/int8.md; "
                   "FConvBeamSearch only, fairseq's own generators decode in float32). log-probabilities "
                   "and beam scores stay float32. Not exact: BLEU moves slightly (benchmarks/README.md, docs/int8.md). "
