@@ -5,7 +5,7 @@
     python benchmarks/bench.py --smoke [--data D --fconv-checkpoint CK.pt]   # minutes: tiny model and data, no claims
     python benchmarks/bench.py --device cuda --dtypes fp16 bf16 ...   # on a GPU (benchmarks/gpu_run.sh)
     python benchmarks/bench.py ... --opt-ins shortlist int8 shortlist+int8 [--shortlist FILE]
-        [--ensemble-with CK2.pt] [--references RAW_TEST.de]   # the fast-serving opt-ins (issue 14)
+        [--ensemble-with CK2.pt] [--references RAW_TEST.de]   # the fast-serving opt-ins
 
 The fairseq fconv checkpoint is converted to fconv_ext in this run (fconv-ext-convert's code), so both
 sides decode the same model; hypotheses are compared and must be identical.  Every measurement runs in

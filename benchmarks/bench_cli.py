@@ -21,7 +21,7 @@ Emulations (environment of both sides):
 * ``avx2``: ``MKL_ENABLE_INSTRUCTIONS=AVX2`` (MKL's BLAS: the ``addmm`` / ``mm`` products),
   ``ONEDNN_MAX_CPU_ISA=AVX2`` (oneDNN: convolutions, int8 and bf16 kernels) and ``ATEN_CPU_CAPABILITY=avx2``
   (torch's own vectorized kernels: softmax, elementwise, reductions, topk) -- the last one is not in the
-  issue's recipe, but an AVX2-only CPU has it too.
+  usual recipe, but an AVX2-only CPU has it too.
 
 Before measuring, each emulation is verified in a child process: torch's CPU capability, the ISA oneDNN
 and MKL say they dispatch to (``ONEDNN_VERBOSE=1`` / ``MKL_VERBOSE=1`` on one convolution and one
@@ -141,7 +141,7 @@ def summarize(runs):
     return entry
 
 
-TARGETS = {"beam5_batch64": 1.5, "beam1_batch64": 1.3}  # the targets for the AVX2-only CPU
+TARGETS = {"beam5_batch64": 1.5, "beam1_batch64": 1.3}  # the targets for the AVX2-only CPU
 
 
 def markdown(r):

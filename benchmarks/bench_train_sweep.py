@@ -1,4 +1,4 @@
-"""How training cost grows with the vocabulary and the batch (issue 17): fairseq's ``fconv``
+"""How training cost grows with the vocabulary and the batch: fairseq's ``fconv``
 (label_smoothed_cross_entropy) vs ``fconv_ext`` (the same criterion) vs ``fconv_ext`` with
 ``fused_label_smoothed_cross_entropy``, at the ``iwslt_de_en`` dimensions.
 

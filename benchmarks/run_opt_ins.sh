@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 14's benchmark in one command: the fast-serving opt-ins (shortlist, int8, both), the ensemble of
+# The fast-serving benchmark in one command: the fast-serving opt-ins (shortlist, int8, both), the ensemble of
 # 2 on the fast path, the 32k-vocabulary model, and the exact default under fairseq-generate's own timer
 # natively and on an emulated AVX2-only CPU, plus the timer-gap analysis at beam 1 batch 64.
 #   usage: benchmarks/run_opt_ins.sh            (from the repository root; about 20-25 minutes at REPS=3

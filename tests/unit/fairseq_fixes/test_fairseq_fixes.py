@@ -204,7 +204,7 @@ def test_real_stdin_of_a_fairseq_interactive_process(tmp_path):
 
 
 def test_interactive_main_with_a_text_stream_as_stdin(interactive, tmp_path, monkeypatch, capsys):
-    """The issue's case: fairseq_cli.interactive.main called from Python with sys.stdin an
+    """The reported case: fairseq_cli.interactive.main called from Python with sys.stdin an
     io.StringIO, plugin imported: the same output as with fairseq's own reader (in this
     process, about a second: not marked slow)."""
     from fairseq import options

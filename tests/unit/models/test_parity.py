@@ -6,7 +6,7 @@ from fairseq.sequence_generator import SequenceGenerator
 
 from helpers import build_twins, random_batch
 
-# (arch, max abs difference allowed on log-probabilities): the bounds
+# (arch, max abs difference allowed on log-probabilities): the parity bounds
 PRESETS = [
     ("fconv_iwslt_de_en", 1e-5),
     ("fconv_wmt_en_ro", 1e-4),
