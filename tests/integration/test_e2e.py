@@ -1,7 +1,7 @@
 """End to end through fairseq's own CLIs, on a slice of the real gettext corpus: fairseq-preprocess,
 fairseq-train --user-dir fconv_plugin, fairseq-generate (--print-alignment), fairseq-interactive, the
 hub interface, the plots, and fconv-ext-convert on a fairseq fconv model.  One feature per test; the
-training run and the generate run they read are session fixtures (tests/conftest.py)."""
+training run and the generate run they read are session fixtures (tests/integration/conftest.py)."""
 
 import re
 import subprocess

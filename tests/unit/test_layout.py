@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 
-import pytest
 
 from helpers import REPO
 
@@ -32,9 +31,10 @@ def all_test_files():
 
 
 def documents():
-    """The repository's markdown files that git knows (the documentation)."""
-    listed = subprocess.run(["git", "ls-files", "*.md"], cwd=REPO, capture_output=True, text=True).stdout.split()
-    return sorted(path for path in listed if os.path.isfile(os.path.join(REPO, path)))
+    """The files git knows that may name a test: documentation, code, configuration, CI."""
+    listed = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    return sorted(path for path in listed if os.path.isfile(os.path.join(REPO, path))
+                  and (path.endswith((".md", ".py", ".sh", ".cfg", ".toml")) or path in ("Makefile", ".ci/run")))
 
 
 def named_test_paths(text, prefix):
@@ -55,21 +55,23 @@ def test_the_readme_names_every_test_file():
     assert not missing, f"tests/README.md does not name: {missing}"
 
 
-@pytest.mark.parametrize("document", ["tests/README.md"] + [d for d in documents() if d != "tests/README.md"])
-def test_every_test_path_a_document_names_exists(document):
-    text = read(document)
-    named = named_test_paths(text, "tests/")
-    if document == "tests/README.md":
-        named |= named_test_paths(text, "`")
+def test_every_test_path_a_file_names_exists():
+    """Documentation, code, configuration and CI name test files that exist (and the test functions they
+    name in them), never the flat tests/test_*.py layout of before."""
     wrong = []
-    for path, function in sorted(named, key=str):
-        file = os.path.join(TESTS, path)
-        if not os.path.isfile(file):
-            wrong.append(f"{path} does not exist")
-        elif function and not re.search(rf"^def {function}\(", read(os.path.relpath(file, REPO)), re.M):
-            wrong.append(f"{path} has no {function}")
-    old = re.findall(r"tests/test_\w+\.py", text)  # the flat layout of before
-    assert not wrong and not old, f"{document}: {wrong + old}"
+    for document in documents():
+        text = read(document)
+        named = named_test_paths(text, "tests/")
+        if document == "tests/README.md":
+            named |= named_test_paths(text, "`")
+        for path, function in sorted(named, key=str):
+            file = os.path.join(TESTS, path)
+            if not os.path.isfile(file):
+                wrong.append(f"{document}: {path} does not exist")
+            elif function and not re.search(rf"^def {function}\(", read(os.path.relpath(file, REPO)), re.M):
+                wrong.append(f"{document}: {path} has no {function}")
+        wrong += [f"{document}: {old}" for old in re.findall(r"\btests/test_\w+\.py", text)]
+    assert documents() and not wrong, "\n".join(wrong)
 
 
 def test_design_names_the_test_layout():
