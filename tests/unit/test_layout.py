@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 
-
 from helpers import REPO
 
 TESTS = os.path.join(REPO, "tests")
