@@ -76,8 +76,15 @@ from typing import NamedTuple
 from bench_child import ChildFailed, load_model, matmul_rate, run_child
 from bench_inputs import build_shortlist, convert_to, smoke_setup, untrained_checkpoint
 from bench_common import machine, results_path
-from bench_report import (add_efficiency, generation_line, markdown, summarize_generation,
-                          summarize_training, training_line, write_report)
+from bench_report import (
+    add_efficiency,
+    generation_line,
+    markdown,
+    summarize_generation,
+    summarize_training,
+    training_line,
+    write_report,
+)
 
 GEN_CONFIGS = [("beam5_batch64", 5, 64), ("beam1_batch64", 1, 64), ("beam5_batch1", 5, 1)]
 # fconv_plugin.serving.beam_search's switch: =fairseq makes task.build_generator return fairseq's SequenceGenerator
@@ -88,6 +95,7 @@ class Side(NamedTuple):
     """What one side measures: a checkpoint (``a.pt:b.pt``: an ensemble), the child's dtype, variables
     added to its environment, model config overrides (``--model-overrides "{'model': {...}}"``) and the
     generation configs it runs on (empty: all)."""
+
     checkpoint: str
     dtype: str = "float32"
     env: dict = {}
@@ -106,8 +114,10 @@ OPT_IN_SIDES = {
     "int8": ("fconv_ext_int8", {"inference_dtype": "int8"}),
     "shortlist+int8": ("fconv_ext_shortlist_int8", {"shortlist": "SHORTLIST", "inference_dtype": "int8"}),
     "compiled": ("fconv_ext_compiled", {"inference_compile": True}),
-    "compiled+shortlist+int8": ("fconv_ext_compiled_shortlist_int8",
-                                {"inference_compile": True, "shortlist": "SHORTLIST", "inference_dtype": "int8"}),
+    "compiled+shortlist+int8": (
+        "fconv_ext_compiled_shortlist_int8",
+        {"inference_compile": True, "shortlist": "SHORTLIST", "inference_dtype": "int8"},
+    ),
 }
 REQUIRED_SIDES = ("fconv", "fconv_ext")  # a failure of these ends the run, even with --keep-going
 
@@ -116,49 +126,108 @@ def parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", help="binarized data directory with train/test splits")
     p.add_argument("--fconv-checkpoint", help="a trained fairseq fconv checkpoint")
-    p.add_argument("--context", nargs="*", default=[], metavar="NAME=CHECKPOINT",
-                   help="other fairseq models on the same data (e.g. lstm=..., transformer=...), generation only")
-    p.add_argument("--train-presets", nargs="*", default=["checkpoint"],
-                   help="'checkpoint' (the fconv checkpoint's architecture) and/or fairseq fconv presets, "
-                        "e.g. fconv_wmt_en_de (random weights); PRESET:N times N updates instead of --train-updates")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                   help="where the models run (cuda: synchronized clock, a warm-up batch, peak GPU memory)")
-    p.add_argument("--dtypes", nargs="*", choices=sorted(LOW_PRECISION_SIDES), default=["bf16"],
-                   help="low-precision generation sides next to the float32 ones (always run): "
-                        "fp16 = fconv_fp16 and fconv_ext_fp16 (model.half(), fairseq-generate --fp16), "
-                        "bf16 = fconv_ext_bf16 (inference_dtype=bfloat16); no value: none")
-    p.add_argument("--opt-ins", nargs="*", choices=list(OPT_IN_SIDES), default=[],
-                   help="fconv_ext's not-exact fast-serving sides: shortlist = fconv_ext_shortlist, int8 = "
-                        "fconv_ext_int8, shortlist+int8 = fconv_ext_shortlist_int8 (model overrides)")
-    p.add_argument("--shortlist", help="the shortlist file of the shortlist sides (default: built here from "
-                                       "--data's train split with fconv-ext-shortlist, the build timed)")
-    p.add_argument("--shortlist-build-args", default="",
-                   help="extra fconv-ext-shortlist options when the shortlist is built here, e.g. '--n-best 50'")
-    p.add_argument("--ensemble-with", metavar="CK2",
-                   help="a second fairseq fconv checkpoint on the same dictionaries: adds fconv_ext_ensemble2 "
-                        "(both conversions, fconv_ext's generator) and fconv_ext_ensemble2_seqgen (fairseq's)")
-    p.add_argument("--ensemble-configs", nargs="*", choices=[c[0] for c in GEN_CONFIGS], default=["beam5_batch64"],
-                   help="generation configs the ensemble sides run on")
+    p.add_argument(
+        "--context",
+        nargs="*",
+        default=[],
+        metavar="NAME=CHECKPOINT",
+        help="other fairseq models on the same data (e.g. lstm=..., transformer=...), generation only",
+    )
+    p.add_argument(
+        "--train-presets",
+        nargs="*",
+        default=["checkpoint"],
+        help="'checkpoint' (the fconv checkpoint's architecture) and/or fairseq fconv presets, "
+        "e.g. fconv_wmt_en_de (random weights); PRESET:N times N updates instead of --train-updates",
+    )
+    p.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="where the models run (cuda: synchronized clock, a warm-up batch, peak GPU memory)",
+    )
+    p.add_argument(
+        "--dtypes",
+        nargs="*",
+        choices=sorted(LOW_PRECISION_SIDES),
+        default=["bf16"],
+        help="low-precision generation sides next to the float32 ones (always run): "
+        "fp16 = fconv_fp16 and fconv_ext_fp16 (model.half(), fairseq-generate --fp16), "
+        "bf16 = fconv_ext_bf16 (inference_dtype=bfloat16); no value: none",
+    )
+    p.add_argument(
+        "--opt-ins",
+        nargs="*",
+        choices=list(OPT_IN_SIDES),
+        default=[],
+        help="fconv_ext's not-exact fast-serving sides: shortlist = fconv_ext_shortlist, int8 = "
+        "fconv_ext_int8, shortlist+int8 = fconv_ext_shortlist_int8 (model overrides)",
+    )
+    p.add_argument(
+        "--shortlist",
+        help="the shortlist file of the shortlist sides (default: built here from "
+        "--data's train split with fconv-ext-shortlist, the build timed)",
+    )
+    p.add_argument(
+        "--shortlist-build-args",
+        default="",
+        help="extra fconv-ext-shortlist options when the shortlist is built here, e.g. '--n-best 50'",
+    )
+    p.add_argument(
+        "--ensemble-with",
+        metavar="CK2",
+        help="a second fairseq fconv checkpoint on the same dictionaries: adds fconv_ext_ensemble2 "
+        "(both conversions, fconv_ext's generator) and fconv_ext_ensemble2_seqgen (fairseq's)",
+    )
+    p.add_argument(
+        "--ensemble-configs",
+        nargs="*",
+        choices=[c[0] for c in GEN_CONFIGS],
+        default=["beam5_batch64"],
+        help="generation configs the ensemble sides run on",
+    )
     p.add_argument("--no-seqgen", action="store_true", help="leave out the fconv_ext_seqgen side")
-    p.add_argument("--references", help="raw (untokenized) test-set targets, one line per sentence, for the "
-                                        "detokenized BLEU (default: the binarized references, detokenized)")
-    p.add_argument("--gen-configs", nargs="*", choices=[c[0] for c in GEN_CONFIGS], default=[c[0] for c in GEN_CONFIGS],
-                   help="generation configurations to run (default: all)")
+    p.add_argument(
+        "--references",
+        help="raw (untokenized) test-set targets, one line per sentence, for the "
+        "detokenized BLEU (default: the binarized references, detokenized)",
+    )
+    p.add_argument(
+        "--gen-configs",
+        nargs="*",
+        choices=[c[0] for c in GEN_CONFIGS],
+        default=[c[0] for c in GEN_CONFIGS],
+        help="generation configurations to run (default: all)",
+    )
     p.add_argument("--reps", type=int, default=3, help="repetitions per measurement (median reported)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, the same for every side")
-    p.add_argument("--latency-sentences", type=int, default=200, help="sentences decoded at batch 1 (evenly spaced by length)")
+    p.add_argument(
+        "--latency-sentences", type=int, default=200, help="sentences decoded at batch 1 (evenly spaced by length)"
+    )
     p.add_argument("--train-updates", type=int, default=20, help="timed training updates")
     p.add_argument("--train-max-tokens", type=int, default=4000, help="tokens per training batch")
-    p.add_argument("--out", help="output prefix (.json and .md; default: benchmarks/results/decode, with --smoke "
-                                   "the run's temporary directory)")
-    p.add_argument("--train-first", action="store_true",
-                   help="measure training before generation (a run cut short by a time limit then has training)")
-    p.add_argument("--keep-going", action="store_true",
-                   help="a failing side other than fconv / fconv_ext is reported and dropped instead of ending the run")
+    p.add_argument(
+        "--out",
+        help="output prefix (.json and .md; default: benchmarks/results/decode, with --smoke "
+        "the run's temporary directory)",
+    )
+    p.add_argument(
+        "--train-first",
+        action="store_true",
+        help="measure training before generation (a run cut short by a time limit then has training)",
+    )
+    p.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="a failing side other than fconv / fconv_ext is reported and dropped instead of ending the run",
+    )
     p.add_argument("--log-children", action="store_true", help="print every child's job and times to stderr")
-    p.add_argument("--smoke", action="store_true",
-                   help="one repetition, 10 latency sentences, 3 training updates of 500 tokens; on a tiny model "
-                        "and data made here unless --data and --fconv-checkpoint are given; for CI, no claims")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="one repetition, 10 latency sentences, 3 training updates of 500 tokens; on a tiny model "
+        "and data made here unless --data and --fconv-checkpoint are given; for CI, no claims",
+    )
     return p
 
 
@@ -191,7 +260,7 @@ def alternate(sides, reps, measure):
     runs = {name: [] for name in sides}
     failed = set()
     for rep in range(reps):
-        for name in (list(sides) if rep % 2 == 0 else list(sides)[::-1]):
+        for name in list(sides) if rep % 2 == 0 else list(sides)[::-1]:
             if name in failed:
                 continue
             result = measure(name, sides[name])
@@ -209,8 +278,10 @@ def main():
         import torch
 
         if not torch.cuda.is_available():
-            p.error("--device cuda: torch.cuda.is_available() is False (torch %s, built for CUDA %s)"
-                    % (torch.__version__, torch.version.cuda))
+            p.error(
+                "--device cuda: torch.cuda.is_available() is False (torch %s, built for CUDA %s)"
+                % (torch.__version__, torch.version.cuda)
+            )
     work = tempfile.mkdtemp(prefix="fconv-bench-")
     if args.smoke:
         if not (args.data and args.fconv_checkpoint):
@@ -222,17 +293,29 @@ def main():
         p.error("--data and --fconv-checkpoint are required (or --smoke)")
 
     converted = convert_to(args.fconv_checkpoint, os.path.join(work, "fconv_ext.pt"))
-    report = {"machine": machine(args.device, args.threads), "threads": args.threads, "reps": args.reps,
-              "train_max_tokens": args.train_max_tokens, "date": time.strftime("%Y-%m-%d"),
-              "command": " ".join(sys.argv), "device": args.device, "generation": {}, "training": {}, "errors": {},
-              "references": args.references or "binarized test targets, detokenized"}
+    report = {
+        "machine": machine(args.device, args.threads),
+        "threads": args.threads,
+        "reps": args.reps,
+        "train_max_tokens": args.train_max_tokens,
+        "date": time.strftime("%Y-%m-%d"),
+        "command": " ".join(sys.argv),
+        "device": args.device,
+        "generation": {},
+        "training": {},
+        "errors": {},
+        "references": args.references or "binarized test targets, detokenized",
+    }
     shortlist = args.shortlist
     if any("shortlist" in o for o in args.opt_ins):
         if shortlist is None:
             shortlist = os.path.join(work, "shortlist.npz")
             report["shortlist_build"] = build_shortlist(args.data, shortlist, args.shortlist_build_args, args.threads)
-            print(f"shortlist built in {report['shortlist_build']['seconds']:.1f} s: "
-                  f"{report['shortlist_build']['command']}", flush=True)
+            print(
+                f"shortlist built in {report['shortlist_build']['seconds']:.1f} s: "
+                f"{report['shortlist_build']['command']}",
+                flush=True,
+            )
         report["shortlist"] = shortlist
     second = None
     if args.ensemble_with:
@@ -243,8 +326,14 @@ def main():
     def measure(name, side, label, **job):
         """One child run; with --keep-going a failure of a side other than fconv / fconv_ext is
         recorded in the report and gives None (the side is dropped), otherwise it ends the run."""
-        job.update(checkpoint=side.checkpoint, data=args.data, threads=args.threads, device=args.device,
-                   overrides=side.overrides, references=args.references)
+        job.update(
+            checkpoint=side.checkpoint,
+            data=args.data,
+            threads=args.threads,
+            device=args.device,
+            overrides=side.overrides,
+            references=args.references,
+        )
         try:
             return run_child(job, env=side.env, log=args.log_children)
         except ChildFailed as err:
@@ -258,8 +347,13 @@ def main():
         """All generation sides on one config, alternating; the report rewritten after it."""
         limit = args.latency_sentences if batch == 1 else 0
         here = {name: side for name, side in sides.items() if not side.configs or config in side.configs}
-        runs = alternate(here, args.reps, lambda name, side: measure(
-            name, side, config, mode="generate", dtype=side.dtype, beam=beam, batch=batch, max_batches=limit))
+        runs = alternate(
+            here,
+            args.reps,
+            lambda name, side: measure(
+                name, side, config, mode="generate", dtype=side.dtype, beam=beam, batch=batch, max_batches=limit
+            ),
+        )
         for name in set(here) - set(runs):  # failed (--keep-going): not run again
             del sides[name]
         report["generation"][config] = entry = summarize_generation(runs)
@@ -275,8 +369,18 @@ def main():
         else:
             fconv = untrained_checkpoint(preset, args.data, os.path.join(work, preset))
             ext = convert_to(fconv, os.path.join(work, preset + "_ext.pt"))
-        runs = alternate({"fconv": Side(fconv), "fconv_ext": Side(ext)}, args.reps, lambda name, side: measure(
-            name, side, "train_" + preset, mode="train", train_updates=updates, train_max_tokens=args.train_max_tokens))
+        runs = alternate(
+            {"fconv": Side(fconv), "fconv_ext": Side(ext)},
+            args.reps,
+            lambda name, side: measure(
+                name,
+                side,
+                "train_" + preset,
+                mode="train",
+                train_updates=updates,
+                train_max_tokens=args.train_max_tokens,
+            ),
+        )
         report["training"][preset] = entry = summarize_training(runs, updates)
         print(training_line(preset, entry), flush=True)
         write_report(report, args.out, complete=False)
@@ -290,7 +394,7 @@ def main():
         for spec in args.train_presets:
             training_preset(spec)
 
-    for phase in ((training, generation) if args.train_first else (generation, training)):
+    for phase in (training, generation) if args.train_first else (generation, training):
         phase()
 
     # the machine's matmul rate for these shapes, in this process tree

@@ -22,11 +22,13 @@ threads, plus the side's own variables (``fconv_ext_seqgen``: ``FCONV_EXT_BEAM_S
 
 Generation decodes with ``task.build_generator`` (what ``fairseq-generate`` would use) after
 ``make_generation_fast_``, max_len_a 1.2, max_len_b 10, and reports the time, the hypotheses (and
-their hash), BLEU (tokenized, and detokenized sacreBLEU) and peak memory.  Training times ``train_updates`` NAG updates after one untimed
+their hash), BLEU (tokenized, and detokenized sacreBLEU) and peak memory.  Training times ``train_updates``
+NAG updates after one untimed
 warm-up update on the same shuffled batches (seed 1) for every side.  On CUDA the clock is read after
 ``torch.cuda.synchronize()``, and generation decodes one untimed warm-up batch first.
 """
 
+import importlib
 import hashlib
 import json
 import os
@@ -62,7 +64,9 @@ def run_child(job, env=None, log=False):
     try:
         proc = subprocess.run(cmd, env=child_env, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise ChildFailed(f"benchmark child failed: {json.dumps(job)} {json.dumps(env or {})}\n{proc.stderr[-3000:]}")
+            raise ChildFailed(
+                f"benchmark child failed: {json.dumps(job)} {json.dumps(env or {})}\n{proc.stderr[-3000:]}"
+            )
         with open(out) as f:
             result = json.load(f)
     finally:
@@ -73,8 +77,11 @@ def run_child(job, env=None, log=False):
     if log:
         shown = {k: v for k, v in job.items() if k not in ("data", "threads", "device")}
         shown["checkpoint"] = os.path.basename(job["checkpoint"])
-        print(f"  {shown} {env or ''}: {result['seconds']:.2f} s timed, {time.perf_counter() - started:.1f} s wall",
-              file=sys.stderr, flush=True)
+        print(
+            f"  {shown} {env or ''}: {result['seconds']:.2f} s timed, {time.perf_counter() - started:.1f} s wall",
+            file=sys.stderr,
+            flush=True,
+        )
     return result
 
 
@@ -87,15 +94,16 @@ def load_models(checkpoint, data, dtype="float32", model_overrides=None):
     ...), passed as ``--model-overrides "{'model': {...}}"`` would pass them."""
     if REPO not in sys.path:
         sys.path.insert(0, REPO)
-    import fconv_plugin  # noqa: F401  (registers fconv_ext; allow-lists fconv's Namespace)
+    importlib.import_module("fconv_plugin")  # registers fconv_ext; allow-lists fconv's Namespace
     from fairseq import checkpoint_utils
 
     model = dict(model_overrides or {})
     if dtype not in ("float32", "float16"):  # nested form: also reaches checkpoints whose config predates the field
         model.setdefault("inference_dtype", dtype)
     overrides = {"data": data, **({"model": model} if model else {})}
-    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(checkpoint.split(os.pathsep),
-                                                                     arg_overrides=overrides)
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+        checkpoint.split(os.pathsep), arg_overrides=overrides
+    )
     if dtype == "float16":
         for m in models:
             m.half()
@@ -160,8 +168,9 @@ def detokenized_bleu(task, hyps, references=None):
         with open(references, encoding="utf-8") as f:
             raw = [line.rstrip("\n") for line in f]
         if len(raw) != len(task.dataset("test")):
-            raise SystemExit(f"--references {references}: {len(raw)} lines, the test set has "
-                             f"{len(task.dataset('test'))} sentences")
+            raise SystemExit(
+                f"--references {references}: {len(raw)} lines, the test set has {len(task.dataset('test'))} sentences"
+            )
         refs = [raw[i] for i in ids]
     else:
         refs = [text(task.dataset("test").tgt[i]) for i in ids]
@@ -170,7 +179,8 @@ def detokenized_bleu(task, hyps, references=None):
 
 def prepare_ensemble_decoding(job):
     """(models, task, generator, batches) for decoding the test set as ``fairseq-generate`` would:
-    the models (one, or an ensemble) in eval mode after ``make_generation_fast_``, the generator ``task.build_generator``
+    the models (one, or an ensemble) in eval mode after ``make_generation_fast_``, the generator
+    ``task.build_generator``
     gives it, and the test set's batches in length order (``job.max_batches`` of them evenly spaced,
     0: all).  Batches stay on the CPU."""
     import argparse
@@ -186,7 +196,9 @@ def prepare_ensemble_decoding(job):
     model = models[0]
     task.load_dataset("test")
     itr = task.get_batch_iterator(
-        dataset=task.dataset("test"), max_sentences=job.batch, required_batch_size_multiple=1,
+        dataset=task.dataset("test"),
+        max_sentences=job.batch,
+        required_batch_size_multiple=1,
         max_positions=utils.resolve_max_positions(task.max_positions(), model.max_positions()),
     ).next_epoch_itr(shuffle=False)
     batches = list(itr)
@@ -194,8 +206,14 @@ def prepare_ensemble_decoding(job):
         # batches come in length order: take evenly spaced ones so that all lengths are represented
         stride = len(batches) / job.max_batches
         batches = [batches[int(i * stride)] for i in range(job.max_batches)]
-    gen = task.build_generator(models, argparse.Namespace(beam=job.beam, max_len_a=getattr(job, "max_len_a", MAX_LEN_A),
-                                                          max_len_b=getattr(job, "max_len_b", MAX_LEN_B)))
+    gen = task.build_generator(
+        models,
+        argparse.Namespace(
+            beam=job.beam,
+            max_len_a=getattr(job, "max_len_a", MAX_LEN_A),
+            max_len_b=getattr(job, "max_len_b", MAX_LEN_B),
+        ),
+    )
     return models, task, gen, batches
 
 
@@ -233,13 +251,22 @@ def child_generate(job):
     exact = job.dtype == "float32" and not getattr(job, "overrides", None) and len(models) == 1
     flops = generation_flops(model, batches, hyps, job.beam) if is_conv(model) and exact else None
     digest = hashlib.sha1(json.dumps(sorted(hyps.items())).encode()).hexdigest()
-    return {"seconds": seconds, "sentences": len(hyps), "tokens": tokens, "hyp_sha1": digest,
-            "distinct_hypotheses": len({tuple(h) for h in hyps.values()}),
-            "flops": flops, "decoder_steps": steps, "peak_rss_mb": peak_rss_mb(), "generator": type(gen).__name__,
-            "peak_gpu_mb": peak_gpu_mb(job.device),
-            "bleu": tokenized_bleu(task, hyps), "params": sum(p.numel() for m in models for p in m.parameters()),
-            "detok_bleu": detokenized_bleu(task, hyps, getattr(job, "references", None)),
-            "hyps": {str(i): h for i, h in hyps.items()}}  # for the share of identical sentences (not reported)
+    return {
+        "seconds": seconds,
+        "sentences": len(hyps),
+        "tokens": tokens,
+        "hyp_sha1": digest,
+        "distinct_hypotheses": len({tuple(h) for h in hyps.values()}),
+        "flops": flops,
+        "decoder_steps": steps,
+        "peak_rss_mb": peak_rss_mb(),
+        "generator": type(gen).__name__,
+        "peak_gpu_mb": peak_gpu_mb(job.device),
+        "bleu": tokenized_bleu(task, hyps),
+        "params": sum(p.numel() for m in models for p in m.parameters()),
+        "detok_bleu": detokenized_bleu(task, hyps, getattr(job, "references", None)),
+        "hyps": {str(i): h for i, h in hyps.items()},
+    }  # for the share of identical sentences (not reported)
 
 
 def child_train(job):
@@ -256,12 +283,17 @@ def child_train(job):
     task.load_dataset("train")
     dataset = task.dataset("train")
     itr = task.get_batch_iterator(
-        dataset=dataset, max_tokens=job.train_max_tokens, seed=1, required_batch_size_multiple=1,
+        dataset=dataset,
+        max_tokens=job.train_max_tokens,
+        seed=1,
+        required_batch_size_multiple=1,
         max_positions=utils.resolve_max_positions(task.max_positions(), model.max_positions()),
     ).next_epoch_itr(shuffle=True)
     if len(itr) < job.train_updates + 1:
-        raise SystemExit(f"the training set has {len(itr)} batches of {job.train_max_tokens} tokens; "
-                         f"{job.train_updates} updates and a warm-up need {job.train_updates + 1}")
+        raise SystemExit(
+            f"the training set has {len(itr)} batches of {job.train_max_tokens} tokens; "
+            f"{job.train_updates} updates and a warm-up need {job.train_updates + 1}"
+        )
     batches = [next(itr) for _ in range(job.train_updates + 1)]
     if job.device == "cuda":
         batches = [utils.move_to_cuda(b) for b in batches]
@@ -273,8 +305,12 @@ def child_train(job):
         opt.zero_grad()
         out = model(**b["net_input"])
         lprobs = model.get_normalized_probs(out, log_probs=True)
-        loss = torch.nn.functional.nll_loss(lprobs.view(-1, lprobs.size(-1)), b["target"].view(-1),
-                                            ignore_index=task.target_dictionary.pad(), reduction="sum")
+        loss = torch.nn.functional.nll_loss(
+            lprobs.view(-1, lprobs.size(-1)),
+            b["target"].view(-1),
+            ignore_index=task.target_dictionary.pad(),
+            reduction="sum",
+        )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 0.1)
         opt.step()
@@ -290,9 +326,15 @@ def child_train(job):
         words += int(b["ntokens"])
     synchronize(job.device)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "words": words, "losses": losses, "flops": training_flops(model, batches[1:]),
-            "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": peak_gpu_mb(job.device),
-            "params": sum(p.numel() for p in params)}
+    return {
+        "seconds": seconds,
+        "words": words,
+        "losses": losses,
+        "flops": training_flops(model, batches[1:]),
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_gpu_mb": peak_gpu_mb(job.device),
+        "params": sum(p.numel() for p in params),
+    }
 
 
 # --------------------------------------------------------------------------- the machine's rate

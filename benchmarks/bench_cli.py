@@ -42,8 +42,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from bench_common import machine, machine_line, results_path  # noqa: E402
-from bench_inputs import convert_to, data_languages, fairseq_cli  # noqa: E402
+from bench_common import machine, machine_line, results_path
+from bench_inputs import convert_to, data_languages, fairseq_cli
 
 CONFIGS = {"beam5_batch64": (5, 64), "beam1_batch64": (1, 64), "beam5_batch1": (5, 1)}
 EMULATIONS = {
@@ -78,12 +78,26 @@ def parser():
     p.add_argument("--fconv-ext-checkpoint", help="its fconv_ext conversion (default: converted here)")
     p.add_argument("--reps", type=int, default=3, help="runs per side, configuration and emulation (median reported)")
     p.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS / MKL_NUM_THREADS of every run")
-    p.add_argument("--emulations", nargs="+", choices=list(EMULATIONS), default=list(EMULATIONS),
-                   help="instruction-set environments measured (native: none; avx2: AVX2-only emulation)")
-    p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=["beam5_batch64", "beam1_batch64"],
-                   help="beam / batch configurations")
-    p.add_argument("--extra", default="", help="more fairseq-generate options for both sides, one string "
-                                               "(e.g. '--max-len-a 1.2 --max-len-b 10' to cap lengths as bench.py)")
+    p.add_argument(
+        "--emulations",
+        nargs="+",
+        choices=list(EMULATIONS),
+        default=list(EMULATIONS),
+        help="instruction-set environments measured (native: none; avx2: AVX2-only emulation)",
+    )
+    p.add_argument(
+        "--configs",
+        nargs="+",
+        choices=list(CONFIGS),
+        default=["beam5_batch64", "beam1_batch64"],
+        help="beam / batch configurations",
+    )
+    p.add_argument(
+        "--extra",
+        default="",
+        help="more fairseq-generate options for both sides, one string "
+        "(e.g. '--max-len-a 1.2 --max-len-b 10' to cap lengths as bench.py)",
+    )
     p.add_argument("--out", default=results_path("cli"), help="output prefix (.json and .md)")
     return p
 
@@ -96,13 +110,18 @@ def verify(emulation, threads, vocab):
     """What the kernels dispatch to under ``emulation`` (see VERIFY) and the product's rate."""
     env = environment(emulation, threads)
     env["MKL_VERBOSE"] = "1"
-    proc = subprocess.run([sys.executable, "-c", VERIFY, str(threads), str(vocab)], env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", VERIFY, str(threads), str(vocab)], env=env, capture_output=True, text=True
+    )
     if proc.returncode != 0:
         raise SystemExit(f"verifying emulation {emulation} failed:\n{proc.stderr[-2000:]}")
-    result = next(json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{"))
-    onednn = [l for l in proc.stdout.splitlines() if "isa:" in l]
-    mkl = [l for l in proc.stdout.splitlines() if l.startswith("MKL_VERBOSE") and ("Intel" in l or "oneMKL" in l)]
+    result = next(json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{"))
+    onednn = [line for line in proc.stdout.splitlines() if "isa:" in line]
+    mkl = [
+        line
+        for line in proc.stdout.splitlines()
+        if line.startswith("MKL_VERBOSE") and ("Intel" in line or "oneMKL" in line)
+    ]
     result["onednn_isa"] = onednn[0].split("isa:", 1)[1].split(",")[0].strip() if onednn else None
     result["mkl_version_line"] = mkl[0][:300] if mkl else None
     return result
@@ -110,9 +129,23 @@ def verify(emulation, threads, vocab):
 
 def generate(checkpoint, data, beam, batch, emulation, threads, extra):
     """One fairseq-generate run: its timer's seconds, the sentences, tokens, BLEU line and wall time."""
-    cmd = [*fairseq_cli("fairseq-generate"), data, "--user-dir", os.path.join(REPO, "fconv_plugin"),
-           "--path", checkpoint, "--gen-subset", "test", "--beam", str(beam), "--max-sentences", str(batch),
-           "--remove-bpe", "--quiet", *extra.split()]
+    cmd = [
+        *fairseq_cli("fairseq-generate"),
+        data,
+        "--user-dir",
+        os.path.join(REPO, "fconv_plugin"),
+        "--path",
+        checkpoint,
+        "--gen-subset",
+        "test",
+        "--beam",
+        str(beam),
+        "--max-sentences",
+        str(batch),
+        "--remove-bpe",
+        "--quiet",
+        *extra.split(),
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=environment(emulation, threads), capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -122,19 +155,29 @@ def generate(checkpoint, data, beam, batch, emulation, threads, extra):
         raise SystemExit(f"fairseq-generate failed or printed no 'Translated' line: {' '.join(cmd)}\n{text[-3000:]}")
     sentences, tokens = int(found.group(1).replace(",", "")), int(found.group(2).replace(",", ""))
     bleu = BLEU_LINE.search(text)
-    return {"seconds": sentences / float(found.group(4)), "timer_line_seconds": float(found.group(3)),
-            "sentences": sentences, "tokens": tokens, "wall_seconds": wall, "bleu_line": bleu.group(1) if bleu else None}
+    return {
+        "seconds": sentences / float(found.group(4)),
+        "timer_line_seconds": float(found.group(3)),
+        "sentences": sentences,
+        "tokens": tokens,
+        "wall_seconds": wall,
+        "bleu_line": bleu.group(1) if bleu else None,
+    }
 
 
 def summarize(runs):
     """Medians of each side's runs and the fconv_ext / fconv ratio of the timer and of the wall time."""
     entry = {}
     for side, rs in runs.items():
-        entry[side] = {"seconds": statistics.median(r["seconds"] for r in rs),
-                       "wall_seconds": statistics.median(r["wall_seconds"] for r in rs),
-                       "all_seconds": [round(r["seconds"], 2) for r in rs], "sentences": rs[0]["sentences"],
-                       "tokens": rs[0]["tokens"], "bleu_line": rs[0]["bleu_line"],
-                       "same_bleu_line_every_rep": len({r["bleu_line"] for r in rs}) == 1}
+        entry[side] = {
+            "seconds": statistics.median(r["seconds"] for r in rs),
+            "wall_seconds": statistics.median(r["wall_seconds"] for r in rs),
+            "all_seconds": [round(r["seconds"], 2) for r in rs],
+            "sentences": rs[0]["sentences"],
+            "tokens": rs[0]["tokens"],
+            "bleu_line": rs[0]["bleu_line"],
+            "same_bleu_line_every_rep": len({r["bleu_line"] for r in rs}) == 1,
+        }
     entry["ratio"] = entry["fconv"]["seconds"] / entry["fconv_ext"]["seconds"]
     entry["wall_ratio"] = entry["fconv"]["wall_seconds"] / entry["fconv_ext"]["wall_seconds"]
     entry["same_bleu_line"] = entry["fconv"]["bleu_line"] == entry["fconv_ext"]["bleu_line"]
@@ -145,24 +188,36 @@ TARGETS = {"beam5_batch64": 1.5, "beam1_batch64": 1.3}  # the targets for the AV
 
 
 def markdown(r):
-    lines = [f"fairseq-generate's own timer, {r['date']}, {r['threads']} threads, median of {r['reps']}, "
-             "alternating fconv / fconv_ext, fresh process per run.",
-             f"Command: `{r['command']}`", "", machine_line(r["machine"]), "",
-             "Emulations verified (a child with the emulation's environment):", "",
-             "| emulation | environment | torch CPU capability | oneDNN ISA | fp32 mm 320x256xV GFLOP/s |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"fairseq-generate's own timer, {r['date']}, {r['threads']} threads, median of {r['reps']}, "
+        "alternating fconv / fconv_ext, fresh process per run.",
+        f"Command: `{r['command']}`",
+        "",
+        machine_line(r["machine"]),
+        "",
+        "Emulations verified (a child with the emulation's environment):",
+        "",
+        "| emulation | environment | torch CPU capability | oneDNN ISA | fp32 mm 320x256xV GFLOP/s |",
+        "|---|---|---|---|---|",
+    ]
     for name, v in r["verification"].items():
         env = " ".join(f"{k}={val}" for k, val in EMULATIONS[name].items()) or "-"
         lines.append(f"| {name} | {env} | {v['torch_cpu_capability']} | {v['onednn_isa']} | {v['mm_gflops']:.0f} |")
-    lines += ["", "| emulation | config | fconv s | fconv_ext s | ratio | target | fconv runs | fconv_ext runs | "
-              "wall s (fconv / ext) | same BLEU line |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| emulation | config | fconv s | fconv_ext s | ratio | target | fconv runs | fconv_ext runs | "
+        "wall s (fconv / ext) | same BLEU line |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, configs in r["results"].items():
         for config, e in configs.items():
             a, b = e["fconv"], e["fconv_ext"]
             target = f">= {TARGETS[config]}x" if name == "avx2" and config in TARGETS else "-"
-            lines.append(f"| {name} | {config} | {a['seconds']:.2f} | {b['seconds']:.2f} | **{e['ratio']:.2f}x** | {target} | "
-                         f"{a['all_seconds']} | {b['all_seconds']} | {a['wall_seconds']:.1f} / {b['wall_seconds']:.1f} | "
-                         f"{e['same_bleu_line']} |")
+            lines.append(
+                f"| {name} | {config} | {a['seconds']:.2f} | {b['seconds']:.2f} | **{e['ratio']:.2f}x** | {target} | "
+                f"{a['all_seconds']} | {b['all_seconds']} | {a['wall_seconds']:.1f} / {b['wall_seconds']:.1f} | "
+                f"{e['same_bleu_line']} |"
+            )
     first = next(iter(next(iter(r["results"].values())).values()), None)
     if first:
         lines += ["", f"BLEU lines (fconv): {first['fconv']['bleu_line']}"]
@@ -175,8 +230,15 @@ def main():
     ext = args.fconv_ext_checkpoint or convert_to(args.fconv_checkpoint, os.path.join(work, "fconv_ext.pt"))
     with open(os.path.join(args.data, f"dict.{data_languages(args.data)[1]}.txt"), encoding="utf-8") as f:
         vocab = sum(1 for _ in f) + 4  # fairseq's 4 specials precede the file's entries
-    report = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "threads": args.threads,
-              "reps": args.reps, "machine": machine(threads=args.threads), "verification": {}, "results": {}}
+    report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "command": " ".join(sys.argv),
+        "threads": args.threads,
+        "reps": args.reps,
+        "machine": machine(threads=args.threads),
+        "verification": {},
+        "results": {},
+    }
     for name in args.emulations:
         report["verification"][name] = verify(name, args.threads, vocab)
         print(f"{name}: {report['verification'][name]}", flush=True)
@@ -187,11 +249,14 @@ def main():
             beam, batch = CONFIGS[config]
             runs = {side: [] for side in sides}
             for rep in range(args.reps):
-                for side in (list(sides) if rep % 2 == 0 else list(sides)[::-1]):
+                for side in list(sides) if rep % 2 == 0 else list(sides)[::-1]:
                     runs[side].append(generate(sides[side], args.data, beam, batch, name, args.threads, args.extra))
             report["results"][name][config] = e = summarize(runs)
-            print(f"{name} {config}: fconv {e['fconv']['seconds']:.2f} s, fconv_ext {e['fconv_ext']['seconds']:.2f} s, "
-                  f"{e['ratio']:.2f}x (wall {e['wall_ratio']:.2f}x), same BLEU line {e['same_bleu_line']}", flush=True)
+            print(
+                f"{name} {config}: fconv {e['fconv']['seconds']:.2f} s, fconv_ext {e['fconv_ext']['seconds']:.2f} s, "
+                f"{e['ratio']:.2f}x (wall {e['wall_ratio']:.2f}x), same BLEU line {e['same_bleu_line']}",
+                flush=True,
+            )
             with open(args.out + ".json", "w") as f:
                 json.dump(report, f, indent=1)
     with open(args.out + ".md", "w") as f:

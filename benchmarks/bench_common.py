@@ -68,15 +68,25 @@ def machine(device="cpu", threads=None):
     import torch
 
     model, flags = cpu_model_and_flags()
-    info = {"cpu": model, "cpus": os.cpu_count(), "cpu_flags": sorted(f for f in set(flags) if flag_of_interest(f)),
-            "torch": torch.__version__, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "threads": threads if threads is not None else torch.get_num_threads(),
-            "isa_environment": {k: os.environ[k] for k in ISA_VARIABLES if k in os.environ},
-            "fairseq": _version("fairseq"), "python": platform.python_version(), "platform": platform.platform()}
+    info = {
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "cpu_flags": sorted(f for f in set(flags) if flag_of_interest(f)),
+        "torch": torch.__version__,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": threads if threads is not None else torch.get_num_threads(),
+        "isa_environment": {k: os.environ[k] for k in ISA_VARIABLES if k in os.environ},
+        "fairseq": _version("fairseq"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
     if device == "cuda":
-        info.update(gpu=torch.cuda.get_device_name(0), cuda=torch.version.cuda,
-                    float32_matmul_precision=torch.get_float32_matmul_precision(),
-                    cudnn_allow_tf32=torch.backends.cudnn.allow_tf32)
+        info.update(
+            gpu=torch.cuda.get_device_name(0),
+            cuda=torch.version.cuda,
+            float32_matmul_precision=torch.get_float32_matmul_precision(),
+            cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+        )
     return info
 
 
@@ -87,9 +97,11 @@ def machine_line(info):
     if info.get("gpu"):
         where = f"{info['gpu']} (CUDA {info['cuda']}; host {where})"
     versions = f"torch {info['torch']}" + (f", fairseq {info['fairseq']}" if info.get("fairseq") else "")
-    return (f"Machine: {where}; CPU flags of interest: {' '.join(info['cpu_flags']) or '-'}; torch CPU capability "
-            f"{info['torch_cpu_capability']}; ISA-limiting environment: {isa}; threads: {info['threads']}; "
-            f"{versions}, Python {info['python']}.")
+    return (
+        f"Machine: {where}; CPU flags of interest: {' '.join(info['cpu_flags']) or '-'}; torch CPU capability "
+        f"{info['torch_cpu_capability']}; ISA-limiting environment: {isa}; threads: {info['threads']}; "
+        f"{versions}, Python {info['python']}."
+    )
 
 
 def numbered_dictionary(size):

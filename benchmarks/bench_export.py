@@ -25,6 +25,7 @@ Results: ``OUT.json`` and ``OUT.md`` with the command, the machine (``bench_comm
 load; the sides alternate within each config.
 """
 
+import importlib
 import argparse
 import json
 import os
@@ -40,7 +41,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
-from bench_common import machine, machine_line, results_path  # noqa: E402
+from bench_common import machine, machine_line, results_path
 
 SIDES = ("eager", "onnx", "onnx_int8", "aoti", "aoti_int8")
 DEFAULT_SIDES = ("eager", "onnx", "onnx_int8", "aoti")
@@ -60,7 +61,7 @@ def _eager_translate(job, translator_text):
     import numpy as np
     import torch
 
-    import fconv_plugin  # noqa: F401  (registers fconv_ext, makes fairseq's build_generator pick FConvBeamSearch)
+    importlib.import_module("fconv_plugin")  # registers fconv_ext, makes fairseq's build_generator pick FConvBeamSearch
     from fconv_plugin.serving.beam_search import FConvBeamSearch
     from fconv_plugin.serving.export import load_model
 
@@ -115,8 +116,17 @@ def child(job_path: str) -> None:
     hypotheses = translate(lines)
     seconds = time.time() - started
     with open(job["out"], "w", encoding="utf-8") as f:
-        json.dump({"side": side, "seconds": seconds, "sentences": len(lines), "first_translation_s": first,
-                   "peak_rss_mb": _peak_rss_mb(), "hypotheses": hypotheses}, f)
+        json.dump(
+            {
+                "side": side,
+                "seconds": seconds,
+                "sentences": len(lines),
+                "first_translation_s": first,
+                "peak_rss_mb": _peak_rss_mb(),
+                "hypotheses": hypotheses,
+            },
+            f,
+        )
 
 
 # ----------------------------------------------------------------------------------------- parent
@@ -125,8 +135,12 @@ def child(job_path: str) -> None:
 def export_all(args, work: str) -> dict:
     """OUTDIR of each exported side (exported once, reused when ``--reuse``), and the export times."""
     exports, times = {}, {}
-    variants = {"onnx": ["--format", "onnx"], "onnx_int8": ["--format", "onnx", "--int8"],
-                "aoti": ["--format", "aoti"], "aoti_int8": ["--format", "aoti", "--int8"]}
+    variants = {
+        "onnx": ["--format", "onnx"],
+        "onnx_int8": ["--format", "onnx", "--int8"],
+        "aoti": ["--format", "aoti"],
+        "aoti_int8": ["--format", "aoti", "--int8"],
+    }
     for side, options in variants.items():
         if side not in args.sides and not (side == "onnx" and "eager" in args.sides):
             continue
@@ -135,17 +149,43 @@ def export_all(args, work: str) -> dict:
         if args.reuse and os.path.isfile(os.path.join(out, "manifest.json")):
             continue
         started = time.time()
-        subprocess.run([sys.executable, "-m", "fconv_plugin.serving.export", args.checkpoint, out, *options,
-                        "--data", args.data, "--bpe-codes", args.codes, "--tokenizer", "moses", "--force"],
-                       check=True, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "fconv_plugin.serving.export",
+                args.checkpoint,
+                out,
+                *options,
+                "--data",
+                args.data,
+                "--bpe-codes",
+                args.codes,
+                "--tokenizer",
+                "moses",
+                "--force",
+            ],
+            check=True,
+            cwd=REPO,
+            env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)),
+        )
         times[side] = time.time() - started
     return {"dirs": exports, "seconds": times}
 
 
 def run_child(args, work: str, exports: dict, side: str, beam: int, batch: int, limit: int) -> dict:
-    job = {"side": side, "beam": beam, "batch": batch, "threads": args.threads, "checkpoint": args.checkpoint,
-           "data": args.data, "source": args.source, "limit": limit, "exports": exports,
-           "out": os.path.join(work, f"result_{side}_{beam}x{batch}.json")}
+    job = {
+        "side": side,
+        "beam": beam,
+        "batch": batch,
+        "threads": args.threads,
+        "checkpoint": args.checkpoint,
+        "data": args.data,
+        "source": args.source,
+        "limit": limit,
+        "exports": exports,
+        "out": os.path.join(work, f"result_{side}_{beam}x{batch}.json"),
+    }
     job_path = os.path.join(work, f"job_{side}_{beam}x{batch}.json")
     with open(job_path, "w", encoding="utf-8") as f:
         json.dump(job, f)
@@ -169,7 +209,8 @@ def report(args, results: dict, export_times: dict, info: dict) -> str:
         *([args.note, ""] if args.note else []),
         "Export times (s, including imports): " + ", ".join(f"{k} {v:.0f}" for k, v in export_times.items()),
         "",
-        "| config | side | sentences | sent/s | x eager | BLEU (detok) | identical to eager | peak RSS MB | first translation s |",
+        "| config | side | sentences | sent/s | x eager | BLEU (detok) | identical to eager | peak RSS MB "
+        "| first translation s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for config, sides in results.items():
@@ -177,10 +218,15 @@ def report(args, results: dict, export_times: dict, info: dict) -> str:
         for side, r in sides.items():
             rate = r["sentences"] / r["seconds"]
             ratio = rate / (eager["sentences"] / eager["seconds"]) if eager else float("nan")
-            same = (100.0 * sum(a == b for a, b in zip(r["hypotheses"], eager["hypotheses"])) / len(r["hypotheses"])
-                    if eager else float("nan"))
-            lines.append(f"| {config} | {side} | {r['sentences']} | {rate:.1f} | {ratio:.2f} | {r['bleu']:.2f} | "
-                         f"{same:.1f}% | {r['peak_rss_mb']:.0f} | {r['first_translation_s']:.1f} |")
+            same = (
+                100.0 * sum(a == b for a, b in zip(r["hypotheses"], eager["hypotheses"])) / len(r["hypotheses"])
+                if eager
+                else float("nan")
+            )
+            lines.append(
+                f"| {config} | {side} | {r['sentences']} | {rate:.1f} | {ratio:.2f} | {r['bleu']:.2f} | "
+                f"{same:.1f}% | {r['peak_rss_mb']:.0f} | {r['first_translation_s']:.1f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -210,8 +256,11 @@ def main(argv=None) -> int:
     p.add_argument("--work", default="/tmp/bench_export", help="exports and per-measurement files")
     p.add_argument("--reuse", action="store_true", help="reuse exports already in --work")
     p.add_argument("--out", default=results_path("export"), help="output prefix (.json and .md)")
-    p.add_argument("--note", default="", help="a remark printed under the machine in OUT.md (e.g. other jobs "
-                                              "on the machine during the run)")
+    p.add_argument(
+        "--note",
+        default="",
+        help="a remark printed under the machine in OUT.md (e.g. other jobs on the machine during the run)",
+    )
     args = p.parse_args(argv)
     if args.child:
         child(args.child)
@@ -236,9 +285,20 @@ def main(argv=None) -> int:
             print(f"{config} {side}: {r['sentences'] / r['seconds']:.1f} sent/s, BLEU {r['bleu']:.2f}", flush=True)
     info = machine(threads=args.threads)
     with open(args.out + ".json", "w", encoding="utf-8") as f:
-        json.dump({"command": sys.argv, "machine": info, "threads": args.threads, "export_seconds": exported["seconds"],
-                   "results": {c: {s: {k: v for k, v in r.items() if k != "hypotheses"} for s, r in sides.items()}
-                               for c, sides in results.items()}}, f, indent=2)
+        json.dump(
+            {
+                "command": sys.argv,
+                "machine": info,
+                "threads": args.threads,
+                "export_seconds": exported["seconds"],
+                "results": {
+                    c: {s: {k: v for k, v in r.items() if k != "hypotheses"} for s, r in sides.items()}
+                    for c, sides in results.items()
+                },
+            },
+            f,
+            indent=2,
+        )
     with open(args.out + ".md", "w", encoding="utf-8") as f:
         f.write(report(args, results, exported["seconds"], info))
     with open(args.out + ".md", encoding="utf-8") as f:

@@ -47,9 +47,12 @@ def conv_arch(model):
         return shapes
 
     return {
-        "enc_embed": enc.embed_tokens.embedding_dim, "enc_convs": conv_shapes(enc_stack.convolutions),
-        "dec_embed": dec.embed_tokens.embedding_dim, "dec_convs": conv_shapes(dec_stack.convolutions),
-        "attention": [a is not None for a in dec.attention], "out_embed": dec.fc2.weight.shape[0],
+        "enc_embed": enc.embed_tokens.embedding_dim,
+        "enc_convs": conv_shapes(enc_stack.convolutions),
+        "dec_embed": dec.embed_tokens.embedding_dim,
+        "dec_convs": conv_shapes(dec_stack.convolutions),
+        "attention": [a is not None for a in dec.attention],
+        "out_embed": dec.fc2.weight.shape[0],
         "vocab": len(dec.dictionary),
         "enc_proj": [p.weight.shape[::-1] if p is not None else None for p in enc_stack.projections],
         "dec_proj": [p.weight.shape[::-1] if p is not None else None for p in dec_stack.projections],
@@ -65,8 +68,9 @@ def forward_flops(model, n_src_tokens, n_tgt_tokens, src_len):
     """Matmul FLOPs of one full forward pass: n_* tokens (padding included, as computed), attention
     over ``src_len`` source positions."""
     a = conv_arch(model)
-    f = (matmul_flops(n_src_tokens, a["enc_embed"], a["enc_convs"][0][0])
-         + matmul_flops(n_src_tokens, a["enc_convs"][-1][1] // 2, a["enc_embed"]))
+    f = matmul_flops(n_src_tokens, a["enc_embed"], a["enc_convs"][0][0]) + matmul_flops(
+        n_src_tokens, a["enc_convs"][-1][1] // 2, a["enc_embed"]
+    )
     for (cin, cout, k), proj in zip(a["enc_convs"], a["enc_proj"]):
         f += matmul_flops(n_src_tokens, k * cin, cout) + (matmul_flops(n_src_tokens, *proj) if proj is not None else 0)
     f += matmul_flops(n_tgt_tokens, a["dec_embed"], a["dec_convs"][0][0])
@@ -74,9 +78,12 @@ def forward_flops(model, n_src_tokens, n_tgt_tokens, src_len):
         f += matmul_flops(n_tgt_tokens, k * cin, cout) + (matmul_flops(n_tgt_tokens, *proj) if proj is not None else 0)
         if att:
             c = cout // 2
-            f += 2 * matmul_flops(n_tgt_tokens, c, a["dec_embed"]) + 2 * matmul_flops(n_tgt_tokens, a["dec_embed"], src_len)
-    f += (matmul_flops(n_tgt_tokens, a["dec_convs"][-1][1] // 2, a["out_embed"])
-          + matmul_flops(n_tgt_tokens, a["out_embed"], a["vocab"]))
+            f += 2 * matmul_flops(n_tgt_tokens, c, a["dec_embed"]) + 2 * matmul_flops(
+                n_tgt_tokens, a["dec_embed"], src_len
+            )
+    f += matmul_flops(n_tgt_tokens, a["dec_convs"][-1][1] // 2, a["out_embed"]) + matmul_flops(
+        n_tgt_tokens, a["out_embed"], a["vocab"]
+    )
     return f
 
 
@@ -96,8 +103,12 @@ def generation_flops(model, batches, hyps, beam):
 
 def training_flops(model, batches):
     """3 x forward FLOPs of ``batches`` (forward, and the backward pass's two products per layer)."""
-    return 3 * sum(forward_flops(model, b["net_input"]["src_tokens"].numel(), b["target"].numel(),
-                                 b["net_input"]["src_tokens"].size(1)) for b in batches)
+    return 3 * sum(
+        forward_flops(
+            model, b["net_input"]["src_tokens"].numel(), b["target"].numel(), b["net_input"]["src_tokens"].size(1)
+        )
+        for b in batches
+    )
 
 
 def decoding_shapes(model, rows=320):

@@ -35,10 +35,31 @@ def convert_to(fconv_checkpoint, out):
 def untrained_checkpoint(arch, data, out_dir, extra=()):
     """A fairseq checkpoint of ``arch`` for the data's dictionaries (one update at lr 1e-9:
     the weights are the initialisation), for training-speed measurements."""
-    subprocess.run([*fairseq_cli("fairseq-train"), data, "--arch", arch, "--optimizer", "nag", "--lr", "1e-9",
-                    "--max-update", "1", "--max-tokens", "500", "--save-dir", out_dir, "--no-epoch-checkpoints",
-                    "--no-save-optimizer-state", "--disable-validation", "--no-progress-bar", *extra],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            *fairseq_cli("fairseq-train"),
+            data,
+            "--arch",
+            arch,
+            "--optimizer",
+            "nag",
+            "--lr",
+            "1e-9",
+            "--max-update",
+            "1",
+            "--max-tokens",
+            "500",
+            "--save-dir",
+            out_dir,
+            "--no-epoch-checkpoints",
+            "--no-save-optimizer-state",
+            "--disable-validation",
+            "--no-progress-bar",
+            *extra,
+        ],
+        check=True,
+        capture_output=True,
+    )
     return os.path.join(out_dir, "checkpoint_last.pt")
 
 
@@ -50,17 +71,67 @@ def smoke_setup(workdir):
     bin_dir = os.path.join(workdir, "bin")
     for split, n in [("train", 400), ("valid", 30), ("test", 40)]:
         for lang in ("en", "de"):
-            with open(os.path.join(src, f"{split}.{lang}"), encoding="utf-8") as f_in, \
-                    open(os.path.join(workdir, f"{split}.{lang}"), "w", encoding="utf-8") as f_out:
+            with open(os.path.join(src, f"{split}.{lang}"), encoding="utf-8") as f_in, open(
+                os.path.join(workdir, f"{split}.{lang}"), "w", encoding="utf-8"
+            ) as f_out:
                 f_out.writelines(next(f_in) for _ in range(n))
-    subprocess.run([*fairseq_cli("fairseq-preprocess"), "--source-lang", "en", "--target-lang", "de", "--joined-dictionary",
-                    "--trainpref", f"{workdir}/train", "--validpref", f"{workdir}/valid", "--testpref", f"{workdir}/test",
-                    "--destdir", bin_dir, "--workers", "1"], check=True, capture_output=True)
-    subprocess.run([*fairseq_cli("fairseq-train"), bin_dir, "--arch", "fconv", "--encoder-embed-dim", "32",
-                    "--decoder-embed-dim", "32", "--decoder-out-embed-dim", "32", "--encoder-layers", "[(32, 3)] * 2",
-                    "--decoder-layers", "[(32, 3)] * 2", "--optimizer", "nag", "--lr", "0.25", "--clip-norm", "0.1",
-                    "--max-update", "150", "--max-tokens", "2000", "--save-dir", f"{workdir}/ck", "--no-epoch-checkpoints",
-                    "--no-progress-bar", "--disable-validation"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            *fairseq_cli("fairseq-preprocess"),
+            "--source-lang",
+            "en",
+            "--target-lang",
+            "de",
+            "--joined-dictionary",
+            "--trainpref",
+            f"{workdir}/train",
+            "--validpref",
+            f"{workdir}/valid",
+            "--testpref",
+            f"{workdir}/test",
+            "--destdir",
+            bin_dir,
+            "--workers",
+            "1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            *fairseq_cli("fairseq-train"),
+            bin_dir,
+            "--arch",
+            "fconv",
+            "--encoder-embed-dim",
+            "32",
+            "--decoder-embed-dim",
+            "32",
+            "--decoder-out-embed-dim",
+            "32",
+            "--encoder-layers",
+            "[(32, 3)] * 2",
+            "--decoder-layers",
+            "[(32, 3)] * 2",
+            "--optimizer",
+            "nag",
+            "--lr",
+            "0.25",
+            "--clip-norm",
+            "0.1",
+            "--max-update",
+            "150",
+            "--max-tokens",
+            "2000",
+            "--save-dir",
+            f"{workdir}/ck",
+            "--no-epoch-checkpoints",
+            "--no-progress-bar",
+            "--disable-validation",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return bin_dir, f"{workdir}/ck/checkpoint_last.pt"
 
 
@@ -68,8 +139,10 @@ def data_languages(data):
     """(source, target) languages of a fairseq-preprocess'd directory, from its test split's file names."""
     pairs = {name.split(".")[1] for name in os.listdir(data) if name.startswith("test.") and name.endswith(".idx")}
     if len(pairs) != 1:
-        raise SystemExit(f"{data}: cannot tell the language pair from the test split's files ({sorted(pairs)}); "
-                         "pass --shortlist FILE built with fconv-ext-shortlist")
+        raise SystemExit(
+            f"{data}: cannot tell the language pair from the test split's files ({sorted(pairs)}); "
+            "pass --shortlist FILE built with fconv-ext-shortlist"
+        )
     src, tgt = pairs.pop().split("-")
     return src, tgt
 

@@ -12,6 +12,7 @@ length (min_len = max_len = L), the same threads, the sides alternating, median 
 hypotheses are compared.  Random weights: the numbers are speed only, not quality.
 """
 
+import importlib
 import argparse
 import os
 import statistics
@@ -25,15 +26,17 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
-import fconv_plugin  # noqa: E402,F401  (registers fconv_ext_self_att)
-from bench_common import machine, machine_line, numbered_dictionary  # noqa: E402
-from fconv_plugin.convert import convert_checkpoint  # noqa: E402
+importlib.import_module("fconv_plugin")  # registers fconv_ext_self_att
+from bench_common import machine, machine_line, numbered_dictionary
+from fconv_plugin.convert import convert_checkpoint
 
 # fconv_self_att_wp's features (gated, 4 downsampled heads, input projections, kernel 4)
 # at a width that keeps the O(T^2) side within minutes on a CPU
 MODEL = dict(
-    encoder_embed_dim=128, encoder_layers="[(128, 3)] * 2 + [(256, 3)]",
-    decoder_embed_dim=128, decoder_layers="[(256, 4)] * 4 + [(384, 4)] * 2 + [(512, 4)]",
+    encoder_embed_dim=128,
+    encoder_layers="[(128, 3)] * 2 + [(256, 3)]",
+    decoder_embed_dim=128,
+    decoder_layers="[(256, 4)] * 4 + [(384, 4)] * 2 + [(512, 4)]",
     decoder_out_embed_dim=128,
 )
 
@@ -107,24 +110,33 @@ def main():
         tokens = args.batch * args.beam * (length + 1)  # decoder steps x beams (incl. EOS)
         same = hyps["fairseq"] == hyps["ext"]
         rows.append((length, med["fairseq"], med["ext"], med["fairseq"] / med["ext"], tokens, same))
-        print(f"L={length}: fconv_self_att {med['fairseq']:.2f}s, fconv_ext_self_att {med['ext']:.2f}s, "
-              f"speedup {med['fairseq'] / med['ext']:.1f}x, identical hypotheses: {same}", flush=True)
+        print(
+            f"L={length}: fconv_self_att {med['fairseq']:.2f}s, fconv_ext_self_att {med['ext']:.2f}s, "
+            f"speedup {med['fairseq'] / med['ext']:.1f}x, identical hypotheses: {same}",
+            flush=True,
+        )
 
     if args.out:
         with open(args.out, "w") as f:
             f.write("# Generation on long outputs: fconv_ext_self_att vs fairseq's fconv_self_att\n\n")
-            f.write("Command (repository root, virtualenv active):\n\n```bash\nOMP_NUM_THREADS=1 python "
-                    f"benchmarks/bench_self_att.py --lengths {' '.join(map(str, args.lengths))} --reps {args.reps} "
-                    f"--batch {args.batch} --beam {args.beam} --threads {args.threads} --out {args.out}\n```\n\n")
+            f.write(
+                "Command (repository root, virtualenv active):\n\n```bash\nOMP_NUM_THREADS=1 python "
+                f"benchmarks/bench_self_att.py --lengths {' '.join(map(str, args.lengths))} --reps {args.reps} "
+                f"--batch {args.batch} --beam {args.beam} --threads {args.threads} --out {args.out}\n```\n\n"
+            )
             f.write(machine_line(machine(threads=args.threads)) + "\n\n")
-            f.write("Model: fconv_self_att_wp's features "
-                    f"(gated, 4 downsampled self-attention heads, input projections, kernel 4) at reduced width "
-                    f"{MODEL}, random (perturbed) weights, converted; vocabulary {args.vocab}. "
-                    f"fairseq's SequenceGenerator, beam {args.beam}, {args.batch} source sentences of "
-                    f"{args.src_len} tokens, output length fixed (min_len = max_len = L). Median of {args.reps} "
-                    "alternating repetitions.\n\n")
-            f.write("| L (output tokens) | fconv_self_att (s) | fconv_ext_self_att (s) | speedup | "
-                    "ext tokens/s | identical hypotheses |\n|---|---|---|---|---|---|\n")
+            f.write(
+                "Model: fconv_self_att_wp's features "
+                f"(gated, 4 downsampled self-attention heads, input projections, kernel 4) at reduced width "
+                f"{MODEL}, random (perturbed) weights, converted; vocabulary {args.vocab}. "
+                f"fairseq's SequenceGenerator, beam {args.beam}, {args.batch} source sentences of "
+                f"{args.src_len} tokens, output length fixed (min_len = max_len = L). Median of {args.reps} "
+                "alternating repetitions.\n\n"
+            )
+            f.write(
+                "| L (output tokens) | fconv_self_att (s) | fconv_ext_self_att (s) | speedup | "
+                "ext tokens/s | identical hypotheses |\n|---|---|---|---|---|---|\n"
+            )
             for length, t_ref, t_ext, ratio, tokens, same in rows:
                 f.write(f"| {length} | {t_ref:.2f} | {t_ext:.2f} | {ratio:.1f}x | {tokens / t_ext:.0f} | {same} |\n")
         print(f"wrote {args.out}")

@@ -18,8 +18,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_child import load_model  # noqa: E402  (loads a checkpoint with fconv_plugin registered)
-from bench_common import machine, machine_line  # noqa: E402
+from bench_child import load_model  # loads a checkpoint with fconv_plugin registered
+from bench_common import machine, machine_line
 
 
 def main():
@@ -42,8 +42,9 @@ def main():
     model.make_generation_fast_(need_attn=False)
     model.eval()
     task.load_dataset("test")
-    batches = task.get_batch_iterator(dataset=task.dataset("test"), max_sentences=args.batch,
-                                      max_positions=(1024, 1024)).next_epoch_itr(shuffle=False)
+    batches = task.get_batch_iterator(
+        dataset=task.dataset("test"), max_sentences=args.batch, max_positions=(1024, 1024)
+    ).next_epoch_itr(shuffle=False)
     batches = [batch for _, batch in zip(range(args.batches), batches)]
     from fconv_plugin.serving.beam_search import FConvBeamSearch
 
@@ -56,8 +57,10 @@ def main():
         return time.process_time() - cpu, time.perf_counter() - wall, hypotheses
 
     print(f"# {machine_line(machine(threads=args.threads))}")
-    print(f"# {args.checkpoint}, {len(batches)} batches of {args.batch}, int8={args.int8}, "
-          f"shortlist={bool(args.shortlist)}")
+    print(
+        f"# {args.checkpoint}, {len(batches)} batches of {args.batch}, int8={args.int8}, "
+        f"shortlist={bool(args.shortlist)}"
+    )
     for beam in args.beam:
         cpu, wall, _ = decode(True, beam)
         print(f"beam {beam}: first compiled pass (compilation included) {cpu:.1f} CPU s, {wall:.1f} s wall", flush=True)
@@ -69,8 +72,11 @@ def main():
                 seconds[side].append(cpu)
         eager, compiled = statistics.median(seconds["eager"]), statistics.median(seconds["compiled"])
         same = sum(a == b for a, b in zip(outputs["eager"], outputs["compiled"])) / len(outputs["eager"])
-        print(f"beam {beam} batch {args.batch}: eager {eager:.3f} CPU s, compiled {compiled:.3f} CPU s "
-              f"({eager / compiled:.2f}x); identical hypotheses {100 * same:.1f}%", flush=True)
+        print(
+            f"beam {beam} batch {args.batch}: eager {eager:.3f} CPU s, compiled {compiled:.3f} CPU s "
+            f"({eager / compiled:.2f}x); identical hypotheses {100 * same:.1f}%",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -31,14 +31,14 @@ REPO = os.path.dirname(HERE)
 GETTEXT = os.path.join(REPO, "..", "shared", "data", "gettext-en-de")
 sys.path.insert(0, HERE)
 
-from bench_common import machine, machine_line, numbered_dictionary  # noqa: E402
+from bench_common import machine, machine_line, numbered_dictionary
 
 SIDES = ("fconv", "fconv_ext", "fconv_ext_fused")
 
 
 def rss_mib() -> float:
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def sentence_lengths():
@@ -76,15 +76,21 @@ def make_batches(vocab: int, max_tokens: int, count: int, seed: int = 0):
         tgt = torch.full((len(rows), T), pad)
         prev = torch.full((len(rows), T), pad)
         for i, (s, t) in enumerate(rows):
-            src[i, S - s:] = torch.randint(4, vocab, (s,), generator=g)  # left-padded source
+            src[i, S - s :] = torch.randint(4, vocab, (s,), generator=g)  # left-padded source
             src[i, -1] = eos
             words = torch.randint(4, vocab, (t,), generator=g)
             words[-1] = eos
             tgt[i, :t] = words
             prev[i, 0] = eos
             prev[i, 1:t] = words[:-1]
-        batches.append({"net_input": {"src_tokens": src, "src_lengths": src.ne(pad).sum(1), "prev_output_tokens": prev},
-                        "target": tgt, "ntokens": int(tgt.ne(pad).sum()), "nsentences": len(rows)})
+        batches.append(
+            {
+                "net_input": {"src_tokens": src, "src_lengths": src.ne(pad).sum(1), "prev_output_tokens": prev},
+                "target": tgt,
+                "ntokens": int(tgt.ne(pad).sum()),
+                "nsentences": len(rows),
+            }
+        )
     return batches
 
 
@@ -110,9 +116,19 @@ def child(side: str, vocab: int, max_tokens: int, steps: int, threads: int) -> d
         ARCH_CONFIG_REGISTRY["fconv_iwslt_de_en"](args)
         model = FConvModel.build_model(args, task)
     else:
-        model = build_model_from_config({"_name": "fconv_ext", **PRESETS["fconv_ext_iwslt_de_en"].values,
-                                         "max_source_positions": 1024, "max_target_positions": 1024}, d, d)
-    crit_class = FusedLabelSmoothedCrossEntropyCriterion if side == "fconv_ext_fused" else LabelSmoothedCrossEntropyCriterion
+        model = build_model_from_config(
+            {
+                "_name": "fconv_ext",
+                **PRESETS["fconv_ext_iwslt_de_en"].values,
+                "max_source_positions": 1024,
+                "max_target_positions": 1024,
+            },
+            d,
+            d,
+        )
+    crit_class = (
+        FusedLabelSmoothedCrossEntropyCriterion if side == "fconv_ext_fused" else LabelSmoothedCrossEntropyCriterion
+    )
     crit = crit_class(task, False, 0.1)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.25, momentum=0.99, nesterov=True)
@@ -132,9 +148,19 @@ def child(side: str, vocab: int, max_tokens: int, steps: int, threads: int) -> d
             times.append(dt)
             words += sample["ntokens"]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB (Linux)
-    return {"side": side, "vocab": vocab, "max_tokens": max_tokens, "seconds": sum(times), "words": words,
-            "wps": words / sum(times), "peak_mib": peak, "rss_imports_mib": rss_imports, "rss_setup_mib": rss_setup,
-            "train_peak_mib": peak - rss_imports, "first_loss": losses[0]}
+    return {
+        "side": side,
+        "vocab": vocab,
+        "max_tokens": max_tokens,
+        "seconds": sum(times),
+        "words": words,
+        "wps": words / sum(times),
+        "peak_mib": peak,
+        "rss_imports_mib": rss_imports,
+        "rss_setup_mib": rss_setup,
+        "train_peak_mib": peak - rss_imports,
+        "first_loss": losses[0],
+    }
 
 
 def loss_only(vocab: int, rows: int, hidden: int, reps: int, threads: int, chunk_rows=()) -> str:
@@ -153,10 +179,10 @@ def loss_only(vocab: int, rows: int, hidden: int, reps: int, threads: int, chunk
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     x = torch.randn(rows, hidden, requires_grad=True)
-    w = (torch.randn(vocab, hidden) * hidden ** -0.5).requires_grad_(True)
+    w = (torch.randn(vocab, hidden) * hidden**-0.5).requires_grad_(True)
     b = torch.zeros(vocab, requires_grad=True)
     t = torch.randint(4, vocab, (rows,))
-    t[:: 30] = 1  # padding
+    t[::30] = 1  # padding
     buffer = ChunkBuffer()  # as the criterion keeps one
 
     def fairseq_path():
@@ -173,7 +199,8 @@ def loss_only(vocab: int, rows: int, hidden: int, reps: int, threads: int, chunk
         from torch.nn.modules.linear_cross_entropy_options import LinearCrossEntropyOptions
 
         paths["torch_chunked_eps0"] = lambda: F.linear_cross_entropy(
-            x, w, t, linear_bias=b, reduction="sum", ignore_index=1, options=LinearCrossEntropyOptions())
+            x, w, t, linear_bias=b, reduction="sum", ignore_index=1, options=LinearCrossEntropyOptions()
+        )
         paths["fused_eps0"] = lambda: fused_path(0.0)
     times = {name: [] for name in paths}
     for rep in range(reps + 1):
@@ -184,14 +211,18 @@ def loss_only(vocab: int, rows: int, hidden: int, reps: int, threads: int, chunk
             if rep > 0:  # the first round warms up
                 times[name].append(time.perf_counter() - t0)
     med = {name: statistics.median(v) for name, v in times.items()}
-    text = (f"loss only, V={vocab}, {rows} tokens, H={hidden}, {threads} threads, median of {reps} alternating: "
-            f"fairseq {med['fairseq']:.3f} s, fused {med['fused']:.3f} s: {med['fairseq'] / med['fused']:.2f}x")
+    text = (
+        f"loss only, V={vocab}, {rows} tokens, H={hidden}, {threads} threads, median of {reps} alternating: "
+        f"fairseq {med['fairseq']:.3f} s, fused {med['fused']:.3f} s: {med['fairseq'] / med['fused']:.2f}x"
+    )
     for name in med:
         if name.startswith("fused, "):
             text += f"; {name} {med[name]:.3f} s"
     if "fused_eps0" in med:
-        text += (f"; without smoothing: torch's chunked linear_cross_entropy {med['torch_chunked_eps0']:.3f} s, "
-                 f"fused {med['fused_eps0']:.3f} s")
+        text += (
+            f"; without smoothing: torch's chunked linear_cross_entropy {med['torch_chunked_eps0']:.3f} s, "
+            f"fused {med['fused_eps0']:.3f} s"
+        )
     return text
 
 
@@ -204,11 +235,19 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--sides", nargs="+", default=list(SIDES), choices=SIDES)
     p.add_argument("--out", default=None, help="write OUT.json and OUT.md")
-    p.add_argument("--loss-only", action="store_true",
-                   help="time only fc3 + loss (forward + backward), fairseq's way vs fused, for each --vocab at "
-                   "the largest --tokens, --reps rounds alternating, in this process")
-    p.add_argument("--chunk-rows", type=int, nargs="*", default=[],
-                   help="with --loss-only: also time the fused path with these rows per chunk")
+    p.add_argument(
+        "--loss-only",
+        action="store_true",
+        help="time only fc3 + loss (forward + backward), fairseq's way vs fused, for each --vocab at "
+        "the largest --tokens, --reps rounds alternating, in this process",
+    )
+    p.add_argument(
+        "--chunk-rows",
+        type=int,
+        nargs="*",
+        default=[],
+        help="with --loss-only: also time the fused path with these rows per chunk",
+    )
     p.add_argument("--child", nargs=3, metavar=("SIDE", "VOCAB", "TOKENS"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -228,19 +267,32 @@ def main():
     for rep in range(args.reps):
         for vocab in args.vocab:
             for tokens in args.tokens:
-                order = args.sides[rep % len(args.sides):] + args.sides[: rep % len(args.sides)]
+                order = args.sides[rep % len(args.sides) :] + args.sides[: rep % len(args.sides)]
                 for side in order:
-                    cmd = [sys.executable, os.path.abspath(__file__), "--child", side, str(vocab), str(tokens),
-                           "--steps", str(args.steps), "--threads", str(args.threads)]
+                    cmd = [
+                        sys.executable,
+                        os.path.abspath(__file__),
+                        "--child",
+                        side,
+                        str(vocab),
+                        str(tokens),
+                        "--steps",
+                        str(args.steps),
+                        "--threads",
+                        str(args.threads),
+                    ]
                     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
                     if out.returncode != 0:
                         raise SystemExit(f"child {side} {vocab} {tokens} failed:\n{out.stderr[-3000:]}")
                     result = json.loads(out.stdout.strip().splitlines()[-1])
                     result["rep"] = rep
                     runs.append(result)
-                    print(f"rep {rep} V={vocab} tokens={tokens} {side:16s} {result['wps']:8.0f} w/s  "
-                          f"peak {result['peak_mib']:7.0f} MiB (training {result['train_peak_mib']:6.0f})  "
-                          f"first loss {result['first_loss']:.6f}", flush=True)
+                    print(
+                        f"rep {rep} V={vocab} tokens={tokens} {side:16s} {result['wps']:8.0f} w/s  "
+                        f"peak {result['peak_mib']:7.0f} MiB (training {result['train_peak_mib']:6.0f})  "
+                        f"first loss {result['first_loss']:.6f}",
+                        flush=True,
+                    )
     table = summarize(runs, args)
     text = report(header, args, table, os.getloadavg()[0])
     print(text)
@@ -270,22 +322,28 @@ def summarize(runs, args):
 
 
 def report(header, args, table, load_end) -> str:
-    lines = [f"Command: `{' '.join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])}`", "",
-             machine_line(header) + f" Load average {header['load_average_start']:.2f} at the start, "
-             f"{load_end:.2f} at the end.",
-             f"{args.threads} threads, {args.reps} repetitions x {args.steps} timed updates per side and "
-             f"configuration (one child process each, sides alternating); batches: {sentence_lengths()[1]} "
-             "sentence lengths, random tokens, random initialisation.", "",
-             "| vocab | max tokens | side | words/s (median; each rep) | x fconv | peak RSS MiB | x fconv "
-             "| training peak MiB | x fconv | first-batch loss/token |",
-             "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Command: `{' '.join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])}`",
+        "",
+        machine_line(header) + f" Load average {header['load_average_start']:.2f} at the start, "
+        f"{load_end:.2f} at the end.",
+        f"{args.threads} threads, {args.reps} repetitions x {args.steps} timed updates per side and "
+        f"configuration (one child process each, sides alternating); batches: {sentence_lengths()[1]} "
+        "sentence lengths, random tokens, random initialisation.",
+        "",
+        "| vocab | max tokens | side | words/s (median; each rep) | x fconv | peak RSS MiB | x fconv "
+        "| training peak MiB | x fconv | first-batch loss/token |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for vocab, tokens, cell in table:
         base = cell.get("fconv")
         for side, c in cell.items():
             ratio = (lambda key: f"{c[key] / base[key]:.2f}x") if base else (lambda key: "")
-            lines.append(f"| {vocab} | {tokens} | {side} | {c['wps']:.0f} ({', '.join(map(str, c['wps_all']))}) | "
-                         f"{ratio('wps')} | {c['peak']:.0f} | {ratio('peak')} | {c['train_peak']:.0f} | "
-                         f"{ratio('train_peak')} | {c['first_loss']:.6f} |")
+            lines.append(
+                f"| {vocab} | {tokens} | {side} | {c['wps']:.0f} ({', '.join(map(str, c['wps_all']))}) | "
+                f"{ratio('wps')} | {c['peak']:.0f} | {ratio('peak')} | {c['train_peak']:.0f} | "
+                f"{ratio('train_peak')} | {c['first_loss']:.6f} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -20,18 +20,18 @@ def main():
     p.add_argument("--reps", type=int, default=30)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    B, T, C, O, k = 64, 30, 256, 512, 3
+    B, T, C, C_out, k = 64, 30, 256, 512, 3
     x = torch.randn(B, T, C, requires_grad=True)
-    w = torch.randn(O, C, k, requires_grad=True)  # Conv1d layout
-    wt = torch.randn(k, C, O, requires_grad=True)  # ConvTBC layout
-    b = torch.randn(O, requires_grad=True)
+    w = torch.randn(C_out, C, k, requires_grad=True)  # Conv1d layout
+    wt = torch.randn(k, C, C_out, requires_grad=True)  # ConvTBC layout
+    b = torch.randn(C_out, requires_grad=True)
 
     def conv1d(x):
         return F.conv1d(F.pad(x.transpose(1, 2), (1, 1)), w, b).transpose(1, 2)
 
     def unfold(x):
         windows = F.pad(x, (0, 0, 1, 1)).unfold(1, k, 1).reshape(B * T, C * k)
-        return F.linear(windows, w.view(O, -1), b).view(B, T, O)
+        return F.linear(windows, w.view(C_out, -1), b).view(B, T, C_out)
 
     def conv_tbc(x):
         return torch.conv_tbc(x.transpose(0, 1).contiguous(), wt, b, 1).transpose(0, 1)
@@ -41,7 +41,7 @@ def main():
         out = torch.addmm(b, xp[:, 0:T].reshape(B * T, C), w[:, :, 0].t())
         for j in range(1, k):
             out = out.addmm(xp[:, j : j + T].reshape(B * T, C), w[:, :, j].t())
-        return out.view(B, T, O)
+        return out.view(B, T, C_out)
 
     for f in (conv1d, unfold, conv_tbc, shifted):
         for _ in range(3):

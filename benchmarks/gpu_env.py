@@ -44,8 +44,23 @@ def install(devenv, site):
         raise SystemExit(f"no wheels in {devenv}/wheels: build the bundle with benchmarks/make_devenv.sh")
     has_pip = subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True).returncode == 0
     if has_pip:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                        "--disable-pip-version-check", "--target", site, *wheels], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-index",
+                "--no-deps",
+                "--no-compile",
+                "--disable-pip-version-check",
+                "--target",
+                site,
+                *wheels,
+            ],
+            check=True,
+        )
     else:  # a wheel is a zip of the files as they lie in site-packages (these wheels have no .data scripts)
         print("no pip for this Python: unpacking the wheels", flush=True)
         for wheel in wheels:
@@ -121,30 +136,36 @@ def check(site):
             raise SystemExit(f"the built Cython modules do not import in a new process:\n{proc.stderr[-3000:]}")
         print(f"fresh process imports them: {proc.stdout.strip()}")
     else:
-        print("prebuilt Cython modules load: " + ", ".join(
-            sys.modules["fairseq.data." + n].__file__ for n in FAST_MODULES))
+        print(
+            "prebuilt Cython modules load: "
+            + ", ".join(sys.modules["fairseq.data." + n].__file__ for n in FAST_MODULES)
+        )
 
     import fairseq
-    import fairseq.checkpoint_utils  # noqa: F401
-    import fairseq.data  # noqa: F401
-    import fairseq.models.fconv  # noqa: F401
-    import fairseq.sequence_generator  # noqa: F401
-    import fairseq.tasks.translation  # noqa: F401
+
+    importlib.import_module("fairseq.checkpoint_utils")
+    importlib.import_module("fairseq.data")
+    importlib.import_module("fairseq.models.fconv")
+    importlib.import_module("fairseq.sequence_generator")
+    importlib.import_module("fairseq.tasks.translation")
     import hydra
     import numpy
     import omegaconf
     import torch
 
-    import fconv_plugin  # noqa: F401  (registers fconv_ext)
+    fconv_plugin = importlib.import_module("fconv_plugin")  # registers fconv_ext
     from fairseq.models import MODEL_REGISTRY
 
     if "fconv_ext" not in MODEL_REGISTRY:
         raise SystemExit(f"fconv_plugin ({fconv_plugin.__file__}) did not register the fconv_ext model")
-    print(f"python {sys.version.split()[0]} ({sys.executable}); torch {torch.__version__} (CUDA {torch.version.cuda}, "
-          f"available: {torch.cuda.is_available()}"
-          + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "")
-          + f"); numpy {numpy.__version__}; fairseq {fairseq.__version__} ({os.path.dirname(fairseq.__file__)}); "
-          f"hydra {hydra.__version__}; omegaconf {omegaconf.__version__}; fconv_plugin {os.path.dirname(fconv_plugin.__file__)}")
+    print(
+        f"python {sys.version.split()[0]} ({sys.executable}); torch {torch.__version__} (CUDA {torch.version.cuda}, "
+        f"available: {torch.cuda.is_available()}"
+        + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "")
+        + f"); numpy {numpy.__version__}; fairseq {fairseq.__version__} ({os.path.dirname(fairseq.__file__)}); "
+        f"hydra {hydra.__version__}; omegaconf {omegaconf.__version__}; "
+        f"fconv_plugin {os.path.dirname(fconv_plugin.__file__)}"
+    )
 
 
 def main():

@@ -12,7 +12,8 @@ Decode variants (``--variants``, names composed of options):
 ``float32`` / ``int8`` (the step and the encoder as they are / quantized by ``quantize_int8_``), ``_fc3float``
 (``vocabulary="float32"``: the vocabulary projection stays float32), ``_sl`` (the shortlist's rows of fc3, per
 batch, through ``vocabulary_rows``; of an int8 fc3 its int8 rows), ``_sldq`` (the same
-with an int8 fc3's rows dequantized to float32), ``_compiled`` (encoder and step through ``torch.compile(dynamic=True, fullgraph=True)``, the
+with an int8 fc3's rows dequantized to float32), ``_compiled`` (encoder and step through
+``torch.compile(dynamic=True, fullgraph=True)``, the
 package's options, compiled in an untimed first pass over ``--warm-batches`` batches), ``_frozen`` (the same
 with inductor's ``freezing`` option); ``model`` with any of ``_int8``, ``_compiled``,
 ``_sl``: the model through fairseq's generator (FConvBeamSearch driving the step) with the model overrides
@@ -38,16 +39,29 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
-from bench_common import machine  # noqa: E402
+from bench_common import machine
 
-STEP_VARIANTS = ("float32", "float32_sl", "int8", "int8_sl", "int8_sldq", "int8_fc3float", "int8_fc3float_sl",
-                 "float32_compiled", "int8_compiled", "float32_frozen", "int8_frozen", "int8_fc3float_sl_frozen")
-MODEL_VARIANTS = tuple("model" + int8 + compiled + sl for int8 in ("", "_int8") for compiled in ("", "_compiled")
-                       for sl in ("", "_sl"))
+STEP_VARIANTS = (
+    "float32",
+    "float32_sl",
+    "int8",
+    "int8_sl",
+    "int8_sldq",
+    "int8_fc3float",
+    "int8_fc3float_sl",
+    "float32_compiled",
+    "int8_compiled",
+    "float32_frozen",
+    "int8_frozen",
+    "int8_fc3float_sl_frozen",
+)
+MODEL_VARIANTS = tuple(
+    "model" + int8 + compiled + sl for int8 in ("", "_int8") for compiled in ("", "_compiled") for sl in ("", "_sl")
+)
 
 
 # ---------------------------------------------------------------- products
@@ -55,10 +69,16 @@ MODEL_VARIANTS = tuple("model" + int8 + compiled + sl for int8 in ("", "_int8") 
 #: (name, rows, in, out): the products of fconv_iwslt_de_en's decoder step and their sizes at beam 5 batch
 #: 64 (320 rows), beam 1 batch 64 (64) and beam 5 batch 1 (5); ``fc3 shortlist``: a shortlist's 1,600 rows
 PRODUCTS = [
-    ("fc3", 320, 256, 8192), ("fc3", 64, 256, 8192), ("fc3", 5, 256, 8192),
-    ("fc3 shortlist", 320, 256, 1600), ("fc3 shortlist", 5, 256, 1600),
-    ("conv k=3", 320, 768, 512), ("conv k=3", 64, 768, 512), ("conv k=3", 5, 768, 512),
-    ("attention / fc2", 320, 256, 256), ("attention / fc2", 5, 256, 256),
+    ("fc3", 320, 256, 8192),
+    ("fc3", 64, 256, 8192),
+    ("fc3", 5, 256, 8192),
+    ("fc3 shortlist", 320, 256, 1600),
+    ("fc3 shortlist", 5, 256, 1600),
+    ("conv k=3", 320, 768, 512),
+    ("conv k=3", 64, 768, 512),
+    ("conv k=3", 5, 768, 512),
+    ("attention / fc2", 320, 256, 256),
+    ("attention / fc2", 5, 256, 256),
 ]
 
 
@@ -134,12 +154,23 @@ def run_products(args):
                     bests[v].append(time_calls(fn, x, args.calls, best=True))
             ms = {v: 1000 * statistics.median(t) for v, t in medians.items()}
             best_ms = {v: 1000 * min(t) for v, t in bests.items()}
-            rows_out.append({"product": name, "shape": f"{rows} x {fan_in} @ {fan_in} x {fan_out}",
-                             "median_ms": ms, "best_ms": best_ms})
-            print(f"{name:16s} {rows:4d} x {fan_in} @ {fan_in} x {fan_out:5d} median (best): "
-                  + ", ".join(f"{v} {ms[v]:.3f} ({best_ms[v]:.3f})" for v in ms), flush=True)
+            rows_out.append(
+                {
+                    "product": name,
+                    "shape": f"{rows} x {fan_in} @ {fan_in} x {fan_out}",
+                    "median_ms": ms,
+                    "best_ms": best_ms,
+                }
+            )
+            print(
+                f"{name:16s} {rows:4d} x {fan_in} @ {fan_in} x {fan_out:5d} median (best): "
+                + ", ".join(f"{v} {ms[v]:.3f} ({best_ms[v]:.3f})" for v in ms),
+                flush=True,
+            )
         rows_selected = torch.randperm(8192)[:1600].sort().values
-        rows_out.append({"product": "select 1600 of 8192 rows of fc3 (per batch)", "ms": select_rows_ms(rows_selected, args)})
+        rows_out.append(
+            {"product": "select 1600 of 8192 rows of fc3 (per batch)", "ms": select_rows_ms(rows_selected, args)}
+        )
         print(rows_out[-1], flush=True)
     return rows_out
 
@@ -154,10 +185,14 @@ def select_rows_ms(rows, args):
     quantized.fc3 = nn.Linear(256, 8192)
     quantized.fc3.load_state_dict(step.fc3.state_dict())
     quantize_int8_(quantized)
-    calls = {"float32 rows": lambda _: vocabulary_rows(step, rows),
-             "int8 rows": lambda _: vocabulary_rows(quantized, rows)}
-    return {v: 1000 * statistics.median(time_calls(fn, None, args.calls) for _ in range(args.rounds))
-            for v, fn in calls.items()}
+    calls = {
+        "float32 rows": lambda _: vocabulary_rows(step, rows),
+        "int8 rows": lambda _: vocabulary_rows(quantized, rows),
+    }
+    return {
+        v: 1000 * statistics.median(time_calls(fn, None, args.calls) for _ in range(args.rounds))
+        for v, fn in calls.items()
+    }
 
 
 # ---------------------------------------------------------------- decoding
@@ -211,8 +246,9 @@ def beam_search(encoder, step, src_tokens, beam, eos, pad, max_len_a, max_len_b,
         order = (ends.long() * 2 * beam + torch.arange(2 * beam)).argsort(dim=1)[:, :beam]  # B x K
         keep_beams, keep_columns = beams.gather(1, order), columns.gather(1, order)
         scores = best.gather(1, order)
-        history = torch.cat([history.gather(1, keep_beams.unsqueeze(-1).expand(-1, -1, t)),
-                             keep_columns.unsqueeze(-1)], dim=2)
+        history = torch.cat(
+            [history.gather(1, keep_beams.unsqueeze(-1).expand(-1, -1, t)), keep_columns.unsqueeze(-1)], dim=2
+        )
         windows = tuple(w.gather(1, keep_beams.view(*keep_beams.shape, 1, 1).expand_as(w)) for w in windows)
         tokens = keep_columns if candidates is None else candidates[keep_columns]
         t += 1
@@ -259,17 +295,36 @@ def decode_steps(model, task, batches, variant, shortlist, beam, warm_batches=0)
         for batch in batches[:: max(1, len(batches) // warm_batches)] if warm_batches else []:
             src = batch["net_input"]["src_tokens"]
             candidates = shortlist.candidates(src) if "_sl" in variant else None
-            for _ in beam_search(encoder, step, src, beam, d.eos(), d.pad(),
-                                 bench_child.MAX_LEN_A, bench_child.MAX_LEN_B, candidates, "_sldq" not in variant):
+            for _ in beam_search(
+                encoder,
+                step,
+                src,
+                beam,
+                d.eos(),
+                d.pad(),
+                bench_child.MAX_LEN_A,
+                bench_child.MAX_LEN_B,
+                candidates,
+                "_sldq" not in variant,
+            ):
                 pass
     start = time.perf_counter()
     with torch.no_grad():
         for batch in batches:
             src = batch["net_input"]["src_tokens"]
             candidates = shortlist.candidates(src) if "_sl" in variant else None
-            for row, tokens in beam_search(encoder, step, src, beam, d.eos(), d.pad(),
-                                           bench_child.MAX_LEN_A, bench_child.MAX_LEN_B, candidates,
-                                           "_sldq" not in variant):
+            for row, tokens in beam_search(
+                encoder,
+                step,
+                src,
+                beam,
+                d.eos(),
+                d.pad(),
+                bench_child.MAX_LEN_A,
+                bench_child.MAX_LEN_B,
+                candidates,
+                "_sldq" not in variant,
+            ):
                 hyps[int(batch["id"][row])] = tokens
     return hyps, time.perf_counter() - start
 
@@ -285,9 +340,18 @@ def decode_model(args, variant):
         overrides["inference_compile"] = True
     if "_sl" in variant:
         overrides["shortlist"] = args.shortlist
-    job = types.SimpleNamespace(checkpoint=args.checkpoint, data=args.data, dtype="float32", beam=args.beam,
-                                batch=args.batch, max_batches=args.max_batches, device="cpu", overrides=overrides or None,
-                                threads=args.threads, references=args.references)
+    job = types.SimpleNamespace(
+        checkpoint=args.checkpoint,
+        data=args.data,
+        dtype="float32",
+        beam=args.beam,
+        batch=args.batch,
+        max_batches=args.max_batches,
+        device="cpu",
+        overrides=overrides or None,
+        threads=args.threads,
+        references=args.references,
+    )
     result = bench_child.child_generate(job)
     return {int(i): h for i, h in result["hyps"].items()}, result["seconds"]
 
@@ -297,8 +361,15 @@ def run_decode(args):
     from fconv_plugin.serving.shortlist import Shortlist
 
     torch.set_num_threads(args.threads)
-    job = types.SimpleNamespace(checkpoint=args.checkpoint, data=args.data, dtype="float32", beam=args.beam,
-                                batch=args.batch, max_batches=args.max_batches, device="cpu")
+    job = types.SimpleNamespace(
+        checkpoint=args.checkpoint,
+        data=args.data,
+        dtype="float32",
+        beam=args.beam,
+        batch=args.batch,
+        max_batches=args.max_batches,
+        device="cpu",
+    )
     models, task, _, batches = bench_child.prepare_ensemble_decoding(job)
     model = models[0]
     shortlist = None
@@ -326,14 +397,24 @@ def summary(args, task, seconds, hyps):
     """Per variant: seconds (each round, median), BLEU, identical shares, speed ratio over float32."""
     import bench_child
 
-    report = {"command": " ".join(sys.argv), "machine": machine(threads=args.threads), "threads": args.threads, "beam": args.beam,
-              "batch": args.batch, "rounds_done": len(seconds[args.variants[0]]), "sentences": len(hyps["float32"]),
-              "variants": {}}
+    report = {
+        "command": " ".join(sys.argv),
+        "machine": machine(threads=args.threads),
+        "threads": args.threads,
+        "beam": args.beam,
+        "batch": args.batch,
+        "rounds_done": len(seconds[args.variants[0]]),
+        "sentences": len(hyps["float32"]),
+        "variants": {},
+    }
     for v in args.variants:
-        entry = {"seconds": seconds[v], "median_s": statistics.median(seconds[v]),
-                 "detok_bleu": bench_child.detokenized_bleu(task, hyps[v], args.references),
-                 "bleu": bench_child.tokenized_bleu(task, hyps[v]),
-                 "speedup_over_float32": statistics.median(seconds["float32"]) / statistics.median(seconds[v])}
+        entry = {
+            "seconds": seconds[v],
+            "median_s": statistics.median(seconds[v]),
+            "detok_bleu": bench_child.detokenized_bleu(task, hyps[v], args.references),
+            "bleu": bench_child.tokenized_bleu(task, hyps[v]),
+            "speedup_over_float32": statistics.median(seconds["float32"]) / statistics.median(seconds[v]),
+        }
         for reference in ("float32", "model"):
             if reference in hyps:
                 same = sum(hyps[v][i] == hyps[reference][i] for i in hyps[reference])
@@ -361,7 +442,9 @@ def main():
     pd.add_argument("--checkpoint", required=True, help="an fconv_ext checkpoint (fconv-ext-convert's output)")
     pd.add_argument("--data", required=True)
     pd.add_argument("--shortlist", help="fconv-ext-shortlist's file, for the _sl variants")
-    pd.add_argument("--references", default=os.path.join(HERE, "..", "..", "shared", "data", "gettext-en-de", "test.de"))
+    pd.add_argument(
+        "--references", default=os.path.join(HERE, "..", "..", "shared", "data", "gettext-en-de", "test.de")
+    )
     pd.add_argument("--variants", nargs="+", default=list(STEP_VARIANTS), choices=STEP_VARIANTS + MODEL_VARIANTS)
     pd.add_argument("--rounds", type=int, default=3)
     pd.add_argument("--threads", type=int, default=2)

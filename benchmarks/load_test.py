@@ -22,6 +22,7 @@ The load generator is one asyncio process (httpx) on the same machine as the ser
 machine it takes CPU from the server, so the numbers are a floor.
 """
 
+import importlib
 import argparse
 import asyncio
 import gc
@@ -39,7 +40,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from bench_common import machine  # noqa: E402
+from bench_common import machine
 
 
 def percentile(values: List[float], q: float) -> float:
@@ -62,8 +63,13 @@ def rss_mib(pid: int) -> float:
 
 
 def model_options(args) -> Dict[str, Optional[str]]:
-    return {"tokenizer": args.tokenizer, "bpe": args.bpe, "bpe_codes": args.bpe_codes,
-            "source_lang": args.source_lang, "target_lang": args.target_lang}
+    return {
+        "tokenizer": args.tokenizer,
+        "bpe": args.bpe,
+        "bpe_codes": args.bpe_codes,
+        "source_lang": args.source_lang,
+        "target_lang": args.target_lang,
+    }
 
 
 # ------------------------------------------------------------------------------ serial baseline
@@ -74,14 +80,18 @@ def load_hub(args):
     import torch
 
     sys.path.insert(0, REPO)
-    import fconv_plugin  # noqa: F401
+    importlib.import_module("fconv_plugin")
     from fconv_plugin.server.translator import resolve_checkpoint
     from fconv_plugin.models import FConvExtModel
 
     torch.set_num_threads(args.threads)
     model_dir, checkpoint_file = resolve_checkpoint(args.checkpoint)
-    hub = FConvExtModel.from_pretrained(model_dir, checkpoint_file=checkpoint_file, data_name_or_path=args.data,
-                                        **{k: v for k, v in model_options(args).items() if v})
+    hub = FConvExtModel.from_pretrained(
+        model_dir,
+        checkpoint_file=checkpoint_file,
+        data_name_or_path=args.data,
+        **{k: v for k, v in model_options(args).items() if v},
+    )
     return hub.eval()
 
 
@@ -100,11 +110,16 @@ def serial_baseline(args, sentences: List[str]) -> Dict[str, float]:
     wall = time.perf_counter() - start
     del hub
     gc.collect()
-    result = {"sentences": len(sentences), "seconds": wall, "sentences_per_s": len(sentences) / wall,
-              "p50_ms": 1000 * percentile(latencies, 50), "p95_ms": 1000 * percentile(latencies, 95),
-              "p99_ms": 1000 * percentile(latencies, 99),
-              "mean_words_out": statistics.mean(len(t.split()) for t in translations),
-              "mean_words_in": statistics.mean(len(s.split()) for s in sentences)}
+    result = {
+        "sentences": len(sentences),
+        "seconds": wall,
+        "sentences_per_s": len(sentences) / wall,
+        "p50_ms": 1000 * percentile(latencies, 50),
+        "p95_ms": 1000 * percentile(latencies, 95),
+        "p99_ms": 1000 * percentile(latencies, 99),
+        "mean_words_out": statistics.mean(len(t.split()) for t in translations),
+        "mean_words_in": statistics.mean(len(s.split()) for s in sentences),
+    }
     if args.references:  # how good the model is: sacreBLEU of these translations
         import sacrebleu
 
@@ -135,10 +150,15 @@ def direct_vs_server(args, url: str, sentences: List[str], source: str, target: 
             same += response.json()["translatedText"] == expected
     del hub
     gc.collect()
-    return {"sentences": len(sentences), "same_translation": same,
-            "direct_p50_ms": 1000 * percentile(direct, 50), "server_p50_ms": 1000 * percentile(served, 50),
-            "direct_mean_ms": 1000 * statistics.mean(direct), "server_mean_ms": 1000 * statistics.mean(served),
-            "p50_ratio": percentile(served, 50) / percentile(direct, 50)}
+    return {
+        "sentences": len(sentences),
+        "same_translation": same,
+        "direct_p50_ms": 1000 * percentile(direct, 50),
+        "server_p50_ms": 1000 * percentile(served, 50),
+        "direct_mean_ms": 1000 * statistics.mean(direct),
+        "server_mean_ms": 1000 * statistics.mean(served),
+        "p50_ratio": percentile(served, 50) / percentile(direct, 50),
+    }
 
 
 # ------------------------------------------------------------------------------ the server
@@ -150,11 +170,31 @@ class ServerProcess:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}/"
-        cmd = [sys.executable, "-m", "fconv_plugin.server.cli", args.checkpoint, "--data", args.data,
-               "--port", str(self.port), "--threads", str(args.threads), "--beam", str(args.beam),
-               "--max-tokens", str(args.max_tokens), "--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning",
-               "--max-len-a", str(args.max_len_a), "--max-len-b", str(args.max_len_b),
-               *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "fconv_plugin.server.cli",
+            args.checkpoint,
+            "--data",
+            args.data,
+            "--port",
+            str(self.port),
+            "--threads",
+            str(args.threads),
+            "--beam",
+            str(args.beam),
+            "--max-tokens",
+            str(args.max_tokens),
+            "--max-wait-ms",
+            str(args.max_wait_ms),
+            "--log-level",
+            "warning",
+            "--max-len-a",
+            str(args.max_len_a),
+            "--max-len-b",
+            str(args.max_len_b),
+            *extra,
+        ]
         for name, value in model_options(args).items():
             if value:
                 cmd += ["--" + name.replace("_", "-"), value]
@@ -184,8 +224,16 @@ class ServerProcess:
         return code
 
 
-async def closed_loop(url: str, sentences: List[str], concurrency: int, requests: int, time_limit: float,
-                      source: str, target: str, client_timeout: float = 60.0) -> Dict:
+async def closed_loop(
+    url: str,
+    sentences: List[str],
+    concurrency: int,
+    requests: int,
+    time_limit: float,
+    source: str,
+    target: str,
+    client_timeout: float = 60.0,
+) -> Dict:
     """``concurrency`` clients, each sending its next request when its previous one is answered."""
     import httpx
 
@@ -224,10 +272,20 @@ async def closed_loop(url: str, sentences: List[str], concurrency: int, requests
         await asyncio.gather(*[client_loop(client) for _ in range(concurrency)])
         wall = time.perf_counter() - start
     ok = statuses.get("200", 0)
-    return {"concurrency": concurrency, "sent": sent, "ok": ok, "errors": sent - ok, "lost": sent - answered,
-            "statuses": statuses, "retry_after_503": retry_after, "seconds": wall, "sentences_per_s": ok / wall,
-            "p50_ms": 1000 * percentile(latencies, 50), "p95_ms": 1000 * percentile(latencies, 95),
-            "p99_ms": 1000 * percentile(latencies, 99)}
+    return {
+        "concurrency": concurrency,
+        "sent": sent,
+        "ok": ok,
+        "errors": sent - ok,
+        "lost": sent - answered,
+        "statuses": statuses,
+        "retry_after_503": retry_after,
+        "seconds": wall,
+        "sentences_per_s": ok / wall,
+        "p50_ms": 1000 * percentile(latencies, 50),
+        "p95_ms": 1000 * percentile(latencies, 95),
+        "p99_ms": 1000 * percentile(latencies, 99),
+    }
 
 
 async def soak(server: ServerProcess, sentences, seconds: float, source, target) -> Dict:
@@ -240,11 +298,17 @@ async def soak(server: ServerProcess, sentences, seconds: float, source, target)
             await asyncio.sleep(5)
 
     sampler = asyncio.ensure_future(sample_rss())
-    result = await closed_loop(server.url, sentences, 32, 10 ** 9, seconds, source, target)
+    result = await closed_loop(server.url, sentences, 32, 10**9, seconds, source, target)
     await sampler
     warm = [rss for t, rss in samples if t >= seconds / 10] or [samples[-1][1]]
-    result.update({"rss_samples_mib": [round(r, 1) for _, r in samples], "rss_after_warmup_mib": warm[0],
-                   "rss_end_mib": warm[-1], "rss_growth_pct": 100.0 * (warm[-1] - warm[0]) / warm[0]})
+    result.update(
+        {
+            "rss_samples_mib": [round(r, 1) for _, r in samples],
+            "rss_after_warmup_mib": warm[0],
+            "rss_end_mib": warm[-1],
+            "rss_growth_pct": 100.0 * (warm[-1] - warm[0]) / warm[0],
+        }
+    )
     return result
 
 
@@ -254,11 +318,22 @@ def overload(args, sentences, source, target) -> Dict:
     server = ServerProcess(args, "--queue-size", str(args.overload_queue))
     try:
         server.wait_ready()
-        result = asyncio.run(closed_loop(server.url, sentences, args.overload, args.overload * 4, args.time_limit,
-                                         source, target, client_timeout=args.overload_client_timeout))
+        result = asyncio.run(
+            closed_loop(
+                server.url,
+                sentences,
+                args.overload,
+                args.overload * 4,
+                args.time_limit,
+                source,
+                target,
+                client_timeout=args.overload_client_timeout,
+            )
+        )
         result["health_after"] = httpx.get(server.url + "health").status_code
-        after = httpx.post(server.url + "translate", json={"q": sentences[0], "source": source, "target": target},
-                           timeout=60)
+        after = httpx.post(
+            server.url + "translate", json={"q": sentences[0], "source": source, "target": target}, timeout=60
+        )
         result["translate_after"] = after.status_code
         result["rss_mib"] = rss_mib(server.proc.pid)
     finally:
@@ -285,8 +360,13 @@ def main(argv=None) -> int:
     p.add_argument("--max-tokens", type=int, default=2048)
     p.add_argument("--max-wait-ms", type=float, default=10.0)
     p.add_argument("--serial", type=int, default=200, help="sentences of the serial baseline")
-    p.add_argument("--ab", type=int, default=0, help="sentences of a one-at-a-time A/B: hub.translate here, then "
-                   "the server, alternating (the concurrency-1 latency under the same machine load)")
+    p.add_argument(
+        "--ab",
+        type=int,
+        default=0,
+        help="sentences of a one-at-a-time A/B: hub.translate here, then "
+        "the server, alternating (the concurrency-1 latency under the same machine load)",
+    )
     p.add_argument("--concurrency", type=int, nargs="*", default=[1, 8, 32, 64])
     p.add_argument("--requests", type=int, default=400, help="requests per concurrency level")
     p.add_argument("--time-limit", type=float, default=60.0, help="seconds per concurrency level")
@@ -302,9 +382,11 @@ def main(argv=None) -> int:
 
     with open(args.sentences, encoding="utf-8") as f:
         sentences = [line.strip() for line in f]  # kept aligned with --references
-    results: Dict = {"machine": machine(threads=args.threads),
-                     "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-                     "settings": {k: v for k, v in vars(args).items() if k != "json"}}
+    results: Dict = {
+        "machine": machine(threads=args.threads),
+        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "settings": {k: v for k, v in vars(args).items() if k != "json"},
+    }
     if args.serial > 0:
         print(f"serial hub.translate on {args.serial} sentences ...", flush=True)
         results["serial"] = serial_baseline(args, sentences[: args.serial])
@@ -325,8 +407,9 @@ def main(argv=None) -> int:
             print(json.dumps(results["direct_vs_server"]), flush=True)
         results["levels"] = []
         for concurrency in args.concurrency:
-            level = asyncio.run(closed_loop(server.url, sentences, concurrency, args.requests, args.time_limit,
-                                            source, target))
+            level = asyncio.run(
+                closed_loop(server.url, sentences, concurrency, args.requests, args.time_limit, source, target)
+            )
             level["rss_mib"] = rss_mib(server.proc.pid)
             results["levels"].append(level)
             print(json.dumps(level), flush=True)
@@ -334,9 +417,11 @@ def main(argv=None) -> int:
             print(f"soak: concurrency 32 for {args.soak:g} s ...", flush=True)
             results["soak"] = asyncio.run(soak(server, sentences, args.soak, source, target))
             print(json.dumps(results["soak"]), flush=True)
-        results["metrics_tail"] = [line for line in httpx.get(server.url + "metrics").text.splitlines()
-                                   if line.startswith(("fconv_serve_batch_sentences_sum",
-                                                       "fconv_serve_batch_sentences_count"))]
+        results["metrics_tail"] = [
+            line
+            for line in httpx.get(server.url + "metrics").text.splitlines()
+            if line.startswith(("fconv_serve_batch_sentences_sum", "fconv_serve_batch_sentences_count"))
+        ]
     finally:
         results["exit_status"] = server.stop()
     if args.overload > 0:
@@ -352,13 +437,17 @@ def main(argv=None) -> int:
     serial = results["serial"]
     print("\n| concurrency | sentences/s | x serial | p50 ms | p95 ms | p99 ms | errors | lost | server RSS MiB |")
     print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| serial hub.translate | {serial['sentences_per_s']:.1f} | 1.00 | {serial['p50_ms']:.0f} | "
-          f"{serial['p95_ms']:.0f} | {serial['p99_ms']:.0f} | 0 | 0 | |")
+    print(
+        f"| serial hub.translate | {serial['sentences_per_s']:.1f} | 1.00 | {serial['p50_ms']:.0f} | "
+        f"{serial['p95_ms']:.0f} | {serial['p99_ms']:.0f} | 0 | 0 | |"
+    )
     for level in results["levels"]:
-        print(f"| {level['concurrency']} | {level['sentences_per_s']:.1f} | "
-              f"{level['sentences_per_s'] / serial['sentences_per_s']:.2f} | {level['p50_ms']:.0f} | "
-              f"{level['p95_ms']:.0f} | {level['p99_ms']:.0f} | {level['errors']} | {level['lost']} | "
-              f"{level['rss_mib']:.0f} |")
+        print(
+            f"| {level['concurrency']} | {level['sentences_per_s']:.1f} | "
+            f"{level['sentences_per_s'] / serial['sentences_per_s']:.2f} | {level['p50_ms']:.0f} | "
+            f"{level['p95_ms']:.0f} | {level['p99_ms']:.0f} | {level['errors']} | {level['lost']} | "
+            f"{level['rss_mib']:.0f} |"
+        )
     return 0
 
 

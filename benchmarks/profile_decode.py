@@ -22,7 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
-from bench_child import prepare_decoding  # noqa: E402
+from bench_child import prepare_decoding
 
 
 def main():
@@ -31,9 +31,13 @@ def main():
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--beam", type=int, default=5)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--max-batches", type=int, default=5, help="batches profiled, evenly spaced over the length-sorted test set")
+    p.add_argument(
+        "--max-batches", type=int, default=5, help="batches profiled, evenly spaced over the length-sorted test set"
+    )
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--dtype", default="float32", help="float32, bfloat16, int8 (fconv_ext's inference_dtype) or float16")
+    p.add_argument(
+        "--dtype", default="float32", help="float32, bfloat16, int8 (fconv_ext's inference_dtype) or float16"
+    )
     p.add_argument("--shortlist", help="decode with this vocabulary shortlist (fconv_ext's model override)")
     p.add_argument("--mode", choices=["torch", "python"], default="torch")
     p.add_argument("--rows", type=int, default=25)
@@ -42,9 +46,16 @@ def main():
     import torch
 
     torch.set_num_threads(args.threads)
-    job = SimpleNamespace(checkpoint=args.checkpoint, data=args.data, dtype=args.dtype, beam=args.beam,
-                          batch=args.batch, max_batches=args.max_batches, device="cpu",
-                          overrides={"shortlist": args.shortlist} if args.shortlist else None)
+    job = SimpleNamespace(
+        checkpoint=args.checkpoint,
+        data=args.data,
+        dtype=args.dtype,
+        beam=args.beam,
+        batch=args.batch,
+        max_batches=args.max_batches,
+        device="cpu",
+        overrides={"shortlist": args.shortlist} if args.shortlist else None,
+    )
     model, task, gen, batches = prepare_decoding(job)
 
     def run():

@@ -19,15 +19,17 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fconv_plugin.checkpoint import load_checkpoint_file  # noqa: E402
+from fconv_plugin.checkpoint import load_checkpoint_file
 
 
 def strip_checkpoint(src, dst):
     """Write ``src`` to ``dst`` without ``last_optimizer_state``; returns whether there was one to drop."""
     state = load_checkpoint_file(src)
     if "optimizer_history" not in state:
-        raise SystemExit(f"{src}: no 'optimizer_history': a pre-0.6 fairseq layout, which this script does not handle "
-                         "(load and save it once with fairseq first)")
+        raise SystemExit(
+            f"{src}: no 'optimizer_history': a pre-0.6 fairseq layout, which this script does not handle "
+            "(load and save it once with fairseq first)"
+        )
     had_state = state.pop("last_optimizer_state", None) is not None
     torch.save(state, dst)
     return had_state
@@ -39,8 +41,10 @@ def main():
     p.add_argument("dst", help="where to write the copy without optimizer state")
     args = p.parse_args()
     had_state = strip_checkpoint(args.src, args.dst)
-    print(f"{args.dst}: {os.path.getsize(args.dst) / 2**20:.1f} MiB (from {os.path.getsize(args.src) / 2**20:.1f} MiB; "
-          f"{'optimizer state dropped' if had_state else 'there was no optimizer state'})")
+    print(
+        f"{args.dst}: {os.path.getsize(args.dst) / 2**20:.1f} MiB (from {os.path.getsize(args.src) / 2**20:.1f} MiB; "
+        f"{'optimizer state dropped' if had_state else 'there was no optimizer state'})"
+    )
     return 0
 
 

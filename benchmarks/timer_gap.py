@@ -25,7 +25,7 @@ from types import SimpleNamespace
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from bench_child import prepare_ensemble_decoding  # noqa: E402
+from bench_child import prepare_ensemble_decoding
 
 
 def decode_pass(models, gen, batches, max_len_a, max_len_b):
@@ -42,8 +42,15 @@ def decode_pass(models, gen, batches, max_len_a, max_len_b):
             lens = [len(o[0]["tokens"]) for o in outs]
             # a hypothesis at the limit: max_len tokens + EOS (fairseq's max_len = a * src_len + b, capped)
             limit = [n >= int(max_len_a * s + max_len_b) for n, s in zip(lens, src_lens)]
-            rows.append({"seconds": seconds, "sentences": len(lens), "tokens": sum(lens), "max_len": max(lens),
-                         "at_limit": sum(limit)})
+            rows.append(
+                {
+                    "seconds": seconds,
+                    "sentences": len(lens),
+                    "tokens": sum(lens),
+                    "max_len": max(lens),
+                    "at_limit": sum(limit),
+                }
+            )
     return rows
 
 
@@ -51,12 +58,18 @@ def summary(rows):
     total = sum(r["seconds"] for r in rows)
     capped = [r for r in rows if r["at_limit"]]
     slowest = sorted(rows, key=lambda r: -r["seconds"])[:3]
-    return {"seconds": total, "batches": len(rows), "first_batch_s": rows[0]["seconds"],
-            "tokens": sum(r["tokens"] for r in rows), "tokens_per_s": sum(r["tokens"] for r in rows) / total,
-            "hyps_at_limit": sum(r["at_limit"] for r in rows), "batches_with_hyp_at_limit": len(capped),
-            "seconds_in_those_batches": sum(r["seconds"] for r in capped),
-            "slowest_batches": [(round(r["seconds"], 3), r["max_len"], r["at_limit"]) for r in slowest],
-            "batch_seconds": [round(r["seconds"], 3) for r in rows]}
+    return {
+        "seconds": total,
+        "batches": len(rows),
+        "first_batch_s": rows[0]["seconds"],
+        "tokens": sum(r["tokens"] for r in rows),
+        "tokens_per_s": sum(r["tokens"] for r in rows) / total,
+        "hyps_at_limit": sum(r["at_limit"] for r in rows),
+        "batches_with_hyp_at_limit": len(capped),
+        "seconds_in_those_batches": sum(r["seconds"] for r in capped),
+        "slowest_batches": [(round(r["seconds"], 3), r["max_len"], r["at_limit"]) for r in slowest],
+        "batch_seconds": [round(r["seconds"], 3) for r in rows],
+    }
 
 
 def main():
@@ -77,19 +90,31 @@ def main():
     results = {}
     for spec in args.limits:
         a, b = spec.split(",")
-        job = SimpleNamespace(checkpoint=args.checkpoint, data=args.data, dtype="float32", beam=args.beam,
-                              batch=args.batch, max_batches=0, device="cpu", max_len_a=float(a), max_len_b=int(b))
+        job = SimpleNamespace(
+            checkpoint=args.checkpoint,
+            data=args.data,
+            dtype="float32",
+            beam=args.beam,
+            batch=args.batch,
+            max_batches=0,
+            device="cpu",
+            max_len_a=float(a),
+            max_len_b=int(b),
+        )
         models, task, gen, batches = prepare_ensemble_decoding(job)
         results[spec] = []
         for i in range(args.passes):
             s = summary(decode_pass(models, gen, batches, float(a), int(b)))
             results[spec].append(s)
-            print(f"{os.path.basename(args.checkpoint)} {type(gen).__name__} limits {spec} pass {i + 1}: "
-                  f"{s['seconds']:.2f} s for {s['batches']} batches (first {s['first_batch_s']:.2f} s), "
-                  f"{s['tokens']} tokens ({s['tokens_per_s']:.0f}/s); {s['hyps_at_limit']} hypotheses at the limit "
-                  f"in {s['batches_with_hyp_at_limit']} batches taking {s['seconds_in_those_batches']:.2f} s; "
-                  f"slowest (s, longest hyp, at limit) {s['slowest_batches']}; per batch (s, length order) "
-                  f"{s['batch_seconds']}", flush=True)
+            print(
+                f"{os.path.basename(args.checkpoint)} {type(gen).__name__} limits {spec} pass {i + 1}: "
+                f"{s['seconds']:.2f} s for {s['batches']} batches (first {s['first_batch_s']:.2f} s), "
+                f"{s['tokens']} tokens ({s['tokens_per_s']:.0f}/s); {s['hyps_at_limit']} hypotheses at the limit "
+                f"in {s['batches_with_hyp_at_limit']} batches taking {s['seconds_in_those_batches']:.2f} s; "
+                f"slowest (s, longest hyp, at limit) {s['slowest_batches']}; per batch (s, length order) "
+                f"{s['batch_seconds']}",
+                flush=True,
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

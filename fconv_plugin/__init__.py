@@ -10,11 +10,11 @@ fconv_plugin.fairseq_fixes`` prints them).
 
 __version__ = "0.1.0"
 
-from . import criterions  # noqa: F401,E402
-from .data import tokenizer  # noqa: F401,E402  (registers --tokenizer moses_protected)
-from . import models  # noqa: F401,E402
-from . import convert  # noqa: F401,E402  (registers the converters for the fusion model's pretrained checkpoint)
-from . import tasks  # noqa: F401,E402
-from . import fairseq_fixes  # noqa: E402
+from . import criterions
+from .data import tokenizer  # registers --tokenizer moses_protected
+from . import models
+from . import convert  # registers the converters for the fusion model's pretrained checkpoint
+from . import tasks
+from . import fairseq_fixes
 
 fairseq_fixes.install_all()

@@ -55,9 +55,11 @@ def _explain(path: str, err: BaseException, cls=CheckpointError) -> CheckpointEr
         )
     hint = ""
     if os.path.basename(path) in ("checkpoint_last.pt", "checkpoint_best.pt"):
-        hint = (" fairseq writes the epoch/update checkpoint (checkpoint<E>.pt, checkpoint_<E>_<U>.pt) "
-                "atomically and copies it to checkpoint_last/best.pt, so a crash while copying leaves this "
-                "file damaged: resume with --restore-file pointing at the newest intact one.")
+        hint = (
+            " fairseq writes the epoch/update checkpoint (checkpoint<E>.pt, checkpoint_<E>_<U>.pt) "
+            "atomically and copies it to checkpoint_last/best.pt, so a crash while copying leaves this "
+            "file damaged: resume with --restore-file pointing at the newest intact one."
+        )
     return cls(
         f"cannot read checkpoint {path!r}: the file is truncated or corrupt ({type(err).__name__}: "
         f"{reason}).{hint or ' Use another checkpoint.'}"

@@ -88,8 +88,9 @@ _convert_directory: Optional[Callable[[str, str, Optional[str]], Any]] = None
 _is_foreign: Optional[Callable[[Mapping[str, Any]], bool]] = None
 
 
-def register_directory_converter(convert: Callable[[str, str, Optional[str]], Any],
-                                 is_foreign: Callable[[Mapping[str, Any]], bool]) -> None:
+def register_directory_converter(
+    convert: Callable[[str, str, Optional[str]], Any], is_foreign: Callable[[Mapping[str, Any]], bool]
+) -> None:
     """Let :func:`from_pretrained` convert model directories (fconv_plugin.convert calls this)."""
     global _convert_directory, _is_foreign
     _convert_directory, _is_foreign = convert, is_foreign
@@ -137,7 +138,9 @@ def fetch(url: str) -> str:
     try:
         return download(url)
     except (OSError, RuntimeError, ValueError, ImportError) as err:  # requests' errors are OSErrors; no requests
-        raise PublishedModelError(f"could not download {url} ({type(err).__name__}: {err}). {_manual_hint(url)}") from None
+        raise PublishedModelError(
+            f"could not download {url} ({type(err).__name__}: {err}). {_manual_hint(url)}"
+        ) from None
 
 
 # ---------------------------------------------------------------- safe extraction
@@ -163,14 +166,17 @@ def extract_archive(archive: str, dest: str) -> str:
         raise PublishedModelError(
             f"cannot extract {archive!r} safely: this Python's tarfile has no extraction filters (Python >= "
             "3.8.17 / 3.9.17 / 3.10.12 / 3.11.4 has them). Upgrade Python, or extract the archive yourself and "
-            "pass the extracted directory to from_pretrained / fconv-ext-convert")
+            "pass the extracted directory to from_pretrained / fconv-ext-convert"
+        )
     os.makedirs(dest)
     try:
         with tarfile.open(archive, "r:*") as tar:
             tar.extractall(dest, filter=_safe_member)
     except tarfile.FilterError as err:
         shutil.rmtree(dest, ignore_errors=True)
-        raise PublishedModelError(f"refusing to extract {archive!r}: {err}. It is not a model archive to trust") from None
+        raise PublishedModelError(
+            f"refusing to extract {archive!r}: {err}. It is not a model archive to trust"
+        ) from None
     except (tarfile.TarError, EOFError, OSError, ValueError) as err:  # truncated / not a tar / bad compression
         shutil.rmtree(dest, ignore_errors=True)
         raise PublishedModelError(f"{archive!r} is truncated or corrupt ({type(err).__name__}: {err})") from None
@@ -225,7 +231,9 @@ def _needs_conversion(directory: str, checkpoint_file: str) -> bool:
     return False
 
 
-def resolve(model_name_or_path: str, checkpoint_file: str, archive_map: Dict[str, Any], kwargs: Dict[str, Any]) -> Tuple[str, str, Dict[str, Any]]:
+def resolve(
+    model_name_or_path: str, checkpoint_file: str, archive_map: Dict[str, Any], kwargs: Dict[str, Any]
+) -> Tuple[str, str, Dict[str, Any]]:
     """``(directory to load, checkpoint_file, kwargs)`` for a hub name, an archive address,
     a local archive file or a directory, converting on the first use (see module doc)."""
     kwargs = dict(kwargs)
@@ -263,7 +271,9 @@ def resolve(model_name_or_path: str, checkpoint_file: str, archive_map: Dict[str
         archive, out, url = None, os.path.normpath(source) + ".fconv_ext", None
     else:
         names = ", ".join(sorted(k for k, v in archive_map.items() if isinstance(v, dict)))
-        raise PublishedModelError(f"{model_name_or_path!r} is neither a published model ({names}) nor an existing file or directory")
+        raise PublishedModelError(
+            f"{model_name_or_path!r} is neither a published model ({names}) nor an existing file or directory"
+        )
 
     if is_converted_directory(out):
         logger.info(f"using the converted model in {out}")
@@ -278,7 +288,9 @@ def resolve(model_name_or_path: str, checkpoint_file: str, archive_map: Dict[str
 
 def _convert_local_directory(source: str, out: str, pretrained: Optional[str]) -> None:
     if os.path.exists(out):
-        raise PublishedModelError(f"{out!r} exists but is not a complete conversion of {source!r}: remove it and load again")
+        raise PublishedModelError(
+            f"{out!r} exists but is not a complete conversion of {source!r}: remove it and load again"
+        )
     try:
         _converter()(source, out, pretrained)
     except ValueError as err:  # ConversionError
@@ -311,7 +323,9 @@ def _data_directory(url: str) -> str:
             os.rename(extract_archive(archive, os.path.join(work, "x")), out)
         except PublishedModelError as err:
             _delete_download(archive)
-            raise PublishedModelError(f"the download of {url} is unusable: {err}. It has been deleted. {_manual_hint(url)}") from None
+            raise PublishedModelError(
+                f"the download of {url} is unusable: {err}. It has been deleted. {_manual_hint(url)}"
+            ) from None
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return out

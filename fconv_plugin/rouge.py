@@ -36,11 +36,15 @@ def sentence_rouge(scorer, hypothesis: str, references: Sequence[str]) -> Dict[s
     return {t: {m: 100.0 * getattr(scores[t], m) for m in MEASURES.values()} for t in ROUGE_TYPES}
 
 
-def corpus_rouge(hypotheses: Sequence[str], references: Sequence[Sequence[str]], stemmer: bool = True) -> Dict[str, Dict[str, float]]:
+def corpus_rouge(
+    hypotheses: Sequence[str], references: Sequence[Sequence[str]], stemmer: bool = True
+) -> Dict[str, Dict[str, float]]:
     """The per-summary scores averaged over the corpus.  ``references[i]`` holds the
     reference(s) of ``hypotheses[i]``."""
     if len(hypotheses) != len(references):
-        raise ValueError(f"{len(hypotheses)} summaries but {len(references)} references: the files must be aligned by line")
+        raise ValueError(
+            f"{len(hypotheses)} summaries but {len(references)} references: the files must be aligned by line"
+        )
     if not hypotheses:
         raise ValueError("no summaries to score")
     scorer = build_scorer(stemmer)
@@ -69,35 +73,48 @@ def _read_lines(path: str) -> List[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="fconv-ext-rouge", description="ROUGE-1/2/L (rouge-score) of summaries, or of the lead baseline.")
+    parser = argparse.ArgumentParser(
+        prog="fconv-ext-rouge", description="ROUGE-1/2/L (rouge-score) of summaries, or of the lead baseline."
+    )
     parser.add_argument("--ref", nargs="+", required=True, help="reference file(s), one summary per line")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--hyp", help="system summaries, one per line, aligned with --ref")
     which.add_argument("--lead-of", metavar="SOURCE", help="score the lead baseline of this source file instead")
     parser.add_argument("--lead-words", type=int, default=8, help="words in the lead baseline (default: %(default)s)")
-    parser.add_argument("--measure", choices=sorted(MEASURES), default="f1", help="what to report (default: %(default)s)")
-    parser.add_argument("--truncate-bytes", type=int, default=None, help="cut summaries to this many bytes first (DUC-2004: 75)")
+    parser.add_argument(
+        "--measure", choices=sorted(MEASURES), default="f1", help="what to report (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--truncate-bytes", type=int, default=None, help="cut summaries to this many bytes first (DUC-2004: 75)"
+    )
     parser.add_argument("--no-stemmer", action="store_true", help="no Porter stemming")
     parser.add_argument("--json", action="store_true", help="print all measures as JSON")
     args = parser.parse_args(argv)
 
-    hyps = [lead(line, args.lead_words) for line in _read_lines(args.lead_of)] if args.lead_of else _read_lines(args.hyp)
+    hyps = (
+        [lead(line, args.lead_words) for line in _read_lines(args.lead_of)] if args.lead_of else _read_lines(args.hyp)
+    )
     if args.truncate_bytes is not None:
         hyps = [truncate_bytes(h, args.truncate_bytes) for h in hyps]
     ref_files = [_read_lines(path) for path in args.ref]
     for path, lines in zip(args.ref, ref_files):
         if len(lines) != len(hyps):
-            print(f"fconv-ext-rouge: {path} has {len(lines)} lines but there are {len(hyps)} summaries; "
-                  "the files must be aligned by line (did generation skip or reorder sentences? sort "
-                  "fairseq-generate's H- lines by id)", file=sys.stderr)
+            print(
+                f"fconv-ext-rouge: {path} has {len(lines)} lines but there are {len(hyps)} summaries; "
+                "the files must be aligned by line (did generation skip or reorder sentences? sort "
+                "fairseq-generate's H- lines by id)",
+                file=sys.stderr,
+            )
             return 2
     scores = corpus_rouge(hyps, list(zip(*ref_files)), stemmer=not args.no_stemmer)
     if args.json:
         print(json.dumps(scores, indent=1))
     else:
         measure = MEASURES[args.measure]
-        print(f"ROUGE {args.measure} (rouge-score, {len(hyps)} summaries, stemmer {'off' if args.no_stemmer else 'on'}): "
-              + " / ".join(f"{t} {scores[t][measure]:.2f}" for t in ROUGE_TYPES))
+        print(
+            f"ROUGE {args.measure} (rouge-score, {len(hyps)} summaries, stemmer {'off' if args.no_stemmer else 'on'}): "
+            + " / ".join(f"{t} {scores[t][measure]:.2f}" for t in ROUGE_TYPES)
+        )
     return 0
 
 

@@ -6,5 +6,5 @@ imports fairseq (its ``__init__`` registers the models).  Dependencies: numpy, o
 subword-nmt; torch only to run an ``aoti`` export.
 """
 
-from .artifact import FORMAT_VERSION, ArtifactError, load_manifest, read_dictionary  # noqa: F401
-from .translator import Translation, Translator  # noqa: F401
+from .artifact import FORMAT_VERSION, ArtifactError, load_manifest, read_dictionary
+from .translator import Translation, Translator

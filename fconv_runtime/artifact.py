@@ -45,24 +45,31 @@ def load_manifest(directory: str, verify: bool = True) -> Dict[str, Any]:
     """The manifest of ``directory``, after checking its format version and (``verify``) every
     file's sha256."""
     if not os.path.isdir(directory):
-        raise ArtifactError(f"{directory!r} is not a directory: give the OUTDIR that fconv-ext-export wrote "
-                            "(fconv-ext-export CHECKPOINT OUTDIR --format onnx)")
+        raise ArtifactError(
+            f"{directory!r} is not a directory: give the OUTDIR that fconv-ext-export wrote "
+            "(fconv-ext-export CHECKPOINT OUTDIR --format onnx)"
+        )
     path = os.path.join(directory, MANIFEST)
     if not os.path.isfile(path):
-        raise ArtifactError(f"{directory!r} has no {MANIFEST}: it is not an exported model, or the export did "
-                            "not finish (the manifest is written last); export again")
+        raise ArtifactError(
+            f"{directory!r} has no {MANIFEST}: it is not an exported model, or the export did "
+            "not finish (the manifest is written last); export again"
+        )
     try:
         with open(path, encoding="utf-8") as f:
             manifest = json.load(f)
     except (ValueError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"{path!r} is not valid JSON ({err}): the copy is damaged; export or copy it again") from None
+        raise ArtifactError(
+            f"{path!r} is not valid JSON ({err}): the copy is damaged; export or copy it again"
+        ) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"{path!r} is not a manifest of {FORMAT} (format: {manifest.get('format')!r})")
     version = manifest.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ArtifactError(
             f"{directory!r} was written in format version {version!r}; this fconv_runtime reads versions up to "
-            f"{FORMAT_VERSION}: upgrade fconv-ext (pip install -U fconv-ext), or export the model again with this one")
+            f"{FORMAT_VERSION}: upgrade fconv-ext (pip install -U fconv-ext), or export the model again with this one"
+        )
     if verify:
         verify_checksums(directory, manifest)
     return manifest
@@ -73,14 +80,18 @@ def verify_checksums(directory: str, manifest: Dict[str, Any]) -> None:
     for name, expected in sorted(manifest.get("files", {}).items()):
         path = os.path.join(directory, name)
         if os.path.basename(name) != name:
-            raise ArtifactError(f"the manifest of {directory!r} names {name!r}, a path outside the directory: refusing it")
+            raise ArtifactError(
+                f"the manifest of {directory!r} names {name!r}, a path outside the directory: refusing it"
+            )
         if not os.path.isfile(path):
             raise ArtifactError(f"{path!r} is missing: copy the whole exported directory, or export again")
         actual = sha256_of(path)
         if actual != expected:
-            raise ArtifactError(f"{path!r} does not match its checksum in {MANIFEST} (sha256 {actual[:12]}..., "
-                                f"expected {expected[:12]}...): the file is truncated or corrupt; copy it again "
-                                "or export again")
+            raise ArtifactError(
+                f"{path!r} does not match its checksum in {MANIFEST} (sha256 {actual[:12]}..., "
+                f"expected {expected[:12]}...): the file is truncated or corrupt; copy it again "
+                "or export again"
+            )
 
 
 def read_dictionary(path: str) -> List[str]:
@@ -98,7 +109,9 @@ def read_dictionary(path: str) -> List[str]:
                 line = line[: -len(_OVERWRITE_FLAG) - 1]
             word, sep, count = line.rpartition(" ")
             if not sep or not count.isdigit():
-                raise ArtifactError(f"{path}:{number}: expected '<word> <count>', got {line!r}: not a fairseq dictionary")
+                raise ArtifactError(
+                    f"{path}:{number}: expected '<word> <count>', got {line!r}: not a fairseq dictionary"
+                )
             if word in seen:
                 if overwrite:
                     continue
@@ -112,8 +125,12 @@ def write_manifest(directory: str, manifest: Dict[str, Any]) -> str:
     """Write ``manifest`` with the sha256 of every file in ``directory`` (written last: an OUTDIR is
     complete exactly when its manifest is there)."""
     files = sorted(n for n in os.listdir(directory) if n != MANIFEST and os.path.isfile(os.path.join(directory, n)))
-    manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION,
-                    files={name: sha256_of(os.path.join(directory, name)) for name in files})
+    manifest = dict(
+        manifest,
+        format=FORMAT,
+        format_version=FORMAT_VERSION,
+        files={name: sha256_of(os.path.join(directory, name)) for name in files},
+    )
     path = os.path.join(directory, MANIFEST)
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2, sort_keys=True)

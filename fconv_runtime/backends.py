@@ -26,17 +26,20 @@ class OnnxBackend:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         providers = ["CPUExecutionProvider"]
-        self.encoder = onnxruntime.InferenceSession(os.path.join(directory, manifest["encoder"]["file"]), options,
-                                                    providers=providers)
-        self.stepper = onnxruntime.InferenceSession(os.path.join(directory, manifest["step"]["file"]), options,
-                                                    providers=providers)
+        self.encoder = onnxruntime.InferenceSession(
+            os.path.join(directory, manifest["encoder"]["file"]), options, providers=providers
+        )
+        self.stepper = onnxruntime.InferenceSession(
+            os.path.join(directory, manifest["step"]["file"]), options, providers=providers
+        )
         self.encoder_inputs = [i.name for i in self.encoder.get_inputs()]
         self.step_inputs = [i.name for i in self.stepper.get_inputs()]
         self.window_shapes = [tuple(shape) for shape in manifest["step"]["window_shapes"]]
         bias = next((i for i in self.stepper.get_inputs() if i.name == "bias"), None)
         if bias is None or len(bias.shape) != 1:
-            raise ArtifactError(f"{manifest['step']['file']} has no 'bias' input: it is not a step graph of this "
-                                "format; export again")
+            raise ArtifactError(
+                f"{manifest['step']['file']} has no 'bias' input: it is not a step graph of this format; export again"
+            )
         # the graph's own vocabulary (the output projection's rows); with a shortlist the bias is one
         # entry per scored word, a dynamic size, and the manifest's number is the one to check against
         fixed = isinstance(bias.shape[0], int) and not manifest.get("shortlist")
@@ -55,8 +58,10 @@ class AotiBackend:
             import torch
             from torch._inductor import aoti_load_package
         except ImportError:
-            raise ArtifactError("an aoti export needs torch (the version that exported it: "
-                                f"{manifest.get('exporter', {}).get('torch', '?')}); or export with --format onnx") from None
+            raise ArtifactError(
+                "an aoti export needs torch (the version that exported it: "
+                f"{manifest.get('exporter', {}).get('torch', '?')}); or export with --format onnx"
+            ) from None
         if threads:
             torch.set_num_threads(threads)
         self.torch = torch
@@ -84,6 +89,8 @@ BACKENDS = {"onnx": OnnxBackend, "aoti": AotiBackend}
 def load_backend(directory: str, manifest: Dict[str, Any], threads: Optional[int] = None):
     runtime = manifest.get("runtime")
     if runtime not in BACKENDS:
-        raise ArtifactError(f"{directory!r} was exported for runtime {runtime!r}; this fconv_runtime runs "
-                            f"{', '.join(sorted(BACKENDS))}: upgrade fconv-ext or export again")
+        raise ArtifactError(
+            f"{directory!r} was exported for runtime {runtime!r}; this fconv_runtime runs "
+            f"{', '.join(sorted(BACKENDS))}: upgrade fconv-ext or export again"
+        )
     return BACKENDS[runtime](directory, manifest, threads)

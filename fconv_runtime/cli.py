@@ -18,8 +18,11 @@ from .translator import Translator
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="fconv-ext-translate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="fconv-ext-translate",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("outdir", help="the directory fconv-ext-export wrote")
     p.add_argument("--beam", type=int, default=5, help="beam size (default 5)")
     p.add_argument("--nbest", type=int, default=1, help="translations per line (default 1)")
@@ -28,19 +31,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-len-b", type=int, default=200, help="(default b=200), at most the model's positions - 1")
     p.add_argument("--lenpen", type=float, default=1.0, help="score / length ** lenpen (default 1)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the runtime's)")
-    p.add_argument("--chunk", type=int, default=0,
-                   help="lines read before translating (default 16 batches); outputs follow each chunk")
+    p.add_argument(
+        "--chunk",
+        type=int,
+        default=0,
+        help="lines read before translating (default 16 batches); outputs follow each chunk",
+    )
     return p.parse_args(argv)
 
 
 def _write(translator: Translator, lines: List[str], args, first: int, out) -> None:
     if args.nbest == 1:
-        for text in translator.translate(lines, beam=args.beam, batch_size=args.batch_size, max_len_a=args.max_len_a,
-                                         max_len_b=args.max_len_b, lenpen=args.lenpen):
+        for text in translator.translate(
+            lines,
+            beam=args.beam,
+            batch_size=args.batch_size,
+            max_len_a=args.max_len_a,
+            max_len_b=args.max_len_b,
+            lenpen=args.lenpen,
+        ):
             out.write(text + "\n")
     else:
-        results = translator.translate_nbest(lines, beam=args.beam, nbest=args.nbest, batch_size=args.batch_size,
-                                             max_len_a=args.max_len_a, max_len_b=args.max_len_b, lenpen=args.lenpen)
+        results = translator.translate_nbest(
+            lines,
+            beam=args.beam,
+            nbest=args.nbest,
+            batch_size=args.batch_size,
+            max_len_a=args.max_len_a,
+            max_len_b=args.max_len_b,
+            lenpen=args.lenpen,
+        )
         for number, hypotheses in enumerate(results, start=first):
             for h in hypotheses or [None]:
                 out.write(f"{number} ||| {h.text if h else ''} ||| {h.score if h else 0.0:.4f}\n")
@@ -49,8 +69,9 @@ def _write(translator: Translator, lines: List[str], args, first: int, out) -> N
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(format="fconv-ext-translate: %(levelname)s: %(message)s", level=logging.WARNING,
-                        stream=sys.stderr)
+    logging.basicConfig(
+        format="fconv-ext-translate: %(levelname)s: %(message)s", level=logging.WARNING, stream=sys.stderr
+    )
     try:
         translator = Translator(args.outdir, threads=args.threads)
     except ArtifactError as err:

@@ -44,9 +44,17 @@ def max_length(source_length: int, max_len_a: float, max_len_b: int, max_target_
     return min(int(max_len_a * source_length + max_len_b), max_target_positions - 1)
 
 
-def beam_search(backend: Backend, src_tokens: np.ndarray, beam: int, max_target_positions: int,
-                max_len_a: float = 0.0, max_len_b: int = 200, lenpen: float = 1.0, min_len: int = 1,
-                words: Optional[np.ndarray] = None) -> List[List[Hypothesis]]:
+def beam_search(
+    backend: Backend,
+    src_tokens: np.ndarray,
+    beam: int,
+    max_target_positions: int,
+    max_len_a: float = 0.0,
+    max_len_b: int = 200,
+    lenpen: float = 1.0,
+    min_len: int = 1,
+    words: Optional[np.ndarray] = None,
+) -> List[List[Hypothesis]]:
     """Every sentence's finished hypotheses (at most ``beam``), best first.  ``src_tokens``: ``B x S``
     int64, left-padded with pad, each sentence ending in EOS (fairseq's source batch).  ``words``: for a
     step graph over a shortlist, the batch's words (sorted, the specials first: each keeps its id as its
@@ -64,7 +72,9 @@ def beam_search(backend: Backend, src_tokens: np.ndarray, beam: int, max_target_
     scores[:, 1:] = -np.inf  # step 0: the k beams are one hypothesis, beam 0's
     origin = np.tile(np.arange(k, dtype=np.int64), (sentences, 1))  # B x K
     ignore = np.zeros((sentences, k), dtype=bool)
-    windows = [np.zeros((sentences, k, frames, channels), dtype=np.float32) for frames, channels in backend.window_shapes]
+    windows = [
+        np.zeros((sentences, k, frames, channels), dtype=np.float32) for frames, channels in backend.window_shapes
+    ]
     history = np.zeros((sentences, k, 0), dtype=np.int64)  # B x K x t: tokens after BOS
     alive = np.arange(sentences)  # the sentence of each batch row
     finalized: List[List[Hypothesis]] = [[] for _ in range(sentences)]
@@ -99,8 +109,9 @@ def beam_search(backend: Backend, src_tokens: np.ndarray, beam: int, max_target_
         if done.all():
             break
 
-        history = np.concatenate([np.take_along_axis(history, next_origin[:, :, None], axis=1),
-                                  next_tokens[:, :, None]], axis=2)  # B x K x (t + 1)
+        history = np.concatenate(
+            [np.take_along_axis(history, next_origin[:, :, None], axis=1), next_tokens[:, :, None]], axis=2
+        )  # B x K x (t + 1)
         tokens, scores, origin, ignore = next_tokens, next_scores, next_origin, next_ignore
         if done.any():  # drop finished sentences from the batch
             keep = ~done

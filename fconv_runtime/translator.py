@@ -47,13 +47,16 @@ class Translator:
         self.source_symbols = read_dictionary(os.path.join(directory, dictionaries["source"]))
         self.target_symbols = read_dictionary(os.path.join(directory, dictionaries["target"]))
         self.backend = load_backend(directory, self.manifest, threads)
-        for side, symbols, expected in (("source", self.source_symbols, model["source_vocabulary"]),
-                                        ("target", self.target_symbols, self.backend.vocabulary)):
+        for side, symbols, expected in (
+            ("source", self.source_symbols, model["source_vocabulary"]),
+            ("target", self.target_symbols, self.backend.vocabulary),
+        ):
             if len(symbols) != expected:
                 raise ArtifactError(
                     f"the {side} dictionary {dictionaries[side]!r} has {len(symbols)} symbols but the exported graph's "
                     f"embedding has {expected} rows: it is not the dictionary the model was trained with; export "
-                    "again with the model's data directory (--data)")
+                    "again with the model's data directory (--data)"
+                )
         self.source_index = {symbol: i for i, symbol in enumerate(self.source_symbols)}
         self.max_source_positions = int(model["max_source_positions"])
         self.max_target_positions = int(model["max_target_positions"])
@@ -67,14 +70,18 @@ class Translator:
         if settings.get("name", "none") == "none":
             return None, None
         if settings["name"] != "moses":
-            raise ArtifactError(f"unknown tokenizer {settings['name']!r} in the manifest (this runtime knows moses, none)")
+            raise ArtifactError(
+                f"unknown tokenizer {settings['name']!r} in the manifest (this runtime knows moses, none)"
+            )
         from sacremoses import MosesDetokenizer, MosesTokenizer
 
         tokenizer = MosesTokenizer(lang=settings["source_lang"])
         detokenizer = MosesDetokenizer(lang=settings["target_lang"])
         escape = bool(settings.get("escape", True))
-        return (lambda line: tokenizer.tokenize(line, return_str=True, escape=escape),
-                lambda line: detokenizer.detokenize(line.split()))
+        return (
+            lambda line: tokenizer.tokenize(line, return_str=True, escape=escape),
+            lambda line: detokenizer.detokenize(line.split()),
+        )
 
     def _subword_nmt(self, settings: Dict[str, Any]):
         if not settings:
@@ -91,9 +98,11 @@ class Translator:
         with np.load(os.path.join(self.directory, settings["file"]), allow_pickle=False) as arrays:
             table, base = arrays["table"], arrays["base"]
         if table.shape[0] != len(self.source_symbols) or base.shape != (len(self.target_symbols),):
-            raise ArtifactError(f"{settings['file']} does not match the dictionaries ({table.shape[0]} x "
-                                f"{base.shape[0]} entries for {len(self.source_symbols)} x {len(self.target_symbols)} "
-                                "symbols): export again")
+            raise ArtifactError(
+                f"{settings['file']} does not match the dictionaries ({table.shape[0]} x "
+                f"{base.shape[0]} entries for {len(self.source_symbols)} x {len(self.target_symbols)} "
+                "symbols): export again"
+            )
         return table, base
 
     def batch_words(self, src_tokens: np.ndarray, beam: int) -> Optional[np.ndarray]:
@@ -119,8 +128,10 @@ class Translator:
             line = self._bpe.process_line(line)
         ids = [self.source_index.get(word, UNK) for word in line.split()]
         if len(ids) + 1 > self.max_source_positions:
-            logger.warning(f"a sentence of {len(ids)} tokens is longer than the model's {self.max_source_positions} "
-                           f"source positions: translating its first {self.max_source_positions - 1}")
+            logger.warning(
+                f"a sentence of {len(ids)} tokens is longer than the model's {self.max_source_positions} "
+                f"source positions: translating its first {self.max_source_positions - 1}"
+            )
             ids = ids[: self.max_source_positions - 1]
         return ids + [EOS]
 
@@ -139,8 +150,16 @@ class Translator:
         """The best translation of each line."""
         return [hyps[0].text if hyps else "" for hyps in self.translate_nbest(lines, beam, 1, batch_size, **options)]
 
-    def translate_nbest(self, lines: Sequence[str], beam: int = 5, nbest: int = 1, batch_size: int = 64,
-                        max_len_a: float = 0.0, max_len_b: int = 200, lenpen: float = 1.0) -> List[List[Translation]]:
+    def translate_nbest(
+        self,
+        lines: Sequence[str],
+        beam: int = 5,
+        nbest: int = 1,
+        batch_size: int = 64,
+        max_len_a: float = 0.0,
+        max_len_b: int = 200,
+        lenpen: float = 1.0,
+    ) -> List[List[Translation]]:
         """The ``nbest`` best translations of each line (``[]`` for an empty line), best first."""
         if not 1 <= nbest <= beam:
             raise ValueError(f"nbest must be between 1 and the beam ({beam}), not {nbest}")
@@ -153,8 +172,16 @@ class Translator:
             src_tokens = np.full((len(batch), width), PAD, dtype=np.int64)  # B x S, left-padded as fairseq's
             for row, i in enumerate(batch):
                 src_tokens[row, width - len(encoded[i]) :] = encoded[i]
-            finalized = beam_search(self.backend, src_tokens, beam, self.max_target_positions, max_len_a=max_len_a,
-                                    max_len_b=max_len_b, lenpen=lenpen, words=self.batch_words(src_tokens, beam))
+            finalized = beam_search(
+                self.backend,
+                src_tokens,
+                beam,
+                self.max_target_positions,
+                max_len_a=max_len_a,
+                max_len_b=max_len_b,
+                lenpen=lenpen,
+                words=self.batch_words(src_tokens, beam),
+            )
             for i, hypotheses in zip(batch, finalized):
                 results[i] = [Translation(self.decode(tokens), score, tokens) for score, tokens in hypotheses[:nbest]]
         return results

@@ -9,6 +9,6 @@ directories with the same name cannot be loaded in one process, and neither can 
 models or presets registered under the same name.
 """
 
-import fconv_plugin  # noqa: F401  (registers fconv_ext, its task and criterion first)
+import fconv_plugin  # registers fconv_ext, its task and criterion first
 
-from . import gated_conv  # noqa: F401,E402  (registers fconv_ext_gated and its presets)
+from . import gated_conv  # registers fconv_ext_gated and its presets

@@ -32,7 +32,8 @@ GATES = {"glu": glu, "gtu": gtu}
 @dataclass
 class FConvGatedConfig(FConvExtConfig):
     gate: ChoiceEnum(list(GATES)) = field(
-        default="gtu", metadata={"help": "gate of every conv block: glu = A*sigmoid(B) (the paper), gtu = tanh(A)*sigmoid(B)"}
+        default="gtu",
+        metadata={"help": "gate of every conv block: glu = A*sigmoid(B) (the paper), gtu = tanh(A)*sigmoid(B)"},
     )
 
 
@@ -45,9 +46,13 @@ class FConvGatedModel(FConvExtModel):
 
 # Presets are data: the values that differ from the config's defaults; options given on the
 # command line win.
-register_presets("fconv_ext_gated", FConvGatedConfig, {
-    "fconv_ext_gated_tiny": Preset(
-        "fconv_ext_tiny's sizes with the gated tanh unit.",
-        {**PRESETS["fconv_ext_tiny"].values, "gate": "gtu"},
-    ),
-})
+register_presets(
+    "fconv_ext_gated",
+    FConvGatedConfig,
+    {
+        "fconv_ext_gated_tiny": Preset(
+            "fconv_ext_tiny's sizes with the gated tanh unit.",
+            {**PRESETS["fconv_ext_tiny"].values, "gate": "gtu"},
+        ),
+    },
+)

@@ -86,10 +86,13 @@ def use_torchrun_environment(cfg, environ: Optional[Mapping[str, str]] = None) -
     world_size = int(env["WORLD_SIZE"])
     if world_size <= 1:
         return []  # one worker: fairseq trains it as a single process
-    changes = [("distributed_init_method", "env://"), ("distributed_world_size", world_size),
-               ("distributed_rank", int(env["RANK"])),
-               ("device_id", int(env.get("LOCAL_RANK", int(env["RANK"]) % max(1, torch.cuda.device_count())))),
-               ("distributed_no_spawn", True)]
+    changes = [
+        ("distributed_init_method", "env://"),
+        ("distributed_world_size", world_size),
+        ("distributed_rank", int(env["RANK"])),
+        ("device_id", int(env.get("LOCAL_RANK", int(env["RANK"]) % max(1, torch.cuda.device_count())))),
+        ("distributed_no_spawn", True),
+    ]
     if _on_cpu(cfg):
         if dt.ddp_backend in GPU_ONLY_DDP_BACKENDS:
             changes.append(("ddp_backend", "legacy_ddp"))
@@ -139,15 +142,18 @@ def _create_fairseqs_group_now() -> None:
 
 
 def _world_size_message(world_size: int, gpus: int) -> str:
-    return (f"--distributed-world-size {world_size}: fairseq-train starts one worker per GPU and this machine has "
-            f"{gpus}, so no worker would run. Start the {world_size} workers with torchrun instead and leave out "
-            f"--distributed-world-size (torchrun tells fairseq the world size):\n"
-            f"    torchrun --nproc-per-node {world_size} $(which fairseq-train) DATA --user-dir fconv_plugin "
-            f"--cpu ...\n"
-            f"(several machines: torchrun --nnodes; README.md, 'Several processes')")
+    return (
+        f"--distributed-world-size {world_size}: fairseq-train starts one worker per GPU and this machine has "
+        f"{gpus}, so no worker would run. Start the {world_size} workers with torchrun instead and leave out "
+        f"--distributed-world-size (torchrun tells fairseq the world size):\n"
+        f"    torchrun --nproc-per-node {world_size} $(which fairseq-train) DATA --user-dir fconv_plugin "
+        f"--cpu ...\n"
+        f"(several machines: torchrun --nnodes; README.md, 'Several processes')"
+    )
 
 
 # --- fconv-ext-train-cpu: the torchrun command for one machine --------------------------------
+
 
 def _has_option(argv: List[str], name: str) -> bool:
     return any(a == name or a.startswith(name + "=") for a in argv)
@@ -171,13 +177,19 @@ def torchrun_command(nproc: int, train_args: List[str], threads: int) -> Tuple[L
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="fconv-ext-train-cpu", usage="fconv-ext-train-cpu --nproc N DATA [fairseq-train options]",
+        prog="fconv-ext-train-cpu",
+        usage="fconv-ext-train-cpu --nproc N DATA [fairseq-train options]",
         description="Data-parallel fairseq-train on this machine's CPUs: prints the torchrun command that does it "
-                    "and runs it in its place. For several machines or restarts after a failure, run torchrun "
-                    "yourself (README.md, 'Several processes').")
+        "and runs it in its place. For several machines or restarts after a failure, run torchrun "
+        "yourself (README.md, 'Several processes').",
+    )
     parser.add_argument("--nproc", type=int, required=True, help="number of worker processes (ranks)")
-    parser.add_argument("--threads-per-worker", type=int, default=None,
-                        help="OMP_NUM_THREADS of each worker (default: cores / nproc, at least 1)")
+    parser.add_argument(
+        "--threads-per-worker",
+        type=int,
+        default=None,
+        help="OMP_NUM_THREADS of each worker (default: cores / nproc, at least 1)",
+    )
     args, train_args = parser.parse_known_args(argv)
     if args.nproc < 1:
         parser.error("--nproc must be >= 1")

@@ -43,13 +43,25 @@ from typing import Callable, List, Optional, Sequence
 _LOG_LINE = re.compile(r"\| (train_inner|train) \| (\{.*\})\s*$")
 
 #: options the plan owns; passing them through as well would contradict it
-OWNED_OPTIONS = ("--lr-scheduler", "--max-update", "--total-num-update", "--warmup-updates", "--stop-time-hours",
-                 "--log-format", "--log-interval", "--save-dir", "--end-learning-rate", "--power", "--save-interval")
+OWNED_OPTIONS = (
+    "--lr-scheduler",
+    "--max-update",
+    "--total-num-update",
+    "--warmup-updates",
+    "--stop-time-hours",
+    "--log-format",
+    "--log-interval",
+    "--save-dir",
+    "--end-learning-rate",
+    "--power",
+    "--save-interval",
+)
 
 
 @dataclass
 class Update:
     """One ``train_inner`` line: its update number, when it was read, and its numbers."""
+
     num_updates: int
     time: float
     words: float  # target words in the update (fairseq's wpb with --log-interval 1)
@@ -94,7 +106,7 @@ def measure(updates: Sequence[Update], skip: int = 2):
     if len(updates) < 2:
         raise ValueError("need at least two timed updates to measure the speed")
     skip = min(skip, len(updates) - 2)
-    first, rest = updates[skip], updates[skip + 1:]
+    first, rest = updates[skip], updates[skip + 1 :]
     seconds = rest[-1].time - first.time
     if seconds <= 0:
         raise ValueError("timed updates do not advance in time")
@@ -102,8 +114,9 @@ def measure(updates: Sequence[Update], skip: int = 2):
     return n / seconds, sum(u.words for u in rest) / seconds
 
 
-def plan_updates(done: int, updates_per_second: float, seconds_left: float, restart_seconds: float,
-                 margin: float = 0.95) -> int:
+def plan_updates(
+    done: int, updates_per_second: float, seconds_left: float, restart_seconds: float, margin: float = 0.95
+) -> int:
     """The last update of a schedule that ends within ``seconds_left`` (after a restart that
     costs ``restart_seconds``): at least one more update than ``done``."""
     more = math.floor(max(0.0, seconds_left - restart_seconds) * updates_per_second * margin)
@@ -121,7 +134,13 @@ def decay_from(lr: float, warmup: int, total: int, reached: int, new_total: int)
 def lr_of(args: Sequence[str]) -> Optional[float]:
     """The single ``--lr`` among fairseq-train's options, or None (absent, or one per epoch)."""
     for i, arg in enumerate(args):
-        value = arg.split("=", 1)[1] if arg.startswith("--lr=") else args[i + 1] if arg == "--lr" and i + 1 < len(args) else None
+        value = (
+            arg.split("=", 1)[1]
+            if arg.startswith("--lr=")
+            else args[i + 1]
+            if arg == "--lr" and i + 1 < len(args)
+            else None
+        )
         if value is not None:
             try:
                 return float(value)
@@ -189,8 +208,19 @@ def train(args) -> int:
     owned = [
         # the checkpoint is written when each process stops (fairseq saves on --max-update / stop time),
         # not at epoch ends, which the measured speed does not include
-        "--save-dir", args.save_dir, "--save-interval", "1000000", "--log-format", "json", "--log-interval", "1",
-        "--lr-scheduler", "polynomial_decay", "--warmup-updates", str(args.warmup)]
+        "--save-dir",
+        args.save_dir,
+        "--save-interval",
+        "1000000",
+        "--log-format",
+        "json",
+        "--log-interval",
+        "1",
+        "--lr-scheduler",
+        "polynomial_decay",
+        "--warmup-updates",
+        str(args.warmup),
+    ]
     base = [sys.executable, "-m", "fairseq_cli.train"] + passthrough + owned
     log = open(args.log, "w", encoding="utf-8")
 
@@ -198,8 +228,14 @@ def train(args) -> int:
     # matter there: polynomial_decay only warms up until update --warmup-updates)
     first_updates = max(3, min(args.warmup, args.measure_updates))
     measure_seconds = min(args.measure_seconds, 0.25 * budget)
-    cmd1 = base + ["--max-update", str(first_updates), "--total-num-update", str(args.warmup + 1),
-                   "--stop-time-hours", f"{measure_seconds / 3600:.6f}"]
+    cmd1 = base + [
+        "--max-update",
+        str(first_updates),
+        "--total-num-update",
+        str(args.warmup + 1),
+        "--stop-time-hours",
+        f"{measure_seconds / 3600:.6f}",
+    ]
     plan.commands.append(cmd1)
     timed: List[Update] = []
     bar = tqdm(total=first_updates, desc="measuring speed", unit="upd", dynamic_ncols=True, file=sys.stderr)
@@ -216,8 +252,11 @@ def train(args) -> int:
         print(f"demo_plan: fairseq-train failed (exit {rc}); see {args.log}", file=sys.stderr)
         return rc
     if len(timed) < 2:
-        print(f"demo_plan: error: fairseq-train logged {len(timed)} update(s) in the first "
-              f"{measure_seconds:.0f} s; too slow to plan (see {args.log})", file=sys.stderr)
+        print(
+            f"demo_plan: error: fairseq-train logged {len(timed)} update(s) in the first "
+            f"{measure_seconds:.0f} s; too slow to plan (see {args.log})",
+            file=sys.stderr,
+        )
         return 2
     ups, wps = measure(timed)
     done = timed[-1].num_updates
@@ -228,19 +267,24 @@ def train(args) -> int:
     plan.measured_updates, plan.updates_per_second, plan.words_per_second = done, ups, wps
     plan.planned_updates = plan.first_planned_updates = total
     minutes = f"{args.minutes:g} minute{'' if args.minutes == 1 else 's'}"
-    print(f"~{total} updates in {minutes} on this machine ({ups:.2f} updates/s, {wps:,.0f} words/s over the "
-          f"first {done} updates, {restart:.0f} s to restart fairseq-train); warm-up {args.warmup} updates, "
-          f"then the learning rate decays linearly to 0 at update {total}", flush=True)
+    print(
+        f"~{total} updates in {minutes} on this machine ({ups:.2f} updates/s, {wps:,.0f} words/s over the "
+        f"first {done} updates, {restart:.0f} s to restart fairseq-train); warm-up {args.warmup} updates, "
+        f"then the learning rate decays linearly to 0 at update {total}",
+        flush=True,
+    )
     if total <= args.warmup:
-        print(f"note: the budget ends inside the warm-up ({args.warmup} updates): a longer DEMO_MINUTES, or a "
-              "shorter DEMO_WARMUP, gives the learning rate time to decay", flush=True)
+        print(
+            f"note: the budget ends inside the warm-up ({args.warmup} updates): a longer DEMO_MINUTES, or a "
+            "shorter DEMO_WARMUP, gives the learning rate time to decay",
+            flush=True,
+        )
 
     # 2. finish: resume from checkpoint_last.pt with the schedule sized to the time left.  With time enough,
     # stop halfway, measure again and re-plan: a machine shared with other work, or one that throttles,
     # changes speed.  The new schedule continues from the learning rate reached (decay_from).
     lr0 = lr_of(passthrough)
-    replan = (args.replan_minutes > 0 and lr0 is not None
-              and deadline - time.monotonic() >= args.replan_minutes * 60)
+    replan = args.replan_minutes > 0 and lr0 is not None and deadline - time.monotonic() >= args.replan_minutes * 60
     # fairseq's --stop-time-hours counts its own training time, summed over resumed runs (not start-ups)
     previous = trained
     seen: List[Update] = []
@@ -258,9 +302,19 @@ def train(args) -> int:
 
     def finish_cmd(fairseq_args, stop_update, total_update, time_share=1.0):
         stop_hours = (previous + time_share * max(1.0, deadline - time.monotonic())) / 3600
-        return ([sys.executable, "-m", "fairseq_cli.train"] + fairseq_args + owned
-                + ["--max-update", str(stop_update), "--total-num-update", str(total_update),
-                   "--stop-time-hours", f"{stop_hours:.6f}"])
+        return (
+            [sys.executable, "-m", "fairseq_cli.train"]
+            + fairseq_args
+            + owned
+            + [
+                "--max-update",
+                str(stop_update),
+                "--total-num-update",
+                str(total_update),
+                "--stop-time-hours",
+                f"{stop_hours:.6f}",
+            ]
+        )
 
     if replan:
         # halfway in time, not in updates: a first plan that was off (by a speed that changed, or a
@@ -284,8 +338,10 @@ def train(args) -> int:
             # in the warm-up (a short budget) the warm-up goes on as it was; after it, the decay goes on from
             # the learning rate reached
             new_lr = lr0 if reached <= args.warmup else decay_from(lr0, args.warmup, total, reached, new_total)
-            bar.write(f"re-planned at update {reached}: ~{new_total} updates ({ups2:.2f} updates/s since update "
-                      f"{done}); the learning rate decays linearly to 0 at update {new_total}")
+            bar.write(
+                f"re-planned at update {reached}: ~{new_total} updates ({ups2:.2f} updates/s since update "
+                f"{done}); the learning rate decays linearly to 0 at update {new_total}"
+            )
             plan.replanned_updates, plan.planned_updates = new_total, new_total
             total, passthrough = new_total, with_lr(passthrough, new_lr)
             bar.total = total
@@ -307,8 +363,11 @@ def train(args) -> int:
     with open(args.plan, "w", encoding="utf-8") as f:
         json.dump(asdict(plan), f, indent=1)
     late = f", {plan.deadline_missed_by:.0f} s over the budget" if plan.deadline_missed_by >= 1 else ""
-    print(f"trained {plan.updates_done} of ~{total} planned updates in {plan.train_seconds / 60:.1f} minutes "
-          f"({plan.words_per_second_overall:,.0f} words/s including start-up and checkpoints{late})", flush=True)
+    print(
+        f"trained {plan.updates_done} of ~{total} planned updates in {plan.train_seconds / 60:.1f} minutes "
+        f"({plan.words_per_second_overall:,.0f} words/s including start-up and checkpoints{late})",
+        flush=True,
+    )
     return 0
 
 
@@ -345,10 +404,14 @@ def summary(args) -> int:
     with open(args.bleu, encoding="utf-8") as f:
         bleu = json.load(f)
     print(f"BLEU {bleu['score']:.1f} (sacreBLEU, detokenized; {bleu.get('signature', '')})")
-    print(f"updates: {plan['updates_done']} in {plan['train_seconds'] / 60:.1f} minutes of training "
-          f"(planned ~{plan['planned_updates']} for a {plan['minutes']:g}-minute budget)")
-    print(f"this machine: {plan['words_per_second']:,.0f} words/s ({plan['updates_per_second']:.2f} updates/s; "
-          "words = target subword tokens, fairseq's wps)")
+    print(
+        f"updates: {plan['updates_done']} in {plan['train_seconds'] / 60:.1f} minutes of training "
+        f"(planned ~{plan['planned_updates']} for a {plan['minutes']:g}-minute budget)"
+    )
+    print(
+        f"this machine: {plan['words_per_second']:,.0f} words/s ({plan['updates_per_second']:.2f} updates/s; "
+        "words = target subword tokens, fairseq's wps)"
+    )
     if args.longer:
         print(f"train longer: DEMO_MINUTES=30 make demo   ({args.longer})")
     return 0
@@ -364,12 +427,19 @@ def main(argv=None) -> int:
     t.add_argument("--log", required=True, help="where fairseq's own log goes")
     t.add_argument("--plan", required=True, help="JSON file: the plan and what was done")
     t.add_argument("--measure-updates", type=int, default=20, help="updates timed before planning (within the warm-up)")
-    t.add_argument("--measure-seconds", type=float, default=90.0,
-                   help="at most this much training before planning (and at most a quarter of the budget)")
+    t.add_argument(
+        "--measure-seconds",
+        type=float,
+        default=90.0,
+        help="at most this much training before planning (and at most a quarter of the budget)",
+    )
     t.add_argument("--margin", type=float, default=0.95, help="plan this fraction of the updates that fit")
-    t.add_argument("--replan-minutes", type=float, default=4.0,
-                   help="with at least this much time left after planning, stop halfway, measure again and re-plan "
-                        "(0: never)")
+    t.add_argument(
+        "--replan-minutes",
+        type=float,
+        default=4.0,
+        help="with at least this much time left after planning, stop halfway, measure again and re-plan (0: never)",
+    )
     t.add_argument("fairseq_args", nargs=argparse.REMAINDER, help="-- then fairseq-train's data and options")
     g = sub.add_parser("generate", help="fairseq-generate with a progress bar over the test sentences")
     g.add_argument("--out", required=True, help="fairseq-generate's output (S-/H-/P- lines); its log goes to OUT.err")

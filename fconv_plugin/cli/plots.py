@@ -55,7 +55,9 @@ def layer_attention(model, src_tokens: torch.Tensor, tgt_tokens: torch.Tensor) -
 
 
 def plot_attention(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="fconv-ext-plot-attention", description="Heatmap of each decoder layer's attention")
+    parser = argparse.ArgumentParser(
+        prog="fconv-ext-plot-attention", description="Heatmap of each decoder layer's attention"
+    )
     parser.add_argument("model_dir", help="directory with the checkpoint")
     parser.add_argument("--checkpoint", default="checkpoint_best.pt", help="checkpoint file in MODEL_DIR")
     parser.add_argument("--data", required=True, help="binarized data directory (for the dictionaries)")
@@ -71,10 +73,20 @@ def plot_attention(argv=None) -> int:
 
     from ..models import FConvExtModel
 
-    extra = {k: v for k, v in {"tokenizer": args.tokenizer, "bpe": args.bpe, "bpe_codes": args.bpe_codes,
-                               "source_lang": args.source_lang, "target_lang": args.target_lang}.items() if v}
-    hub = FConvExtModel.from_pretrained(args.model_dir, checkpoint_file=args.checkpoint,
-                                        data_name_or_path=args.data, **extra)
+    extra = {
+        k: v
+        for k, v in {
+            "tokenizer": args.tokenizer,
+            "bpe": args.bpe,
+            "bpe_codes": args.bpe_codes,
+            "source_lang": args.source_lang,
+            "target_lang": args.target_lang,
+        }.items()
+        if v
+    }
+    hub = FConvExtModel.from_pretrained(
+        args.model_dir, checkpoint_file=args.checkpoint, data_name_or_path=args.data, **extra
+    )
     hub.eval()
     src = hub.encode(args.sentence)
     hypo = hub.generate([src], beam=args.beam)[0][0]["tokens"]
@@ -97,7 +109,7 @@ def plot_attention(argv=None) -> int:
         ax.set_title(title)
         ax.set_xticks(range(len(src_labels)), src_labels, rotation=90, fontsize=8)
         ax.set_yticks(range(len(tgt_labels)), tgt_labels, fontsize=8)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.suptitle(f"{args.sentence}\n-> {hub.decode(hypo)}", fontsize=10)
     fig.tight_layout()
@@ -146,7 +158,7 @@ def read_log(path: str) -> List[Dict]:
             for i, part in enumerate(parts):
                 if part in ("train", "valid") and i + 1 < len(parts) and parts[i + 1].startswith("epoch"):
                     record = {"_tag": part}
-                    for kv in parts[i + 1:]:
+                    for kv in parts[i + 1 :]:
                         key, _, value = kv.partition(" ")
                         if _number(value) is not None:
                             record[f"{part}_{key}"] = _number(value)
@@ -156,7 +168,9 @@ def read_log(path: str) -> List[Dict]:
 
 
 def plot_curves(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="fconv-ext-plot-curves", description="Training/validation curves from fairseq JSON logs")
+    parser = argparse.ArgumentParser(
+        prog="fconv-ext-plot-curves", description="Training/validation curves from fairseq JSON logs"
+    )
     parser.add_argument("logs", nargs="+", help="fairseq-train logs written with --log-format json")
     parser.add_argument("--out", default="curves.png", help="PNG to write")
     args = parser.parse_args(argv)
@@ -167,18 +181,39 @@ def plot_curves(argv=None) -> int:
     for path in args.logs:
         name = os.path.basename(path)
         records = read_log(path)
-        inner = [(float(r["num_updates"]), float(r["loss"])) for r in records if r["_tag"] == "train_inner" and "loss" in r]
-        train = [(float(r["train_num_updates"]), float(r["train_loss"])) for r in records if "train_loss" in r and "train_num_updates" in r]
-        valid = [(float(r["valid_num_updates"]), float(r["valid_loss"])) for r in records if "valid_loss" in r and "valid_num_updates" in r]
-        bleu = [(float(r["valid_num_updates"]), float(r["valid_bleu"])) for r in records if "valid_bleu" in r and "valid_num_updates" in r]
-        for points, label, style in [(inner, "train (interval)", "-"), (train, "train (epoch)", "o-"), (valid, "valid", "s-")]:
+        inner = [
+            (float(r["num_updates"]), float(r["loss"])) for r in records if r["_tag"] == "train_inner" and "loss" in r
+        ]
+        train = [
+            (float(r["train_num_updates"]), float(r["train_loss"]))
+            for r in records
+            if "train_loss" in r and "train_num_updates" in r
+        ]
+        valid = [
+            (float(r["valid_num_updates"]), float(r["valid_loss"]))
+            for r in records
+            if "valid_loss" in r and "valid_num_updates" in r
+        ]
+        bleu = [
+            (float(r["valid_num_updates"]), float(r["valid_bleu"]))
+            for r in records
+            if "valid_bleu" in r and "valid_num_updates" in r
+        ]
+        for points, label, style in [
+            (inner, "train (interval)", "-"),
+            (train, "train (epoch)", "o-"),
+            (valid, "valid", "s-"),
+        ]:
             if points:
                 ax_loss.plot(*zip(*points), style, label=f"{name}: {label}", alpha=0.8)
                 plotted += 1
         if bleu:
             ax_bleu.plot(*zip(*bleu), "s-", label=name)
     if not plotted:
-        sys.exit("no training statistics found in the log(s): pass the output of fairseq-train (e.g. saved with tee or --log-file)")
+        sys.exit(
+            "no training statistics found in the log(s): pass the output of fairseq-train "
+            "(e.g. saved with tee or --log-file)"
+        )
     ax_loss.set_xlabel("updates")
     ax_loss.set_ylabel("loss (base 2)")
     ax_loss.legend(fontsize=8)

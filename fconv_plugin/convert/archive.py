@@ -84,7 +84,9 @@ def convert_directory(src: str, out: str, pretrained_checkpoint: Optional[str] =
                 if pretrained is not None:  # where it is once tmp is renamed to out
                     converted["cfg"]["model"]["pretrained_checkpoint"] = os.path.abspath(os.path.join(out, pretrained))
                 torch.save(converted, os.path.join(tmp, name))
-                logger.info(f"converted {name}: fairseq {checkpoint_arch(state)} -> {converted['cfg']['model']['_name']}")
+                logger.info(
+                    f"converted {name}: fairseq {checkpoint_arch(state)} -> {converted['cfg']['model']['_name']}"
+                )
             else:  # one of this plugin's (or unknown: fairseq says so when it loads it)
                 shutil.copy2(os.path.join(src, name), os.path.join(tmp, name))
         for name in names:
@@ -185,7 +187,7 @@ def _checked_dictionaries(src: str, name: str, state: Mapping[str, Any]) -> Dict
             continue
         raise ConversionError(
             f"{path} has {len(d)} symbols (fairseq's 4 special ones included) but {name} has {rows} embedding rows "
-            f"for it ({key}); that is not fairseq's padding to a multiple of {PADDING_FACTOR}: it is not the dictionary "
-            "this model was trained with. Use the dict files of the model's own archive (or data-bin)"
+            f"for it ({key}); that is not fairseq's padding to a multiple of {PADDING_FACTOR}: it is not the "
+            "dictionary this model was trained with. Use the dict files of the model's own archive (or data-bin)"
         )
     return padded

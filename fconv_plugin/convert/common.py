@@ -100,7 +100,9 @@ def full_config(state: Mapping[str, Any]) -> Dict[str, Any]:
     return OmegaConf.to_container(convert_namespace_to_omegaconf(args))
 
 
-def copy_options(options: Mapping[str, Any], names: Iterable[str], value: Callable[[Any], Any] = lambda v: v) -> Dict[str, Any]:
+def copy_options(
+    options: Mapping[str, Any], names: Iterable[str], value: Callable[[Any], Any] = lambda v: v
+) -> Dict[str, Any]:
     """``{name: value(options[name])}`` for each of ``names``, all of which must be there."""
     copied = {}
     for name in names:
@@ -310,15 +312,22 @@ class Converter:
             ) from None
 
 
-def converted_checkpoint(state: Mapping[str, Any], cfg, model_cfg: Dict[str, Any], weights: Weights, source: str) -> Dict[str, Any]:
+def converted_checkpoint(
+    state: Mapping[str, Any], cfg, model_cfg: Dict[str, Any], weights: Weights, source: str
+) -> Dict[str, Any]:
     """The checkpoint written for a converted model: its config with ``model_cfg``, the new
     weights, the optimizer history without optimizer state (fine-tune with
     ``--reset-optimizer``), and where it came from."""
     cfg = dict(cfg)
     cfg["model"] = model_cfg
-    history = [
-        {k: v for k, v in h.items() if k != "optimizer"} for h in state.get("optimizer_history", [])
-    ] or [{"criterion_name": "CrossEntropyCriterion", "optimizer_name": "converted", "lr_scheduler_state": {}, "num_updates": 0}]
+    history = [{k: v for k, v in h.items() if k != "optimizer"} for h in state.get("optimizer_history", [])] or [
+        {
+            "criterion_name": "CrossEntropyCriterion",
+            "optimizer_name": "converted",
+            "lr_scheduler_state": {},
+            "num_updates": 0,
+        }
+    ]
     return {
         "args": None,
         "cfg": cfg,

@@ -39,7 +39,9 @@ def model_config(options: Dict[str, Any], cfg: Dict[str, Any], weights: Weights)
     has_adaptive = any(k.startswith(ADAPTIVE_PREFIX) for k in weights)
     cutoff = _cutoff_text(options.get("adaptive_softmax_cutoff"))
     if has_adaptive and cutoff is None:
-        raise ConversionError("the checkpoint has adaptive-softmax weights but no adaptive_softmax_cutoff in its config")
+        raise ConversionError(
+            "the checkpoint has adaptive-softmax weights but no adaptive_softmax_cutoff in its config"
+        )
     model_cfg["adaptive_softmax_cutoff"] = cutoff if has_adaptive else None
     # fconv_lm and fconv_ext_lm build the adaptive softmax only for this criterion
     model_cfg["criterion"] = "adaptive_loss" if has_adaptive else (options.get("criterion") or "cross_entropy")

@@ -64,7 +64,7 @@ from ..models.fconv_ext_lm import FConvExtLMDecoder
 #: (measured: docs/training.md, "Chunk size").  The buffer holds one chunk, against tokens x V
 #: per tensor for fairseq's criterion.
 MIN_CHUNK_ROWS = 512
-CHUNK_ELEMENTS = 2 ** 23
+CHUNK_ELEMENTS = 2**23
 
 #: Rows whose target probability is below this (log p < -69) take their log-sum-exp from an exact
 #: recomputation instead of ``z_y - log p_y`` (forward, step 3): ``p_y`` keeps its full relative
@@ -123,9 +123,18 @@ class FusedLinearLabelSmoothedNLL(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, features: Tensor, weight: Tensor, bias: Optional[Tensor], target: Tensor, epsilon: float,
-                ignore_index: int, chunk_rows: int, count_correct: bool = True,
-                buffer: Optional[ChunkBuffer] = None):
+    def forward(
+        ctx,
+        features: Tensor,
+        weight: Tensor,
+        bias: Optional[Tensor],
+        target: Tensor,
+        epsilon: float,
+        ignore_index: int,
+        chunk_rows: int,
+        count_correct: bool = True,
+        buffer: Optional[ChunkBuffer] = None,
+    ):
         vocab = weight.size(0)
         eps_i = epsilon / (vocab - 1)
         target_weight = 1.0 - epsilon - eps_i  # of -log p_target (fairseq's formula)
@@ -216,10 +225,17 @@ def _softmax_(z: Tensor) -> Tensor:
     return torch.softmax(z, dim=-1, dtype=torch.float32)
 
 
-def fused_linear_label_smoothed_nll(features: Tensor, weight: Tensor, bias: Optional[Tensor], target: Tensor,
-                                    epsilon: float, ignore_index: int, chunk_rows: Optional[int] = None,
-                                    count_correct: bool = True,
-                                    buffer: Optional[ChunkBuffer] = None) -> Tuple[Tensor, Tensor, Tensor]:
+def fused_linear_label_smoothed_nll(
+    features: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    target: Tensor,
+    epsilon: float,
+    ignore_index: int,
+    chunk_rows: Optional[int] = None,
+    count_correct: bool = True,
+    buffer: Optional[ChunkBuffer] = None,
+) -> Tuple[Tensor, Tensor, Tensor]:
     """Functional form of :class:`FusedLinearLabelSmoothedNLL`; ``features`` may be ``... x H``
     with ``target`` of the leading shape."""
     features = features.reshape(-1, features.size(-1))
@@ -234,7 +250,14 @@ def fused_linear_label_smoothed_nll(features: Tensor, weight: Tensor, bias: Opti
         bias = bias.to(weight.dtype)
     with torch.autocast(device_type, enabled=False):  # the dtypes are settled above
         loss, nll, n_correct = FusedLinearLabelSmoothedNLL.apply(
-            features, weight, bias, target, float(epsilon), int(ignore_index), int(chunk_rows), bool(count_correct),
+            features,
+            weight,
+            bias,
+            target,
+            float(epsilon),
+            int(ignore_index),
+            int(chunk_rows),
+            bool(count_correct),
             buffer,
         )
     return loss, nll, n_correct
@@ -265,15 +288,21 @@ def unsupported_reason(model: nn.Module) -> Optional[str]:
     name = type(core).__name__
     decoder = getattr(core, "decoder", None)
     if getattr(decoder, "adaptive_softmax", None) is not None:
-        return (f"--criterion fused_label_smoothed_cross_entropy: model {name} has an adaptive softmax, which "
-                "computes its own loss; use --criterion adaptive_loss")
-    if not (isinstance(core, (FConvExtModel, FConvExtLanguageModel))
-            and isinstance(decoder, (FConvExtDecoder, FConvExtLMDecoder))
-            and isinstance(getattr(decoder, "fc3", None), nn.Linear)):
-        return (f"--criterion fused_label_smoothed_cross_entropy works with fconv_ext and fconv_ext_lm models only "
-                f"(--arch fconv_ext, fconv_ext_lm or one of their presets: it takes the decoder's features and its fc3 "
-                f"projection); model {name} is not one. Use --criterion label_smoothed_cross_entropy (the same options "
-                "and results)")
+        return (
+            f"--criterion fused_label_smoothed_cross_entropy: model {name} has an adaptive softmax, which "
+            "computes its own loss; use --criterion adaptive_loss"
+        )
+    if not (
+        isinstance(core, (FConvExtModel, FConvExtLanguageModel))
+        and isinstance(decoder, (FConvExtDecoder, FConvExtLMDecoder))
+        and isinstance(getattr(decoder, "fc3", None), nn.Linear)
+    ):
+        return (
+            f"--criterion fused_label_smoothed_cross_entropy works with fconv_ext and fconv_ext_lm models only "
+            f"(--arch fconv_ext, fconv_ext_lm or one of their presets: it takes the decoder's features and its fc3 "
+            f"projection); model {name} is not one. Use --criterion label_smoothed_cross_entropy (the same options "
+            "and results)"
+        )
     return None
 
 
@@ -302,9 +331,16 @@ def _output_layer_replaced(decoder: nn.Module, replacement):
             del decoder.output_layer
 
 
-def fused_token_loss(model: nn.Module, sample: Dict, epsilon: float, padding_idx: int,
-                     ignore_prefix_size: int = 0, chunk_rows: Optional[int] = None, count_correct: bool = True,
-                     buffer: Optional[ChunkBuffer] = None):
+def fused_token_loss(
+    model: nn.Module,
+    sample: Dict,
+    epsilon: float,
+    padding_idx: int,
+    ignore_prefix_size: int = 0,
+    chunk_rows: Optional[int] = None,
+    count_correct: bool = True,
+    buffer: Optional[ChunkBuffer] = None,
+):
     """Run ``model`` on ``sample["net_input"]`` and return fairseq's summed label-smoothed loss,
     nll_loss, the number of correct argmax predictions (0 without ``count_correct``) and of counted
     target tokens, and the decoder's other outputs (``extra``, e.g. attention), without the
@@ -360,8 +396,14 @@ class FusedLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion
         if not reduce:
             return super().forward(model, sample, reduce=reduce)
         loss, nll_loss, n_correct, total, _ = fused_token_loss(
-            model, sample, self.eps, self.padding_idx, self.ignore_prefix_size, self.chunk_rows,
-            count_correct=self.report_accuracy, buffer=self.chunk_buffer,
+            model,
+            sample,
+            self.eps,
+            self.padding_idx,
+            self.ignore_prefix_size,
+            self.chunk_rows,
+            count_correct=self.report_accuracy,
+            buffer=self.chunk_buffer,
         )
         sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
         logging_output = {

@@ -75,7 +75,9 @@ def read_index(path: str) -> str:
         except ImportError:
             if shutil.which("apt-helper") is None:
                 raise AptCorpusError(f"{path} is lz4-compressed: `pip install lz4` (or install apt-helper)") from None
-            return subprocess.run(["apt-helper", "cat-file", path], check=True, capture_output=True).stdout.decode("utf-8")
+            return subprocess.run(["apt-helper", "cat-file", path], check=True, capture_output=True).stdout.decode(
+                "utf-8"
+            )
         with lz4.frame.open(path, "rb") as f:
             data = f.read()
     else:
@@ -139,8 +141,9 @@ def build_corpus(texts: Iterable[str], min_words: int = 8, max_words: int = 400)
 def write_corpus(corpus: Dict[str, List[Tuple[str, str]]], out_dir: str) -> None:
     os.makedirs(out_dir, exist_ok=True)
     for split, pairs in corpus.items():
-        with open(os.path.join(out_dir, f"{split}.long"), "w", encoding="utf-8") as f_long, \
-                open(os.path.join(out_dir, f"{split}.short"), "w", encoding="utf-8") as f_short:
+        with open(os.path.join(out_dir, f"{split}.long"), "w", encoding="utf-8") as f_long, open(
+            os.path.join(out_dir, f"{split}.short"), "w", encoding="utf-8"
+        ) as f_short:
             for long, short in pairs:
                 f_long.write(long + "\n")
                 f_short.write(short + "\n")
@@ -149,11 +152,16 @@ def write_corpus(corpus: Dict[str, List[Tuple[str, str]]], out_dir: str) -> None
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="fconv-ext-apt-corpus",
-        description="Build a summarization corpus (long description -> synopsis) from the apt index.")
+        description="Build a summarization corpus (long description -> synopsis) from the apt index.",
+    )
     parser.add_argument("out", help="output directory for {train,valid,test}.{long,short}")
     parser.add_argument("--lists-dir", default=DEFAULT_LISTS_DIR, help="apt's lists directory (default: %(default)s)")
-    parser.add_argument("--min-words", type=int, default=8, help="shortest source kept, in words (default: %(default)s)")
-    parser.add_argument("--max-words", type=int, default=400, help="longest source kept, in words (default: %(default)s)")
+    parser.add_argument(
+        "--min-words", type=int, default=8, help="shortest source kept, in words (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-words", type=int, default=400, help="longest source kept, in words (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
     try:
         indexes = find_translation_indexes(args.lists_dir)
@@ -162,8 +170,11 @@ def main(argv=None) -> int:
         print(f"fconv-ext-apt-corpus: {e}", file=sys.stderr)
         return 2
     if not any(corpus.values()):
-        print(f"fconv-ext-apt-corpus: the {len(indexes)} index file(s) in {args.lists_dir} hold no long "
-              f"descriptions of {args.min_words} to {args.max_words} words", file=sys.stderr)
+        print(
+            f"fconv-ext-apt-corpus: the {len(indexes)} index file(s) in {args.lists_dir} hold no long "
+            f"descriptions of {args.min_words} to {args.max_words} words",
+            file=sys.stderr,
+        )
         return 2
     write_corpus(corpus, args.out)
     counts = ", ".join(f"{split} {len(corpus[split])}" for split in SPLITS)

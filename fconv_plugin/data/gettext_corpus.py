@@ -160,8 +160,9 @@ def detokenizer(lang: str) -> Callable[[str], str]:
     return run
 
 
-def tokenize_corpus(raw_dir: str, out_dir: str, lang: str, protect: bool = True,
-                    splits: Iterable[str] = ("train", "valid", "test")) -> None:
+def tokenize_corpus(
+    raw_dir: str, out_dir: str, lang: str, protect: bool = True, splits: Iterable[str] = ("train", "valid", "test")
+) -> None:
     """``raw_dir/{split}.{en,lang}`` -> the same files in ``out_dir``, tokenized."""
     os.makedirs(out_dir, exist_ok=True)
     for side in ("en", lang):
@@ -176,14 +177,27 @@ def tokenize_corpus(raw_dir: str, out_dir: str, lang: str, protect: bool = True,
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fconv-ext-gettext-corpus", description=__doc__.split("\n\n")[0])
     parser.add_argument("--lang", default="de", help="target language code (a directory under --locale-dir)")
-    parser.add_argument("--locale-dir", default=DEFAULT_LOCALE_DIR, help="where the <lang>/LC_MESSAGES/*.mo catalogs are")
+    parser.add_argument(
+        "--locale-dir", default=DEFAULT_LOCALE_DIR, help="where the <lang>/LC_MESSAGES/*.mo catalogs are"
+    )
     parser.add_argument("--out", help="output directory for {train,valid,test}.{en,LANG}")
-    parser.add_argument("--tokenize", default=None, metavar="LANG",
-                        help="instead: tokenize stdin (text in language LANG) to stdout, placeholders and C++ kept whole")
-    parser.add_argument("--no-protect", action="store_true",
-                        help="with --tokenize: plain sacremoses, placeholders split (for comparison)")
-    parser.add_argument("--detokenize", default=None, metavar="LANG",
-                        help="instead: detokenize stdin (tokens of language LANG) to stdout")
+    parser.add_argument(
+        "--tokenize",
+        default=None,
+        metavar="LANG",
+        help="instead: tokenize stdin (text in language LANG) to stdout, placeholders and C++ kept whole",
+    )
+    parser.add_argument(
+        "--no-protect",
+        action="store_true",
+        help="with --tokenize: plain sacremoses, placeholders split (for comparison)",
+    )
+    parser.add_argument(
+        "--detokenize",
+        default=None,
+        metavar="LANG",
+        help="instead: detokenize stdin (tokens of language LANG) to stdout",
+    )
     parser.add_argument("--min-words", type=int, default=2, help="shortest English message kept (words)")
     parser.add_argument("--max-words", type=int, default=80, help="longest English message kept (words)")
     parser.add_argument("--min-pairs", type=int, default=1000, help="fail if fewer pairs than this are found")

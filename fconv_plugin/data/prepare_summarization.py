@@ -52,8 +52,9 @@ def _write(path: str, lines: Iterable[str]) -> int:
 def _pairs(src_path: str, tgt_path: str, replace_unk: bool) -> List[Tuple[str, str]]:
     sources, targets = list(read_lines(src_path)), list(read_lines(tgt_path))
     if len(sources) != len(targets):
-        raise PrepareError(f"{src_path} has {len(sources)} lines but {tgt_path} has {len(targets)}; "
-                           "is the archive complete?")
+        raise PrepareError(
+            f"{src_path} has {len(sources)} lines but {tgt_path} has {len(targets)}; is the archive complete?"
+        )
     pairs = []
     for src, tgt in zip(sources, targets):
         src, tgt = " ".join(src.split()), " ".join(tgt.split())
@@ -82,9 +83,11 @@ def prepare_gigaword(out: str, archive_dir: Optional[str] = None, valid_size: in
 
 def prepare_duc2004(out: str, duc_dir: str) -> Dict[str, int]:
     if not os.path.isdir(duc_dir):
-        raise PrepareError(f"--duc-dir {duc_dir} is not a directory. DUC-2004 is licensed by NIST "
-                           "(https://duc.nist.gov/data.html); point --duc-dir at the directory with "
-                           "input.txt and task1_ref0.txt .. task1_ref3.txt")
+        raise PrepareError(
+            f"--duc-dir {duc_dir} is not a directory. DUC-2004 is licensed by NIST "
+            "(https://duc.nist.gov/data.html); point --duc-dir at the directory with "
+            "input.txt and task1_ref0.txt .. task1_ref3.txt"
+        )
     sources = [" ".join(line.split()) for line in read_lines(os.path.join(duc_dir, "input.txt"))]
     os.makedirs(out, exist_ok=True)
     _write(os.path.join(out, "test.long"), sources)
@@ -102,20 +105,29 @@ def main(argv=None) -> int:
     parser.add_argument("corpus", choices=["gigaword", "duc2004"])
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--archives", default=None, help="where archives are downloaded/looked for (default OUT/orig)")
-    parser.add_argument("--valid-size", type=int, default=2000, help="gigaword: dev pairs kept for validation, 0 = all (default: %(default)s)")
+    parser.add_argument(
+        "--valid-size",
+        type=int,
+        default=2000,
+        help="gigaword: dev pairs kept for validation, 0 = all (default: %(default)s)",
+    )
     parser.add_argument("--duc-dir", default=None, help="duc2004: directory with input.txt and task1_ref0..3.txt")
     args = parser.parse_args(argv)
     try:
         if args.corpus == "gigaword":
             prepare_gigaword(args.out, args.archives, args.valid_size)
-            log(f"done; next: SUMM_TOKENIZE=none examples/summarization/prepare.sh {args.out} OUT_DIR "
-                f"(paper, ROUGE-1/2/L F1: {PAPER_GIGAWORD_F1})")
+            log(
+                f"done; next: SUMM_TOKENIZE=none examples/summarization/prepare.sh {args.out} OUT_DIR "
+                f"(paper, ROUGE-1/2/L F1: {PAPER_GIGAWORD_F1})"
+            )
         else:
             if not args.duc_dir:
                 parser.error("duc2004 needs --duc-dir (the data is licensed by NIST; there is no download)")
             prepare_duc2004(args.out, args.duc_dir)
-            log(f"done; score with fconv-ext-rouge --truncate-bytes 75 --measure recall "
-                f"(paper, ROUGE-1/2/L recall: {PAPER_DUC2004_RECALL})")
+            log(
+                f"done; score with fconv-ext-rouge --truncate-bytes 75 --measure recall "
+                f"(paper, ROUGE-1/2/L recall: {PAPER_DUC2004_RECALL})"
+            )
     except PrepareError as e:
         print(f"fconv-ext-prepare-summarization: {e}", file=sys.stderr)
         return 2

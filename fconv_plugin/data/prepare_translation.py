@@ -21,7 +21,7 @@ import sys
 import tarfile
 import urllib.request
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 
@@ -53,15 +53,24 @@ class Recipe:
 WMT14_TEST = "http://statmt.org/wmt14/test-full.tgz"
 RECIPES: Dict[str, Recipe] = {
     "iwslt14_de_en": Recipe(
-        src="de", tgt="en",
+        src="de",
+        tgt="en",
         archives={"de-en.tgz": "http://dl.fbaipublicfiles.com/fairseq/data/iwslt14/de-en.tgz"},
         train=["de-en/train.tags.de-en"],
-        test=[(f"de-en/IWSLT14.{name}.de-en.de.xml", f"de-en/IWSLT14.{name}.de-en.en.xml")
-              for name in ("TED.dev2010", "TEDX.dev2012", "TED.tst2010", "TED.tst2011", "TED.tst2012")],
-        valid_every=23, bpe_merges=10000, lowercase=True, max_len=175, tagged_train=True, clean_before_bpe=True,
+        test=[
+            (f"de-en/IWSLT14.{name}.de-en.de.xml", f"de-en/IWSLT14.{name}.de-en.en.xml")
+            for name in ("TED.dev2010", "TEDX.dev2012", "TED.tst2010", "TED.tst2011", "TED.tst2012")
+        ],
+        valid_every=23,
+        bpe_merges=10000,
+        lowercase=True,
+        max_len=175,
+        tagged_train=True,
+        clean_before_bpe=True,
     ),
     "wmt14_en_de": Recipe(
-        src="en", tgt="de",
+        src="en",
+        tgt="de",
         archives={
             "training-parallel-europarl-v7.tgz": "http://statmt.org/wmt13/training-parallel-europarl-v7.tgz",
             "training-parallel-commoncrawl.tgz": "http://statmt.org/wmt13/training-parallel-commoncrawl.tgz",
@@ -70,10 +79,12 @@ RECIPES: Dict[str, Recipe] = {
         },
         train=["training/europarl-v7.de-en", "commoncrawl.de-en", "training/news-commentary-v9.de-en"],
         test=[("test-full/newstest2014-deen-src.en.sgm", "test-full/newstest2014-deen-ref.de.sgm")],
-        bpe_merges=40000, notes="news-commentary v9: the data of the ConvS2S paper (fairseq's --icml17)",
+        bpe_merges=40000,
+        notes="news-commentary v9: the data of the ConvS2S paper (fairseq's --icml17)",
     ),
     "wmt14_en_fr": Recipe(
-        src="en", tgt="fr",
+        src="en",
+        tgt="fr",
         archives={
             "training-parallel-europarl-v7.tgz": "http://statmt.org/wmt13/training-parallel-europarl-v7.tgz",
             "training-parallel-commoncrawl.tgz": "http://statmt.org/wmt13/training-parallel-commoncrawl.tgz",
@@ -82,14 +93,20 @@ RECIPES: Dict[str, Recipe] = {
             "training-giga-fren.tar": "http://statmt.org/wmt10/training-giga-fren.tar",
             "test-full.tgz": WMT14_TEST,
         },
-        train=["training/europarl-v7.fr-en", "commoncrawl.fr-en", "un/undoc.2000.fr-en",
-               "training/news-commentary-v9.fr-en", "giga-fren.release2.fixed"],
+        train=[
+            "training/europarl-v7.fr-en",
+            "commoncrawl.fr-en",
+            "un/undoc.2000.fr-en",
+            "training/news-commentary-v9.fr-en",
+            "giga-fren.release2.fixed",
+        ],
         test=[("test-full/newstest2014-fren-src.en.sgm", "test-full/newstest2014-fren-ref.fr.sgm")],
         bpe_merges=40000,
         notes="giga-fren.release2.fixed.{en,fr}.gz inside the tar are gunzipped automatically",
     ),
     "wmt16_en_ro": Recipe(
-        src="en", tgt="ro",
+        src="en",
+        tgt="ro",
         archives={
             "training-parallel-ep-v8.tgz": "http://data.statmt.org/wmt16/translation-task/training-parallel-ep-v8.tgz",
             "SETIMES2.en-ro.txt.zip": "http://opus.nlpl.eu/download.php?f=SETIMES/v2/moses/en-ro.txt.zip",
@@ -99,7 +116,8 @@ RECIPES: Dict[str, Recipe] = {
         train=["training-parallel-ep-v8/europarl-v8.ro-en", "SETIMES.en-ro"],
         valid=[("dev/newsdev2016-enro-src.en.sgm", "dev/newsdev2016-enro-ref.ro.sgm")],
         test=[("test/newstest2016-enro-src.en.sgm", "test/newstest2016-enro-ref.ro.sgm")],
-        bpe_merges=40000, notes="BPE 40K as in the paper's WMT'16 En-Ro row",
+        bpe_merges=40000,
+        notes="BPE 40K as in the paper's WMT'16 En-Ro row",
     ),
 }
 

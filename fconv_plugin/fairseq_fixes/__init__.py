@@ -77,6 +77,7 @@ def _wrap(owner, attribute: str, name: str, make_wrapper) -> None:
 
 # --- safe_globals ---------------------------------------------------------------------
 
+
 def _install_safe_globals() -> None:
     import torch
 
@@ -86,6 +87,7 @@ def _install_safe_globals() -> None:
 
 
 # --- checkpoint_errors ----------------------------------------------------------------
+
 
 def _install_checkpoint_errors() -> None:
     from fairseq import checkpoint_utils
@@ -108,6 +110,7 @@ def _install_checkpoint_errors() -> None:
 
 
 # --- interactive_input ----------------------------------------------------------------
+
 
 def _interactive_modules() -> List[object]:
     """fairseq_cli.interactive where it is loaded: imported (fairseq-interactive,
@@ -134,6 +137,7 @@ def _install_interactive_input() -> None:
 
 # --- keep_last_batch ------------------------------------------------------------------
 
+
 def _install_keep_last_batch() -> None:
     import numpy as np
     from fairseq.data import data_utils
@@ -141,13 +145,26 @@ def _install_keep_last_batch() -> None:
     from ..data.batching import with_dropped_tail
 
     def make(original):
-        def batch_by_size(indices, num_tokens_fn, num_tokens_vec=None, max_tokens=None, max_sentences=None,
-                          required_batch_size_multiple=1, fixed_shapes=None):
+        def batch_by_size(
+            indices,
+            num_tokens_fn,
+            num_tokens_vec=None,
+            max_tokens=None,
+            max_sentences=None,
+            required_batch_size_multiple=1,
+            fixed_shapes=None,
+        ):
             if not isinstance(indices, np.ndarray):  # as fairseq does; an iterator is read once
                 indices = np.fromiter(indices, dtype=np.int64, count=-1)
-            batches = original(indices, num_tokens_fn, num_tokens_vec=num_tokens_vec, max_tokens=max_tokens,
-                               max_sentences=max_sentences, required_batch_size_multiple=required_batch_size_multiple,
-                               fixed_shapes=fixed_shapes)
+            batches = original(
+                indices,
+                num_tokens_fn,
+                num_tokens_vec=num_tokens_vec,
+                max_tokens=max_tokens,
+                max_sentences=max_sentences,
+                required_batch_size_multiple=required_batch_size_multiple,
+                fixed_shapes=fixed_shapes,
+            )
             return batches if fixed_shapes is not None else with_dropped_tail(indices, batches)
 
         return batch_by_size
@@ -156,6 +173,7 @@ def _install_keep_last_batch() -> None:
 
 
 # --- beam_search ----------------------------------------------------------------------
+
 
 def _is_fconv_ext(model) -> bool:
     from ..models.fconv_ext import FConvExtModel
@@ -194,8 +212,9 @@ def _install_beam_search() -> None:
                     extra_gen_cls_kwargs = dict(extra_gen_cls_kwargs or {}, print_alignment=args.print_alignment)
                 else:
                     seq_gen_cls = FConvBeamSearch
-            generator = original(self, models, args, seq_gen_cls=seq_gen_cls,
-                                 extra_gen_cls_kwargs=extra_gen_cls_kwargs, **kwargs)
+            generator = original(
+                self, models, args, seq_gen_cls=seq_gen_cls, extra_gen_cls_kwargs=extra_gen_cls_kwargs, **kwargs
+            )
             if reason is not None:
                 announce(fairseq_generator_message(type(generator), reason))
             return generator
@@ -206,6 +225,7 @@ def _install_beam_search() -> None:
 
 
 # --- torchrun -------------------------------------------------------------------------
+
 
 def _install_torchrun() -> None:
     from fairseq.distributed import utils as distributed_utils
@@ -222,6 +242,7 @@ def _install_torchrun() -> None:
 
 
 # --- resume_broadcast -----------------------------------------------------------------
+
 
 def _install_resume_broadcast() -> None:
     import io
@@ -252,69 +273,84 @@ _PROBLEM = "[problem {0}](docs/upstream-problems.md#{1})"
 FIXES: Tuple[Fix, ...] = (
     Fix(
         name="safe_globals",
-        summary="torch's weights-only loader may rebuild `argparse.Namespace`, so fairseq `fconv` checkpoints load (process-wide)",
+        summary=(
+            "torch's weights-only loader may rebuild `argparse.Namespace`, "
+            "so fairseq `fconv` checkpoints load (process-wide)"
+        ),
         changes="torch's weights-only allow-list (`torch.serialization.add_safe_globals`) gets "
-                "`argparse.Namespace`: fairseq `fconv` checkpoints load with `weights_only=True`",
+        "`argparse.Namespace`: fairseq `fconv` checkpoints load with `weights_only=True`",
         upstream="torch >= 2.6 refuses checkpoints whose config is an `argparse.Namespace` "
-                 "(\"Unsupported global\"); fairseq " + _ISSUE.format(5610) + " (upstream's fix "
-                 + _ISSUE.format(5611).replace("issues", "pull") + " turns weights-only loading off); "
-                 + _PROBLEM.format(2, "2-weights-only-loading-refuses-fairseq-checkpoints"),
+        '("Unsupported global"); fairseq '
+        + _ISSUE.format(5610)
+        + " (upstream's fix "
+        + _ISSUE.format(5611).replace("issues", "pull")
+        + " turns weights-only loading off); "
+        + _PROBLEM.format(2, "2-weights-only-loading-refuses-fairseq-checkpoints"),
         scope="process-wide: torch has one allow-list per process and fairseq calls `torch.load` itself. "
-              "It only lets torch read more files (rebuilding a Namespace sets attributes, runs no code); "
-              "every other class is still refused",
+        "It only lets torch read more files (rebuilding a Namespace sets attributes, runs no code); "
+        "every other class is still refused",
         install=_install_safe_globals,
     ),
     Fix(
         name="checkpoint_errors",
         summary="an unreadable checkpoint raises `CheckpointError` naming the file and what to do (process-wide)",
         changes="`fairseq.checkpoint_utils.load_checkpoint_to_cpu` (resuming, fairseq-generate, "
-                "fairseq-interactive, the hub): a truncated or corrupt file raises `CheckpointError` naming "
-                "the file and what to do, still an instance of the error torch raised",
-        upstream="torch's errors (\"PytorchStreamReader failed reading zip archive\", `EOFError`) do not name "
-                 "the file, and a crash while fairseq copies `checkpoint_last.pt` leaves it damaged; "
-                 "no fairseq issue",
+        "fairseq-interactive, the hub): a truncated or corrupt file raises `CheckpointError` naming "
+        "the file and what to do, still an instance of the error torch raised",
+        upstream='torch\'s errors ("PytorchStreamReader failed reading zip archive", `EOFError`) do not name '
+        "the file, and a crash while fairseq copies `checkpoint_last.pt` leaves it damaged; "
+        "no fairseq issue",
         scope="process-wide, all checkpoints (the model is known only after reading the file): only the "
-              "error for a file torch cannot read changes",
+        "error for a file torch cannot read changes",
         install=_install_checkpoint_errors,
     ),
     Fix(
         name="interactive_input",
-        summary="fairseq-interactive replaces bytes that are not UTF-8 (with a warning) instead of stopping (fairseq-interactive only)",
+        summary=(
+            "fairseq-interactive replaces bytes that are not UTF-8 (with a warning) "
+            "instead of stopping (fairseq-interactive only)"
+        ),
         changes="`fairseq_cli.interactive.buffered_read`: bytes that do not decode become U+FFFD with a "
-                "warning naming the line, instead of stopping the run; every input fairseq reads (a file, "
-                "stdin, an `io.StringIO` as `sys.stdin`) gives the same lines and `--buffer-size` batches",
+        "warning naming the line, instead of stopping the run; every input fairseq reads (a file, "
+        "stdin, an `io.StringIO` as `sys.stdin`) gives the same lines and `--buffer-size` batches",
         upstream="fairseq reads `--input` with a strict decoder: one stray byte raises `UnicodeDecodeError` "
-                 "and nothing is translated; " + _PROBLEM.format(12, "12-input-that-is-not-utf-8-stops-fairseq-interactive")
-                 + "; no fairseq issue",
+        "and nothing is translated; "
+        + _PROBLEM.format(12, "12-input-that-is-not-utf-8-stops-fairseq-interactive")
+        + "; no fairseq issue",
         scope="only where `fairseq_cli.interactive` is loaded when the plugin is imported "
-              "(`fairseq-interactive --user-dir`, `fconv-ext-interactive`)",
+        "(`fairseq-interactive --user-dir`, `fconv-ext-interactive`)",
         install=_install_interactive_input,
     ),
     Fix(
         name="keep_last_batch",
         summary="batching keeps the last `N mod 8` examples that fairseq drops (process-wide, every task)",
         changes="`fairseq.data.data_utils.batch_by_size`: the last batch, which fairseq drops when its size "
-                "is not a multiple of `--required-batch-size-multiple` (default 8), is kept; the other "
-                "batches are fairseq's",
+        "is not a multiple of `--required-batch-size-multiple` (default 8), is kept; the other "
+        "batches are fairseq's",
         upstream="the last `N mod 8` examples in size order (the longest) are never trained on or decoded; "
-                 "fairseq " + _ISSUE.format(5036) + ", " + _ISSUE.format(5351) + "; "
-                 + _PROBLEM.format(11, "11-batching-drops-the-longest-examples"),
+        "fairseq "
+        + _ISSUE.format(5036)
+        + ", "
+        + _ISSUE.format(5351)
+        + "; "
+        + _PROBLEM.format(11, "11-batching-drops-the-longest-examples"),
         scope="process-wide, every task and model: batches are made from the data before any model is "
-              "involved, and losing examples is wrong for all of them (without the plugin: "
-              "`--required-batch-size-multiple 1`)",
+        "involved, and losing examples is wrong for all of them (without the plugin: "
+        "`--required-batch-size-multiple 1`)",
         install=_install_keep_last_batch,
     ),
     Fix(
         name="beam_search",
         summary="fconv_ext models decode with `FConvBeamSearch`: fairseq's results, less work (fconv_ext models only)",
         changes="`FairseqTask.build_generator`: fconv_ext models get `FConvBeamSearch` "
-                "(`FConvBeamSearchWithAlignment` with `--print-alignment`): fairseq's hypotheses and scores, "
-                "less work per step",
+        "(`FConvBeamSearchWithAlignment` with `--print-alignment`): fairseq's hypotheses and scores, "
+        "less work per step",
         upstream="fairseq's `SequenceGenerator` does vocabulary-wide work each step that cannot change the "
-                 "result; " + _PROBLEM.format(13, "13-beam-search-does-vocabulary-wide-work-that-cannot-change-the-result")
-                 + "; speed, not a bug",
+        "result; "
+        + _PROBLEM.format(13, "13-beam-search-does-vocabulary-wide-work-that-cannot-change-the-result")
+        + "; speed, not a bug",
         scope="only generators whose models are all fconv_ext (not `--score-reference`, not a caller's own "
-              "`seq_gen_cls`); other models and tasks get fairseq's generator",
+        "`seq_gen_cls`); other models and tasks get fairseq's generator",
         install=_install_beam_search,
         aliases=(("FCONV_EXT_BEAM_SEARCH", "fairseq"),),
         when_off="every model decodes with fairseq's SequenceGenerator",
@@ -323,36 +359,41 @@ FIXES: Tuple[Fix, ...] = (
         name="torchrun",
         summary="workers started by torchrun take their rank from it, also on CPUs (torchrun workers only)",
         changes="`fairseq.distributed.utils.call_main`: a worker started by torchrun (its `RANK`, `WORLD_SIZE`, "
-                "`MASTER_ADDR`, `MASTER_PORT`, `WORLD_SIZE` > 1) without `--distributed-init-method` takes its rank "
-                "and world size from torchrun (`env://`, the GPU from `LOCAL_RANK`, no processes spawned), also on "
-                "CPUs, where the GPU-only `--ddp-backend c10d`/`pytorch_ddp` and `--distributed-backend nccl` become "
-                "`legacy_ddp` and `gloo`; a failing worker's traceback goes into torchrun's error report. Without "
-                "torchrun, a `--distributed-world-size` above the number of GPUs stops with the torchrun command to "
-                "run instead",
+        "`MASTER_ADDR`, `MASTER_PORT`, `WORLD_SIZE` > 1) without `--distributed-init-method` takes its rank "
+        "and world size from torchrun (`env://`, the GPU from `LOCAL_RANK`, no processes spawned), also on "
+        "CPUs, where the GPU-only `--ddp-backend c10d`/`pytorch_ddp` and `--distributed-backend nccl` become "
+        "`legacy_ddp` and `gloo`; a failing worker's traceback goes into torchrun's error report. Without "
+        "torchrun, a `--distributed-world-size` above the number of GPUs stops with the torchrun command to "
+        "run instead",
         upstream="fairseq reads torchrun's environment only when `--distributed-world-size` is above 1, and its CPU "
-                 "default is 1: under torchrun every worker trains alone (exit 0, checkpoints overwritten); with "
-                 "`--distributed-world-size N` it computes `rank % torch.cuda.device_count()` (`ZeroDivisionError` "
-                 "on CPUs), and without torchrun that option fails on CPUs with an assertion about GPUs; data-parallel "
-                 "training on CPUs is not supported upstream (fairseq " + _ISSUE.format(2879) + "); "
-                 + _PROBLEM.format(9, "9-data-parallel-training-on-cpus"),
+        "default is 1: under torchrun every worker trains alone (exit 0, checkpoints overwritten); with "
+        "`--distributed-world-size N` it computes `rank % torch.cuda.device_count()` (`ZeroDivisionError` "
+        "on CPUs), and without torchrun that option fails on CPUs with an assertion about GPUs; data-parallel "
+        "training on CPUs is not supported upstream (fairseq "
+        + _ISSUE.format(2879)
+        + "); "
+        + _PROBLEM.format(9, "9-data-parallel-training-on-cpus"),
         scope="only workers started by torchrun with 2+ workers and no `--distributed-init-method`, and only "
-              "`--distributed-world-size` values that cannot run without torchrun; Slurm, TPUs, pipeline "
-              "parallelism, an explicit `--distributed-init-method` and single processes take fairseq's own path",
+        "`--distributed-world-size` values that cannot run without torchrun; Slurm, TPUs, pipeline "
+        "parallelism, an explicit `--distributed-init-method` and single processes take fairseq's own path",
         install=_install_torchrun,
     ),
     Fix(
         name="resume_broadcast",
-        summary="a resumed data-parallel run: ranks > 0 read rank 0's state as before torch 2.6 (data-parallel resumes only)",
+        summary=(
+            "a resumed data-parallel run: ranks > 0 read rank 0's state "
+            "as before torch 2.6 (data-parallel resumes only)"
+        ),
         changes="`fairseq.distributed.utils._broadcast_object_slow` on the receiving ranks: the training state that "
-                "rank 0 read from `checkpoint_last.pt` and sends to the others when data-parallel training resumes "
-                "is unpickled as before torch 2.6 (`weights_only=False`); the sending side is fairseq's",
+        "rank 0 read from `checkpoint_last.pt` and sends to the others when data-parallel training resumes "
+        "is unpickled as before torch 2.6 (`weights_only=False`); the sending side is fairseq's",
         upstream="the state sent holds the omegaconf `DictConfig` that `load_checkpoint_to_cpu` makes of the "
-                 "checkpoint's config and fairseq's own `_TensorPlaceholder`s, which the receivers' `torch.load` "
-                 "refuses under torch >= 2.6's weights-only default (\"Unsupported global\"): every data-parallel "
-                 "run stops when it resumes from a checkpoint; no fairseq issue found",
+        "checkpoint's config and fairseq's own `_TensorPlaceholder`s, which the receivers' `torch.load` "
+        'refuses under torch >= 2.6\'s weights-only default ("Unsupported global"): every data-parallel '
+        "run stops when it resumes from a checkpoint; no fairseq issue found",
         scope="only data-parallel runs (fairseq broadcasts only between ranks), only bytes sent by rank 0 of the "
-              "same run, which read the file with the weights-only loader; the ranks already unpickle each "
-              "other's bytes in fairseq's `all_gather_list`",
+        "same run, which read the file with the weights-only loader; the ranks already unpickle each "
+        "other's bytes in fairseq's `all_gather_list`",
         install=_install_resume_broadcast,
     ),
 )

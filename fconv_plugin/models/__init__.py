@@ -3,7 +3,7 @@
 from .fconv_ext import FConvExtConfig, FConvExtDecoder, FConvExtEncoder, FConvExtModel
 from .fconv_ext_lm import FConvExtLanguageModel, FConvExtLMConfig
 from .fconv_ext_self_att import FConvExtSelfAttConfig, FConvExtSelfAttModel
-from . import architectures  # noqa: E402,F401  (every family's presets; need the models registered first)
+from . import architectures  # every family's presets; need the models registered first
 from .build import build_model_from_config
 from .foreign import native_checkpoint, register_checkpoint_converter
 

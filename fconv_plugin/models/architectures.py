@@ -26,8 +26,13 @@ WMT_EN_FR_LAYERS = "[(512, 3)] * 6 + [(768, 3)] * 4 + [(1024, 3)] * 3 + [(2048, 
 PRESETS = {
     "fconv_ext_iwslt_de_en": Preset(
         "IWSLT'14 De-En: 4 encoder and 3 decoder layers of 256 units.",
-        {"encoder_embed_dim": 256, "encoder_layers": "[(256, 3)] * 4",
-         "decoder_embed_dim": 256, "decoder_layers": "[(256, 3)] * 3", "decoder_out_embed_dim": 256},
+        {
+            "encoder_embed_dim": 256,
+            "encoder_layers": "[(256, 3)] * 4",
+            "decoder_embed_dim": 256,
+            "decoder_layers": "[(256, 3)] * 3",
+            "decoder_out_embed_dim": 256,
+        },
     ),
     "fconv_ext_wmt_en_ro": Preset(
         "WMT'16 En-Ro: the base 20 + 20 layers of 512 units with a 512-d decoder output.",
@@ -35,25 +40,45 @@ PRESETS = {
     ),
     "fconv_ext_wmt_en_de": Preset(
         "WMT'14 En-De (paper, tables 1 and 4): 768-d embeddings, 15 layers each side.",
-        {"encoder_embed_dim": 768, "encoder_layers": WMT_EN_DE_LAYERS,
-         "decoder_embed_dim": 768, "decoder_layers": WMT_EN_DE_LAYERS, "decoder_out_embed_dim": 512},
+        {
+            "encoder_embed_dim": 768,
+            "encoder_layers": WMT_EN_DE_LAYERS,
+            "decoder_embed_dim": 768,
+            "decoder_layers": WMT_EN_DE_LAYERS,
+            "decoder_out_embed_dim": 512,
+        },
     ),
     "fconv_ext_wmt_en_fr": Preset(
         "WMT'14 En-Fr (paper, table 1): 768-d embeddings, 15 layers each side.",
-        {"encoder_embed_dim": 768, "encoder_layers": WMT_EN_FR_LAYERS,
-         "decoder_embed_dim": 768, "decoder_layers": WMT_EN_FR_LAYERS, "decoder_out_embed_dim": 512},
+        {
+            "encoder_embed_dim": 768,
+            "encoder_layers": WMT_EN_FR_LAYERS,
+            "decoder_embed_dim": 768,
+            "decoder_layers": WMT_EN_FR_LAYERS,
+            "decoder_out_embed_dim": 512,
+        },
     ),
     "fconv_ext_summarization": Preset(
         "Abstractive summarization (paper, section 5.3 / table 3, Gigaword and DUC-2004): 6 encoder and "
         "6 decoder layers of 256 units, 256-d embeddings and decoder output, kernel width 3 (the paper's "
         "default width; fairseq has no preset for this model).",
-        {"encoder_embed_dim": 256, "encoder_layers": "[(256, 3)] * 6",
-         "decoder_embed_dim": 256, "decoder_layers": "[(256, 3)] * 6", "decoder_out_embed_dim": 256},
+        {
+            "encoder_embed_dim": 256,
+            "encoder_layers": "[(256, 3)] * 6",
+            "decoder_embed_dim": 256,
+            "decoder_layers": "[(256, 3)] * 6",
+            "decoder_out_embed_dim": 256,
+        },
     ),
     "fconv_ext_tiny": Preset(
         "A few-second model for tests and CPU smoke runs (not from the paper).",
-        {"encoder_embed_dim": 32, "encoder_layers": "[(32, 3)] * 2",
-         "decoder_embed_dim": 32, "decoder_layers": "[(32, 3)] * 2", "decoder_out_embed_dim": 32},
+        {
+            "encoder_embed_dim": 32,
+            "encoder_layers": "[(32, 3)] * 2",
+            "decoder_embed_dim": 32,
+            "decoder_layers": "[(32, 3)] * 2",
+            "decoder_out_embed_dim": 32,
+        },
     ),
 }
 
@@ -77,8 +102,11 @@ GBW_LAYERS = (
 LM_PRESETS = {
     "fconv_ext_lm_dauphin_wikitext103": Preset(
         "WikiText-103 (paper, GCNN-14): 280-d embeddings, adaptive softmax 10k/20k/200k.",
-        {"decoder_embed_dim": 280, "decoder_layers": WIKITEXT103_LAYERS,
-         "adaptive_softmax_cutoff": "10000,20000,200000"},
+        {
+            "decoder_embed_dim": 280,
+            "decoder_layers": WIKITEXT103_LAYERS,
+            "adaptive_softmax_cutoff": "10000,20000,200000",
+        },
     ),
     "fconv_ext_lm_dauphin_gbw": Preset(
         "Google Billion Word (paper, GCNN-13 with bottleneck blocks): adaptive softmax 10k/50k/200k.",
@@ -95,10 +123,16 @@ LM_PRESETS = {
 
 # fconv_self_att_wp (Fan et al. 2018, WritingPrompts)
 WRITING_PROMPTS = {
-    "encoder_embed_dim": 256, "encoder_layers": "[(128, 3)] * 2 + [(512,3)] * 1",
-    "decoder_embed_dim": 256, "decoder_layers": "[(512, 4)] * 4 + [(768, 4)] * 2 + [(1024, 4)] * 1",
-    "decoder_out_embed_dim": 256, "self_attention": "True", "multihead_self_attention_nheads": 4,
-    "project_input": "True", "gated_attention": "True", "downsample": "True",
+    "encoder_embed_dim": 256,
+    "encoder_layers": "[(128, 3)] * 2 + [(512,3)] * 1",
+    "decoder_embed_dim": 256,
+    "decoder_layers": "[(512, 4)] * 4 + [(768, 4)] * 2 + [(1024, 4)] * 1",
+    "decoder_out_embed_dim": 256,
+    "self_attention": "True",
+    "multihead_self_attention_nheads": 4,
+    "project_input": "True",
+    "gated_attention": "True",
+    "downsample": "True",
 }
 
 #: fconv_ext_self_att's presets (``--arch fconv_ext_self_att``: 3 encoder and 8 decoder layers of 512
@@ -111,8 +145,15 @@ SELF_ATT_PRESETS = {
     ),
     "fconv_ext_self_att_tiny": Preset(
         "A few-second model for tests and CPU smoke runs with the wp features on (not from the paper).",
-        {**WRITING_PROMPTS, "encoder_embed_dim": 32, "encoder_layers": "[(32, 3)] * 2", "decoder_embed_dim": 32,
-         "decoder_layers": "[(32, 4)] * 2", "decoder_out_embed_dim": 32, "multihead_self_attention_nheads": 2},
+        {
+            **WRITING_PROMPTS,
+            "encoder_embed_dim": 32,
+            "encoder_layers": "[(32, 3)] * 2",
+            "decoder_embed_dim": 32,
+            "decoder_layers": "[(32, 4)] * 2",
+            "decoder_out_embed_dim": 32,
+            "multihead_self_attention_nheads": 2,
+        },
     ),
 }
 

@@ -15,7 +15,16 @@ from fairseq.models import FairseqIncrementalDecoder
 from fairseq.modules import FairseqDropout
 from torch import Tensor
 
-from ..modules import ConvLayerSpec, ConvStack, Embedding, Gate, IncrementalState, LearnedPositions, Linear, embed_prefix
+from ..modules import (
+    ConvLayerSpec,
+    ConvStack,
+    Embedding,
+    Gate,
+    IncrementalState,
+    LearnedPositions,
+    Linear,
+    embed_prefix,
+)
 
 
 class ConvDecoder(FairseqIncrementalDecoder):
@@ -42,8 +51,9 @@ class ConvDecoder(FairseqIncrementalDecoder):
         self.embed_positions = LearnedPositions(max_positions, embed_dim, padding_idx) if max_positions else None
         in_channels = layers[0].out_channels
         self.fc1 = Linear(embed_dim, in_channels, dropout=dropout)
-        self.stack = ConvStack(in_channels, layers, dropout, causal=True, gate=gate,
-                               module_name=self.__class__.__name__)
+        self.stack = ConvStack(
+            in_channels, layers, dropout, causal=True, gate=gate, module_name=self.__class__.__name__
+        )
 
     def embed(self, prev_output_tokens: Tensor, incremental_state: Optional[IncrementalState]) -> Tensor:
         """``dropout(token + position embedding)``: B x T x E, or B x 1 x E (the newest

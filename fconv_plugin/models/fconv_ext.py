@@ -78,8 +78,10 @@ class ConvSeq2SeqConfig(FairseqDataclass):
     )
     decoder_attention: str = field(
         default="True",
-        metadata={"help": "attention over the encoder output in every decoder layer (True), none (False), "
-                  "or a list of True/False per decoder layer"},
+        metadata={
+            "help": "attention over the encoder output in every decoder layer (True), none (False), "
+            "or a list of True/False per decoder layer"
+        },
     )
     max_source_positions: int = field(
         default=II("task.max_source_positions"),
@@ -101,36 +103,44 @@ class FConvExtConfig(ConvSeq2SeqConfig):
     )
     share_input_output_embed: bool = field(
         default=False,
-        metadata={"help": "tie the decoder input embedding and the output projection "
-                  "(requires --decoder-out-embed-dim == --decoder-embed-dim)"},
+        metadata={
+            "help": "tie the decoder input embedding and the output projection "
+            "(requires --decoder-out-embed-dim == --decoder-embed-dim)"
+        },
     )
     inference_dtype: str = field(
         default="float32",
-        metadata={"help": "opt-in, inference only: 'bfloat16' casts the model to bfloat16 when decoding starts "
-                  "(make_generation_fast_; faster or slower than float32 depending on the CPU: benchmarks/README.md); "
-                  "'int8' (CPUs only) decodes with the decoder step and encoder quantized to int8: int8 weights "
-                  "(one scale per row), int8 activations (one scale per token) in every product (docs/int8.md; "
-                  "FConvBeamSearch only, fairseq's own generators decode in float32). log-probabilities "
-                  "and beam scores stay float32. Not exact: BLEU moves slightly (benchmarks/README.md, docs/int8.md). "
-                  "fairseq-generate: --model-overrides \"{'model': {'inference_dtype': 'bfloat16'}}\" (or 'int8'). "
-                  "Training always runs in the checkpoint's own precision"},
+        metadata={
+            "help": "opt-in, inference only: 'bfloat16' casts the model to bfloat16 when decoding starts "
+            "(make_generation_fast_; faster or slower than float32 depending on the CPU: benchmarks/README.md); "
+            "'int8' (CPUs only) decodes with the decoder step and encoder quantized to int8: int8 weights "
+            "(one scale per row), int8 activations (one scale per token) in every product (docs/int8.md; "
+            "FConvBeamSearch only, fairseq's own generators decode in float32). log-probabilities "
+            "and beam scores stay float32. Not exact: BLEU moves slightly (benchmarks/README.md, docs/int8.md). "
+            "fairseq-generate: --model-overrides \"{'model': {'inference_dtype': 'bfloat16'}}\" (or 'int8'). "
+            "Training always runs in the checkpoint's own precision"
+        },
     )
 
     inference_compile: bool = field(
         default=False,
-        metadata={"help": "opt-in, inference only: decode with the decoder step compiled by torch.compile "
-                  "(inductor: C++ on CPUs, Triton on GPUs; one compilation per model for batches of any size; "
-                  "docs/design.md#the-decoder-step). The first batch pays the compilation. fairseq-generate: --model-overrides "
-                  "\"{'model': {'inference_compile': True}}\""},
+        metadata={
+            "help": "opt-in, inference only: decode with the decoder step compiled by torch.compile "
+            "(inductor: C++ on CPUs, Triton on GPUs; one compilation per model for batches of any size; "
+            "docs/design.md#the-decoder-step). The first batch pays the compilation. fairseq-generate: "
+            "--model-overrides \"{'model': {'inference_compile': True}}\""
+        },
     )
     shortlist: Optional[str] = field(
         default=None,
-        metadata={"help": "opt-in, inference only: a vocabulary shortlist file written by fconv-ext-shortlist "
-                  "(docs/shortlists.md). Each batch is decoded over the union of its sentences' shortlists "
-                  "(every source token's most likely translations + the most frequent target words + "
-                  "specials) instead of the whole target vocabulary. Not exact: BLEU moves slightly "
-                  "(benchmarks/README.md). fairseq-generate: --model-overrides "
-                  "\"{'model': {'shortlist': 'FILE'}}\" (or --task fconv_translation --shortlist-file FILE)"},
+        metadata={
+            "help": "opt-in, inference only: a vocabulary shortlist file written by fconv-ext-shortlist "
+            "(docs/shortlists.md). Each batch is decoded over the union of its sentences' shortlists "
+            "(every source token's most likely translations + the most frequent target words + "
+            "specials) instead of the whole target vocabulary. Not exact: BLEU moves slightly "
+            "(benchmarks/README.md). fairseq-generate: --model-overrides "
+            "\"{'model': {'shortlist': 'FILE'}}\" (or --task fconv_translation --shortlist-file FILE)"
+        },
     )
 
 
@@ -246,8 +256,9 @@ class FConvExtEncoder(FairseqEncoder):
 
         in_channels = layers[0].out_channels
         self.fc1 = Linear(embed_dim, in_channels, dropout=dropout)
-        self.stack = ConvStack(in_channels, layers, dropout, causal=False, gate=gate,
-                               module_name=self.__class__.__name__)
+        self.stack = ConvStack(
+            in_channels, layers, dropout, causal=False, gate=gate, module_name=self.__class__.__name__
+        )
         self.fc2 = Linear(self.stack.out_channels, embed_dim)
 
     def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None, **unused):
@@ -333,8 +344,7 @@ class FConvExtDecoder(ConvDecoder):
         if embed_dict:
             self.embed_tokens = utils.load_embedding(embed_dict, dictionary, self.embed_tokens)
         self.attention = nn.ModuleList(
-            MultiStepAttention(layer.out_channels, embed_dim) if use else None
-            for layer, use in zip(layers, attention)
+            MultiStepAttention(layer.out_channels, embed_dim) if use else None for layer, use in zip(layers, attention)
         )
         self.num_attention_layers = sum(attention)
 

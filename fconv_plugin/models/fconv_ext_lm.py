@@ -52,6 +52,7 @@ from .conv_model import ConvModel
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass
 class FConvExtLMConfig(FairseqDataclass):
     dropout: float = field(
@@ -81,8 +82,10 @@ class FConvExtLMConfig(FairseqDataclass):
     )
     criterion: str = field(
         default=II("criterion._name"),
-        metadata={"help": "the training criterion (fairseq's --criterion; fixed in the checkpoint): "
-                  "the adaptive softmax exists only for adaptive_loss, as in fconv_lm"},
+        metadata={
+            "help": "the training criterion (fairseq's --criterion; fixed in the checkpoint): "
+            "the adaptive softmax exists only for adaptive_loss, as in fconv_lm"
+        },
     )
     tokens_per_sample: int = II("task.tokens_per_sample")
     max_target_positions: Optional[int] = II("task.max_target_positions")
@@ -125,7 +128,9 @@ class FConvExtLanguageModel(ConvModel, FairseqLanguageModel):
         if cutoff is not None and cfg.criterion != "adaptive_loss":
             logger.info(
                 "--adaptive-softmax-cutoff %s is not used: the criterion is %s, not adaptive_loss "
-                "(full softmax, as fconv_lm)", cfg.adaptive_softmax_cutoff, cfg.criterion
+                "(full softmax, as fconv_lm)",
+                cfg.adaptive_softmax_cutoff,
+                cfg.criterion,
             )
             cutoff = None
         if cutoff is not None and cutoff[-1] > len(dictionary):

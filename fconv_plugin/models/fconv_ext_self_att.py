@@ -78,13 +78,17 @@ class FConvExtSelfAttConfig(ConvSeq2SeqConfig):
     decoder_layers: str = field(default="[(512, 3)] * 8", metadata={"help": "decoder " + LAYERS_HELP})
     self_attention: str = field(
         default="False",
-        metadata={"help": "gated multi-head self-attention in every decoder layer (True), none (False), "
-                  "or a list of True/False per decoder layer, e.g. [True] + [False] * 5"},
+        metadata={
+            "help": "gated multi-head self-attention in every decoder layer (True), none (False), "
+            "or a list of True/False per decoder layer, e.g. [True] + [False] * 5"
+        },
     )
     encoder_attention: str = field(
         default="False",
-        metadata={"help": "self-attention (causal, as fairseq's) in every encoder layer (True), none (False), "
-                  "or a list of True/False per encoder layer"},
+        metadata={
+            "help": "self-attention (causal, as fairseq's) in every encoder layer (True), none (False), "
+            "or a list of True/False per encoder layer"
+        },
     )
     multihead_attention_nheads: int = field(
         default=1, metadata={"help": "number of heads of the decoder's attention over the encoder output"}
@@ -113,9 +117,11 @@ class FConvExtSelfAttConfig(ConvSeq2SeqConfig):
     )
     pretrained_checkpoint: str = field(
         default="",
-        metadata={"help": "checkpoint of the pretrained model for fusion: an fconv_ext_self_att checkpoint or a "
-                  "fairseq fconv_self_att one (converted in memory); a relative path is also looked up in "
-                  "the data directory"},
+        metadata={
+            "help": "checkpoint of the pretrained model for fusion: an fconv_ext_self_att checkpoint or a "
+            "fairseq fconv_self_att one (converted in memory); a relative path is also looked up in "
+            "the data directory"
+        },
     )
 
 
@@ -153,8 +159,9 @@ class FConvExtSelfAttModel(ConvSeq2SeqModel, hub.PublishedModels, FairseqEncoder
             embed_dim=cfg.encoder_embed_dim,
             max_positions=cfg.max_source_positions,
             layers=encoder_layers,
-            self_attention=parse_option("encoder_attention", cfg.encoder_attention, parse_attention,
-                                        len(encoder_layers)),
+            self_attention=parse_option(
+                "encoder_attention", cfg.encoder_attention, parse_attention, len(encoder_layers)
+            ),
             self_attention_heads=cfg.encoder_attention_nheads,
             dropout=cfg.dropout,
             gate=cls.gate_for(cfg),
@@ -204,8 +211,7 @@ def pretrained_model_from_state(state: Dict, task, path: str = "<checkpoint>") -
     model_cfg = cfg.get("model") if isinstance(cfg, dict) else None
     if not isinstance(model_cfg, dict) or ARCH_MODEL_REGISTRY.get(model_cfg.get("_name")) is not FConvExtSelfAttModel:
         raise ValueError(
-            f"--pretrained-checkpoint {path!r} is neither an fconv_ext_self_att nor a fairseq "
-            "fconv_self_att checkpoint"
+            f"--pretrained-checkpoint {path!r} is neither an fconv_ext_self_att nor a fairseq fconv_self_att checkpoint"
         )
     if parse_option("pretrained", model_cfg.get("pretrained", "False"), parse_flag):
         raise ValueError(f"--pretrained-checkpoint {path!r} is itself a fusion model; fuse with its base model")
@@ -333,13 +339,15 @@ class FConvExtSelfAttDecoder(ConvDecoder):
         )
         self.attention = nn.ModuleList(
             DownsampledMultiHeadAttention(layer.out_channels, embed_dim, attention_heads, project_input=project_input)
-            if use else None
+            if use
+            else None
             for layer, use in zip(layers, attention)
         )
         self.num_attention_layers = sum(attention)
         self.self_attention = nn.ModuleList(
             GatedSelfAttention(layer.out_channels, embed_dim, self_attention_heads, project_input, gated, downsample)
-            if use else None
+            if use
+            else None
             for layer, use in zip(layers, self_attention)
         )
         self.fc2 = Linear(self.stack.out_channels, out_embed_dim)
@@ -405,8 +413,12 @@ class FConvExtSelfAttDecoder(ConvDecoder):
             if attention is not None:
                 query = self.attention_query[layer](h) + target_embedding  # B x T x E
                 context, attn = attention(
-                    query, keys, values, key_padding_mask=padding_mask,
-                    incremental_state=incremental_state, static_kv=True,
+                    query,
+                    keys,
+                    values,
+                    key_padding_mask=padding_mask,
+                    incremental_state=incremental_state,
+                    static_kv=True,
                 )
                 h = h + context
                 average.add(attn)
@@ -417,4 +429,3 @@ class FConvExtSelfAttDecoder(ConvDecoder):
         # [causal conv, gate, encoder attention, self-attention, residual] x M
         x = self.stack(x, incremental_state=incremental_state, after_conv=attend)  # B x T x C
         return self.fc2(x), average.value  # B x T x out_embed_dim
-

@@ -76,9 +76,7 @@ class ConvStack(nn.Module):
         for layer in layers:
             out_channels, kernel_width, residual, dilation = layer
             residual_width = out_channels if residual == 0 else widths[-residual]
-            self.projections.append(
-                Linear(residual_width, out_channels) if residual_width != out_channels else None
-            )
+            self.projections.append(Linear(residual_width, out_channels) if residual_width != out_channels else None)
             # 2C outputs: the gate halves them
             self.convolutions.append(make_conv(widths[-1], out_channels * 2, kernel_width, dropout, dilation))
             self.residuals.append(residual)
@@ -118,4 +116,4 @@ class ConvStack(nn.Module):
         before the stack existed) to ``<owner>.stack.*``; ``name`` is ``<owner>.stack``."""
         owner = name[: -len("stack")]  # "encoder." / "decoder." / "" (with its dot)
         for old_key in [k for k in state_dict if k.startswith((owner + "convolutions.", owner + "projections."))]:
-            state_dict[name + "." + old_key[len(owner):]] = state_dict.pop(old_key)
+            state_dict[name + "." + old_key[len(owner) :]] = state_dict.pop(old_key)

@@ -33,8 +33,15 @@ from .weight_norm import init_conv_
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
 
-def conv_time_major(x: Tensor, weight: Tensor, bias: Tensor, pad_left: int, pad_right: int,
-                    tbc_weight: Optional[Tensor] = None, dilation: int = 1) -> Tensor:
+def conv_time_major(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    pad_left: int,
+    pad_right: int,
+    tbc_weight: Optional[Tensor] = None,
+    dilation: int = 1,
+) -> Tensor:
     """1-D convolution of a ``B x T x C`` tensor with a Conv1d weight (``out x in x k``).
     Output ``t`` sees inputs ``t - pad_left .. t + pad_right`` (every ``dilation``-th one).
 
@@ -86,8 +93,9 @@ def conv_path(device_type: str, dtype: torch.dtype, in_channels: int, k: int, di
     return "tbc"
 
 
-def conv_channels_first(x: Tensor, weight: Tensor, bias: Optional[Tensor], pad_left: int, pad_right: int,
-                        dilation: int = 1) -> Tensor:
+def conv_channels_first(
+    x: Tensor, weight: Tensor, bias: Optional[Tensor], pad_left: int, pad_right: int, dilation: int = 1
+) -> Tensor:
     """The convolution as ``F.conv1d`` over ``B x C x T``: the CUDA path (cuDNN), and dilated layers
     anywhere.  Input and output ``B x T x C``; output ``t`` sees inputs ``t - pad_left .. t + pad_right``."""
     x = x.transpose(1, 2)  # B x C x T (a view)
@@ -195,16 +203,18 @@ class CausalConv1d(nn.Conv1d):
         self.set_incremental_state(incremental_state, "window", {"window": window})
 
 
-def ConvEncoderLayer(in_channels: int, out_channels: int, kernel_width: int, dropout: float,
-                     dilation: int = 1) -> SameConv1d:
+def ConvEncoderLayer(
+    in_channels: int, out_channels: int, kernel_width: int, dropout: float, dilation: int = 1
+) -> SameConv1d:
     """Weight-normalised encoder convolution with the paper's init."""
     m = SameConv1d(in_channels, out_channels, kernel_width, dilation=dilation)
     init_conv_(m, kernel_width, in_channels, dropout)
     return weight_norm(m, name="weight", dim=0)
 
 
-def ConvDecoderLayer(in_channels: int, out_channels: int, kernel_width: int, dropout: float,
-                     dilation: int = 1) -> CausalConv1d:
+def ConvDecoderLayer(
+    in_channels: int, out_channels: int, kernel_width: int, dropout: float, dilation: int = 1
+) -> CausalConv1d:
     """Weight-normalised causal decoder convolution with the paper's init."""
     m = CausalConv1d(in_channels, out_channels, kernel_width, dilation=dilation)
     init_conv_(m, kernel_width, in_channels, dropout)

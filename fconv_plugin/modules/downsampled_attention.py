@@ -41,7 +41,6 @@ from .convolution import IncrementalState
 from .weight_norm import Linear
 
 
-
 def GatedLinear(in_features: int, out_features: int) -> nn.Sequential:
     """A 3-layer gated projection ``in -> 4 out -GLU-> 2 out -> 2 out -GLU-> out -> out``
     (weight-normalised linear layers, GLU between them), as fairseq's ``GatedLinear``."""

@@ -44,7 +44,7 @@ def _refuse(text: str, node: ast.AST, why: str) -> LayerSpecError:
     return LayerSpecError(
         f"invalid layer specification {text!r}{where}: {why}. "
         "Only integer/boolean literals, lists, tuples, '+' and '*' are allowed, e.g. "
-        "\"[(512, 3)] * 9 + [(1024, 3, 1)] * 4\"."
+        '"[(512, 3)] * 9 + [(1024, 3, 1)] * 4".'
     )
 
 
@@ -126,9 +126,7 @@ def parse_layers(text: str) -> List[ConvLayerSpec]:
         )
     layers: List[ConvLayerSpec] = []
     for i, item in enumerate(value):
-        if not isinstance(item, (tuple, list)) or len(item) not in (2, 3, 4) or not all(
-            _is_int(v) for v in item
-        ):
+        if not isinstance(item, (tuple, list)) or len(item) not in (2, 3, 4) or not all(_is_int(v) for v in item):
             raise LayerSpecError(
                 f"invalid layer specification {text!r}: layer {i} is {item!r}, expected "
                 "(out_channels, kernel_width[, residual[, dilation]]) of integers"

@@ -33,8 +33,7 @@ from starlette.routing import Route
 from . import page
 from .markup import join_html, split_html, texts_to_translate
 from .batcher import Batcher
-from .limits import (BodyLimitMiddleware, Limits, RequestError, check_api_key, decode_body, parse_translate,
-                     split_lines)
+from .limits import BodyLimitMiddleware, Limits, RequestError, check_api_key, decode_body, parse_translate, split_lines
 from .metrics import Metrics
 from .translator import Hypothesis, Translator
 
@@ -44,17 +43,29 @@ logger = logging.getLogger(__name__)
 class Server:
     """What the routes share: the translator (once loaded), the batcher, limits, keys, metrics."""
 
-    def __init__(self, load: Callable[[], Translator], *, limits: Limits, max_tokens: int, max_wait_ms: float,
-                 api_keys: Sequence[str] = ()):
+    def __init__(
+        self,
+        load: Callable[[], Translator],
+        *,
+        limits: Limits,
+        max_tokens: int,
+        max_wait_ms: float,
+        api_keys: Sequence[str] = (),
+    ):
         self.load = load
         self.limits = limits
         self.api_keys = tuple(api_keys)
         self.metrics = Metrics()
         self.translator: Optional[Translator] = None
         self.load_error: Optional[str] = None
-        self.batcher = Batcher(self._decode, max_tokens=max_tokens, max_wait_ms=max_wait_ms,
-                               queue_sentences=limits.queue_sentences, retry_after_s=limits.retry_after_s,
-                               metrics=self.metrics)
+        self.batcher = Batcher(
+            self._decode,
+            max_tokens=max_tokens,
+            max_wait_ms=max_wait_ms,
+            queue_sentences=limits.queue_sentences,
+            retry_after_s=limits.retry_after_s,
+            metrics=self.metrics,
+        )
 
     def _decode(self, sources):
         assert self.translator is not None
@@ -64,19 +75,27 @@ class Server:
         """Load the model on the decoding thread; /health says ready afterwards."""
         try:
             self.translator = await self.batcher.call(self.load)
-        except Exception as err:  # noqa: BLE001  (reported by /health and the log; the server stays up)
+        except Exception as err:  # reported by /health and the log; the server stays up
             logger.exception("the model could not be loaded")
             self.load_error = f"{type(err).__name__}: {err}"
             return
         self.metrics.ready.set(1)
-        logger.info("model loaded: %s -> %s, beam %d", self.translator.source_lang, self.translator.target_lang,
-                    self.translator.beam)
+        logger.info(
+            "model loaded: %s -> %s, beam %d",
+            self.translator.source_lang,
+            self.translator.target_lang,
+            self.translator.beam,
+        )
 
     def ready_translator(self) -> Translator:
         if self.translator is None:
-            raise RequestError(503, "the model is still loading" if self.load_error is None
-                               else "the model could not be loaded (the server log says why)",
-                               headers={"Retry-After": str(self.limits.retry_after_s)})
+            raise RequestError(
+                503,
+                "the model is still loading"
+                if self.load_error is None
+                else "the model could not be loaded (the server log says why)",
+                headers={"Retry-After": str(self.limits.retry_after_s)},
+            )
         return self.translator
 
     async def read_request(self, request: Request) -> Dict[str, Any]:
@@ -109,9 +128,11 @@ class Server:
         task = asyncio.ensure_future(work)
         gone = asyncio.ensure_future(_disconnected(request))
         try:
-            done, _ = await asyncio.wait({task, gone}, timeout=max(0.0, arrived + self.limits.timeout_s -
-                                                                   time.perf_counter()),
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {task, gone},
+                timeout=max(0.0, arrived + self.limits.timeout_s - time.perf_counter()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         finally:
             gone.cancel()
         if task in done:
@@ -120,8 +141,9 @@ class Server:
         if gone in done:
             self.metrics.disconnects.inc()
             raise RequestError(499, "the client closed the request")  # nobody reads it; logged as 499
-        raise RequestError(504, f"Cannot translate text: no answer within this server's timeout "
-                                f"({self.limits.timeout_s:g} s)")
+        raise RequestError(
+            504, f"Cannot translate text: no answer within this server's timeout ({self.limits.timeout_s:g} s)"
+        )
 
 
 async def _disconnected(request: Request) -> None:
@@ -160,6 +182,7 @@ def build_app(server: Server, cors_origins: Sequence[str] = ()) -> Starlette:
 
     def endpoint(name: str, handler: Callable[[Request], Awaitable[Response]]):
         """``handler`` with the request counted, timed, and its errors answered as JSON."""
+
         async def run(request: Request) -> Response:
             start = request.state.arrived = time.perf_counter()
             metrics.in_flight.inc()
@@ -167,10 +190,12 @@ def build_app(server: Server, cors_origins: Sequence[str] = ()) -> Starlette:
                 response = await handler(request)
             except RequestError as err:
                 response = JSONResponse({"error": err.message}, status_code=err.status, headers=err.headers)
-            except Exception:  # noqa: BLE001  (the traceback goes to the log, never to the client)
+            except Exception:  # the traceback goes to the log, never to the client
                 logger.exception("%s %s failed", request.method, request.url.path)
-                response = JSONResponse({"error": "Cannot translate text: internal server error (the server log "
-                                                  "has the details)"}, status_code=500)
+                response = JSONResponse(
+                    {"error": "Cannot translate text: internal server error (the server log has the details)"},
+                    status_code=500,
+                )
             finally:
                 metrics.in_flight.dec()
             metrics.requests.labels(name, str(response.status_code)).inc()
@@ -207,10 +232,15 @@ def build_app(server: Server, cors_origins: Sequence[str] = ()) -> Starlette:
         check_api_key(fields.get("api_key") if isinstance(fields.get("api_key"), str) else None, server.api_keys)
         translator = server.ready_translator()
         if not translator.has_attention:
-            raise RequestError(501, "attention is not available for an exported model: serve its PyTorch "
-                                    "checkpoint to see it")
-        fields = {"source": translator.source_lang, "target": translator.target_lang,
-                  "alternatives": limits.max_alternatives, **fields}
+            raise RequestError(
+                501, "attention is not available for an exported model: serve its PyTorch checkpoint to see it"
+            )
+        fields = {
+            "source": translator.source_lang,
+            "target": translator.target_lang,
+            "alternatives": limits.max_alternatives,
+            **fields,
+        }
         req = parse_translate(fields, limits, translator.source_lang, translator.target_lang)
         if req.batch or len(split_lines(req.texts[0])[1]) != 1:
             raise RequestError(400, "Invalid request: attention is shown for one sentence (one line of text)")
@@ -222,8 +252,14 @@ def build_app(server: Server, cors_origins: Sequence[str] = ()) -> Starlette:
         (nbest,) = await server.until_done(request, server.batcher.translate([source]))
         chosen = nbest[min(choice, len(nbest) - 1)]
         maps = await server.until_done(request, server.batcher.call(translator.layer_attention, source, chosen.tokens))
-        return JSONResponse({"translatedText": chosen.text, "hypothesis": choice,
-                             "hypotheses": [h.text for h in nbest[: req.alternatives + 1]], **maps})
+        return JSONResponse(
+            {
+                "translatedText": chosen.text,
+                "hypothesis": choice,
+                "hypotheses": [h.text for h in nbest[: req.alternatives + 1]],
+                **maps,
+            }
+        )
 
     async def languages(request: Request) -> Response:
         return JSONResponse(server.ready_translator().languages())
@@ -231,14 +267,23 @@ def build_app(server: Server, cors_origins: Sequence[str] = ()) -> Starlette:
     async def settings(request: Request) -> Response:
         translator = server.ready_translator()
         names = {entry["code"]: entry["name"] for entry in translator.languages()}
-        return JSONResponse({
-            "charLimit": limits.max_chars, "frontendTimeout": int(limits.timeout_s * 1000),
-            "apiKeys": bool(server.api_keys), "keyRequired": bool(server.api_keys), "suggestions": False,
-            "filesTranslation": False, "supportedFilesFormat": [], "maxAlternatives": limits.max_alternatives,
-            "attention": translator.has_attention,
-            "language": {"source": {"code": translator.source_lang, "name": names[translator.source_lang]},
-                         "target": {"code": translator.target_lang, "name": names[translator.target_lang]}},
-        })
+        return JSONResponse(
+            {
+                "charLimit": limits.max_chars,
+                "frontendTimeout": int(limits.timeout_s * 1000),
+                "apiKeys": bool(server.api_keys),
+                "keyRequired": bool(server.api_keys),
+                "suggestions": False,
+                "filesTranslation": False,
+                "supportedFilesFormat": [],
+                "maxAlternatives": limits.max_alternatives,
+                "attention": translator.has_attention,
+                "language": {
+                    "source": {"code": translator.source_lang, "name": names[translator.source_lang]},
+                    "target": {"code": translator.target_lang, "name": names[translator.target_lang]},
+                },
+            }
+        )
 
     async def health(request: Request) -> Response:
         if not server.batcher.alive():
@@ -279,7 +324,12 @@ def build_app(server: Server, cors_origins: Sequence[str] = ()) -> Starlette:
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.add_middleware(BodyLimitMiddleware, limit=limits.max_body_bytes)
     if cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"], max_age=86400)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=86400,
+        )
     app.state.server = server
     return app

@@ -42,8 +42,11 @@ T = TypeVar("T")
 
 class QueueFull(RequestError):
     def __init__(self, queued: int, limit: int, retry_after_s: int):
-        super().__init__(503, f"Slowdown: the server is busy ({queued} sentences queued, limit {limit}); "
-                              f"retry in {retry_after_s} s", headers={"Retry-After": str(retry_after_s)})
+        super().__init__(
+            503,
+            f"Slowdown: the server is busy ({queued} sentences queued, limit {limit}); retry in {retry_after_s} s",
+            headers={"Retry-After": str(retry_after_s)},
+        )
 
 
 class DecodeError(RequestError):
@@ -66,9 +69,16 @@ class Batcher:
     ``decode(sources)`` takes a list of 1-D token tensors and returns one result per sentence, in
     order; it runs on the decoding thread."""
 
-    def __init__(self, decode: Callable[[List[torch.Tensor]], Sequence[Any]], *, max_tokens: int,
-                 max_wait_ms: float, queue_sentences: int, retry_after_s: int = 1,
-                 metrics: Optional[Metrics] = None):
+    def __init__(
+        self,
+        decode: Callable[[List[torch.Tensor]], Sequence[Any]],
+        *,
+        max_tokens: int,
+        max_wait_ms: float,
+        queue_sentences: int,
+        retry_after_s: int = 1,
+        metrics: Optional[Metrics] = None,
+    ):
         self.decode = decode
         self.max_tokens = max_tokens
         self.max_wait_s = max_wait_ms / 1000.0
@@ -204,7 +214,7 @@ class Batcher:
         start = time.perf_counter()
         try:
             results = list(self.decode(sources))
-        except Exception:  # noqa: BLE001  (logged; each sentence is retried alone below)
+        except Exception:  # logged; each sentence is retried alone below
             if len(sources) == 1:
                 logger.exception("decoding a sentence of %d tokens failed", sources[0].numel())
                 self.metrics.decode_errors.inc()

@@ -62,9 +62,17 @@ class BodyLimitMiddleware:
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             error = BodyTooLarge(self.limit)
             body = json.dumps({"error": error.message}).encode()
-            await send({"type": "http.response.start", "status": 413,
-                        "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
-                                    (b"content-length", str(len(body)).encode())]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 413,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"connection", b"close"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": body})
             return None
         received = 0
@@ -105,8 +113,9 @@ def decode_body(body: bytes, content_type: str) -> Dict[str, Any]:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise RequestError(400, f"Invalid request: the body is not valid UTF-8 (byte 0x{body[err.start]:02x} "
-                                f"at position {err.start})") from None
+        raise RequestError(
+            400, f"Invalid request: the body is not valid UTF-8 (byte 0x{body[err.start]:02x} at position {err.start})"
+        ) from None
     if media == "application/json" or media.endswith("+json"):
         try:
             fields = json.loads(text)
@@ -121,8 +130,11 @@ def decode_body(body: bytes, content_type: str) -> Dict[str, Any]:
         except UnicodeDecodeError:
             raise RequestError(400, "Invalid request: a form field is not valid UTF-8 once percent-decoded") from None
         return {name: vals[0] for name, vals in values.items()}
-    raise RequestError(415, f"Invalid request: unsupported content type {media!r} (send application/json "
-                            "or application/x-www-form-urlencoded)")
+    raise RequestError(
+        415,
+        f"Invalid request: unsupported content type {media!r} (send application/json "
+        "or application/x-www-form-urlencoded)",
+    )
 
 
 def _string_field(fields: Mapping[str, Any], name: str, required: bool = True) -> Optional[str]:
@@ -138,11 +150,16 @@ def _string_field(fields: Mapping[str, Any], name: str, required: bool = True) -
 
 def _json_type(value: Any) -> str:
     return {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
-        type(value), type(value).__name__)
+        type(value), type(value).__name__
+    )
 
 
-def parse_translate(fields: Mapping[str, Any], limits: Limits, source_lang: str, target_lang: str,
-                    ) -> TranslateRequest:
+def parse_translate(
+    fields: Mapping[str, Any],
+    limits: Limits,
+    source_lang: str,
+    target_lang: str,
+) -> TranslateRequest:
     """Check the fields of a translation request against the model's languages and the limits."""
     q = fields.get("q")
     if q is None or q == "" or q == []:
@@ -173,14 +190,26 @@ def parse_translate(fields: Mapping[str, Any], limits: Limits, source_lang: str,
     chars = sum(len(t) for t in texts)
     if chars > limits.max_chars:
         raise RequestError(400, f"Invalid request: request ({chars}) exceeds text limit ({limits.max_chars})")
-    sentences = sum(len(split_lines(t)[1]) for t in (texts if text_format == "text" else
-                                                     [node for t in texts for node in texts_to_translate(split_html(t))]))
+    sentences = sum(
+        len(split_lines(t)[1])
+        for t in (
+            texts if text_format == "text" else [node for t in texts for node in texts_to_translate(split_html(t))]
+        )
+    )
     if sentences > limits.max_sentences:
-        raise RequestError(400, f"Invalid request: request ({sentences} sentences) exceeds sentence limit "
-                                f"({limits.max_sentences})")
-    return TranslateRequest(texts=list(texts), batch=batch, source=source_lang, target=target,
-                            format=text_format, alternatives=alternatives, api_key=_string_field(fields, "api_key", required=False),
-                            auto=auto)
+        raise RequestError(
+            400, f"Invalid request: request ({sentences} sentences) exceeds sentence limit ({limits.max_sentences})"
+        )
+    return TranslateRequest(
+        texts=list(texts),
+        batch=batch,
+        source=source_lang,
+        target=target,
+        format=text_format,
+        alternatives=alternatives,
+        api_key=_string_field(fields, "api_key", required=False),
+        auto=auto,
+    )
 
 
 def split_lines(text: str) -> Tuple[List[str], List[int]]:

@@ -83,6 +83,6 @@ def join_html(pieces: Sequence[Piece], translations: Sequence[str]) -> str:
         elif not text.strip():
             out.append(html.escape(text, quote=False))
         else:
-            lead, trail = text[: len(text) - len(text.lstrip())], text[len(text.rstrip()):]
+            lead, trail = text[: len(text) - len(text.lstrip())], text[len(text.rstrip()) :]
             out.append(lead + html.escape(next(next_translation), quote=False) + trail)
     return "".join(out)

@@ -47,26 +47,40 @@ class Metrics:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         r = self.registry
-        self.requests = Counter("fconv_serve_requests", "HTTP requests answered, by endpoint and status",
-                                ["endpoint", "status"], registry=r)
-        self.latency = Histogram("fconv_serve_request_seconds", "Time from a request's arrival to its answer",
-                                 ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.requests = Counter(
+            "fconv_serve_requests", "HTTP requests answered, by endpoint and status", ["endpoint", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "fconv_serve_request_seconds",
+            "Time from a request's arrival to its answer",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.in_flight = Gauge("fconv_serve_requests_in_flight", "Requests being answered", registry=r)
         self.queue_depth = Gauge("fconv_serve_queue_sentences", "Sentences waiting for a batch", registry=r)
-        self.batch_sentences = Histogram("fconv_serve_batch_sentences", "Sentences per decoded batch",
-                                         buckets=BATCH_BUCKETS, registry=r)
-        self.batch_seconds = Histogram("fconv_serve_batch_seconds", "Decoding time of a batch",
-                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_sentences = Histogram(
+            "fconv_serve_batch_sentences", "Sentences per decoded batch", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.batch_seconds = Histogram(
+            "fconv_serve_batch_seconds", "Decoding time of a batch", buckets=LATENCY_BUCKETS, registry=r
+        )
         self.sentences = Counter("fconv_serve_sentences", "Sentences translated", registry=r)
         self.recent = RecentRate()
-        Gauge("fconv_serve_sentences_per_second", f"Sentences translated per second over the last "
-              f"{self.recent.window_s:g} s", registry=r).set_function(self.recent.per_second)
-        self.truncated = Counter("fconv_serve_truncated_sentences",
-                                 "Sentences cut to the token limit before translation", registry=r)
-        self.rejected = Counter("fconv_serve_rejected_sentences", "Sentences refused because the queue was full",
-                                registry=r)
-        self.disconnects = Counter("fconv_serve_client_disconnects",
-                                   "Requests whose client went away before the answer", registry=r)
+        Gauge(
+            "fconv_serve_sentences_per_second",
+            f"Sentences translated per second over the last {self.recent.window_s:g} s",
+            registry=r,
+        ).set_function(self.recent.per_second)
+        self.truncated = Counter(
+            "fconv_serve_truncated_sentences", "Sentences cut to the token limit before translation", registry=r
+        )
+        self.rejected = Counter(
+            "fconv_serve_rejected_sentences", "Sentences refused because the queue was full", registry=r
+        )
+        self.disconnects = Counter(
+            "fconv_serve_client_disconnects", "Requests whose client went away before the answer", registry=r
+        )
         self.decode_errors = Counter("fconv_serve_decode_errors", "Sentences whose decoding failed", registry=r)
         self.ready = Gauge("fconv_serve_ready", "1 once the model is loaded", registry=r)
 

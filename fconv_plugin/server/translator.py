@@ -27,10 +27,29 @@ logger = logging.getLogger(__name__)
 
 #: English names of the language codes LibreTranslate's /languages lists (others show their code)
 LANGUAGE_NAMES = {
-    "ar": "Arabic", "ca": "Catalan", "cs": "Czech", "da": "Danish", "de": "German", "el": "Greek",
-    "en": "English", "es": "Spanish", "fi": "Finnish", "fr": "French", "hu": "Hungarian", "it": "Italian",
-    "ja": "Japanese", "ko": "Korean", "nl": "Dutch", "pl": "Polish", "pt": "Portuguese", "ro": "Romanian",
-    "ru": "Russian", "sv": "Swedish", "tr": "Turkish", "uk": "Ukrainian", "zh": "Chinese",
+    "ar": "Arabic",
+    "ca": "Catalan",
+    "cs": "Czech",
+    "da": "Danish",
+    "de": "German",
+    "el": "Greek",
+    "en": "English",
+    "es": "Spanish",
+    "fi": "Finnish",
+    "fr": "French",
+    "hu": "Hungarian",
+    "it": "Italian",
+    "ja": "Japanese",
+    "ko": "Korean",
+    "nl": "Dutch",
+    "pl": "Polish",
+    "pt": "Portuguese",
+    "ro": "Romanian",
+    "ru": "Russian",
+    "sv": "Swedish",
+    "tr": "Turkish",
+    "uk": "Ukrainian",
+    "zh": "Chinese",
 }
 
 
@@ -43,6 +62,7 @@ class Hypothesis:
 
 def languages(source_lang: str, target_lang: str) -> List[Dict[str, Any]]:
     """LibreTranslate's ``/languages``: each language with the codes it translates into."""
+
     def entry(code: str, targets: List[str]) -> Dict[str, Any]:
         return {"code": code, "name": LANGUAGE_NAMES.get(code, code), "targets": targets}
 
@@ -63,8 +83,9 @@ def resolve_checkpoint(path: str) -> Tuple[str, str]:
         for name in ("model.pt", "checkpoint_best.pt", "checkpoint_last.pt"):
             if os.path.isfile(os.path.join(path, name)):
                 return path, name
-        raise FileNotFoundError(f"{path} holds no model.pt, checkpoint_best.pt or checkpoint_last.pt: "
-                                "give the checkpoint file")
+        raise FileNotFoundError(
+            f"{path} holds no model.pt, checkpoint_best.pt or checkpoint_last.pt: give the checkpoint file"
+        )
     raise FileNotFoundError(f"no checkpoint file or directory {path}")
 
 
@@ -73,8 +94,14 @@ class Translator:
 
     has_attention = True  # layer_attention works
 
-    def __init__(self, hub, beam: int = 5, max_sentence_tokens: Optional[int] = None, max_len_a: float = 0.0,
-                 max_len_b: int = 200):
+    def __init__(
+        self,
+        hub,
+        beam: int = 5,
+        max_sentence_tokens: Optional[int] = None,
+        max_len_a: float = 0.0,
+        max_len_b: int = 200,
+    ):
         hub.eval()
         self.hub = hub
         self.beam = beam
@@ -90,19 +117,39 @@ class Translator:
         self.target_lang: str = hub.task.cfg.target_lang
 
     @classmethod
-    def load(cls, checkpoint: str, data: str, *, source_lang: Optional[str] = None,
-             target_lang: Optional[str] = None, tokenizer: Optional[str] = None, bpe: Optional[str] = None,
-             bpe_codes: Optional[str] = None, beam: int = 5, max_sentence_tokens: Optional[int] = None,
-             max_len_a: float = 0.0, max_len_b: int = 200) -> "Translator":
+    def load(
+        cls,
+        checkpoint: str,
+        data: str,
+        *,
+        source_lang: Optional[str] = None,
+        target_lang: Optional[str] = None,
+        tokenizer: Optional[str] = None,
+        bpe: Optional[str] = None,
+        bpe_codes: Optional[str] = None,
+        beam: int = 5,
+        max_sentence_tokens: Optional[int] = None,
+        max_len_a: float = 0.0,
+        max_len_b: int = 200,
+    ) -> "Translator":
         """``FConvExtModel.from_pretrained`` on ``checkpoint`` (a file or a model directory) with
         the dictionaries of ``data``, as the README loads a model."""
         from ..models import FConvExtModel
 
         model_dir, checkpoint_file = resolve_checkpoint(checkpoint)
-        options = {"source_lang": source_lang, "target_lang": target_lang, "tokenizer": tokenizer, "bpe": bpe,
-                   "bpe_codes": bpe_codes}
-        hub = FConvExtModel.from_pretrained(model_dir, checkpoint_file=checkpoint_file, data_name_or_path=data,
-                                            **{k: v for k, v in options.items() if v is not None})
+        options = {
+            "source_lang": source_lang,
+            "target_lang": target_lang,
+            "tokenizer": tokenizer,
+            "bpe": bpe,
+            "bpe_codes": bpe_codes,
+        }
+        hub = FConvExtModel.from_pretrained(
+            model_dir,
+            checkpoint_file=checkpoint_file,
+            data_name_or_path=data,
+            **{k: v for k, v in options.items() if v is not None},
+        )
         return cls(hub, beam=beam, max_sentence_tokens=max_sentence_tokens, max_len_a=max_len_a, max_len_b=max_len_b)
 
     def languages(self) -> List[Dict[str, Any]]:
@@ -115,8 +162,12 @@ class Translator:
         limit = self.max_sentence_tokens
         if tokens.numel() <= limit:
             return tokens, False
-        logger.warning("a sentence of %d tokens is longer than the limit of %d: translating its first %d tokens",
-                       tokens.numel(), limit, limit - 1)
+        logger.warning(
+            "a sentence of %d tokens is longer than the limit of %d: translating its first %d tokens",
+            tokens.numel(),
+            limit,
+            limit - 1,
+        )
         return torch.cat([tokens[: limit - 1], tokens.new_tensor([self.hub.src_dict.eos()])]), True
 
     # -- on the decoding thread ------------------------------------------------------------
@@ -124,8 +175,9 @@ class Translator:
         """The n-best list (``beam`` hypotheses, best first) of each sentence, decoded as one batch."""
         with torch.inference_mode():
             nbest = self.hub.generate(sources, beam=self.beam, **self.max_len)
-        return [[Hypothesis(self.hub.decode(h["tokens"]), h["tokens"], float(h["score"])) for h in hypos]
-                for hypos in nbest]
+        return [
+            [Hypothesis(self.hub.decode(h["tokens"]), h["tokens"], float(h["score"])) for h in hypos] for hypos in nbest
+        ]
 
     def layer_attention(self, source: torch.Tensor, hypothesis: torch.Tensor) -> Dict[str, Any]:
         """Each attention layer's attention for ``hypothesis`` given ``source``, by words.
@@ -178,8 +230,15 @@ class ExportedTranslator:
 
     has_attention = False
 
-    def __init__(self, directory: str, beam: int = 5, threads: Optional[int] = None,
-                 max_sentence_tokens: Optional[int] = None, max_len_a: float = 0.0, max_len_b: int = 200):
+    def __init__(
+        self,
+        directory: str,
+        beam: int = 5,
+        threads: Optional[int] = None,
+        max_sentence_tokens: Optional[int] = None,
+        max_len_a: float = 0.0,
+        max_len_b: int = 200,
+    ):
         from fconv_runtime import Translator as Runtime
 
         self.runtime = Runtime(directory, threads=threads)
@@ -201,8 +260,12 @@ class ExportedTranslator:
         ids = self.runtime.encode(sentence)
         if len(ids) <= self.max_sentence_tokens:
             return torch.tensor(ids), False
-        logger.warning("a sentence of %d tokens is longer than the limit of %d: translating its first %d tokens",
-                       len(ids), self.max_sentence_tokens, self.max_sentence_tokens - 1)
+        logger.warning(
+            "a sentence of %d tokens is longer than the limit of %d: translating its first %d tokens",
+            len(ids),
+            self.max_sentence_tokens,
+            self.max_sentence_tokens - 1,
+        )
         return torch.tensor(ids[: self.max_sentence_tokens - 1] + [EOS]), True
 
     def decode_batch(self, sources: List[torch.Tensor]) -> List[List[Hypothesis]]:
@@ -213,12 +276,19 @@ class ExportedTranslator:
         width = max(s.numel() for s in sources)
         src_tokens = np.full((len(sources), width), PAD, dtype=np.int64)  # B x S, left-padded as fairseq's
         for row, source in enumerate(sources):
-            src_tokens[row, width - source.numel():] = source.numpy()
-        finalized = beam_search(self.runtime.backend, src_tokens, self.beam, self.runtime.max_target_positions,
-                                **self.max_len)
-        return [[Hypothesis(self.runtime.decode(tokens), torch.tensor(list(tokens) + [EOS]), float(score))
-                 for score, tokens in hypotheses] for hypotheses in finalized]
+            src_tokens[row, width - source.numel() :] = source.numpy()
+        finalized = beam_search(
+            self.runtime.backend, src_tokens, self.beam, self.runtime.max_target_positions, **self.max_len
+        )
+        return [
+            [
+                Hypothesis(self.runtime.decode(tokens), torch.tensor(list(tokens) + [EOS]), float(score))
+                for score, tokens in hypotheses
+            ]
+            for hypotheses in finalized
+        ]
 
     def layer_attention(self, source: torch.Tensor, hypothesis: torch.Tensor) -> Dict[str, Any]:
-        raise RequestError(501, "attention is not available for an exported model: serve its PyTorch checkpoint "
-                                "to see it")
+        raise RequestError(
+            501, "attention is not available for an exported model: serve its PyTorch checkpoint to see it"
+        )

@@ -63,9 +63,20 @@ class BeamStep(nn.Module):
         self.eos = eos
         self.vocabulary = step.vocabulary
 
-    def forward(self, tokens: Tensor, position: Tensor, keys: Tensor, values: Tensor, source_mask: Tensor,
-                length_scale: Tensor, scores: Tensor, bias: Tensor, origin: Tensor, ignore: Tensor,
-                *windows: Tensor) -> Tuple[Tensor, ...]:
+    def forward(
+        self,
+        tokens: Tensor,
+        position: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        source_mask: Tensor,
+        length_scale: Tensor,
+        scores: Tensor,
+        bias: Tensor,
+        origin: Tensor,
+        ignore: Tensor,
+        *windows: Tensor,
+    ) -> Tuple[Tensor, ...]:
         windows = self._reordered(windows, origin)
         log_probs, _, new_windows = self.step(tokens, position, windows, keys, values, source_mask, length_scale)
         return (*self._search(log_probs, scores, bias, ignore, None), *new_windows)
@@ -76,12 +87,15 @@ class BeamStep(nn.Module):
         sentences, beams = origin.shape
         rows = (origin + torch.arange(sentences, device=origin.device).unsqueeze(1) * beams).reshape(-1)  # B*K
         return tuple(
-            w.reshape(sentences * beams, w.size(2), w.size(3)).index_select(0, rows)  # B*K x (k-1)d x C
+            w.reshape(sentences * beams, w.size(2), w.size(3))
+            .index_select(0, rows)  # B*K x (k-1)d x C
             .reshape(sentences, beams, w.size(2), w.size(3))  # B x K x (k-1)d x C
-            for w in windows)
+            for w in windows
+        )
 
-    def _search(self, log_probs: Tensor, scores: Tensor, bias: Tensor, ignore: Tensor,
-                words: Optional[Tensor]) -> Tuple[Tensor, ...]:
+    def _search(
+        self, log_probs: Tensor, scores: Tensor, bias: Tensor, ignore: Tensor, words: Optional[Tensor]
+    ) -> Tuple[Tensor, ...]:
         """fairseq's BeamSearch.step and candidate selection on ``B x K x V`` log-probabilities (``V``:
         the columns scored; ``words``: the word of each column, None when the columns are the words)."""
         sentences, beams, columns = log_probs.shape
@@ -105,8 +119,15 @@ class BeamStep(nn.Module):
         next_scores = torch.gather(cand_scores, 1, active)
         next_origin = torch.gather(cand_beams, 1, active)
         next_ignore = new_rank.ge(candidates)
-        return (next_tokens, next_scores, next_origin, next_ignore,
-                eos_first, cand_scores[:, :beams], cand_beams[:, :beams])
+        return (
+            next_tokens,
+            next_scores,
+            next_origin,
+            next_ignore,
+            eos_first,
+            cand_scores[:, :beams],
+            cand_beams[:, :beams],
+        )
 
 
 class ShortlistBeamStep(BeamStep):
@@ -115,19 +136,42 @@ class ShortlistBeamStep(BeamStep):
     batch is scored over; ``bias`` is then ``C`` long (one entry per column), and the output tokens are
     words.  The rows of ``fc3`` are gathered inside the graph."""
 
-    def forward(self, tokens: Tensor, position: Tensor, keys: Tensor, values: Tensor, source_mask: Tensor,
-                length_scale: Tensor, scores: Tensor, bias: Tensor, origin: Tensor, ignore: Tensor, words: Tensor,
-                *windows: Tensor) -> Tuple[Tensor, ...]:
+    def forward(
+        self,
+        tokens: Tensor,
+        position: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        source_mask: Tensor,
+        length_scale: Tensor,
+        scores: Tensor,
+        bias: Tensor,
+        origin: Tensor,
+        ignore: Tensor,
+        words: Tensor,
+        *windows: Tensor,
+    ) -> Tuple[Tensor, ...]:
         windows = self._reordered(windows, origin)
         vocabulary = vocabulary_rows(self.step, words)  # fc3's rows: C x out_embed_dim, C[, C]
-        log_probs, _, new_windows = self.step(tokens, position, windows, keys, values, source_mask, length_scale,
-                                              **vocabulary)
+        log_probs, _, new_windows = self.step(
+            tokens, position, windows, keys, values, source_mask, length_scale, **vocabulary
+        )
         return (*self._search(log_probs, scores, bias, ignore, words), *new_windows)
 
 
 #: the names of BeamStep's inputs and outputs (windows: window_<i>, new_window_<i>)
-STEP_INPUTS = ("tokens", "position", "keys", "values", "source_mask", "length_scale", "scores", "bias",
-               "origin", "ignore")
+STEP_INPUTS = (
+    "tokens",
+    "position",
+    "keys",
+    "values",
+    "source_mask",
+    "length_scale",
+    "scores",
+    "bias",
+    "origin",
+    "ignore",
+)
 STEP_OUTPUTS = ("next_tokens", "next_scores", "next_origin", "next_ignore", "eos_mask", "eos_scores", "eos_beams")
 ENCODER_INPUTS = ("src_tokens",)
 ENCODER_OUTPUTS = ("keys", "values", "source_mask", "length_scale")

@@ -182,14 +182,17 @@ class FConvBeamSearch(SequenceGenerator):
         if search is None:
             if reason != self._generator_reason and reason not in self._batch_reasons_said:  # once per generator
                 self._batch_reasons_said.add(reason)
-                logger.info(f"FConvBeamSearch: batches with {reason} are decoded by fairseq's SequenceGenerator"
-                            + (" over the whole vocabulary (no shortlist)" if any(self._shortlists) else ""))
+                logger.info(
+                    f"FConvBeamSearch: batches with {reason} are decoded by fairseq's SequenceGenerator"
+                    + (" over the whole vocabulary (no shortlist)" if any(self._shortlists) else "")
+                )
             return super()._generate(sample, prefix_tokens, constraints, bos_token)
 
         for step in range(search.max_len + 1):  # one extra step for the final EOS
             lprobs = self._next_token_scores(search, step)
-            cand_scores, cand_indices, cand_beams = self._candidates(lprobs, search.scores, step, search.bsz,
-                                                                     search.k, search.n_cand)
+            cand_scores, cand_indices, cand_beams = self._candidates(
+                lprobs, search.scores, step, search.bsz, search.k, search.n_cand
+            )
             if search.shortlist is not None:
                 cand_indices = search.shortlist[cand_indices]  # B x 2k: shortlist columns -> words
             eos_mask = self._finish_hypotheses(search, step, cand_scores, cand_indices, cand_beams)
@@ -218,12 +221,25 @@ class FConvBeamSearch(SequenceGenerator):
             return None, reason
         encoder_outs = [self._encode(model, net_input) for model in models]
         device = src_tokens.device
-        buffers = _StepBuffers.for_models(models, bsz * k, device,
-                                          columns=None if shortlist is None else shortlist.numel())
-        decoders = [decoder_for(model, encoder_out, bsz, k, buffers, i, shortlist, self.temperature)
-                    for i, (model, encoder_out) in enumerate(zip(models, encoder_outs))]
-        return _Search(bsz, k, max_len, src_lengths, device, self.pad,
-                       self.eos if bos_token is None else bos_token, decoders, buffers, shortlist), None
+        buffers = _StepBuffers.for_models(
+            models, bsz * k, device, columns=None if shortlist is None else shortlist.numel()
+        )
+        decoders = [
+            decoder_for(model, encoder_out, bsz, k, buffers, i, shortlist, self.temperature)
+            for i, (model, encoder_out) in enumerate(zip(models, encoder_outs))
+        ]
+        return _Search(
+            bsz,
+            k,
+            max_len,
+            src_lengths,
+            device,
+            self.pad,
+            self.eos if bos_token is None else bos_token,
+            decoders,
+            buffers,
+            shortlist,
+        ), None
 
     @staticmethod
     def _encode(model, net_input) -> Dict:
@@ -247,13 +263,19 @@ class FConvBeamSearch(SequenceGenerator):
             lprobs[:, self.eos] = -math.inf
         if step_attn is not None:
             if search.attn is None:
-                search.attn = torch.empty(search.bsz * search.k, step_attn.size(1), search.max_len + 2,
-                                          dtype=search.scores.dtype, device=search.device)
+                search.attn = torch.empty(
+                    search.bsz * search.k,
+                    step_attn.size(1),
+                    search.max_len + 2,
+                    dtype=search.scores.dtype,
+                    device=search.device,
+                )
             search.attn[:, :, step + 1].copy_(step_attn)
         return lprobs
 
-    def _finish_hypotheses(self, search: "_Search", step: int, cand_scores: Tensor, cand_indices: Tensor,
-                           cand_beams: Tensor) -> Tensor:
+    def _finish_hypotheses(
+        self, search: "_Search", step: int, cand_scores: Tensor, cand_indices: Tensor, cand_beams: Tensor
+    ) -> Tensor:
         """Candidates among the first k that end in EOS (and are not ignored) finish a hypothesis
         (fairseq's ``finalize_hypos``); sentences with k finished hypotheses leave the batch.
         Returns the EOS mask of the candidates (B x 2k) of the sentences that stay."""
@@ -266,9 +288,19 @@ class FConvBeamSearch(SequenceGenerator):
         if eos_bbsz_idx.numel() == 0:
             return eos_mask
         eos_scores = torch.masked_select(cand_scores[:, :k], mask=eos_mask[:, :k])
-        finalized_sents = self.finalize_hypos(step, eos_bbsz_idx, eos_scores, search.tokens, search.scores,
-                                              search.finalized, search.finished, k, search.attn, search.src_lengths,
-                                              search.max_len)
+        finalized_sents = self.finalize_hypos(
+            step,
+            eos_bbsz_idx,
+            eos_scores,
+            search.tokens,
+            search.scores,
+            search.finalized,
+            search.finished,
+            k,
+            search.attn,
+            search.src_lengths,
+            search.max_len,
+        )
         search.remaining -= len(finalized_sents)
         if finalized_sents and search.remaining > 0:
             keep = torch.ones(search.bsz, dtype=torch.bool, device=search.device)
@@ -277,8 +309,15 @@ class FConvBeamSearch(SequenceGenerator):
             return eos_mask[search.batch_idxs]
         return eos_mask
 
-    def _choose_beams(self, search: "_Search", step: int, cand_scores: Tensor, cand_indices: Tensor,
-                      cand_beams: Tensor, eos_mask: Tensor) -> None:
+    def _choose_beams(
+        self,
+        search: "_Search",
+        step: int,
+        cand_scores: Tensor,
+        cand_indices: Tensor,
+        cand_beams: Tensor,
+        eos_mask: Tensor,
+    ) -> None:
         """The k best candidates that do not end in EOS continue (EOS ones sort last); the token
         histories, scores and attention follow them, and so does the decoders' state at the next step."""
         k, n_cand, bsz = search.k, search.n_cand, search.bsz
@@ -337,8 +376,9 @@ class FConvBeamSearch(SequenceGenerator):
         return words, None
 
     @staticmethod
-    def _step_lprobs(decoders: Sequence["_Decoder"], tokens: Tensor, step: int,
-                     buffers: "_StepBuffers") -> Tuple[Tensor, Optional[Tensor]]:
+    def _step_lprobs(
+        decoders: Sequence["_Decoder"], tokens: Tensor, step: int, buffers: "_StepBuffers"
+    ) -> Tuple[Tensor, Optional[Tensor]]:
         """Log-probabilities of the next token for all models together (R x V, R = rows of
         ``tokens``) and their attention (R x S or None): what fairseq's
         ``EnsembleModel.forward_decoder`` returns, with the same arithmetic.
@@ -385,13 +425,24 @@ class FConvBeamSearch(SequenceGenerator):
         cand_scores, cand_tokens, cand_beams = best[:, :n_cand], best_tokens[:, :n_cand], best_beams[:, :n_cand]
         tied = ((best[:, 1:] == best[:, :-1]) & (best[:, 1:] > -math.inf)).any(dim=1)  # B
         if tied.any():
-            self._fairseq_candidates(rows, scores, step, bsz, k, n_cand, tied.nonzero().squeeze(1),
-                                     cand_scores, cand_tokens, cand_beams)
+            self._fairseq_candidates(
+                rows, scores, step, bsz, k, n_cand, tied.nonzero().squeeze(1), cand_scores, cand_tokens, cand_beams
+            )
         return cand_scores, cand_tokens, cand_beams
 
     @staticmethod
-    def _fairseq_candidates(rows: Tensor, scores: Tensor, step: int, bsz: int, k: int, n_cand: int, sentences: Tensor,
-                            cand_scores: Tensor, cand_tokens: Tensor, cand_beams: Tensor) -> None:
+    def _fairseq_candidates(
+        rows: Tensor,
+        scores: Tensor,
+        step: int,
+        bsz: int,
+        k: int,
+        n_cand: int,
+        sentences: Tensor,
+        cand_scores: Tensor,
+        cand_tokens: Tensor,
+        cand_beams: Tensor,
+    ) -> None:
         """fairseq's BeamSearch.step for ``sentences`` (one ``topk`` over each one's ``k x V``
         continuations), written into their rows of the candidate tensors."""
         vocab = rows.size(-1)
@@ -412,8 +463,19 @@ class _Search:
     finished hypotheses and the sentences still searched.  Row ``r`` is sentence ``r // k``,
     beam ``r % k``; column ``t`` of ``tokens`` is output position ``t`` (0: BOS)."""
 
-    def __init__(self, bsz: int, k: int, max_len: int, src_lengths: Tensor, device: torch.device, pad: int,
-                 bos: int, decoders: List["_Decoder"], buffers: "_StepBuffers", shortlist: Optional[Tensor]):
+    def __init__(
+        self,
+        bsz: int,
+        k: int,
+        max_len: int,
+        src_lengths: Tensor,
+        device: torch.device,
+        pad: int,
+        bos: int,
+        decoders: List["_Decoder"],
+        buffers: "_StepBuffers",
+        shortlist: Optional[Tensor],
+    ):
         self.bsz, self.k, self.max_len, self.device = bsz, k, max_len, device
         self.n_cand = 2 * k  # candidates per sentence: 2k in case half of them end the sentence
         self.src_lengths = src_lengths
@@ -470,9 +532,24 @@ class _IncrementalDecoder(_Decoder):
     """Through fairseq's incremental-decoding interface (``model.decoder(..., incremental_state)``):
     models without a pure-tensor step, a model still training (weight norm live), a temperature."""
 
-    def __init__(self, model, encoder_out, bsz: int, k: int, buffers: "_StepBuffers", index: int,
-                 shortlist: Optional[Tensor], temperature: float):
-        self.model, self.buffers, self.index, self.shortlist, self.temperature = model, buffers, index, shortlist, temperature
+    def __init__(
+        self,
+        model,
+        encoder_out,
+        bsz: int,
+        k: int,
+        buffers: "_StepBuffers",
+        index: int,
+        shortlist: Optional[Tensor],
+        temperature: float,
+    ):
+        self.model, self.buffers, self.index, self.shortlist, self.temperature = (
+            model,
+            buffers,
+            index,
+            shortlist,
+            temperature,
+        )
         expand = torch.arange(bsz, device=buffers.device).repeat_interleave(k)  # B*k: beams of sentence i together
         self.encoder_out = model.encoder.reorder_encoder_out(encoder_out, expand)
         self.incremental_state: Dict[str, Dict[str, Optional[Tensor]]] = {}
@@ -480,11 +557,14 @@ class _IncrementalDecoder(_Decoder):
         # fc3 computed here (into the buffer, over the shortlist) only where output_layer is fc3 itself:
         # a decoder whose output_layer is overridden or wrapped keeps it
         decoder = model.decoder
-        self.own_fc3 = ("output_layer" not in decoder.__dict__
-                        and getattr(type(decoder), "output_layer", None) is _FC3_OUTPUT_LAYER)
+        self.own_fc3 = (
+            "output_layer" not in decoder.__dict__ and getattr(type(decoder), "output_layer", None) is _FC3_OUTPUT_LAYER
+        )
         if shortlist is not None and not self.own_fc3:
-            raise ValueError(f"a vocabulary shortlist needs fconv_ext's own output layer (fc3); "
-                             f"{type(decoder).__name__}.output_layer is another: decode without the shortlist")
+            raise ValueError(
+                f"a vocabulary shortlist needs fconv_ext's own output layer (fc3); "
+                f"{type(decoder).__name__}.output_layer is another: decode without the shortlist"
+            )
 
     def log_probs(self, tokens: Tensor, step: int) -> Tuple[Tensor, Optional[Tensor]]:
         """The numbers fairseq's EnsembleModel.forward_decoder computes for one model.  With a
@@ -530,8 +610,18 @@ class _StepDecoder(_Decoder):
     or compiled): the state is one window per convolution, ``B x k x window x C``; the encoder
     output stays one row per sentence."""
 
-    def __init__(self, step: Callable, module, encoder_out, bsz: int, k: int, shortlist: Optional[Tensor],
-                 need_attn: bool, buffers: "_StepBuffers", index: int):
+    def __init__(
+        self,
+        step: Callable,
+        module,
+        encoder_out,
+        bsz: int,
+        k: int,
+        shortlist: Optional[Tensor],
+        need_attn: bool,
+        buffers: "_StepBuffers",
+        index: int,
+    ):
         self.step, self.k, self.need_attn = step, k, need_attn
         # copies, not views of the encoder's tensors: a compiled step guards on its inputs' layout
         self.keys, self.values, self.mask, self.scale = (t.clone() for t in encoder_inputs_from(encoder_out))
@@ -543,16 +633,30 @@ class _StepDecoder(_Decoder):
         # (float32 fc3 on a CPU: _StepBuffers); a compiled step plans its own memory
         fc3_weight = self.vocabulary.get("vocabulary_weight", getattr(module.fc3, "weight", None))
         self.buffers = None
-        if (step is module and buffers.enabled and type(fc3_weight) in (torch.Tensor, torch.nn.Parameter)
-                and fc3_weight.dtype == torch.float32 and fc3_weight.size(0) == buffers.vocab):
+        if (
+            step is module
+            and buffers.enabled
+            and type(fc3_weight) in (torch.Tensor, torch.nn.Parameter)
+            and fc3_weight.dtype == torch.float32
+            and fc3_weight.size(0) == buffers.vocab
+        ):
             self.buffers, self.index = buffers, index
 
     def log_probs(self, tokens: Tensor, step: int) -> Tuple[Tensor, Optional[Tensor]]:
         rows = tokens.size(0)
         newest = tokens[:, -1].view(rows // self.k, self.k)  # B x k
         position = torch.full((1,), step + 1, dtype=torch.long, device=tokens.device)  # prefix length
-        lprobs, attn, self.windows = self.step(newest, position, self.windows, self.keys, self.values, self.mask,
-                                               self.scale, **self.vocabulary, **self._out(rows))
+        lprobs, attn, self.windows = self.step(
+            newest,
+            position,
+            self.windows,
+            self.keys,
+            self.values,
+            self.mask,
+            self.scale,
+            **self.vocabulary,
+            **self._out(rows),
+        )
         return lprobs.view(rows, -1), (attn.view(rows, -1) if self.need_attn else None)
 
     def _out(self, rows: int) -> Dict[str, Tuple[Tensor, Tensor]]:
@@ -564,7 +668,8 @@ class _StepDecoder(_Decoder):
         k = self.k
         sentences = rows.numel() // k
         self.windows = tuple(
-            w.view(-1, *w.shape[2:]).index_select(0, rows).view(sentences, k, *w.shape[2:]) for w in self.windows)
+            w.view(-1, *w.shape[2:]).index_select(0, rows).view(sentences, k, *w.shape[2:]) for w in self.windows
+        )
         picked = torch.div(rows.view(sentences, k)[:, 0], k, rounding_mode="floor")  # the sentence of each group
         if sentences != self.keys.size(0) or not torch.equal(picked, torch.arange(sentences, device=picked.device)):
             self.keys, self.values = self.keys.index_select(0, picked), self.values.index_select(0, picked)
@@ -586,16 +691,26 @@ class _LinearRows(torch.nn.Module):
         return torch.nn.functional.linear(x, self.weight, self.bias)
 
 
-def decoder_for(model, encoder_out, bsz: int, k: int, buffers: "_StepBuffers", index: int,
-                shortlist: Optional[Tensor], temperature: float) -> _Decoder:
+def decoder_for(
+    model,
+    encoder_out,
+    bsz: int,
+    k: int,
+    buffers: "_StepBuffers",
+    index: int,
+    shortlist: Optional[Tensor],
+    temperature: float,
+) -> _Decoder:
     """The pure-tensor step where the model has one and is ready for inference (weight norm folded,
     plain float products, temperature 1), else fairseq's incremental interface."""
     if temperature == 1.0 and step_ready(model):
         module, step = decoder_step(model)
         return _StepDecoder(step, module, encoder_out, bsz, k, shortlist, module.need_attn, buffers, index)
     if int8(model):
-        announce("inference_dtype int8 applies to the decoder step: a model decoded through fairseq's "
-                 "incremental interface (still training, or with a temperature) decodes in float32")
+        announce(
+            "inference_dtype int8 applies to the decoder step: a model decoded through fairseq's "
+            "incremental interface (still training, or with a temperature) decodes in float32"
+        )
     return _IncrementalDecoder(model, encoder_out, bsz, k, buffers, index, shortlist, temperature)
 
 
@@ -625,15 +740,19 @@ class _StepBuffers:
             self._average = torch.empty(rows, vocab, device=device) if models > 1 else None
 
     @classmethod
-    def for_models(cls, models: Sequence, rows: int, device: torch.device,
-                   columns: Optional[int] = None) -> "_StepBuffers":
+    def for_models(
+        cls, models: Sequence, rows: int, device: torch.device, columns: Optional[int] = None
+    ) -> "_StepBuffers":
         """Buffers for these models' decoding on ``device``; ``columns``: the words a step scores
         (a vocabulary shortlist's size; default: the whole vocabulary)."""
         fc3s = [getattr(model.decoder, "fc3", None) for model in models]
         enabled = device.type == "cpu" and all(
-            isinstance(fc3, torch.nn.Linear) and fc3.bias is not None and fc3.weight.dtype == torch.float32
+            isinstance(fc3, torch.nn.Linear)
+            and fc3.bias is not None
+            and fc3.weight.dtype == torch.float32
             and getattr(model.decoder, "adaptive_softmax", None) is None
-            for model, fc3 in zip(models, fc3s))
+            for model, fc3 in zip(models, fc3s)
+        )
         enabled = enabled and len({fc3.out_features for fc3 in fc3s}) == 1
         return cls(rows, (columns or fc3s[0].out_features) if enabled else 0, len(models), device, enabled)
 
@@ -668,4 +787,3 @@ class _StepBuffers:
 class FConvBeamSearchWithAlignment(SequenceGeneratorWithAlignment, FConvBeamSearch):
     """fairseq's ``--print-alignment`` generator on top of :class:`FConvBeamSearch`: its
     ``generate`` calls ``super()._generate``, which this class order resolves to ours."""
-

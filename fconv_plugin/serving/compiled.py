@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 #: one graph for the whole step (``fullgraph``: a graph break would be a bug in the step)
 COMPILE_OPTIONS = {"dynamic": True, "fullgraph": True}
 
+
 class CompiledStep:
     """The step compiled by ``torch.compile``.  Sizes that happen to be equal at the first call
     (say 5 beams and a 5-token source) are not assumed equal (``use_duck_shape=False``), so they need
@@ -105,5 +106,7 @@ def _quantize(module: nn.Module, what: str) -> None:
     from .int8 import quantize_int8_
 
     products = quantize_int8_(module)
-    logger.info(f"inference_dtype int8: {products} matrix products of the {what} quantized to int8 (int8 weights "
-                "per row, int8 activations per token)")
+    logger.info(
+        f"inference_dtype int8: {products} matrix products of the {what} quantized to int8 (int8 weights "
+        "per row, int8 activations per token)"
+    )

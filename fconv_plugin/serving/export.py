@@ -96,15 +96,19 @@ def _config_section(state: Dict[str, Any], section: str) -> Dict[str, Any]:
     return dict(value) if isinstance(value, dict) else {}
 
 
-def _dictionaries(checkpoint: str, data: Optional[str], task: Dict[str, Any],
-                  langs: Tuple[Optional[str], Optional[str]]) -> Tuple[str, Tuple[str, str]]:
+def _dictionaries(
+    checkpoint: str, data: Optional[str], task: Dict[str, Any], langs: Tuple[Optional[str], Optional[str]]
+) -> Tuple[str, Tuple[str, str]]:
     """(directory, (source, target) languages) of the model's dictionaries: the first of ``--data``, the
     checkpoint's directory, the checkpoint's ``cfg.task.data`` that holds ``dict.<lang>.txt`` for both.
     Languages not given or recorded are inferred from the directory's binarized files, as fairseq does."""
     from fairseq.data.data_utils import infer_language_pair
 
-    candidates = [data] if data else [os.path.dirname(os.path.abspath(checkpoint)),
-                                      str(task.get("data") or "").split(os.pathsep)[0]]
+    candidates = (
+        [data]
+        if data
+        else [os.path.dirname(os.path.abspath(checkpoint)), str(task.get("data") or "").split(os.pathsep)[0]]
+    )
     for directory in filter(None, candidates):
         pair = langs if all(langs) else infer_language_pair(directory)
         pair = (langs[0] or pair[0], langs[1] or pair[1])
@@ -112,14 +116,19 @@ def _dictionaries(checkpoint: str, data: Optional[str], task: Dict[str, Any],
             return directory, pair
     looked = ", ".join(repr(d) for d in candidates if d)
     if not all(langs):
-        raise ExportError(f"{checkpoint!r} does not record its languages and none of {looked} shows them: pass "
-                          "--source-lang and --target-lang (and --data DIR, the directory with dict.<lang>.txt)")
-    raise ExportError(f"no dict.{langs[0]}.txt and dict.{langs[1]}.txt in {looked}: pass the model's data directory "
-                      "with --data DIR (fairseq-preprocess's --destdir)")
+        raise ExportError(
+            f"{checkpoint!r} does not record its languages and none of {looked} shows them: pass "
+            "--source-lang and --target-lang (and --data DIR, the directory with dict.<lang>.txt)"
+        )
+    raise ExportError(
+        f"no dict.{langs[0]}.txt and dict.{langs[1]}.txt in {looked}: pass the model's data directory "
+        "with --data DIR (fairseq-preprocess's --destdir)"
+    )
 
 
-def load_model(checkpoint: str, data: Optional[str] = None, source_lang: Optional[str] = None,
-               target_lang: Optional[str] = None):
+def load_model(
+    checkpoint: str, data: Optional[str] = None, source_lang: Optional[str] = None, target_lang: Optional[str] = None
+):
     """``(model in eval mode, model config dict, (source dict path, target dict path), (src, tgt) langs)``
     for an fconv_ext checkpoint.  Refuses models without a decoder step (``unsupported_reason``)."""
     from fairseq.data import Dictionary
@@ -129,8 +138,10 @@ def load_model(checkpoint: str, data: Optional[str] = None, source_lang: Optiona
     state = load_checkpoint_file(checkpoint)
     model_cfg = _config_section(state, "model")
     if not model_cfg.get("_name"):
-        raise ExportError(f"{checkpoint!r} has no model config (cfg.model): a fairseq fconv checkpoint? "
-                          "convert it first: fconv-ext-convert CHECKPOINT OUT.pt")
+        raise ExportError(
+            f"{checkpoint!r} has no model config (cfg.model): a fairseq fconv checkpoint? "
+            "convert it first: fconv-ext-convert CHECKPOINT OUT.pt"
+        )
     # fairseq-train records the architecture (``fconv_ext_tiny``) as the name; its preset values are
     # already in the config, so the registered model it belongs to is the one to build
     from fairseq.models import ARCH_MODEL_NAME_REGISTRY
@@ -151,8 +162,10 @@ def load_model(checkpoint: str, data: Optional[str] = None, source_lang: Optiona
     try:
         model.load_state_dict(state["model"], strict=True)
     except RuntimeError as err:
-        raise ExportError(f"{checkpoint!r} does not fit its config with these dictionaries ({str(err)[:400]}): "
-                          "are --data / the languages the ones it was trained with?") from None
+        raise ExportError(
+            f"{checkpoint!r} does not fit its config with these dictionaries ({str(err)[:400]}): "
+            "are --data / the languages the ones it was trained with?"
+        ) from None
     return model.eval(), _plain(model_cfg), paths, langs
 
 
@@ -171,8 +184,14 @@ def serving_modules(model: nn.Module, shortlist: bool = False) -> Tuple[SourceEn
 # ---------------------------------------------------------------------------------------- graph inputs
 
 
-def sample_inputs(encoder: SourceEncoder, step: BeamStep, sentences: int = SAMPLE_SENTENCES,
-                  beams: int = SAMPLE_BEAMS, source: int = SAMPLE_SOURCE, seed: int = 0):
+def sample_inputs(
+    encoder: SourceEncoder,
+    step: BeamStep,
+    sentences: int = SAMPLE_SENTENCES,
+    beams: int = SAMPLE_BEAMS,
+    source: int = SAMPLE_SOURCE,
+    seed: int = 0,
+):
     """(encoder inputs, step inputs): a random left-padded batch and the step's inputs after it (random
     tokens, scores, origins; zero windows), at the given sizes."""
     g = torch.Generator().manual_seed(seed)
@@ -184,14 +203,16 @@ def sample_inputs(encoder: SourceEncoder, step: BeamStep, sentences: int = SAMPL
     with torch.no_grad():
         keys, values, mask, scale = encoder(src)
     target_vocabulary = step.vocabulary
-    windows = tuple(torch.randn(sentences, beams, *w.shape[2:], generator=g)
-                    for w in step.step.initial_windows(1, 1))
+    windows = tuple(torch.randn(sentences, beams, *w.shape[2:], generator=g) for w in step.step.initial_windows(1, 1))
     bias = torch.zeros(target_vocabulary)
     bias[1] = float("-inf")  # pad
     step_inputs = (
         torch.randint(4, target_vocabulary, (sentences, beams), generator=g),  # tokens
         torch.tensor([3]),  # position
-        keys, values, mask, scale,
+        keys,
+        values,
+        mask,
+        scale,
         -torch.rand(sentences, beams, generator=g) * 5,  # scores
         bias,
         torch.randint(0, beams, (sentences, beams), generator=g),  # origin
@@ -215,8 +236,18 @@ def dynamic_shapes(step: BeamStep, max_source: int):
     windows = tuple(by_hypothesis for _ in step.step.initial_windows(1, 1))
     encoder_shapes = ({0: batch, 1: source},)
     # tokens, position, keys, values, source_mask, length_scale, scores, bias, origin, ignore, [words,] windows
-    step_shapes = (by_hypothesis, None, by_position, by_position, by_position, {0: batch}, by_hypothesis, None,
-                   by_hypothesis, by_hypothesis)
+    step_shapes = (
+        by_hypothesis,
+        None,
+        by_position,
+        by_position,
+        by_position,
+        {0: batch},
+        by_hypothesis,
+        None,
+        by_hypothesis,
+        by_hypothesis,
+    )
     if isinstance(step, ShortlistBeamStep):
         columns = torch.export.Dim("columns", min=2, max=step.vocabulary)
         step_shapes = step_shapes[:7] + ({0: columns},) + step_shapes[8:] + ({0: columns},)
@@ -231,17 +262,26 @@ def window_names(step: BeamStep) -> Tuple[List[str], List[str]]:
 # ---------------------------------------------------------------------------------------- exporters
 
 
-def export_onnx(module: nn.Module, args: Sequence, shapes, path: str, input_names: List[str],
-                output_names: List[str]) -> None:
+def export_onnx(
+    module: nn.Module, args: Sequence, shapes, path: str, input_names: List[str], output_names: List[str]
+) -> None:
     """``module`` as an ONNX graph at ``path`` through torch.export (``dynamo=True``)."""
     for name in ("onnx_ir", "onnxscript", "torch.onnx"):  # the exporter's per-pass INFO/DEBUG lines
         logging.getLogger(name).setLevel(logging.WARNING)
     with torch.no_grad(), warnings.catch_warnings():
         # "The axis name: batch will not be used, since it shares the same shape constraints": harmless
         warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
-        program = torch.onnx.export(module, tuple(args), dynamo=True, dynamic_shapes=shapes, opset_version=OPSET,
-                                    input_names=input_names, output_names=output_names, external_data=False,
-                                    verbose=False)
+        program = torch.onnx.export(
+            module,
+            tuple(args),
+            dynamo=True,
+            dynamic_shapes=shapes,
+            opset_version=OPSET,
+            input_names=input_names,
+            output_names=output_names,
+            external_data=False,
+            verbose=False,
+        )
     program.save(path)
 
 
@@ -282,8 +322,9 @@ def quantize_onnx(path: str) -> None:
     except ImportError:
         raise ExportError("--int8 with --format onnx needs onnxruntime: pip install onnxruntime") from None
     quantized = path + ".int8"
-    quantize_dynamic(path, quantized, per_channel=True, weight_type=QuantType.QInt8,
-                     op_types_to_quantize=["MatMul", "Gemm"])
+    quantize_dynamic(
+        path, quantized, per_channel=True, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
+    )
     os.replace(quantized, path)
 
 
@@ -298,10 +339,20 @@ def quantize_aoti(encoder: nn.Module, step: BeamStep) -> None:
 # ---------------------------------------------------------------------------------------- the command
 
 
-def export(checkpoint: str, outdir: str, fmt: str = "onnx", int8: bool = False, data: Optional[str] = None,
-           source_lang: Optional[str] = None, target_lang: Optional[str] = None, bpe_codes: Optional[str] = None,
-           tokenizer: str = "none", moses_escape: bool = True, shortlist: Optional[str] = None,
-           force: bool = False) -> Dict[str, Any]:
+def export(
+    checkpoint: str,
+    outdir: str,
+    fmt: str = "onnx",
+    int8: bool = False,
+    data: Optional[str] = None,
+    source_lang: Optional[str] = None,
+    target_lang: Optional[str] = None,
+    bpe_codes: Optional[str] = None,
+    tokenizer: str = "none",
+    moses_escape: bool = True,
+    shortlist: Optional[str] = None,
+    force: bool = False,
+) -> Dict[str, Any]:
     """Export ``checkpoint`` into ``outdir`` (module docstring); returns the manifest."""
     if fmt not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
@@ -319,8 +370,10 @@ def export(checkpoint: str, outdir: str, fmt: str = "onnx", int8: bool = False, 
         try:
             quantize_aoti(encoder, step)
         except (ImportError, ValueError, RuntimeError) as err:
-            raise ExportError(f"--int8 --format aoti: the int8 modules cannot be prepared ({err}); "
-                              "export with --format onnx --int8 instead") from None
+            raise ExportError(
+                f"--int8 --format aoti: the int8 modules cannot be prepared ({err}); "
+                "export with --format onnx --int8 instead"
+            ) from None
     encoder_args, step_args = sample_inputs(encoder, step)
     encoder_shapes, step_shapes = dynamic_shapes(step, encoder.max_positions)
     window_in, window_out = window_names(step)
@@ -334,10 +387,22 @@ def export(checkpoint: str, outdir: str, fmt: str = "onnx", int8: bool = False, 
         suffix = "onnx" if fmt == "onnx" else "pt2"
         files = {"encoder": f"encoder.{suffix}", "step": f"step.{suffix}"}
         if fmt == "onnx":
-            export_onnx(encoder, encoder_args, encoder_shapes, os.path.join(work, files["encoder"]),
-                        list(ENCODER_INPUTS), list(ENCODER_OUTPUTS))
-            export_onnx(step, step_args, step_shapes, os.path.join(work, files["step"]),
-                        step_inputs, list(STEP_OUTPUTS) + window_out)
+            export_onnx(
+                encoder,
+                encoder_args,
+                encoder_shapes,
+                os.path.join(work, files["encoder"]),
+                list(ENCODER_INPUTS),
+                list(ENCODER_OUTPUTS),
+            )
+            export_onnx(
+                step,
+                step_args,
+                step_shapes,
+                os.path.join(work, files["step"]),
+                step_inputs,
+                list(STEP_OUTPUTS) + window_out,
+            )
             if int8:
                 for name in files.values():
                     quantize_onnx(os.path.join(work, name))
@@ -345,12 +410,16 @@ def export(checkpoint: str, outdir: str, fmt: str = "onnx", int8: bool = False, 
             try:
                 export_aoti(encoder, encoder_args, encoder_shapes, os.path.join(work, files["encoder"]))
                 export_aoti(step, step_args, step_shapes, os.path.join(work, files["step"]))
-            except Exception as err:  # torch.export / inductor raise many types: re-raised, with the cause, as ExportError
+            except (
+                Exception
+            ) as err:  # torch.export / inductor raise many types: re-raised, with the cause, as ExportError
                 if not int8:
                     raise
-                raise ExportError(f"--int8 --format aoti: the int8 modules do not trace into an AOTInductor "
-                                  f"package ({type(err).__name__}: {str(err)[:300]}); export with --format onnx "
-                                  "--int8 instead, or without --int8") from err
+                raise ExportError(
+                    f"--int8 --format aoti: the int8 modules do not trace into an AOTInductor "
+                    f"package ({type(err).__name__}: {str(err)[:300]}); export with --format onnx "
+                    "--int8 instead, or without --int8"
+                ) from err
 
         dictionaries = {}
         for side, path, lang in zip(("source", "target"), dict_paths, langs):
@@ -361,8 +430,12 @@ def export(checkpoint: str, outdir: str, fmt: str = "onnx", int8: bool = False, 
         if shortlist_arrays is not None:
             table, base, header = shortlist_arrays
             np.savez(os.path.join(work, "shortlist.npz"), table=table, base=base)
-            shortlist_entry = {"file": "shortlist.npz", "source": os.path.basename(shortlist),
-                               "n_best": header["n_best"], "n_frequent": header["n_frequent"]}
+            shortlist_entry = {
+                "file": "shortlist.npz",
+                "source": os.path.basename(shortlist),
+                "n_best": header["n_best"],
+                "n_frequent": header["n_frequent"],
+            }
         bpe = None
         if bpe_codes is not None:
             shutil.copyfile(bpe_codes, os.path.join(work, "bpe.codes"))
@@ -371,9 +444,13 @@ def export(checkpoint: str, outdir: str, fmt: str = "onnx", int8: bool = False, 
         manifest = {
             "runtime": fmt,
             "int8": int8,
-            "quantization": None if not int8 else (
+            "quantization": None
+            if not int8
+            else (
                 "onnxruntime quantize_dynamic: int8 weights per output channel, int8 activations per tensor"
-                if fmt == "onnx" else "int8 weights per row (torchao), int8 activations per token"),
+                if fmt == "onnx"
+                else "int8 weights per row (torchao), int8 activations per token"
+            ),
             "source_lang": langs[0],
             "target_lang": langs[1],
             "model": {
@@ -385,17 +462,25 @@ def export(checkpoint: str, outdir: str, fmt: str = "onnx", int8: bool = False, 
                 "special_symbols": {"bos": 0, "pad": 1, "eos": 2, "unk": 3},
             },
             "encoder": {"file": files["encoder"], "inputs": list(ENCODER_INPUTS), "outputs": list(ENCODER_OUTPUTS)},
-            "step": {"file": files["step"], "inputs": step_inputs,
-                     "outputs": list(STEP_OUTPUTS) + window_out, "window_shapes": windows,
-                     "max_beam": int(min(MAX_BEAM, step.vocabulary // 2))},
+            "step": {
+                "file": files["step"],
+                "inputs": step_inputs,
+                "outputs": list(STEP_OUTPUTS) + window_out,
+                "window_shapes": windows,
+                "max_beam": int(min(MAX_BEAM, step.vocabulary // 2)),
+            },
             "dynamic_dimensions": ["batch", "beams", "source"],
             "dictionaries": dictionaries,
             "bpe": bpe,
             "shortlist": shortlist_entry,
-            "tokenizer": {"name": tokenizer, "source_lang": langs[0], "target_lang": langs[1],
-                          "escape": moses_escape} if tokenizer != "none" else {"name": "none"},
-            "exporter": {"torch": torch.__version__, "opset": OPSET if fmt == "onnx" else None,
-                         "checkpoint": os.path.basename(checkpoint)},
+            "tokenizer": {"name": tokenizer, "source_lang": langs[0], "target_lang": langs[1], "escape": moses_escape}
+            if tokenizer != "none"
+            else {"name": "none"},
+            "exporter": {
+                "torch": torch.__version__,
+                "opset": OPSET if fmt == "onnx" else None,
+                "checkpoint": os.path.basename(checkpoint),
+            },
         }
         write_manifest(work, manifest)
         if os.path.exists(outdir):
@@ -415,17 +500,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("outdir", help="the directory to write (must not exist or be empty, unless --force)")
     p.add_argument("--format", choices=FORMATS, default="onnx", help="onnx (onnxruntime) or aoti (AOTInductor)")
     p.add_argument("--int8", action="store_true", help="int8 matrix products (see the module documentation)")
-    p.add_argument("--data", help="directory with dict.<lang>.txt (default: beside the checkpoint, else the "
-                   "data directory recorded in it)")
+    p.add_argument(
+        "--data",
+        help="directory with dict.<lang>.txt (default: beside the checkpoint, else the data directory recorded in it)",
+    )
     p.add_argument("--source-lang", help="default: the checkpoint's task config")
     p.add_argument("--target-lang", help="default: the checkpoint's task config")
     p.add_argument("--bpe-codes", help="subword-nmt BPE codes, applied to the input and removed from the output")
-    p.add_argument("--tokenizer", choices=TOKENIZERS, default="none", help="moses: sacremoses tokenization of the "
-                   "input and detokenization of the output (fairseq's --tokenizer moses)")
-    p.add_argument("--moses-no-escape", action="store_true", help="do not escape special characters (fairseq's "
-                   "--moses-no-escape); must match how the training data was tokenized")
-    p.add_argument("--shortlist", help="a vocabulary shortlist file (fconv-ext-shortlist) for these dictionaries: "
-                   "the step scores each batch's candidate words only (docs/shortlists.md)")
+    p.add_argument(
+        "--tokenizer",
+        choices=TOKENIZERS,
+        default="none",
+        help="moses: sacremoses tokenization of the "
+        "input and detokenization of the output (fairseq's --tokenizer moses)",
+    )
+    p.add_argument(
+        "--moses-no-escape",
+        action="store_true",
+        help="do not escape special characters (fairseq's "
+        "--moses-no-escape); must match how the training data was tokenized",
+    )
+    p.add_argument(
+        "--shortlist",
+        help="a vocabulary shortlist file (fconv-ext-shortlist) for these dictionaries: "
+        "the step scores each batch's candidate words only (docs/shortlists.md)",
+    )
     p.add_argument("--force", action="store_true", help="replace a non-empty OUTDIR")
     return p.parse_args(argv)
 
@@ -434,10 +533,20 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(format="fconv-ext-export: %(message)s", level=logging.INFO, stream=sys.stderr)
     try:
-        export(args.checkpoint, args.outdir, args.format, int8=args.int8, data=args.data,
-               source_lang=args.source_lang, target_lang=args.target_lang, bpe_codes=args.bpe_codes,
-               tokenizer=args.tokenizer, moses_escape=not args.moses_no_escape, shortlist=args.shortlist,
-               force=args.force)
+        export(
+            args.checkpoint,
+            args.outdir,
+            args.format,
+            int8=args.int8,
+            data=args.data,
+            source_lang=args.source_lang,
+            target_lang=args.target_lang,
+            bpe_codes=args.bpe_codes,
+            tokenizer=args.tokenizer,
+            moses_escape=not args.moses_no_escape,
+            shortlist=args.shortlist,
+            force=args.force,
+        )
     except (ExportError, CheckpointError) as err:
         print(f"fconv-ext-export: error: {err}", file=sys.stderr)
         return 2

@@ -58,8 +58,7 @@ def _quantize_rows(weight: Tensor) -> Tuple[Tensor, Tensor]:
     try:
         from torchao.quantization import Int8Tensor, PerRow
     except ImportError as error:
-        raise ImportError("int8 serving needs torchao: pip install torchao; "
-                          f"importing it failed: {error}") from error
+        raise ImportError(f"int8 serving needs torchao: pip install torchao; importing it failed: {error}") from error
     quantized = Int8Tensor.from_hp(weight.detach().float(), granularity=PerRow())
     return quantized.qdata, quantized.scale.reshape(-1).float()
 
@@ -118,16 +117,22 @@ def _check_quantizable(module: nn.Module) -> None:
     """Refuse what this path does not support, with the reason and what to do instead."""
     devices = {t.device.type for t in list(module.parameters()) + list(module.buffers())}
     if devices - {"cpu"}:
-        raise ValueError(f"int8 serving runs on CPUs only; the module is on {sorted(devices - {'cpu'})}: "
-                         "decode on a CPU, or decode in bfloat16 / float16 on the GPU")
+        raise ValueError(
+            f"int8 serving runs on CPUs only; the module is on {sorted(devices - {'cpu'})}: "
+            "decode on a CPU, or decode in bfloat16 / float16 on the GPU"
+        )
     dtypes = {p.dtype for p in module.parameters()}
     if dtypes - {torch.float32}:
-        raise ValueError(f"int8 serving quantizes a float32 module; this one has parameters in {sorted(map(str, dtypes))}")
+        raise ValueError(
+            f"int8 serving quantizes a float32 module; this one has parameters in {sorted(map(str, dtypes))}"
+        )
     if any(is_quantized(m) for m in module.modules()):
         raise ValueError("the module is quantized already (quantize_int8_ was called on it before)")
     if not any(type(m) is nn.Linear for m in module.modules()):
-        raise ValueError(f"{type(module).__name__} has no nn.Linear to quantize: quantize_int8_ takes a "
-                         "DecoderStep or a SourceEncoder (fconv_plugin.serving.step)")
+        raise ValueError(
+            f"{type(module).__name__} has no nn.Linear to quantize: quantize_int8_ takes a "
+            "DecoderStep or a SourceEncoder (fconv_plugin.serving.step)"
+        )
 
 
 def quantize_int8_(module: nn.Module, vocabulary: str = DEFAULT_VOCABULARY) -> int:

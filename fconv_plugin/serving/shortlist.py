@@ -50,8 +50,9 @@ FORMAT = "fconv-ext-shortlist"
 VERSION = 1
 #: The arrays every version-1 file holds besides ``header``.
 ARRAYS = ("best_targets", "best_probs", "target_counts")
-BUILD_HINT = ("build one for the model's data with: fconv-ext-shortlist DATA_BIN --source-lang SRC "
-              "--target-lang TGT --out FILE")
+BUILD_HINT = (
+    "build one for the model's data with: fconv-ext-shortlist DATA_BIN --source-lang SRC --target-lang TGT --out FILE"
+)
 
 
 class ShortlistError(ValueError):
@@ -69,8 +70,12 @@ def dictionary_fingerprint(dictionary) -> str:
 
 def dictionary_record(dictionary, lang: Optional[str]) -> Dict[str, Any]:
     """What a file records about one dictionary: language, size, nspecial, fingerprint."""
-    return {"lang": lang, "size": len(dictionary), "nspecial": dictionary.nspecial,
-            "sha256": dictionary_fingerprint(dictionary)}
+    return {
+        "lang": lang,
+        "size": len(dictionary),
+        "nspecial": dictionary.nspecial,
+        "sha256": dictionary_fingerprint(dictionary),
+    }
 
 
 def frequent_targets(target_counts: np.ndarray, nspecial: int, n_frequent: int) -> np.ndarray:
@@ -82,15 +87,21 @@ def frequent_targets(target_counts: np.ndarray, nspecial: int, n_frequent: int) 
     return order[:n_frequent]
 
 
-def save(path: str, best_targets: np.ndarray, best_probs: np.ndarray, target_counts: np.ndarray,
-         header: Dict[str, Any]) -> None:
+def save(
+    path: str, best_targets: np.ndarray, best_probs: np.ndarray, target_counts: np.ndarray, header: Dict[str, Any]
+) -> None:
     """Write a shortlist file (atomically: a partial write never has the final name)."""
     header = dict(header, format=FORMAT, version=VERSION)
     header_bytes = np.frombuffer(json.dumps(header, sort_keys=True).encode("utf-8"), dtype=np.uint8)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "wb") as f:
-        np.savez_compressed(f, header=header_bytes, best_targets=best_targets.astype(np.int32),
-                            best_probs=best_probs.astype(np.float32), target_counts=target_counts.astype(np.int64))
+        np.savez_compressed(
+            f,
+            header=header_bytes,
+            best_targets=best_targets.astype(np.int32),
+            best_probs=best_probs.astype(np.float32),
+            target_counts=target_counts.astype(np.int64),
+        )
     os.replace(tmp, path)
 
 
@@ -104,23 +115,29 @@ def read(path: str) -> Dict[str, Any]:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in ("header",) + ARRAYS if k not in npz.files]
             if missing:
-                raise ShortlistError(f"{path!r} is not an fconv-ext shortlist file (no {', '.join(missing)}); "
-                                     f"{BUILD_HINT}")
+                raise ShortlistError(
+                    f"{path!r} is not an fconv-ext shortlist file (no {', '.join(missing)}); {BUILD_HINT}"
+                )
             content = {k: npz[k] for k in ("header",) + ARRAYS}
         header = json.loads(content.pop("header").tobytes().decode("utf-8"))
     except ShortlistError:
         raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, UnicodeDecodeError) as e:
         # np.load of a non-zip file falls back to pickle, refused: ValueError; a cut zip: BadZipFile/EOFError
-        raise ShortlistError(f"shortlist file {path!r} is truncated or corrupt ({type(e).__name__}: {e}); "
-                             f"rebuild it ({BUILD_HINT})") from e
+        raise ShortlistError(
+            f"shortlist file {path!r} is truncated or corrupt ({type(e).__name__}: {e}); rebuild it ({BUILD_HINT})"
+        ) from e
     if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise ShortlistError(f"{path!r} is not an fconv-ext shortlist file (format "
-                             f"{header.get('format') if isinstance(header, dict) else None!r}); {BUILD_HINT}")
+        raise ShortlistError(
+            f"{path!r} is not an fconv-ext shortlist file (format "
+            f"{header.get('format') if isinstance(header, dict) else None!r}); {BUILD_HINT}"
+        )
     if header.get("version") != VERSION:
-        raise ShortlistError(f"shortlist file {path!r} has format version {header.get('version')!r}; this "
-                             f"fconv-ext reads version {VERSION}: rebuild it with this version's "
-                             "fconv-ext-shortlist (or use the fconv-ext that wrote it)")
+        raise ShortlistError(
+            f"shortlist file {path!r} has format version {header.get('version')!r}; this "
+            f"fconv-ext reads version {VERSION}: rebuild it with this version's "
+            "fconv-ext-shortlist (or use the fconv-ext that wrote it)"
+        )
     content["header"] = header
     return content
 
@@ -131,8 +148,17 @@ class Shortlist:
     Attributes: ``n_best``, ``n_frequent`` (the values in use), ``metadata`` (the file's header: languages,
     dictionary sizes and fingerprints, aligner and options, corpus, date), ``path``."""
 
-    def __init__(self, best_targets: torch.Tensor, frequent: torch.Tensor, tgt_size: int, tgt_nspecial: int,
-                 n_best: int, n_frequent: int, metadata: Dict[str, Any], path: Optional[str] = None):
+    def __init__(
+        self,
+        best_targets: torch.Tensor,
+        frequent: torch.Tensor,
+        tgt_size: int,
+        tgt_nspecial: int,
+        n_best: int,
+        n_frequent: int,
+        metadata: Dict[str, Any],
+        path: Optional[str] = None,
+    ):
         self.n_best = n_best
         self.n_frequent = n_frequent
         self.metadata = metadata
@@ -148,8 +174,9 @@ class Shortlist:
         self._on_device: Dict[torch.device, Any] = {}
 
     @classmethod
-    def load(cls, path: str, src_dict, tgt_dict, n_best: Optional[int] = None,
-             n_frequent: Optional[int] = None) -> "Shortlist":
+    def load(
+        cls, path: str, src_dict, tgt_dict, n_best: Optional[int] = None, n_frequent: Optional[int] = None
+    ) -> "Shortlist":
         """Read ``path`` for a model with these fairseq Dictionaries.
 
         ``n_best`` (at most the file's) and ``n_frequent`` (any) override what the file was built with.
@@ -164,27 +191,45 @@ class Shortlist:
                     f"shortlist {path!r} was built for another {side} dictionary ({rec.get('lang')}, "
                     f"{rec.get('size')} symbols, sha256 {str(rec.get('sha256'))[:12]}...) than the model's "
                     f"({len(dictionary)} symbols, sha256 {dictionary_fingerprint(dictionary)[:12]}...); rebuild "
-                    f"it from the data directory the model was trained on ({BUILD_HINT})")
+                    f"it from the data directory the model was trained on ({BUILD_HINT})"
+                )
         table, counts = content["best_targets"], content["target_counts"]
         built_n = header.get("n_best")
         built_n = built_n if isinstance(built_n, int) else -1  # a bad header fails the shape check below
-        if (table.ndim != 2 or table.shape != (len(src_dict), built_n) or counts.shape != (len(tgt_dict),)
-                or content["best_probs"].shape != table.shape or table.size and (
-                    table.min() < -1 or table.max() >= len(tgt_dict))):
-            raise ShortlistError(f"shortlist file {path!r} is corrupt (arrays do not match its header or the "
-                                 f"dictionaries); rebuild it ({BUILD_HINT})")
+        if (
+            table.ndim != 2
+            or table.shape != (len(src_dict), built_n)
+            or counts.shape != (len(tgt_dict),)
+            or content["best_probs"].shape != table.shape
+            or table.size
+            and (table.min() < -1 or table.max() >= len(tgt_dict))
+        ):
+            raise ShortlistError(
+                f"shortlist file {path!r} is corrupt (arrays do not match its header or the "
+                f"dictionaries); rebuild it ({BUILD_HINT})"
+            )
         if n_best is None:
             n_best = built_n
         if not 0 <= n_best <= built_n:
-            raise ShortlistError(f"n_best={n_best} asked of shortlist {path!r}, built with n_best={built_n}: "
-                                 f"use at most {built_n}, or rebuild with --n-best {n_best}")
+            raise ShortlistError(
+                f"n_best={n_best} asked of shortlist {path!r}, built with n_best={built_n}: "
+                f"use at most {built_n}, or rebuild with --n-best {n_best}"
+            )
         if n_frequent is None:
             n_frequent = header.get("n_frequent") if isinstance(header.get("n_frequent"), int) else 0
         if n_frequent < 0:
             raise ShortlistError(f"n_frequent must be >= 0, got {n_frequent}")
         frequent = frequent_targets(counts, tgt_dict.nspecial, n_frequent)
-        return cls(torch.from_numpy(np.ascontiguousarray(table[:, :n_best])), torch.from_numpy(frequent),
-                   len(tgt_dict), tgt_dict.nspecial, n_best, n_frequent, header, path)
+        return cls(
+            torch.from_numpy(np.ascontiguousarray(table[:, :n_best])),
+            torch.from_numpy(frequent),
+            len(tgt_dict),
+            tgt_dict.nspecial,
+            n_best,
+            n_frequent,
+            header,
+            path,
+        )
 
     def _tensors(self, device: torch.device):
         """(table, base mask) on ``device``, copied once per device."""
@@ -200,15 +245,19 @@ class Shortlist:
         table, base = self._tensors(src_tokens.device)
         present = torch.unique(src_tokens)  # sorted
         if present.numel() and (int(present[0]) < 0 or int(present[-1]) >= table.size(0)):
-            raise ValueError(f"source token ids must lie in [0, {table.size(0)}) (the source dictionary the "
-                             f"shortlist was loaded for), got {int(present[0])}..{int(present[-1])}")
+            raise ValueError(
+                f"source token ids must lie in [0, {table.size(0)}) (the source dictionary the "
+                f"shortlist was loaded for), got {int(present[0])}..{int(present[-1])}"
+            )
         mask = base.clone()
         mask[table[present].view(-1)] = True  # (n_present * n_best) target ids
         return mask.nonzero().view(-1)
 
     def __repr__(self):
-        return (f"Shortlist({self.path!r}, n_best={self.n_best}, n_frequent={self.n_frequent}, "
-                f"target vocabulary {self.tgt_size})")
+        return (
+            f"Shortlist({self.path!r}, n_best={self.n_best}, n_frequent={self.n_frequent}, "
+            f"target vocabulary {self.tgt_size})"
+        )
 
 
 _LOADED: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
@@ -224,8 +273,10 @@ def shortlist_for(model) -> Optional[Shortlist]:
     entry = _LOADED.get(model)
     if entry is None or entry[0] != path:
         shortlist = Shortlist.load(path, model.encoder.dictionary, model.decoder.dictionary)
-        logger.info(f"vocabulary shortlist {path} (best {shortlist.n_best} translations per source word, "
-                    f"{shortlist.n_frequent} most frequent words): used by FConvBeamSearch")
+        logger.info(
+            f"vocabulary shortlist {path} (best {shortlist.n_best} translations per source word, "
+            f"{shortlist.n_frequent} most frequent words): used by FConvBeamSearch"
+        )
         entry = (path, shortlist)
         _LOADED[model] = entry
     return entry[1]

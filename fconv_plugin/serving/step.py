@@ -19,7 +19,8 @@ and out, with a fixed-size state, that call can be compiled (``torch.compile``),
 * ``source_mask``: ``B x S`` bool, True at padding; ``length_scale``: ``B x 1 x 1`` float32, the
   paper's ``s * sqrt(1/s)`` per sentence (:func:`source_length_scale`);
 * ``log_probs``: ``B x K x V`` float32 (``V``: the vocabulary, or the rows given as
-  ``vocabulary_weight`` / ``vocabulary_bias`` [/ ``vocabulary_scale`` for int8 rows]: a shortlist); ``attention``: ``B x K x S``, averaged
+  ``vocabulary_weight`` / ``vocabulary_bias`` [/ ``vocabulary_scale`` for int8 rows]: a shortlist);
+  ``attention``: ``B x K x S``, averaged
   over the attention layers.
 
 Weight norm is folded (the step holds each weight's value, ``g * v / ||v||``, as a plain tensor), and
@@ -60,8 +61,10 @@ def unsupported_reason(model: nn.Module) -> Optional[str]:
 
     encoder, decoder = getattr(model, "encoder", None), getattr(model, "decoder", None)
     if type(encoder) is not FConvExtEncoder or type(decoder) is not FConvExtDecoder:
-        return (f"{type(model).__name__} has no decoder step: only fconv_ext models (--arch fconv_ext and its "
-                "presets) do; fconv_ext_lm and fconv_ext_self_att decode through fairseq's incremental interface")
+        return (
+            f"{type(model).__name__} has no decoder step: only fconv_ext models (--arch fconv_ext and its "
+            "presets) do; fconv_ext_lm and fconv_ext_self_att decode through fairseq's incremental interface"
+        )
     return None
 
 
@@ -123,7 +126,9 @@ class _Side(nn.Module):
         self.layers = nn.ModuleList(
             _Layer(conv, projection, residual, attend)
             for conv, projection, residual, attend in zip(
-                owner.stack.convolutions, owner.stack.projections, owner.stack.residuals, attention))
+                owner.stack.convolutions, owner.stack.projections, owner.stack.residuals, attention
+            )
+        )
         self.fc2 = _copy_linear(owner.fc2)
 
 
@@ -150,8 +155,11 @@ class DecoderStep(_Side):
 
     def initial_windows(self, sentences: int, beams: int, dtype=torch.float32, device=None) -> Windows:
         """The state before the first step: zeros (the causal convolutions' left padding)."""
-        return tuple(torch.zeros(sentences, beams, layer.window, layer.in_channels, dtype=dtype, device=device)
-                     for layer in self.layers if layer.window > 0)
+        return tuple(
+            torch.zeros(sentences, beams, layer.window, layer.in_channels, dtype=dtype, device=device)
+            for layer in self.layers
+            if layer.window > 0
+        )
 
     def forward(
         self,
@@ -237,8 +245,15 @@ class DecoderStep(_Side):
         return log_probs.view(sentences, beams, -1)  # B x K x V
 
     @staticmethod
-    def _attend(layer: _Layer, x: Tensor, target_embedding: Tensor, keys: Tensor, values: Tensor,
-                source_mask: Tensor, length_scale: Tensor) -> Tuple[Tensor, Tensor]:
+    def _attend(
+        layer: _Layer,
+        x: Tensor,
+        target_embedding: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        source_mask: Tensor,
+        length_scale: Tensor,
+    ) -> Tuple[Tensor, Tensor]:
         """Multi-step attention (paper, section 3.3; :class:`~fconv_plugin.modules.MultiStepAttention`):
         ``d = (W h + b + g) * sqrt(0.5)``, ``a = softmax(d . z)``, ``c = sum a (z + e) * s sqrt(1/s)``.
         The K beams of a sentence attend over its one row of keys and values."""

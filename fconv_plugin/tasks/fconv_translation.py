@@ -34,43 +34,54 @@ class FConvTranslationConfig(TranslationConfig):
     )
     eval_bleu_args: Optional[str] = field(
         default='{"beam": 5, "max_len_a": 1.2, "max_len_b": 10}',
-        metadata={"help": "generation options for validation decoding (BLEU and ROUGE), as JSON, e.g. "
-                  "'{\"beam\": 1}'; headlines: '{\"beam\": 5, \"max_len_a\": 0, \"max_len_b\": 30}'"},
+        metadata={
+            "help": "generation options for validation decoding (BLEU and ROUGE), as JSON, e.g. "
+            '\'{"beam": 1}\'; headlines: \'{"beam": 5, "max_len_a": 0, "max_len_b": 30}\''
+        },
     )
     eval_rouge: bool = field(
         default=False,
-        metadata={"help": "also decode the validation set and report ROUGE-1/2/L F1 (rouge-score, Porter "
-                  "stemmer) as rouge1/rouge2/rougeL; pick checkpoints with --best-checkpoint-metric rougeL "
-                  "--maximize-best-checkpoint-metric (summarization: add --no-eval-bleu)"},
+        metadata={
+            "help": "also decode the validation set and report ROUGE-1/2/L F1 (rouge-score, Porter "
+            "stemmer) as rouge1/rouge2/rougeL; pick checkpoints with --best-checkpoint-metric rougeL "
+            "--maximize-best-checkpoint-metric (summarization: add --no-eval-bleu)"
+        },
     )
     eval_bleu_detok: str = field(
         default="moses",
-        metadata={"help": "detokenizer applied before scoring ('moses' = sacremoses for the target "
-                  "language; 'space' = none)"},
+        metadata={
+            "help": "detokenizer applied before scoring ('moses' = sacremoses for the target language; 'space' = none)"
+        },
     )
     eval_bleu_remove_bpe: Optional[str] = field(
         default="@@ ",
-        metadata={"help": "BPE continuation marker removed before scoring (subword-nmt: '@@ ')",
-                  "argparse_const": "@@ "},
+        metadata={
+            "help": "BPE continuation marker removed before scoring (subword-nmt: '@@ ')",
+            "argparse_const": "@@ ",
+        },
     )
     skip_long_examples: bool = field(
         default=False,
-        metadata={"help": "drop (with a warning) training/validation examples longer than the model's "
-                  "max positions instead of failing before training"},
+        metadata={
+            "help": "drop (with a warning) training/validation examples longer than the model's "
+            "max positions instead of failing before training"
+        },
     )
-
 
     shortlist_file: Optional[str] = field(
         default=None,
-        metadata={"help": "decode fconv_ext models with this vocabulary shortlist (fconv-ext-shortlist; "
-                  "docs/shortlists.md); the same as --model-overrides \"{'model': {'shortlist': 'FILE'}}\". "
-                  "Inference only: training and validation loss never use it"},
+        metadata={
+            "help": "decode fconv_ext models with this vocabulary shortlist (fconv-ext-shortlist; "
+            "docs/shortlists.md); the same as --model-overrides \"{'model': {'shortlist': 'FILE'}}\". "
+            "Inference only: training and validation loss never use it"
+        },
     )
 
 
 def _too_long_message(split, dataset, index, max_positions) -> str:
     return (
-        f"the {split} split has an example (#{index}) of {tuple(int(n) for n in dataset.size(index))} (source, target) tokens, "
+        f"the {split} split has an example (#{index}) of {tuple(int(n) for n in dataset.size(index))} "
+        "(source, target) tokens, "
         f"longer than the model accepts: max positions {max_positions}. Either raise the limit "
         "(--max-source-positions / --max-target-positions, when training a new model), or skip/truncate "
         "long examples (--skip-long-examples for training data, --skip-invalid-size-inputs-valid-test "
@@ -93,8 +104,10 @@ class FConvTranslationTask(TranslationTask):
         model = super(TranslationTask, self).build_model(cfg, from_checkpoint)
         if self.cfg.shortlist_file:
             if not hasattr(model, "shortlist_path"):
-                raise ValueError(f"--shortlist-file: {type(model).__name__} cannot decode with a vocabulary "
-                                 "shortlist; only fconv_ext translation models can (drop --shortlist-file)")
+                raise ValueError(
+                    f"--shortlist-file: {type(model).__name__} cannot decode with a vocabulary "
+                    "shortlist; only fconv_ext translation models can (drop --shortlist-file)"
+                )
             model.shortlist_path = self.cfg.shortlist_file
             shortlist_for(model)  # a file that does not fit the dictionaries is refused now, not at decoding
         self._model_max_positions = model.max_positions()
@@ -181,7 +194,10 @@ class FConvTranslationTask(TranslationTask):
             self._reduce_rouge(logging_outputs)
         if not self.cfg.eval_bleu:
             return
-        keys = [f"_bleu_{kind}_{i}" for kind in ("counts", "totals") for i in range(4)] + ["_bleu_sys_len", "_bleu_ref_len"]
+        keys = [f"_bleu_{kind}_{i}" for kind in ("counts", "totals") for i in range(4)] + [
+            "_bleu_sys_len",
+            "_bleu_ref_len",
+        ]
         sums = {k: float(sum(utils.item(log.get(k, 0)) for log in logging_outputs)) for k in keys}
         if max(sums[f"_bleu_totals_{i}"] for i in range(4)) <= 0:
             return
@@ -211,8 +227,12 @@ class FConvTranslationTask(TranslationTask):
             return
         metrics.log_scalar("_stat_rouge_n", count, round=None)
         for t in ROUGE_TYPES:
-            metrics.log_scalar(f"_stat_{t}_f", float(sum(utils.item(log.get(f"_{t}_f", 0)) for log in logging_outputs)), round=None)
-            metrics.log_derived(t, lambda meters, t=t: round(meters[f"_stat_{t}_f"].sum / meters["_stat_rouge_n"].sum, 2))
+            metrics.log_scalar(
+                f"_stat_{t}_f", float(sum(utils.item(log.get(f"_{t}_f", 0)) for log in logging_outputs)), round=None
+            )
+            metrics.log_derived(
+                t, lambda meters, t=t: round(meters[f"_stat_{t}_f"].sum / meters["_stat_rouge_n"].sum, 2)
+            )
 
     # -- sequence-level training support (sequence_risk) ---------------------------
     def build_candidate_generator(self, model, beam: int, nbest: int, sampling: bool = False, max_len_b: int = 200):
@@ -240,8 +260,10 @@ class FConvTranslationTask(TranslationTask):
         eos = self.source_dictionary.eos()
         for i, tokens in enumerate(src_tokens):
             if tokens.numel() > limit:
-                logger.warning(f"an input of {tokens.numel()} tokens is longer than the model's {limit} "
-                               f"positions: translating its first {limit - 1} tokens")
+                logger.warning(
+                    f"an input of {tokens.numel()} tokens is longer than the model's {limit} "
+                    f"positions: translating its first {limit - 1} tokens"
+                )
                 src_tokens[i] = torch.cat([tokens[: limit - 1], tokens.new_tensor([eos])])
                 src_lengths[i] = limit
         return super().build_dataset_for_inference(src_tokens, src_lengths, constraints=constraints)
