@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers import BIN, N_TEST, REPO, hypotheses
-from fconv_plugin.serving.export import export, load_model, serving_modules, sample_inputs
+from fconv_plugin.serving.export import export, load_model, quantize_aoti, sample_inputs, serving_modules
 from fconv_runtime import Translator
 
 
@@ -63,3 +63,28 @@ def test_aoti_export_equals_onnx_runtime(search_model, onnx_export, tmp_path):
     assert [[h.tokens for h in hyps] for hyps in got] == [[h.tokens for h in hyps] for hyps in expected]
     np.testing.assert_allclose([h.score for hyps in got for h in hyps], [h.score for hyps in expected for h in hyps],
                                atol=1e-5)
+
+
+@pytest.mark.slow
+def test_aoti_int8_export_equals_the_eager_int8_modules(onnx_export, tmp_path):
+    """--format aoti --int8: the int8 modules (Int8Linear: plain aten around torch._int_mm) compile into the
+    package; its step gives the eager int8 step's tokens, and scores within 0.05 (inductor's fused
+    quantization may round an activation to the neighbouring int8 value)."""
+    out = tmp_path / "aoti_int8"
+    export(str(onnx_export[0]), str(out), "aoti", int8=True)
+    model, _, _, _ = load_model(str(onnx_export[0]))
+    encoder, step = serving_modules(model)
+    quantize_aoti(encoder, step)
+    from torch._inductor import aoti_load_package
+
+    step_package = aoti_load_package(str(out / "step.pt2"))
+    for sentences, beams, source in [(1, 1, 3), (5, 4, 12)]:
+        _, step_inputs = sample_inputs(encoder, step, sentences, beams, source, seed=beams)
+        with torch.no_grad():
+            expected = step(*step_inputs)
+            got = step_package(*step_inputs)
+        assert torch.equal(got[0], expected[0])  # the chosen tokens
+        for e, g in zip(expected[1:], got[1:]):
+            torch.testing.assert_close(g.float(), e.float(), atol=0.05, rtol=0)
+    lines = ["a b c", "d e f g"]
+    assert len(Translator(str(out)).translate(lines, beam=4)) == 2
