@@ -92,9 +92,9 @@ def test_interactive_applies_and_removes_bpe(data_bin, fconv_ext_tiny_run, tmp_p
                       "--bpe", "subword_nmt", "--bpe-codes", str(data_bin.parent / "codes"), cwd=tmp_path,
                       stdin="Cannot open file\nzzzqqq xxyyzz\nThe file %s does not exist\n")
     lines = out.splitlines()
-    assert len([l for l in lines if l.startswith("H-")]) == 3
-    assert [l.split("\t")[1] for l in lines if l.startswith("S-")][0].count("@@") > 0  # BPE applied
-    assert not any("@@" in l for l in lines if l.startswith("D-"))  # and removed
+    assert len([line for line in lines if line.startswith("H-")]) == 3
+    assert [line.split("\t")[1] for line in lines if line.startswith("S-")][0].count("@@") > 0  # BPE applied
+    assert not any("@@" in line for line in lines if line.startswith("D-"))  # and removed
 
 
 def test_interactive_translates_every_line_of_careless_input(data_bin, fconv_ext_tiny_run, tmp_path):
@@ -104,7 +104,7 @@ def test_interactive_translates_every_line_of_careless_input(data_bin, fconv_ext
     hostile.write_bytes(b"Cannot open file\n\nzzqx qqzz\n" + b" ".join([b"file"] * 1100) + b"\nbad \xff\xfe bytes\nThe end\n")
     out = interactive(data_bin, fconv_ext_tiny_run / "checkpoint_best.pt", "--task", "fconv_translation",
                       "--beam", "2", "--input", str(hostile), cwd=tmp_path)
-    assert sorted(int(l.split("\t")[0][2:]) for l in out.splitlines() if l.startswith("H-")) == list(range(6))
+    assert sorted(int(line.split("\t")[0][2:]) for line in out.splitlines() if line.startswith("H-")) == list(range(6))
     assert "longer than the model's 1024 positions" in out and "not utf-8" in out.lower()  # warned, not stopped
 
 

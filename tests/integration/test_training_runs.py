@@ -28,7 +28,7 @@ def assert_same_weights(a, b, atol):
 
 
 def losses_by_update(log):
-    return {int(u): float(l) for l, u in re.findall(r"train_inner .*?loss=([\d.]+),.*?num_updates=(\d+)", log)}
+    return {int(u): float(loss) for loss, u in re.findall(r"train_inner .*?loss=([\d.]+),.*?num_updates=(\d+)", log)}
 
 
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(data_bin, tmp_path):

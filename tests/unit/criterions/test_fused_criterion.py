@@ -394,14 +394,14 @@ def test_conv1d_path_equals_cpu_paths_and_direct_sum(k, d, causal):
     from fconv_plugin.modules.convolution import conv_channels_first, conv_time_major
 
     g = torch.Generator().manual_seed(k * 10 + d)
-    B, T, C, O = 3, 9, 6, 5
+    B, T, C, C_out = 3, 9, 6, 5
     x = torch.randn(B, T, C, generator=g, requires_grad=True)
-    w = torch.randn(O, C, k, generator=g, requires_grad=True)
-    b = torch.randn(O, generator=g, requires_grad=True)
+    w = torch.randn(C_out, C, k, generator=g, requires_grad=True)
+    b = torch.randn(C_out, generator=g, requires_grad=True)
     left, right = ((k - 1) * d, 0) if causal else ((k - 1) // 2 * d, k // 2 * d)
     got = conv_channels_first(x, w, b, left, right, d)
     # direct sum: out[t] = b + sum_j W[:, :, j] x[t - left + j * d]
-    want = b.expand(B, T, O).clone()
+    want = b.expand(B, T, C_out).clone()
     for t in range(T):
         for j in range(k):
             s = t - left + j * d
@@ -410,7 +410,7 @@ def test_conv1d_path_equals_cpu_paths_and_direct_sum(k, d, causal):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     cpu = conv_time_major(x, w, b, left, right, dilation=d)  # conv_tbc / unfold / conv1d on this CPU
     torch.testing.assert_close(got, cpu, rtol=1e-5, atol=1e-5)
-    upstream = torch.randn(B, T, O, generator=g)
+    upstream = torch.randn(B, T, C_out, generator=g)
     g1 = torch.autograd.grad((got * upstream).sum(), [x, w, b])
     g2 = torch.autograd.grad((cpu * upstream).sum(), [x, w, b])
     for a, c in zip(g1, g2):

@@ -1,7 +1,6 @@
 """The download-and-prepare recipes, offline, on tiny fake archives laid out like the real ones."""
 
 import io
-import os
 import tarfile
 import zipfile
 
@@ -130,12 +129,12 @@ def test_wmt14_from_fake_archives(tmp_path, name, lang, other, layout):
     for archive, prefixes in layout.items():
         with tarfile.open(orig / archive, "w" if archive.endswith(".tar") else "w:gz") as t:
             for prefix in prefixes:
-                for l, lines in (("en", EN), (lang, other)):
+                for side, lines in (("en", EN), (lang, other)):
                     text = "\n".join(lines * 20) + "\n"
                     if archive.endswith(".tar"):
-                        add_bytes(t, f"{prefix}.{l}.gz", _gz(text))
+                        add_bytes(t, f"{prefix}.{side}.gz", _gz(text))
                     else:
-                        add(t, f"{prefix}.{l}", text)
+                        add(t, f"{prefix}.{side}", text)
     pair = "deen" if lang == "de" else "fren"
     with tarfile.open(orig / "test-full.tgz", "w:gz") as t:
         add(t, f"test-full/newstest2014-{pair}-src.en.sgm", sgm(EN))
