@@ -1,9 +1,10 @@
 """What the tests share besides fixtures: the tiny test dictionary, small models (fairseq fconv and its
-fconv_ext twin with the same weights, small fconv_ext configurations), random batches, and the helpers
-that run this environment's command-line tools and read fairseq-generate's output.  The fixtures built
-from them are in the conftest files."""
+fconv_ext twin with the same weights, small fconv_ext configurations), random batches, gettext messages,
+the pieces of a published model archive, and the helpers that run this environment's command-line tools
+and read fairseq-generate's output.  The fixtures built from them are in the conftest files."""
 
 import argparse
+import importlib
 import io
 import os
 import sys
@@ -21,9 +22,9 @@ needs_debian_descriptions = pytest.mark.skipif(not os.path.isdir(DEBIAN_DESCRIPT
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-import fconv_plugin  # noqa: E402,F401  (registers fconv_ext)
-from fconv_plugin.convert import convert_checkpoint  # noqa: E402
-from fconv_plugin.models import build_model_from_config  # noqa: E402
+importlib.import_module("fconv_plugin")  # registers fconv_ext and the rest with fairseq
+from fconv_plugin.convert import convert_checkpoint
+from fconv_plugin.models import build_model_from_config
 
 
 def make_dictionary(size: int) -> Dictionary:
@@ -179,7 +180,7 @@ PUBLISHED_WORDS = ("Hello world ! the a house is small big cat dog "
                    "Bonjour le monde la maison est petite grand chat chien").split()
 #: the small model of the published checkpoint
 PUBLISHED_SMALL = dict(encoder_embed_dim=16, decoder_embed_dim=16, decoder_out_embed_dim=16,
-             encoder_layers="[(32, 3)] * 2", decoder_layers="[(32, 3)] * 2")
+                       encoder_layers="[(32, 3)] * 2", decoder_layers="[(32, 3)] * 2")
 
 
 def words_dictionary(extra: int = 0) -> Dictionary:
