@@ -290,41 +290,22 @@ def decode_steps(model, task, batches, variant, shortlist, beam, warm_batches=0)
 
     encoder, step = step_variant(model, variant)
     d = task.target_dictionary
+
+    def decode(batch):  # (row, hypothesis) of each sentence of the batch
+        src = batch["net_input"]["src_tokens"]
+        candidates = shortlist.candidates(src) if "_sl" in variant else None
+        limits = (bench_child.MAX_LEN_A, bench_child.MAX_LEN_B)
+        return beam_search(encoder, step, src, beam, d.eos(), d.pad(), *limits, candidates, "_sldq" not in variant)
+
     hyps = {}
     with torch.no_grad():
         for batch in batches[:: max(1, len(batches) // warm_batches)] if warm_batches else []:
-            src = batch["net_input"]["src_tokens"]
-            candidates = shortlist.candidates(src) if "_sl" in variant else None
-            for _ in beam_search(
-                encoder,
-                step,
-                src,
-                beam,
-                d.eos(),
-                d.pad(),
-                bench_child.MAX_LEN_A,
-                bench_child.MAX_LEN_B,
-                candidates,
-                "_sldq" not in variant,
-            ):
+            for _ in decode(batch):
                 pass
     start = time.perf_counter()
     with torch.no_grad():
         for batch in batches:
-            src = batch["net_input"]["src_tokens"]
-            candidates = shortlist.candidates(src) if "_sl" in variant else None
-            for row, tokens in beam_search(
-                encoder,
-                step,
-                src,
-                beam,
-                d.eos(),
-                d.pad(),
-                bench_child.MAX_LEN_A,
-                bench_child.MAX_LEN_B,
-                candidates,
-                "_sldq" not in variant,
-            ):
+            for row, tokens in decode(batch):
                 hyps[int(batch["id"][row])] = tokens
     return hyps, time.perf_counter() - start
 
