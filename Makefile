@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.fconv-ext-setup
 
-.PHONY: setup test test-fast demo demo-risk summarization clean-venv
+.PHONY: setup lint test test-fast demo demo-risk summarization clean-venv
 
 setup: $(STAMP)
 
@@ -25,6 +25,11 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 	$(PIP) install -q --no-build-isolation -e ".[test]"
 	$(PY) -c "import fconv_plugin, fairseq, torch; print('fconv-ext ready: fairseq', fairseq.__version__, 'torch', torch.__version__)"
 	touch $(STAMP)
+
+# ruff (configured in pyproject.toml): lint, and the formatting ruff format would give
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: setup
 	$(PY) -m pytest -q tests
