@@ -33,17 +33,23 @@ COMPILE_OPTIONS = {"dynamic": True, "fullgraph": True}
 
 
 class CompiledStep:
-    """The step compiled by ``torch.compile``.  Sizes that happen to be equal at the first call
-    (say 5 beams and a 5-token source) are not assumed equal (``use_duck_shape=False``), so they need
-    no recompilation when they differ.  torch still specializes sizes 0 and 1: a batch of one
-    sentence, beam 1 and a one-token source each add a compilation the first time they occur."""
+    """The step compiled by ``torch.compile``, one graph for every size: sizes that happen to be equal
+    at the first call (say 5 beams and a 5-token source) are not assumed equal (``use_duck_shape=False``),
+    and sizes 0 and 1 are not specialized either (``backed_size_oblivious``: a batch of one sentence,
+    beam 1 and a one-token source run the graph traced for the first batch; inductor's lowering may still
+    guard on beam 1, one more compilation the first time it occurs).  The inputs' dimensions
+    that are 1 by construction (``position``; ``length_scale`` is ``B x 1 x 1``) are marked static, so
+    that they broadcast."""
 
     def __init__(self, module: DecoderStep):
         self.compiled = torch.compile(module, **COMPILE_OPTIONS)
 
-    def __call__(self, *args, **kwargs):
-        with symbolic_shapes_config.patch(use_duck_shape=False):
-            return self.compiled(*args, **kwargs)
+    def __call__(self, tokens, position, windows, keys, values, source_mask, length_scale, **kwargs):
+        torch._dynamo.mark_static(position, 0)
+        torch._dynamo.mark_static(length_scale, 1)
+        torch._dynamo.mark_static(length_scale, 2)
+        with symbolic_shapes_config.patch(use_duck_shape=False, backed_size_oblivious=True):
+            return self.compiled(tokens, position, windows, keys, values, source_mask, length_scale, **kwargs)
 
 
 _STEPS: "weakref.WeakKeyDictionary[nn.Module, Tuple]" = weakref.WeakKeyDictionary()

@@ -201,7 +201,7 @@ class DecoderStep(_Side):
                 window = torch.cat([next(state), x.unsqueeze(2)], dim=2)  # B x K x ((k-1)d + 1) x C_in
                 new_window = window[:, :, 1:]  # B x K x (k-1)d x C_in (a view)
                 if torch.compiler.is_compiling():  # the same strides at every step: a compiled step guards on them
-                    new_window = new_window.contiguous()
+                    new_window = new_window.clone(memory_format=torch.contiguous_format)
                 new_windows.append(new_window)
                 if layer.dilation > 1:
                     window = window[:, :, :: layer.dilation]  # B x K x k x C_in: the frames the taps see

@@ -212,12 +212,18 @@ def test_compiled_step_is_compiled_once_for_batches_of_varied_sizes(monkeypatch)
                 torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-6)
                 windows = got[2]
     assert len(graphs) == 1  # batch sizes, beam sizes and source lengths all symbolic
-    with torch.no_grad():  # a batch of one sentence: torch specializes size 1, one more graph, once
-        for length in (5, 8):
-            src = random_batch(src_dict, [length], seed=length)
+    with torch.no_grad():  # sizes of 1 (one sentence, beam 1, a one-token source) run the same graph
+        for bsz, beams, length in [(1, 5, 5), (1, 1, 8), (2, 1, 1), (1, 1, 1)]:
+            src = random_batch(src_dict, [length] * bsz, seed=length)
             inputs = tuple(t.clone() for t in encoder_inputs_from(model.encoder(src)))
-            run(torch.tensor([[4, 5, 6, 7, 8]]), torch.tensor([1]), module.initial_windows(1, 5), *inputs)
-    assert len(graphs) == 2
+            windows = module.initial_windows(bsz, beams)
+            for t in range(2):
+                tokens = torch.randint(tgt_dict.nspecial, len(tgt_dict), (bsz, beams))
+                want = module(tokens, torch.tensor([t + 1]), windows, *inputs)
+                got = run(tokens, torch.tensor([t + 1]), windows, *inputs)
+                torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-6)
+                windows = got[2]
+    assert len(graphs) == 1
 
 
 def test_fconv_beam_search_with_the_compiled_step_gives_the_eager_hypotheses(monkeypatch):
