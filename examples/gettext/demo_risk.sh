@@ -16,7 +16,7 @@ ARCH=${DEMO_ARCH:-fconv_ext_iwslt_de_en}
 WORK=${DEMO_DIR:-work/demo-en-$LANG_TGT}
 THREADS=${DEMO_THREADS:-$(nproc)}
 # the setting examples/gettext/README.md chose ("Sequence-level fine-tuning"); each one can be overridden
-UPDATES=${RISK_UPDATES:-40}
+UPDATES=${RISK_UPDATES:-50}
 LR=${RISK_LR:-0.0001}
 ALPHA=${RISK_ALPHA:-0.3}
 CANDIDATES=${RISK_CANDIDATES:-4}

@@ -14,7 +14,7 @@ REPO=$(cd "$(dirname "$0")/../.." && pwd)
 DEMO=${DEMO_DIR:-$REPO/work/demo-en-de}     # make demo's data (bin/, raw/)
 EXP=${RISK_EXP_DIR:-$REPO/work/risk-exp}
 BASE_UPDATES=${BASE_UPDATES:-600}
-LENPENS=${LENPENS:-0.6 0.8 1.0 1.2 1.4 1.6 2.0}
+LENPENS=${LENPENS:-0.6 0.8 0.9 1.0 1.1 1.2 1.4 1.6 2.0}
 PY=${PYTHON:-$REPO/.venv/bin/python}
 # the plugin to run: this checkout's by default; FCONV_PLUGIN_DIR=/path/fconv_plugin runs a fixed copy
 # (e.g. `git archive HEAD fconv_plugin | tar -x -C /tmp/code`) while the checkout is being edited
