@@ -11,7 +11,12 @@ escaping, the subword-nmt codes, fconv_runtime's length-sorted batches):
 * ``onnx``: ``fconv-ext-export --format onnx`` run by onnxruntime through ``fconv_runtime.Translator``;
 * ``onnx_int8``: the same with ``--int8`` (onnxruntime's dynamic per-channel int8);
 * ``aoti``: ``fconv-ext-export --format aoti`` (AOTInductor) through the same Translator;
-* ``aoti_int8`` (not run by default: its export compiles for minutes): ``--format aoti --int8`` (torchao).
+* ``aoti_int8`` (not run by default): ``--format aoti --int8`` (the package's int8);
+* ``compiled``, ``compiled_int8`` (not run by default): ``eager`` with the model options
+  ``inference_compile`` (and ``inference_dtype`` int8): the step compiled by torch.compile in the child
+  process, its compilation inside the time to first translation.  ``--inductor-cache DIR`` gives the
+  children that inductor cache directory: a fresh one measures a cold compilation, the same one again a
+  warm one.
 
 Configurations: beam 5 batch 64, beam 1 batch 64, beam 5 batch 1 (``--configs``).  Each measurement
 runs in a fresh child process (``--child JOB``) with ``OMP_NUM_THREADS`` = the threads, and reports:
@@ -43,7 +48,7 @@ sys.path.insert(0, HERE)
 
 from bench_common import machine, machine_line, results_path
 
-SIDES = ("eager", "onnx", "onnx_int8", "aoti", "aoti_int8")
+SIDES = ("eager", "onnx", "onnx_int8", "aoti", "aoti_int8", "compiled", "compiled_int8")
 DEFAULT_SIDES = ("eager", "onnx", "onnx_int8", "aoti")
 CONFIGS = ("5x64", "1x64", "5x1")  # beam x batch
 
@@ -67,6 +72,10 @@ def _eager_translate(job, translator_text):
 
     torch.set_num_threads(job["threads"])
     model, _, _, _ = load_model(job["checkpoint"], job["data"])
+    # the model options inference_compile / inference_dtype, as --model-overrides would set them
+    model.inference_compile = job["side"].startswith("compiled")
+    if job["side"].endswith("int8"):
+        model.inference_dtype = torch.qint8
     model.make_generation_fast_(beamable_mm_beam_size=None, need_attn=False)
     tgt_dict = model.decoder.dictionary
     generator = FConvBeamSearch([model], tgt_dict, beam_size=job["beam"])
@@ -100,7 +109,7 @@ def child(job_path: str) -> None:
     from fconv_runtime import Translator
 
     side = job["side"]
-    if side == "eager":
+    if side in ("eager", "compiled", "compiled_int8"):
         # an onnx export supplies the text pipeline (the same code as the other sides); its sessions are unused
         text = Translator(job["exports"]["onnx"], threads=job["threads"])
         translate = _eager_translate(job, text)
@@ -142,7 +151,8 @@ def export_all(args, work: str) -> dict:
         "aoti_int8": ["--format", "aoti", "--int8"],
     }
     for side, options in variants.items():
-        if side not in args.sides and not (side == "onnx" and "eager" in args.sides):
+        text_only = side == "onnx" and {"eager", "compiled", "compiled_int8"} & set(args.sides)
+        if side not in args.sides and not text_only:
             continue
         out = os.path.join(work, side)
         exports[side] = out
@@ -190,6 +200,8 @@ def run_child(args, work: str, exports: dict, side: str, beam: int, batch: int, 
     with open(job_path, "w", encoding="utf-8") as f:
         json.dump(job, f)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    if args.inductor_cache:
+        env["TORCHINDUCTOR_CACHE_DIR"] = args.inductor_cache
     subprocess.run([sys.executable, os.path.abspath(__file__), "--child", job_path], check=True, cwd=REPO, env=env)
     with open(job["out"], encoding="utf-8") as f:
         return json.load(f)
@@ -255,6 +267,7 @@ def main(argv=None) -> int:
     p.add_argument("--limit-batch1", type=int, default=0, help="sentences for batch-1 configs (0: --limit)")
     p.add_argument("--work", default="/tmp/bench_export", help="exports and per-measurement files")
     p.add_argument("--reuse", action="store_true", help="reuse exports already in --work")
+    p.add_argument("--inductor-cache", default="", help="TORCHINDUCTOR_CACHE_DIR of the children (default: inductor's)")
     p.add_argument("--out", default=results_path("export"), help="output prefix (.json and .md)")
     p.add_argument(
         "--note",
