@@ -4,8 +4,16 @@ module imports another)."""
 
 import pytest
 
-from helpers import (BPECODES, dict_bytes, mini_fconv_ext_for_search, old_fconv_state, save_checkpoint, save_old,
-                     words_dictionary, write_tar)
+from helpers import (
+    BPECODES,
+    dict_bytes,
+    mini_fconv_ext_for_search,
+    old_fconv_state,
+    save_checkpoint,
+    save_old,
+    words_dictionary,
+    write_tar,
+)
 
 
 # --------------------------------------------------------------------------- an exported model
@@ -39,8 +47,12 @@ def wmt_archive(tmp_path_factory):
     root = tmp_path_factory.mktemp("wmt")
     src, tgt = words_dictionary(), words_dictionary(extra=3)
     save_old(old_fconv_state(src, tgt), root / "model.pt")
-    files = {"model.pt": (root / "model.pt").read_bytes(), "dict.en.txt": dict_bytes(src),
-             "dict.fr.txt": dict_bytes(tgt), "bpecodes": BPECODES}
+    files = {
+        "model.pt": (root / "model.pt").read_bytes(),
+        "dict.en.txt": dict_bytes(src),
+        "dict.fr.txt": dict_bytes(tgt),
+        "bpecodes": BPECODES,
+    }
     path = root / "wmt14.v2.en-fr.fconv-py.tar.bz2"
     write_tar(path, "wmt14.en-fr.fconv-py", files)
     extracted = root / "extracted"

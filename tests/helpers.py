@@ -17,8 +17,9 @@ from fairseq.data import Dictionary
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root
 SHARED_DATA = os.path.join(REPO, "..", "shared", "data")  # the corpora beside the repository
 DEBIAN_DESCRIPTIONS = os.path.join(SHARED_DATA, "debian-descriptions")
-needs_debian_descriptions = pytest.mark.skipif(not os.path.isdir(DEBIAN_DESCRIPTIONS),
-                                               reason="../shared/data/debian-descriptions is not beside the repository")
+needs_debian_descriptions = pytest.mark.skipif(
+    not os.path.isdir(DEBIAN_DESCRIPTIONS), reason="../shared/data/debian-descriptions is not beside the repository"
+)
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
@@ -60,17 +61,33 @@ SMALL_FCONV_EXT = {
 #: the smallest fconv_ext config: two 16-channel layers on each side (beam search, shortlists)
 MINI_FCONV_EXT = {
     "_name": "fconv_ext",
-    "encoder_embed_dim": 16, "decoder_embed_dim": 16, "decoder_out_embed_dim": 16, "dropout": 0.1,
-    "encoder_layers": "[(16, 3)] * 2", "decoder_layers": "[(16, 3)] * 2", "decoder_attention": "True",
-    "share_input_output_embed": False, "max_source_positions": 64, "max_target_positions": 64,
+    "encoder_embed_dim": 16,
+    "decoder_embed_dim": 16,
+    "decoder_out_embed_dim": 16,
+    "dropout": 0.1,
+    "encoder_layers": "[(16, 3)] * 2",
+    "decoder_layers": "[(16, 3)] * 2",
+    "decoder_attention": "True",
+    "share_input_output_embed": False,
+    "max_source_positions": 64,
+    "max_target_positions": 64,
 }
 
 #: small fconv_self_att configs with the features of fairseq's two presets (fconv_self_att, _wp)
-SELF_ATT_BASE_SMALL = dict(encoder_embed_dim=24, encoder_layers="[(16, 3)] * 2 + [(32, 3)]",
-                           decoder_embed_dim=24, decoder_layers="[(16, 3)] * 2 + [(32, 3)]", decoder_out_embed_dim=20)
-SELF_ATT_WP_SMALL = dict(encoder_embed_dim=24, encoder_layers="[(16, 3)] * 2 + [(32,3)] * 1",
-                         decoder_embed_dim=24, decoder_layers="[(32, 4)] * 2 + [(48, 4)] * 1 + [(16, 2)]",
-                         decoder_out_embed_dim=20)
+SELF_ATT_BASE_SMALL = dict(
+    encoder_embed_dim=24,
+    encoder_layers="[(16, 3)] * 2 + [(32, 3)]",
+    decoder_embed_dim=24,
+    decoder_layers="[(16, 3)] * 2 + [(32, 3)]",
+    decoder_out_embed_dim=20,
+)
+SELF_ATT_WP_SMALL = dict(
+    encoder_embed_dim=24,
+    encoder_layers="[(16, 3)] * 2 + [(32,3)] * 1",
+    decoder_embed_dim=24,
+    decoder_layers="[(32, 4)] * 2 + [(48, 4)] * 1 + [(16, 2)]",
+    decoder_out_embed_dim=20,
+)
 
 
 #: gettext messages with placeholders (%s, %1$s, {0}, %lu%%) and C++, the kind the gettext corpus is made of
@@ -140,7 +157,7 @@ def random_batch(dictionary, lengths, seed=1, left_pad=True):
         toks = torch.randint(dictionary.nspecial, len(dictionary), (n,), generator=g)
         toks[-1] = dictionary.eos()
         if left_pad:
-            out[i, T - n:] = toks
+            out[i, T - n :] = toks
         else:
             out[i, :n] = toks
     return out
@@ -166,8 +183,13 @@ def save_checkpoint(directory, model, src_dict, tgt_dict, config=MINI_FCONV_EXT)
     src_dict.save(os.path.join(directory, "dict.en.txt"))
     tgt_dict.save(os.path.join(directory, "dict.de.txt"))
     path = os.path.join(directory, "model.pt")
-    torch.save({"cfg": {"model": dict(config), "task": {"source_lang": "en", "target_lang": "de"}},
-                "model": model.state_dict()}, path)
+    torch.save(
+        {
+            "cfg": {"model": dict(config), "task": {"source_lang": "en", "target_lang": "de"}},
+            "model": model.state_dict(),
+        },
+        path,
+    )
     return path
 
 
@@ -176,11 +198,17 @@ def save_checkpoint(directory, model, src_dict, tgt_dict, config=MINI_FCONV_EXT)
 # dictionaries (of words) and BPE codes.
 
 #: the words of the published dictionaries
-PUBLISHED_WORDS = ("Hello world ! the a house is small big cat dog "
-                   "Bonjour le monde la maison est petite grand chat chien").split()
+PUBLISHED_WORDS = (
+    "Hello world ! the a house is small big cat dog Bonjour le monde la maison est petite grand chat chien"
+).split()
 #: the small model of the published checkpoint
-PUBLISHED_SMALL = dict(encoder_embed_dim=16, decoder_embed_dim=16, decoder_out_embed_dim=16,
-                       encoder_layers="[(32, 3)] * 2", decoder_layers="[(32, 3)] * 2")
+PUBLISHED_SMALL = dict(
+    encoder_embed_dim=16,
+    decoder_embed_dim=16,
+    decoder_out_embed_dim=16,
+    encoder_layers="[(32, 3)] * 2",
+    decoder_layers="[(32, 3)] * 2",
+)
 
 
 def words_dictionary(extra: int = 0) -> Dictionary:
@@ -208,11 +236,25 @@ def old_fconv_state(src_dict, tgt_dict, seed=0, version=2, with_model=False):
     from fairseq.models.fconv import FConvModel
 
     torch.manual_seed(seed)
-    args = argparse.Namespace(arch="fconv_wmt_en_fr", max_positions=64, source_lang="en", target_lang="fr",
-                              data=["/checkpoint/wmt14_en_fr"], lr=0.5, min_lr=1e-4, raw_text=False, remove_bpe="@@ ",
-                              criterion="label_smoothed_cross_entropy", label_smoothing=0.1, optimizer="nag",
-                              clip_norm=0.1, left_pad_source="True", left_pad_target="False", dropout=0.2,
-                              **PUBLISHED_SMALL)
+    args = argparse.Namespace(
+        arch="fconv_wmt_en_fr",
+        max_positions=64,
+        source_lang="en",
+        target_lang="fr",
+        data=["/checkpoint/wmt14_en_fr"],
+        lr=0.5,
+        min_lr=1e-4,
+        raw_text=False,
+        remove_bpe="@@ ",
+        criterion="label_smoothed_cross_entropy",
+        label_smoothing=0.1,
+        optimizer="nag",
+        clip_norm=0.1,
+        left_pad_source="True",
+        left_pad_target="False",
+        dropout=0.2,
+        **PUBLISHED_SMALL,
+    )
     full = argparse.Namespace(**vars(args), max_source_positions=64, max_target_positions=64)
     ARCH_CONFIG_REGISTRY["fconv_wmt_en_fr"](full)
     model = FConvModel.build_model(full, StubTask(src_dict, tgt_dict))
@@ -225,8 +267,15 @@ def old_fconv_state(src_dict, tgt_dict, seed=0, version=2, with_model=False):
     weights["decoder.version"] = torch.Tensor([version])
     for i in range(len(model.decoder.convolutions)):
         weights[f"decoder.convolutions.{i}._linearized_weight"] = torch.zeros(3, 32)
-    state = {"args": args, "model": weights, "optimizer": {"state": {}, "param_groups": []}, "best_loss": 3.5,
-             "epoch": 12, "batch_offset": 0, "val_loss": 3.5}
+    state = {
+        "args": args,
+        "model": weights,
+        "optimizer": {"state": {}, "param_groups": []},
+        "best_loss": 3.5,
+        "epoch": 12,
+        "batch_offset": 0,
+        "val_loss": 3.5,
+    }
     return (state, model.eval()) if with_model else state
 
 
@@ -304,9 +353,26 @@ def binarized_slice(shared_gettext, root, tokenize_for):
     for (split, lang), lines in tokenized.items():
         with open(root / f"{split}.{lang}", "w", encoding="utf-8") as f:
             f.writelines(bpe.process_line(line) + "\n" for line in lines)
-    run([f"{BIN}/fairseq-preprocess", "--source-lang", "en", "--target-lang", "de", "--joined-dictionary",
-         "--trainpref", str(root / "train"), "--validpref", str(root / "valid"), "--testpref", str(root / "test"),
-         "--destdir", str(root / "bin"), "--workers", "1"])
+    run(
+        [
+            f"{BIN}/fairseq-preprocess",
+            "--source-lang",
+            "en",
+            "--target-lang",
+            "de",
+            "--joined-dictionary",
+            "--trainpref",
+            str(root / "train"),
+            "--validpref",
+            str(root / "valid"),
+            "--testpref",
+            str(root / "test"),
+            "--destdir",
+            str(root / "bin"),
+            "--workers",
+            "1",
+        ]
+    )
     return root / "bin"
 
 

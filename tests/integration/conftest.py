@@ -43,11 +43,42 @@ def fconv_ext_tiny_run(data_bin, tmp_path_factory):
     BLEU choosing ``checkpoint_best.pt``; fairseq-train's output is in its ``train.log``.  Once per session;
     tests only read it."""
     save = tmp_path_factory.mktemp("fconv_ext_tiny")
-    log = run([f"{BIN}/fairseq-train", str(data_bin), "--user-dir", "fconv_plugin", "--arch", "fconv_ext_tiny",
-               "--task", "fconv_translation", "--eval-bleu-detok", "space", "--eval-bleu-args", '{"beam": 1}',
-               "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric", "--save-dir", str(save),
-               "--optimizer", "nag", "--lr", "0.25", "--clip-norm", "0.1", "--max-tokens", "3000", "--max-epoch", "2",
-               "--no-progress-bar", "--seed", "1", "--no-epoch-checkpoints"], cwd=REPO)
+    log = run(
+        [
+            f"{BIN}/fairseq-train",
+            str(data_bin),
+            "--user-dir",
+            "fconv_plugin",
+            "--arch",
+            "fconv_ext_tiny",
+            "--task",
+            "fconv_translation",
+            "--eval-bleu-detok",
+            "space",
+            "--eval-bleu-args",
+            '{"beam": 1}',
+            "--best-checkpoint-metric",
+            "bleu",
+            "--maximize-best-checkpoint-metric",
+            "--save-dir",
+            str(save),
+            "--optimizer",
+            "nag",
+            "--lr",
+            "0.25",
+            "--clip-norm",
+            "0.1",
+            "--max-tokens",
+            "3000",
+            "--max-epoch",
+            "2",
+            "--no-progress-bar",
+            "--seed",
+            "1",
+            "--no-epoch-checkpoints",
+        ],
+        cwd=REPO,
+    )
     (save / "train.log").write_text(log)
     return save
 
@@ -55,8 +86,12 @@ def fconv_ext_tiny_run(data_bin, tmp_path_factory):
 @pytest.fixture(scope="session")
 def fconv_ext_tiny_generated(data_bin, fconv_ext_tiny_run, tmp_path_factory):
     """fairseq-generate's output (--print-alignment) for fconv_ext_tiny_run's best checkpoint."""
-    return generate(data_bin, fconv_ext_tiny_run / "checkpoint_best.pt", "--print-alignment",
-                    cwd=tmp_path_factory.mktemp("generate"))
+    return generate(
+        data_bin,
+        fconv_ext_tiny_run / "checkpoint_best.pt",
+        "--print-alignment",
+        cwd=tmp_path_factory.mktemp("generate"),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -64,10 +99,16 @@ def fconv_ext_tiny_hub(data_bin, fconv_ext_tiny_run):
     """fairseq's hub interface on fconv_ext_tiny_run's best checkpoint, raw text in and out (moses, BPE)."""
     from fconv_plugin.models import FConvExtModel
 
-    return FConvExtModel.from_pretrained(str(fconv_ext_tiny_run), checkpoint_file="checkpoint_best.pt",
-                                         data_name_or_path=str(data_bin), source_lang="en", target_lang="de",
-                                         bpe="subword_nmt", bpe_codes=str(data_bin.parent / "codes"),
-                                         tokenizer="moses")
+    return FConvExtModel.from_pretrained(
+        str(fconv_ext_tiny_run),
+        checkpoint_file="checkpoint_best.pt",
+        data_name_or_path=str(data_bin),
+        source_lang="en",
+        target_lang="de",
+        bpe="subword_nmt",
+        bpe_codes=str(data_bin.parent / "codes"),
+        tokenizer="moses",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -77,10 +118,35 @@ def slice_shortlist(data_bin, tmp_path_factory):
     automatic iterations (seconds instead of ~20 s; the same coverage on this slice), and its --coverage
     table for the test split (one batch of all 37 sentences)."""
     out = tmp_path_factory.mktemp("shortlist") / "shortlist.npz"
-    log = run([sys.executable, "-m", "fconv_plugin.cli.shortlist", str(data_bin), "--source-lang", "en",
-               "--target-lang", "de", "--out", str(out), "--n-best", "5", "--n-frequent", "50",
-               "--aligner-options", '{"rel_iterations": 0.2}', "--coverage", "test", "--coverage-n-best", "5",
-               "--coverage-n-frequent", "50", "--coverage-batch-size", str(N_TEST)], cwd=REPO)
+    log = run(
+        [
+            sys.executable,
+            "-m",
+            "fconv_plugin.cli.shortlist",
+            str(data_bin),
+            "--source-lang",
+            "en",
+            "--target-lang",
+            "de",
+            "--out",
+            str(out),
+            "--n-best",
+            "5",
+            "--n-frequent",
+            "50",
+            "--aligner-options",
+            '{"rel_iterations": 0.2}',
+            "--coverage",
+            "test",
+            "--coverage-n-best",
+            "5",
+            "--coverage-n-frequent",
+            "50",
+            "--coverage-batch-size",
+            str(N_TEST),
+        ],
+        cwd=REPO,
+    )
     return out, log
 
 
@@ -99,8 +165,32 @@ def protected_tiny(shared_gettext, tmp_path_factory):
     root = tmp_path_factory.mktemp("gettext_protected")
     data = binarized_slice(shared_gettext, root, protected)
     save = root / "checkpoints"
-    run([f"{BIN}/fairseq-train", str(data), "--user-dir", "fconv_plugin", "--arch", "fconv_ext_tiny",
-         "--task", "fconv_translation", "--disable-validation", "--save-dir", str(save), "--optimizer", "adam",
-         "--lr", "0.005", "--max-tokens", "3000", "--max-epoch", "6", "--no-progress-bar", "--seed", "1",
-         "--no-epoch-checkpoints"], cwd=REPO)
+    run(
+        [
+            f"{BIN}/fairseq-train",
+            str(data),
+            "--user-dir",
+            "fconv_plugin",
+            "--arch",
+            "fconv_ext_tiny",
+            "--task",
+            "fconv_translation",
+            "--disable-validation",
+            "--save-dir",
+            str(save),
+            "--optimizer",
+            "adam",
+            "--lr",
+            "0.005",
+            "--max-tokens",
+            "3000",
+            "--max-epoch",
+            "6",
+            "--no-progress-bar",
+            "--seed",
+            "1",
+            "--no-epoch-checkpoints",
+        ],
+        cwd=REPO,
+    )
     return save, data, root / "codes"

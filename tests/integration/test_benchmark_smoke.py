@@ -12,16 +12,24 @@ import pytest
 
 from helpers import REPO
 
-GENERATION_SIDES = {"fconv": "SequenceGenerator", "fconv_ext": "FConvBeamSearch",
-                    "fconv_ext_seqgen": "SequenceGenerator", "fconv_ext_bf16": "FConvBeamSearch"}
+GENERATION_SIDES = {
+    "fconv": "SequenceGenerator",
+    "fconv_ext": "FConvBeamSearch",
+    "fconv_ext_seqgen": "SequenceGenerator",
+    "fconv_ext_bf16": "FConvBeamSearch",
+}
 FP32_SIDES = ("fconv", "fconv_ext", "fconv_ext_seqgen")  # the same model in float32: same hypotheses, BLEU
 
 
 @pytest.mark.slow
 def test_benchmark_smoke(tmp_path, shared_gettext):
     out = tmp_path / "smoke"
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "bench.py"), "--smoke", "--out", str(out)],
-                          capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "benchmarks", "bench.py"), "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_smoke_report(json.loads((tmp_path / "smoke.json").read_text()), (tmp_path / "smoke.md").read_text())
 
@@ -39,7 +47,10 @@ def assert_smoke_report(report, text, test_sentences=40):
         assert fconv["sentences"] == (10 if config == "beam5_batch1" else test_sentences)
         assert fconv["tokens"] >= 3 * fconv["sentences"] and fconv["distinct_hypotheses"] >= fconv["sentences"] // 2
         for name in FP32_SIDES:
-            assert sides[name]["sentences"] == fconv["sentences"] and sides[name]["bleu"] == fconv["bleu"], (config, name)
+            assert sides[name]["sentences"] == fconv["sentences"] and sides[name]["bleu"] == fconv["bleu"], (
+                config,
+                name,
+            )
             assert sides[name]["detok_bleu"] == fconv["detok_bleu"] and 0 < fconv["detok_bleu"] <= 100, (config, name)
             # the FLOP model recognised the model (fconv's and fconv_ext's layouts both)
             assert 0 < sides[name]["efficiency"] < math.inf, (config, name)
@@ -53,6 +64,8 @@ def assert_smoke_report(report, text, test_sentences=40):
     training = report["training"]["checkpoint"]
     for name in ("fconv", "fconv_ext"):
         assert 0 < training[name]["words_per_s"] < math.inf and 0 < training[name]["efficiency"] < math.inf, name
-        assert len(training[name]["first_losses"]) == 3 and all(math.isfinite(x) for x in training[name]["first_losses"])
+        assert len(training[name]["first_losses"]) == 3 and all(
+            math.isfinite(x) for x in training[name]["first_losses"]
+        )
     assert "| beam5_batch64 | fconv_ext_seqgen | SequenceGenerator |" in text
     assert "What FConvBeamSearch buys" in text

@@ -12,10 +12,34 @@ import torch
 from helpers import BIN, N_TEST, USER_DIR, generate, hypotheses, run
 
 pytestmark = pytest.mark.slow
-TINY = ["--encoder-embed-dim", "32", "--decoder-embed-dim", "32", "--decoder-out-embed-dim", "32",
-        "--encoder-layers", "[(32, 3)] * 2", "--decoder-layers", "[(32, 3)] * 2"]
-TRAIN = ["--optimizer", "nag", "--lr", "0.25", "--clip-norm", "0.1", "--max-tokens", "3000",
-         "--max-epoch", "2", "--no-progress-bar", "--seed", "1", "--no-epoch-checkpoints"]
+TINY = [
+    "--encoder-embed-dim",
+    "32",
+    "--decoder-embed-dim",
+    "32",
+    "--decoder-out-embed-dim",
+    "32",
+    "--encoder-layers",
+    "[(32, 3)] * 2",
+    "--decoder-layers",
+    "[(32, 3)] * 2",
+]
+TRAIN = [
+    "--optimizer",
+    "nag",
+    "--lr",
+    "0.25",
+    "--clip-norm",
+    "0.1",
+    "--max-tokens",
+    "3000",
+    "--max-epoch",
+    "2",
+    "--no-progress-bar",
+    "--seed",
+    "1",
+    "--no-epoch-checkpoints",
+]
 
 
 # ---------------------------------------------------------------- fairseq-train --user-dir
@@ -36,12 +60,46 @@ def test_validation_bleu_chooses_the_best_checkpoint(fconv_ext_tiny_run):
 
 
 def test_sequence_risk_fine_tunes_from_a_checkpoint(data_bin, fconv_ext_tiny_run, tmp_path):
-    log = run([f"{BIN}/fairseq-train", str(data_bin), "--user-dir", USER_DIR, "--arch", "fconv_ext_tiny",
-               "--task", "fconv_translation", "--eval-bleu-detok", "space", "--eval-bleu-args", '{"beam": 1}',
-               "--criterion", "sequence_risk", "--risk-candidates", "2", "--risk-beam", "2",
-               "--restore-file", str(fconv_ext_tiny_run / "checkpoint_best.pt"), "--reset-optimizer",
-               "--reset-dataloader", "--reset-meters", "--save-dir", str(tmp_path / "risk"), "--optimizer", "adam",
-               "--lr", "1e-4", "--max-tokens", "1000", "--max-update", "3", "--log-interval", "1", "--no-progress-bar"])
+    log = run(
+        [
+            f"{BIN}/fairseq-train",
+            str(data_bin),
+            "--user-dir",
+            USER_DIR,
+            "--arch",
+            "fconv_ext_tiny",
+            "--task",
+            "fconv_translation",
+            "--eval-bleu-detok",
+            "space",
+            "--eval-bleu-args",
+            '{"beam": 1}',
+            "--criterion",
+            "sequence_risk",
+            "--risk-candidates",
+            "2",
+            "--risk-beam",
+            "2",
+            "--restore-file",
+            str(fconv_ext_tiny_run / "checkpoint_best.pt"),
+            "--reset-optimizer",
+            "--reset-dataloader",
+            "--reset-meters",
+            "--save-dir",
+            str(tmp_path / "risk"),
+            "--optimizer",
+            "adam",
+            "--lr",
+            "1e-4",
+            "--max-tokens",
+            "1000",
+            "--max-update",
+            "3",
+            "--log-interval",
+            "1",
+            "--no-progress-bar",
+        ]
+    )
     assert re.search(r"train_inner .*risk=[\d.]+, expected_bleu=[\d.]+", log), log[-2000:]
 
 
@@ -59,38 +117,85 @@ def test_print_alignment_gives_an_alignment_per_sentence(fconv_ext_tiny_generate
 
 
 def test_console_script_adds_the_user_dir_itself(data_bin, fconv_ext_tiny_run, fconv_ext_tiny_generated, tmp_path):
-    out = generate(data_bin, fconv_ext_tiny_run / "checkpoint_best.pt", user_dir=False, cwd=tmp_path,
-                   tool="fconv-ext-generate")  # from a directory without fconv_plugin
+    out = generate(
+        data_bin, fconv_ext_tiny_run / "checkpoint_best.pt", user_dir=False, cwd=tmp_path, tool="fconv-ext-generate"
+    )  # from a directory without fconv_plugin
     assert hypotheses(out) == hypotheses(fconv_ext_tiny_generated)
 
 
 def test_too_long_input_fails_with_fairseqs_message(data_bin, fconv_ext_tiny_run, tmp_path):
     checkpoint = fconv_ext_tiny_run / "checkpoint_best.pt"
-    proc = subprocess.run([f"{BIN}/fairseq-generate", str(data_bin), "--path", str(checkpoint),
-                           "--user-dir", USER_DIR, "--max-source-positions", "6"],
-                          capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            f"{BIN}/fairseq-generate",
+            str(data_bin),
+            "--path",
+            str(checkpoint),
+            "--user-dir",
+            USER_DIR,
+            "--max-source-positions",
+            "6",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode != 0
     assert "max_positions=(6" in proc.stderr and "--skip-invalid-size-inputs-valid-test" in proc.stderr
     assert "IndexError" not in proc.stderr
 
 
 def test_too_long_input_is_skipped_on_request(data_bin, fconv_ext_tiny_run, tmp_path):
-    skipped = hypotheses(generate(data_bin, fconv_ext_tiny_run / "checkpoint_best.pt", "--max-source-positions", "6",
-                                  "--skip-invalid-size-inputs-valid-test", cwd=tmp_path))
+    skipped = hypotheses(
+        generate(
+            data_bin,
+            fconv_ext_tiny_run / "checkpoint_best.pt",
+            "--max-source-positions",
+            "6",
+            "--skip-invalid-size-inputs-valid-test",
+            cwd=tmp_path,
+        )
+    )
     assert 0 < len(skipped) < N_TEST
 
 
 # ---------------------------------------------------------------- fairseq-interactive
 def interactive(data_bin, checkpoint, *extra, cwd, stdin=None):
-    return run([f"{BIN}/fairseq-interactive", str(data_bin), "--path", str(checkpoint), "--user-dir", USER_DIR,
-                "--source-lang", "en", "--target-lang", "de", *extra], cwd=cwd, stdin=stdin)
+    return run(
+        [
+            f"{BIN}/fairseq-interactive",
+            str(data_bin),
+            "--path",
+            str(checkpoint),
+            "--user-dir",
+            USER_DIR,
+            "--source-lang",
+            "en",
+            "--target-lang",
+            "de",
+            *extra,
+        ],
+        cwd=cwd,
+        stdin=stdin,
+    )
 
 
 def test_interactive_applies_and_removes_bpe(data_bin, fconv_ext_tiny_run, tmp_path):
     # raw text in, detokenized text out: fairseq's moses tokenizer and subword-nmt BPE
-    out = interactive(data_bin, fconv_ext_tiny_run / "checkpoint_best.pt", "--beam", "5", "--tokenizer", "moses",
-                      "--bpe", "subword_nmt", "--bpe-codes", str(data_bin.parent / "codes"), cwd=tmp_path,
-                      stdin="Cannot open file\nzzzqqq xxyyzz\nThe file %s does not exist\n")
+    out = interactive(
+        data_bin,
+        fconv_ext_tiny_run / "checkpoint_best.pt",
+        "--beam",
+        "5",
+        "--tokenizer",
+        "moses",
+        "--bpe",
+        "subword_nmt",
+        "--bpe-codes",
+        str(data_bin.parent / "codes"),
+        cwd=tmp_path,
+        stdin="Cannot open file\nzzzqqq xxyyzz\nThe file %s does not exist\n",
+    )
     lines = out.splitlines()
     assert len([line for line in lines if line.startswith("H-")]) == 3
     assert [line.split("\t")[1] for line in lines if line.startswith("S-")][0].count("@@") > 0  # BPE applied
@@ -101,9 +206,20 @@ def test_interactive_translates_every_line_of_careless_input(data_bin, fconv_ext
     # empty, unknown words, longer than the model's positions, not UTF-8: every line still gets a
     # translation (with --task fconv_translation)
     hostile = tmp_path / "hostile.txt"
-    hostile.write_bytes(b"Cannot open file\n\nzzqx qqzz\n" + b" ".join([b"file"] * 1100) + b"\nbad \xff\xfe bytes\nThe end\n")
-    out = interactive(data_bin, fconv_ext_tiny_run / "checkpoint_best.pt", "--task", "fconv_translation",
-                      "--beam", "2", "--input", str(hostile), cwd=tmp_path)
+    hostile.write_bytes(
+        b"Cannot open file\n\nzzqx qqzz\n" + b" ".join([b"file"] * 1100) + b"\nbad \xff\xfe bytes\nThe end\n"
+    )
+    out = interactive(
+        data_bin,
+        fconv_ext_tiny_run / "checkpoint_best.pt",
+        "--task",
+        "fconv_translation",
+        "--beam",
+        "2",
+        "--input",
+        str(hostile),
+        cwd=tmp_path,
+    )
     assert sorted(int(line.split("\t")[0][2:]) for line in out.splitlines() if line.startswith("H-")) == list(range(6))
     assert "longer than the model's 1024 positions" in out and "not utf-8" in out.lower()  # warned, not stopped
 
@@ -118,8 +234,24 @@ def test_plot_attention_writes_a_png(data_bin, fconv_ext_tiny_run, tmp_path):
     from fconv_plugin.cli.plots import plot_attention
 
     png = tmp_path / "attention.png"
-    assert plot_attention([str(fconv_ext_tiny_run), "--data", str(data_bin), "--sentence", "Cannot open file",
-                           "--source-lang", "en", "--target-lang", "de", "--out", str(png)]) == 0
+    assert (
+        plot_attention(
+            [
+                str(fconv_ext_tiny_run),
+                "--data",
+                str(data_bin),
+                "--sentence",
+                "Cannot open file",
+                "--source-lang",
+                "en",
+                "--target-lang",
+                "de",
+                "--out",
+                str(png),
+            ]
+        )
+        == 0
+    )
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 

@@ -15,16 +15,34 @@ from fconv_runtime import Translator
 
 
 @pytest.mark.slow
-def test_exported_tiny_model_translates_like_fairseq_generate(data_bin, fconv_ext_tiny_run, fconv_ext_tiny_generated,
-                                                              tmp_path):
+def test_exported_tiny_model_translates_like_fairseq_generate(
+    data_bin, fconv_ext_tiny_run, fconv_ext_tiny_generated, tmp_path
+):
     """fconv-ext-export + fconv-ext-translate on fconv_ext_tiny trained by fairseq-train: the hypotheses of
     the BPE'd test split are fairseq-generate's (beam 5)."""
     out = tmp_path / "onnx"
-    subprocess.run([f"{BIN}/fconv-ext-export", str(fconv_ext_tiny_run / "checkpoint_best.pt"), str(out),
-                    "--format", "onnx", "--data", str(data_bin)], check=True, capture_output=True, cwd=REPO)
+    subprocess.run(
+        [
+            f"{BIN}/fconv-ext-export",
+            str(fconv_ext_tiny_run / "checkpoint_best.pt"),
+            str(out),
+            "--format",
+            "onnx",
+            "--data",
+            str(data_bin),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=REPO,
+    )
     source = (data_bin.parent / "test.en").read_text(encoding="utf-8")
-    proc = subprocess.run([f"{BIN}/fconv-ext-translate", str(out), "--beam", "5", "--batch-size", "16"],
-                          input=source, capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [f"{BIN}/fconv-ext-translate", str(out), "--beam", "5", "--batch-size", "16"],
+        input=source,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     got = proc.stdout.splitlines()
     expected = hypotheses(fconv_ext_tiny_generated)
     assert len(got) == N_TEST == len(expected)
@@ -61,8 +79,9 @@ def test_aoti_export_equals_onnx_runtime(search_model, onnx_export, tmp_path):
     got = Translator(str(out)).translate_nbest(lines, beam=4, nbest=2)
     expected = Translator(str(onnx_export[1])).translate_nbest(lines, beam=4, nbest=2)
     assert [[h.tokens for h in hyps] for hyps in got] == [[h.tokens for h in hyps] for hyps in expected]
-    np.testing.assert_allclose([h.score for hyps in got for h in hyps], [h.score for hyps in expected for h in hyps],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        [h.score for hyps in got for h in hyps], [h.score for hyps in expected for h in hyps], atol=1e-5
+    )
 
 
 @pytest.mark.slow

@@ -16,9 +16,17 @@ from fconv_plugin.models import build_model_from_config
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 #: the model of the DistributedDataParallel test, built alike in its two processes and in the test
-DDP_MODEL = {"_name": "fconv_ext", "encoder_embed_dim": 8, "encoder_layers": "[(8, 3)] * 2", "decoder_embed_dim": 8,
-             "decoder_layers": "[(8, 3)] * 2", "decoder_out_embed_dim": 8, "dropout": 0.0,
-             "max_source_positions": 64, "max_target_positions": 64}
+DDP_MODEL = {
+    "_name": "fconv_ext",
+    "encoder_embed_dim": 8,
+    "encoder_layers": "[(8, 3)] * 2",
+    "decoder_embed_dim": 8,
+    "decoder_layers": "[(8, 3)] * 2",
+    "decoder_out_embed_dim": 8,
+    "dropout": 0.0,
+    "max_source_positions": 64,
+    "max_target_positions": 64,
+}
 
 
 @pytest.mark.slow
@@ -38,20 +46,79 @@ def test_fairseq_train_update_freq_first_update_equals_default_criterion(tmp_pat
             (raw / f"{split}.{lang}").write_text("\n".join(lines) + "\n")
     data = tmp_path / "bin"
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    subprocess.run([os.path.join(BIN, "fairseq-preprocess"), "--source-lang", "en", "--target-lang", "de",
-                    "--trainpref", str(raw / "train"), "--validpref", str(raw / "valid"), "--destdir", str(data),
-                    "--workers", "1"], check=True, capture_output=True, env=env)
+    subprocess.run(
+        [
+            os.path.join(BIN, "fairseq-preprocess"),
+            "--source-lang",
+            "en",
+            "--target-lang",
+            "de",
+            "--trainpref",
+            str(raw / "train"),
+            "--validpref",
+            str(raw / "valid"),
+            "--destdir",
+            str(data),
+            "--workers",
+            "1",
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
     runs = {}
     for crit in ("label_smoothed_cross_entropy", "fused_label_smoothed_cross_entropy"):
         save = tmp_path / crit
-        cmd = [os.path.join(BIN, "fairseq-train"), str(data), "--user-dir", os.path.join(REPO, "fconv_plugin"),
-               "--arch", "fconv_ext", "--encoder-embed-dim", "16", "--encoder-layers", "[(16, 3)] * 2",
-               "--decoder-embed-dim", "16", "--decoder-layers", "[(16, 3)] * 2", "--decoder-out-embed-dim", "16",
-               "--dropout", "0.2", "--criterion", crit, "--label-smoothing", "0.1", "--report-accuracy",
-               "--optimizer", "nag", "--lr", "0.25", "--clip-norm", "0.1", "--max-tokens", "120",
-               "--update-freq", "2", "--max-update", "1", "--seed", "3", "--cpu", "--num-workers", "0",
-               "--save-dir", str(save), "--no-epoch-checkpoints", "--disable-validation",
-               "--log-format", "json", "--log-interval", "1"]
+        cmd = [
+            os.path.join(BIN, "fairseq-train"),
+            str(data),
+            "--user-dir",
+            os.path.join(REPO, "fconv_plugin"),
+            "--arch",
+            "fconv_ext",
+            "--encoder-embed-dim",
+            "16",
+            "--encoder-layers",
+            "[(16, 3)] * 2",
+            "--decoder-embed-dim",
+            "16",
+            "--decoder-layers",
+            "[(16, 3)] * 2",
+            "--decoder-out-embed-dim",
+            "16",
+            "--dropout",
+            "0.2",
+            "--criterion",
+            crit,
+            "--label-smoothing",
+            "0.1",
+            "--report-accuracy",
+            "--optimizer",
+            "nag",
+            "--lr",
+            "0.25",
+            "--clip-norm",
+            "0.1",
+            "--max-tokens",
+            "120",
+            "--update-freq",
+            "2",
+            "--max-update",
+            "1",
+            "--seed",
+            "3",
+            "--cpu",
+            "--num-workers",
+            "0",
+            "--save-dir",
+            str(save),
+            "--no-epoch-checkpoints",
+            "--disable-validation",
+            "--log-format",
+            "json",
+            "--log-interval",
+            "1",
+        ]
         runs[crit] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
     results = {}
     for crit, proc in runs.items():
@@ -78,7 +145,7 @@ def test_fairseq_train_update_freq_first_update_equals_default_criterion(tmp_pat
         torch.testing.assert_close(fused["model"][name], want, **TOL, msg=name)
 
 
-DDP_SCRIPT = r'''
+DDP_SCRIPT = r"""
 import json, os, sys
 import torch
 import torch.distributed as dist
@@ -107,7 +174,7 @@ for find_unused in (False, True):
 if rank == 0:
     torch.save(grads, out)
 dist.destroy_process_group()
-'''
+"""
 
 
 @pytest.mark.slow
@@ -119,8 +186,16 @@ def test_torch_ddp_two_processes_average_fairseqs_gradients(tmp_path):
     script.write_text(DDP_SCRIPT)
     out = str(tmp_path / "grads.pt")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, str(script), REPO, str(r), out, json.dumps(DDP_MODEL)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), REPO, str(r), out, json.dumps(DDP_MODEL)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(2)
+    ]
     for p in procs:
         log, _ = p.communicate(timeout=120)
         assert p.returncode == 0, log[-3000:]
@@ -134,8 +209,11 @@ def test_torch_ddp_two_processes_average_fairseqs_gradients(tmp_path):
         src = random_batch(d, [5, 3], seed=10 + rank)
         tgt = random_batch(d, [4, 6], seed=20 + rank, left_pad=False)
         prev = torch.cat([torch.full((2, 1), d.eos()), tgt[:, :-1]], 1)
-        sample = {"net_input": {"src_tokens": src, "src_lengths": src.ne(d.pad()).sum(1), "prev_output_tokens": prev},
-                  "target": tgt, "ntokens": int(tgt.ne(d.pad()).sum())}
+        sample = {
+            "net_input": {"src_tokens": src, "src_lengths": src.ne(d.pad()).sum(1), "prev_output_tokens": prev},
+            "target": tgt,
+            "ntokens": int(tgt.ne(d.pad()).sum()),
+        }
         (crit(model, sample)[0] / 2).backward()  # DDP averages over the 2 ranks
     for find_unused in (False, True):
         assert set(got[find_unused]) == {n for n, _ in model.named_parameters()}

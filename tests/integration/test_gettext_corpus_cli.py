@@ -10,9 +10,16 @@ def _hub(protected_tiny, tokenizer):
     from fconv_plugin.models import FConvExtModel
 
     save, data, codes = protected_tiny
-    return FConvExtModel.from_pretrained(str(save), checkpoint_file="checkpoint_last.pt", data_name_or_path=str(data),
-                                         source_lang="en", target_lang="de", tokenizer=tokenizer,
-                                         bpe="subword_nmt", bpe_codes=str(codes))
+    return FConvExtModel.from_pretrained(
+        str(save),
+        checkpoint_file="checkpoint_last.pt",
+        data_name_or_path=str(data),
+        source_lang="en",
+        target_lang="de",
+        tokenizer=tokenizer,
+        bpe="subword_nmt",
+        bpe_codes=str(codes),
+    )
 
 
 @pytest.mark.slow
@@ -39,9 +46,29 @@ def test_hub_keeps_placeholders_whole_with_moses_protected(protected_tiny):
 def test_fairseq_interactive_with_moses_protected(protected_tiny):
     save, data, codes = protected_tiny
     sources = ["Cannot open file %s", "Invalid value %1$s for {0} in C++", "Could not read %s: %s"]
-    out = run([f"{BIN}/fairseq-interactive", str(data), "--user-dir", USER_DIR, "--path", str(save / "checkpoint_last.pt"),
-               "--source-lang", "en", "--target-lang", "de", "--beam", "5", "--tokenizer", "moses_protected",
-               "--bpe", "subword_nmt", "--bpe-codes", str(codes)], stdin="\n".join(sources) + "\n")
+    out = run(
+        [
+            f"{BIN}/fairseq-interactive",
+            str(data),
+            "--user-dir",
+            USER_DIR,
+            "--path",
+            str(save / "checkpoint_last.pt"),
+            "--source-lang",
+            "en",
+            "--target-lang",
+            "de",
+            "--beam",
+            "5",
+            "--tokenizer",
+            "moses_protected",
+            "--bpe",
+            "subword_nmt",
+            "--bpe-codes",
+            str(codes),
+        ],
+        stdin="\n".join(sources) + "\n",
+    )
     detok = {int(line.split("\t")[0][2:]): line.split("\t")[2] for line in out.splitlines() if line.startswith("D-")}
     assert sorted(detok) == [0, 1, 2]
     for text in detok.values():

@@ -15,8 +15,13 @@ from fconv_plugin.serving.int8 import is_quantized
 
 
 def sample_for(src_dict, lengths=(7, 3, 9, 5, 2, 8)):
-    return {"net_input": {"src_tokens": random_batch(src_dict, list(lengths), seed=3),
-                          "src_lengths": torch.tensor(lengths)}, "id": torch.arange(len(lengths))}
+    return {
+        "net_input": {
+            "src_tokens": random_batch(src_dict, list(lengths), seed=3),
+            "src_lengths": torch.tensor(lengths),
+        },
+        "id": torch.arange(len(lengths)),
+    }
 
 
 def test_int8_quantizes_the_step_and_the_encoder_not_the_model():
@@ -94,9 +99,14 @@ def test_int8_decodes_from_generate_and_the_hub_close_to_float32(data_bin, fconv
 
     from fconv_plugin.models import FConvExtModel
 
-    hub = FConvExtModel.from_pretrained(str(fconv_ext_tiny_run), checkpoint_file="checkpoint_best.pt",
-                                        data_name_or_path=str(data_bin), source_lang="en", target_lang="de",
-                                        inference_dtype="int8")
+    hub = FConvExtModel.from_pretrained(
+        str(fconv_ext_tiny_run),
+        checkpoint_file="checkpoint_best.pt",
+        data_name_or_path=str(data_bin),
+        source_lang="en",
+        target_lang="de",
+        inference_dtype="int8",
+    )
     sentence = data_bin.parent.joinpath("test.en").read_text(encoding="utf-8").splitlines()[0]
     assert isinstance(hub.translate(sentence, beam=5), str) and hub.translate(sentence, beam=5)
     assert is_quantized(decoder_step(hub.models[0])[0].fc3)

@@ -16,11 +16,30 @@ def test_cli_converts_an_extracted_archive_for_fairseq_generate_and_the_hub(wmt_
     out = tmp_path / "converted"
     log = run([f"{BIN}/fconv-ext-convert", str(extracted), str(out)])
     assert "model.pt" in log and hub.is_converted_directory(str(out))
-    for lang, text in [("en", "the house is small\nHello world !\na big cat\n"), ("fr", "la maison est petite\nBonjour le monde !\nun grand chat\n")]:
+    for lang, text in [
+        ("en", "the house is small\nHello world !\na big cat\n"),
+        ("fr", "la maison est petite\nBonjour le monde !\nun grand chat\n"),
+    ]:
         (tmp_path / f"test.{lang}").write_text(text)
-    run([f"{BIN}/fairseq-preprocess", "--source-lang", "en", "--target-lang", "fr", "--srcdict", str(out / "dict.en.txt"),
-         "--tgtdict", str(out / "dict.fr.txt"), "--testpref", str(tmp_path / "test"), "--destdir", str(tmp_path / "bin"),
-         "--workers", "1"])
+    run(
+        [
+            f"{BIN}/fairseq-preprocess",
+            "--source-lang",
+            "en",
+            "--target-lang",
+            "fr",
+            "--srcdict",
+            str(out / "dict.en.txt"),
+            "--tgtdict",
+            str(out / "dict.fr.txt"),
+            "--testpref",
+            str(tmp_path / "test"),
+            "--destdir",
+            str(tmp_path / "bin"),
+            "--workers",
+            "1",
+        ]
+    )
     common = [str(tmp_path / "bin"), "--beam", "5", "--batch-size", "1", "--user-dir", "fconv_plugin"]
     ours = hypotheses(run([f"{BIN}/fairseq-generate", *common, "--path", str(out / "model.pt")], cwd=REPO))
     theirs = hypotheses(run([f"{BIN}/fairseq-generate", *common, "--path", str(extracted / "model.pt")], cwd=REPO))

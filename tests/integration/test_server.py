@@ -108,15 +108,22 @@ class FakeTranslator:
             time.sleep(0.4)
         if any("wait" in s.split() for s in sentences):
             assert self.gate.wait(10)
-        return [[Hypothesis(" ".join(reversed(s.split())) + "!" * n, s, -1.0 - n) for n in range(self.beam)]
-                for s in sentences]
+        return [
+            [Hypothesis(" ".join(reversed(s.split())) + "!" * n, s, -1.0 - n) for n in range(self.beam)]
+            for s in sentences
+        ]
 
 
 def fake_server(api_keys=(), **limits) -> LiveServer:
     """A live server on a FakeTranslator (beam 3: alternatives up to 2), with these limits."""
     fake = FakeTranslator()
-    server = Server(lambda: fake, limits=Limits(**{"max_alternatives": 2, **limits}), max_tokens=64, max_wait_ms=5,
-                    api_keys=api_keys)
+    server = Server(
+        lambda: fake,
+        limits=Limits(**{"max_alternatives": 2, **limits}),
+        max_tokens=64,
+        max_wait_ms=5,
+        api_keys=api_keys,
+    )
     live = LiveServer(build_app(server))
     live.fake, live.server = fake, server
     return live.wait_ready()
@@ -160,58 +167,133 @@ def test_translate_json_and_form_with_libretranslates_shapes(fake):
     assert listed == {"translatedText": ["b a", "d c"], "alternatives": [["b a!", "b a!!"], ["d c!", "d c!!"]]}
     lines = post(fake.url, json={**body, "q": "a b\n\nc d"}).json()  # lines translated one by one
     assert lines == {"translatedText": "b a\n\nd c"}
-    markup = post(fake.url, json={**body, "format": "html", "alternatives": 1,
-                                  "q": '<p title="a b">open the <b>big</b> file &amp; go</p><script>x y</script>'})
-    assert markup.json() == {"translatedText": '<p title="a b">the open <b>big</b> go &amp; file</p><script>x y</script>',
-                             "alternatives": []}  # text nodes translated, markup kept; no alternatives for html
+    markup = post(
+        fake.url,
+        json={
+            **body,
+            "format": "html",
+            "alternatives": 1,
+            "q": '<p title="a b">open the <b>big</b> file &amp; go</p><script>x y</script>',
+        },
+    )
+    assert markup.json() == {
+        "translatedText": '<p title="a b">the open <b>big</b> go &amp; file</p><script>x y</script>',
+        "alternatives": [],
+    }  # text nodes translated, markup kept; no alternatives for html
     auto = post(fake.url, json={**body, "source": "auto"}).json()
     assert auto["detectedLanguage"] == {"confidence": 0.0, "language": "en"}
     assert httpx.get(fake.url + "languages").json() == fake.fake.languages()
 
 
 BAD_INPUT = [  # (what, request keyword arguments, status, message)
-    ("invalid JSON", dict(content=b'{"q": ', headers={"content-type": "application/json"}), 400,
-     "Invalid JSON format: Expecting value (line 1, column 7)"),
+    (
+        "invalid JSON",
+        dict(content=b'{"q": ', headers={"content-type": "application/json"}),
+        400,
+        "Invalid JSON format: Expecting value (line 1, column 7)",
+    ),
     ("JSON that is not an object", dict(json=["q"]), 400, "Invalid JSON format: the body must be a JSON object"),
-    ("invalid UTF-8", dict(content=b'{"q": "\xff"}', headers={"content-type": "application/json"}), 400,
-     "Invalid request: the body is not valid UTF-8 (byte 0xff at position 7)"),
-    ("invalid UTF-8 in a form", dict(content=b"q=%ff&source=en&target=de",
-                                     headers={"content-type": "application/x-www-form-urlencoded"}), 400,
-     "Invalid request: a form field is not valid UTF-8 once percent-decoded"),
+    (
+        "invalid UTF-8",
+        dict(content=b'{"q": "\xff"}', headers={"content-type": "application/json"}),
+        400,
+        "Invalid request: the body is not valid UTF-8 (byte 0xff at position 7)",
+    ),
+    (
+        "invalid UTF-8 in a form",
+        dict(content=b"q=%ff&source=en&target=de", headers={"content-type": "application/x-www-form-urlencoded"}),
+        400,
+        "Invalid request: a form field is not valid UTF-8 once percent-decoded",
+    ),
     ("missing q", dict(json={"source": "en", "target": "de"}), 400, "Invalid request: missing q parameter"),
     ("empty q list", dict(json={"q": [], "source": "en", "target": "de"}), 400, "Invalid request: missing q parameter"),
     ("missing source", dict(json={"q": "a", "target": "de"}), 400, "Invalid request: missing source parameter"),
     ("missing target", dict(json={"q": "a", "source": "en"}), 400, "Invalid request: missing target parameter"),
-    ("q a number", dict(json={"q": 3, "source": "en", "target": "de"}), 400,
-     "Invalid request: q must be a string or a list of strings"),
-    ("q a list with a number", dict(json={"q": ["a", 3], "source": "en", "target": "de"}), 400,
-     "Invalid request: q must be a string or a list of strings"),
-    ("source a list", dict(json={"q": "a", "source": ["en"], "target": "de"}), 400,
-     "Invalid request: source must be a string, not a list"),
-    ("unknown source", dict(json={"q": "a", "source": "fr", "target": "de"}), 400,
-     "fr is not supported (this model translates en to de)"),
-    ("unknown target", dict(json={"q": "a", "source": "en", "target": "es"}), 400,
-     "es is not supported (this model translates en to de)"),
-    ("unknown format", dict(json={"q": "a", "source": "en", "target": "de", "format": "pdf"}), 400,
-     "pdf format is not supported"),
-    ("alternatives not a number", dict(json={"q": "a", "source": "en", "target": "de", "alternatives": "x"}), 400,
-     "Invalid request: alternatives parameter is not a number"),
-    ("too many alternatives", dict(json={"q": "a", "source": "en", "target": "de", "alternatives": 3}), 400,
-     "Invalid request: alternatives parameter must be <= 2"),
-    ("too many characters", dict(json={"q": "a" * 201, "source": "en", "target": "de"}), 400,
-     "Invalid request: request (201) exceeds text limit (200)"),
-    ("too many sentences", dict(json={"q": ["a", "b\nc", "d", "e"], "source": "en", "target": "de"}), 400,
-     "Invalid request: request (5 sentences) exceeds sentence limit (4)"),
-    ("too many html text nodes", dict(json={"q": "<p>a</p><p>b</p><p>c<i>d</i>e</p>", "source": "en", "target": "de",
-                                            "format": "html"}), 400,
-     "Invalid request: request (5 sentences) exceeds sentence limit (4)"),
-    ("a body over the size limit", dict(content=b"q=" + b"a" * 2000, headers={"content-type": "text/plain"}), 413,
-     "Invalid request: the body is larger than this server's limit (2000 bytes)"),
-    ("a chunked body over the size limit", dict(content=iter([b"q=" + b"a" * 1500, b"b" * 1500])), 413,
-     "Invalid request: the body is larger than this server's limit (2000 bytes)"),
-    ("an unsupported content type", dict(content=b"x", headers={"content-type": "image/png"}), 415,
-     "Invalid request: unsupported content type 'image/png' (send application/json or "
-     "application/x-www-form-urlencoded)"),
+    (
+        "q a number",
+        dict(json={"q": 3, "source": "en", "target": "de"}),
+        400,
+        "Invalid request: q must be a string or a list of strings",
+    ),
+    (
+        "q a list with a number",
+        dict(json={"q": ["a", 3], "source": "en", "target": "de"}),
+        400,
+        "Invalid request: q must be a string or a list of strings",
+    ),
+    (
+        "source a list",
+        dict(json={"q": "a", "source": ["en"], "target": "de"}),
+        400,
+        "Invalid request: source must be a string, not a list",
+    ),
+    (
+        "unknown source",
+        dict(json={"q": "a", "source": "fr", "target": "de"}),
+        400,
+        "fr is not supported (this model translates en to de)",
+    ),
+    (
+        "unknown target",
+        dict(json={"q": "a", "source": "en", "target": "es"}),
+        400,
+        "es is not supported (this model translates en to de)",
+    ),
+    (
+        "unknown format",
+        dict(json={"q": "a", "source": "en", "target": "de", "format": "pdf"}),
+        400,
+        "pdf format is not supported",
+    ),
+    (
+        "alternatives not a number",
+        dict(json={"q": "a", "source": "en", "target": "de", "alternatives": "x"}),
+        400,
+        "Invalid request: alternatives parameter is not a number",
+    ),
+    (
+        "too many alternatives",
+        dict(json={"q": "a", "source": "en", "target": "de", "alternatives": 3}),
+        400,
+        "Invalid request: alternatives parameter must be <= 2",
+    ),
+    (
+        "too many characters",
+        dict(json={"q": "a" * 201, "source": "en", "target": "de"}),
+        400,
+        "Invalid request: request (201) exceeds text limit (200)",
+    ),
+    (
+        "too many sentences",
+        dict(json={"q": ["a", "b\nc", "d", "e"], "source": "en", "target": "de"}),
+        400,
+        "Invalid request: request (5 sentences) exceeds sentence limit (4)",
+    ),
+    (
+        "too many html text nodes",
+        dict(json={"q": "<p>a</p><p>b</p><p>c<i>d</i>e</p>", "source": "en", "target": "de", "format": "html"}),
+        400,
+        "Invalid request: request (5 sentences) exceeds sentence limit (4)",
+    ),
+    (
+        "a body over the size limit",
+        dict(content=b"q=" + b"a" * 2000, headers={"content-type": "text/plain"}),
+        413,
+        "Invalid request: the body is larger than this server's limit (2000 bytes)",
+    ),
+    (
+        "a chunked body over the size limit",
+        dict(content=iter([b"q=" + b"a" * 1500, b"b" * 1500])),
+        413,
+        "Invalid request: the body is larger than this server's limit (2000 bytes)",
+    ),
+    (
+        "an unsupported content type",
+        dict(content=b"x", headers={"content-type": "image/png"}),
+        415,
+        "Invalid request: unsupported content type 'image/png' (send application/json or "
+        "application/x-www-form-urlencoded)",
+    ),
 ]
 
 
@@ -231,7 +313,9 @@ def test_api_keys(tmp_path):
     body = {"q": "a b", "source": "en", "target": "de"}
     try:
         assert (post(live.url, json=body).status_code, post(live.url, json=body).json()) == (
-            403, {"error": "Invalid API key: this server needs an api_key field"})
+            403,
+            {"error": "Invalid API key: this server needs an api_key field"},
+        )
         wrong = post(live.url, json={**body, "api_key": "secret-3"})
         assert (wrong.status_code, wrong.json()) == (403, {"error": "Invalid API key"})
         assert post(live.url, data={**body, "api_key": "secret-2"}).json() == {"translatedText": "b a"}
@@ -248,8 +332,11 @@ def test_binds_127_0_0_1_unless_told():
 def test_cross_origin_calls_only_from_the_origins_given():
     server = Server(FakeTranslator, limits=Limits(), max_tokens=64, max_wait_ms=5)
     live = LiveServer(build_app(server, cors_origins=["https://a.example"])).wait_ready()
-    preflight = {"Origin": "https://a.example", "Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "content-type"}
+    preflight = {
+        "Origin": "https://a.example",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type",
+    }
     try:
         allowed = httpx.options(live.url + "translate", headers=preflight)
         assert allowed.headers["access-control-allow-origin"] == "https://a.example"
@@ -297,7 +384,9 @@ def test_a_request_over_its_timeout_gets_504_and_its_sentences_are_dropped():
         blocker, late = asyncio.run(run())
         assert blocker.status_code == 504  # 0.4 s of decoding > 0.2 s
         assert (late.status_code, late.json()) == (
-            504, {"error": "Cannot translate text: no answer within this server's timeout (0.2 s)"})
+            504,
+            {"error": "Cannot translate text: no answer within this server's timeout (0.2 s)"},
+        )
         time.sleep(0.5)
         assert all("never decoded" not in batch for batch in live.fake.batches)
     finally:
@@ -311,8 +400,10 @@ def test_a_decoding_error_fails_only_its_own_request():
     async def run():
         async with httpx.AsyncClient(base_url=live.url, timeout=30) as client:
             blocker = await hold_the_decoder(client, live)
-            batch = [asyncio.ensure_future(client.post("translate", json={**body, "q": q}))
-                     for q in ("good one", "poison pill", "good two")]
+            batch = [
+                asyncio.ensure_future(client.post("translate", json={**body, "q": q}))
+                for q in ("good one", "poison pill", "good two")
+            ]
             await until(lambda: live.server.batcher.queued() == 3)  # the three make one batch
             live.fake.gate.set()
             return [await blocker] + list(await asyncio.gather(*batch))
@@ -335,8 +426,10 @@ def _raw_post(port: int, body: dict) -> socket.socket:
     """A POST /translate sent on a raw socket (the caller closes it to disconnect)."""
     data = json.dumps(body).encode()
     sock = socket.create_connection(("127.0.0.1", port))
-    sock.sendall(b"POST /translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+    sock.sendall(
+        b"POST /translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(data), data)
+    )
     return sock
 
 
@@ -345,6 +438,7 @@ def test_a_client_that_disconnects_does_not_stall_or_poison_its_batch():
     body = {"source": "en", "target": "de"}
     together = {"slow gone while decoding", "slow neighbour"}  # one batch, in the order they arrive
     try:
+
         async def run():
             async with httpx.AsyncClient(base_url=live.url, timeout=30) as client:
                 # 1. disconnects while queued: its sentence is never decoded
@@ -405,11 +499,15 @@ def test_health_says_loading_until_the_model_is_loaded_and_metrics_are_prometheu
         post(live.url, json={"q": "a b", "source": "en", "target": "de"})
         metrics = httpx.get(live.url + "metrics")
         assert metrics.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
-        for line in ['fconv_serve_requests_total{endpoint="/translate",status="200"} 1.0',
-                     'fconv_serve_requests_total{endpoint="/translate",status="503"} 1.0',
-                     "fconv_serve_batch_sentences_count 1.0", "fconv_serve_queue_sentences 0.0",
-                     "fconv_serve_sentences_total 1.0", "fconv_serve_ready 1.0",
-                     'fconv_serve_request_seconds_bucket{endpoint="/translate",le="+Inf"} 2.0']:
+        for line in [
+            'fconv_serve_requests_total{endpoint="/translate",status="200"} 1.0',
+            'fconv_serve_requests_total{endpoint="/translate",status="503"} 1.0',
+            "fconv_serve_batch_sentences_count 1.0",
+            "fconv_serve_queue_sentences 0.0",
+            "fconv_serve_sentences_total 1.0",
+            "fconv_serve_ready 1.0",
+            'fconv_serve_request_seconds_bucket{endpoint="/translate",le="+Inf"} 2.0',
+        ]:
             assert line in metrics.text, line
         assert "fconv_serve_sentences_per_second 0.1" in metrics.text  # 1 sentence in the last 10 s
         assert "process_resident_memory_bytes" in metrics.text
@@ -420,7 +518,9 @@ def test_health_says_loading_until_the_model_is_loaded_and_metrics_are_prometheu
 
 def test_merge_subwords():
     assert merge_subwords(["Cann@@", "ot", "open", "fi@@", "l@@", "e", "</s>"]) == (
-        ["Cannot", "open", "file", "</s>"], [[0, 1], [2], [3, 4, 5], [6]])
+        ["Cannot", "open", "file", "</s>"],
+        [[0, 1], [2], [3, 4, 5], [6]],
+    )
 
 
 # ------------------------------------------------------------------------------ a real model
@@ -430,15 +530,21 @@ def test_merge_subwords():
 def model_server(protected_tiny):
     """A live server on protected_tiny (moses_protected, BPE), beam 5, and the same model's hub."""
     save, data, codes = protected_tiny
-    options = dict(source_lang="en", target_lang="de", tokenizer="moses_protected", bpe="subword_nmt",
-                   bpe_codes=str(codes))
-    server = Server(lambda: Translator.load(str(save / "checkpoint_last.pt"), str(data), beam=5, **options),
-                    limits=Limits(max_alternatives=4), max_tokens=4096, max_wait_ms=20)
+    options = dict(
+        source_lang="en", target_lang="de", tokenizer="moses_protected", bpe="subword_nmt", bpe_codes=str(codes)
+    )
+    server = Server(
+        lambda: Translator.load(str(save / "checkpoint_last.pt"), str(data), beam=5, **options),
+        limits=Limits(max_alternatives=4),
+        max_tokens=4096,
+        max_wait_ms=20,
+    )
     live = LiveServer(build_app(server))
     from fconv_plugin.models import FConvExtModel
 
-    hub = FConvExtModel.from_pretrained(str(save), checkpoint_file="checkpoint_last.pt", data_name_or_path=str(data),
-                                        **options)
+    hub = FConvExtModel.from_pretrained(
+        str(save), checkpoint_file="checkpoint_last.pt", data_name_or_path=str(data), **options
+    )
     live.wait_ready()
     live.server, live.hub = server, hub
     yield live
@@ -455,15 +561,19 @@ def test_a_libretranslate_client_gets_the_hubs_translations(model_server, test_s
     from libretranslatepy import LibreTranslateAPI
 
     client = LibreTranslateAPI(model_server.url)
-    assert client.languages() == [{"code": "en", "name": "English", "targets": ["de"]},
-                                  {"code": "de", "name": "German", "targets": []}]
+    assert client.languages() == [
+        {"code": "en", "name": "English", "targets": ["de"]},
+        {"code": "de", "name": "German", "targets": []},
+    ]
     sentence = "Cannot open file %s"
     assert client.translate(sentence, "en", "de") == model_server.hub.translate(sentence, beam=5)
     assert client.translate(test_sentences[0], "en", "de") == model_server.hub.translate(test_sentences[0], beam=5)
     with pytest.raises(urllib.error.HTTPError) as refused:
         client.translate("a", "en", "fr")
     assert (refused.value.code, json.loads(refused.value.read())) == (
-        400, {"error": "fr is not supported (this model translates en to de)"})
+        400,
+        {"error": "fr is not supported (this model translates en to de)"},
+    )
 
 
 def test_a_sentence_gets_the_same_translation_alone_or_batched(model_server, test_sentences):
@@ -475,8 +585,10 @@ def test_a_sentence_gets_the_same_translation_alone_or_batched(model_server, tes
     registry = model_server.server.metrics.registry
 
     def decoded():  # (sentences, batches) so far
-        return (registry.get_sample_value("fconv_serve_batch_sentences_sum"),
-                registry.get_sample_value("fconv_serve_batch_sentences_count"))
+        return (
+            registry.get_sample_value("fconv_serve_batch_sentences_sum"),
+            registry.get_sample_value("fconv_serve_batch_sentences_count"),
+        )
 
     before = decoded()
 
@@ -511,16 +623,27 @@ def test_the_attention_endpoint_gives_each_layers_attention(model_server):
     assert refused.json() == {"error": "Invalid request: attention is shown for one sentence (one line of text)"}
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (Debian: apt-get install chromium; "
-                    ".ci/run installs it)")
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="no chromium on this machine (Debian: apt-get install chromium; .ci/run installs it)"
+)
 def test_the_page_draws_a_heatmap_per_layer_in_a_real_browser(model_server, tmp_path_factory):
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
     artifacts = os.environ.get("FCONV_EXT_TEST_ARTIFACTS") or str(tmp_path_factory.mktemp("artifacts"))
     os.makedirs(artifacts, exist_ok=True)
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 900})
             errors: List[str] = []
@@ -541,8 +664,10 @@ def test_the_page_draws_a_heatmap_per_layer_in_a_real_browser(model_server, tmp_
             assert len(colours) == 2 and min(colours) > 10, colours
             page.screenshot(path=os.path.join(artifacts, "server_page.png"), full_page=True)
             page.click("#nbest li:nth-child(3)")  # another hypothesis: its own attention
-            page.wait_for_function("document.querySelector('#nbest li.chosen') === "
-                                   "document.querySelector('#nbest li:nth-child(3)')", timeout=30_000)
+            page.wait_for_function(
+                "document.querySelector('#nbest li.chosen') === document.querySelector('#nbest li:nth-child(3)')",
+                timeout=30_000,
+            )
             assert not errors, errors
         finally:
             browser.close()
@@ -558,11 +683,20 @@ def test_an_exported_model_is_served_through_fconv_runtime(protected_tiny, test_
 
     save, data, codes = protected_tiny
     out = tmp_path_factory.mktemp("served_export") / "onnx"
-    export(str(save / "checkpoint_last.pt"), str(out), "onnx", data=str(data), bpe_codes=str(codes),
-           tokenizer="moses", source_lang="en", target_lang="de")
+    export(
+        str(save / "checkpoint_last.pt"),
+        str(out),
+        "onnx",
+        data=str(data),
+        bpe_codes=str(codes),
+        tokenizer="moses",
+        source_lang="en",
+        target_lang="de",
+    )
     expected = Runtime(str(out)).translate(test_sentences[:8], beam=5)
-    server = Server(lambda: ExportedTranslator(str(out), beam=5), limits=Limits(max_alternatives=4), max_tokens=4096,
-                    max_wait_ms=20)
+    server = Server(
+        lambda: ExportedTranslator(str(out), beam=5), limits=Limits(max_alternatives=4), max_tokens=4096, max_wait_ms=20
+    )
     live = LiveServer(build_app(server)).wait_ready()
     body = {"source": "en", "target": "de"}
 
@@ -574,8 +708,10 @@ def test_an_exported_model_is_served_through_fconv_runtime(protected_tiny, test_
         assert [r.json()["translatedText"] for r in asyncio.run(together())] == expected
         assert httpx.get(live.url + "languages").json()[0] == {"code": "en", "name": "English", "targets": ["de"]}
         refused = httpx.post(live.url + "attention", json={**body, "q": "a"})
-        assert (refused.status_code, refused.json()) == (501, {"error": "attention is not available for an exported "
-                                                                        "model: serve its PyTorch checkpoint to see it"})
+        assert (refused.status_code, refused.json()) == (
+            501,
+            {"error": "attention is not available for an exported model: serve its PyTorch checkpoint to see it"},
+        )
     finally:
         live.stop()
 
@@ -590,10 +726,31 @@ def test_sigterm_under_load_answers_every_accepted_request_and_exits_0(protected
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fconv_plugin.server.cli", str(save / "checkpoint_last.pt"), "--data", str(data),
-         "--tokenizer", "moses_protected", "--bpe", "subword_nmt", "--bpe-codes", str(codes), "--port", str(port),
-         "--threads", "1", "--max-tokens", "256"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "fconv_plugin.server.cli",
+            str(save / "checkpoint_last.pt"),
+            "--data",
+            str(data),
+            "--tokenizer",
+            "moses_protected",
+            "--bpe",
+            "subword_nmt",
+            "--bpe-codes",
+            str(codes),
+            "--port",
+            str(port),
+            "--threads",
+            "1",
+            "--max-tokens",
+            "256",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:

@@ -46,7 +46,7 @@ def test_command_builds_a_shortlist_that_covers_the_test_references(data_bin, sl
     refs_no_eos = torch.cat([t[:-1] for t in tgt_ds])
     batch = torch.full((len(src_ds), max(len(s) for s in src_ds)), src.pad())
     for i, s in enumerate(src_ds):
-        batch[i, batch.size(1) - len(s):] = s  # left-padded, as fairseq batches them
+        batch[i, batch.size(1) - len(s) :] = s  # left-padded, as fairseq batches them
     batch_cands = sl.candidates(batch)
     assert max(sizes) < len(batch_cands) < 0.8 * len(tgt)
     # --coverage printed the same numbers (one row: N 5, M 50, one batch of all 37 sentences)
@@ -61,7 +61,23 @@ def test_command_builds_a_shortlist_that_covers_the_test_references(data_bin, sl
 def test_command_refuses_a_missing_split(data_bin, tmp_path):
     import subprocess
 
-    proc = subprocess.run([sys.executable, "-m", "fconv_plugin.cli.shortlist", str(data_bin), "-s", "en", "-t", "de",
-                           "--out", str(tmp_path / "x.npz"), "--subset", "nosuch"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fconv_plugin.cli.shortlist",
+            str(data_bin),
+            "-s",
+            "en",
+            "-t",
+            "de",
+            "--out",
+            str(tmp_path / "x.npz"),
+            "--subset",
+            "nosuch",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0 and "no binarized 'nosuch' split" in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "x.npz").exists()

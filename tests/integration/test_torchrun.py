@@ -23,6 +23,7 @@ TIMEOUT = 600  # seconds, for each command of the slow tests (helpers.run's limi
 
 # --- training runs under torchrun ------------------------------------------------------------
 
+
 def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -55,15 +56,53 @@ def fine_tuning(data_bin, fconv_ext_tiny_run, criterion="bleu"):
     """fconv_ext_tiny_run's model trained 4 more updates, validation BLEU at the end (a model that
     translates a little, so that the BLEU compared is not 0); dropout off, as data-parallel
     workers and --update-freq steps draw different dropout masks."""
-    args = [str(data_bin), "--user-dir", USER_DIR, "--arch", "fconv_ext_tiny", "--cpu", "--task", "fconv_translation",
-            "--restore-file", str(fconv_ext_tiny_run / "checkpoint_best.pt"), "--reset-optimizer", "--reset-dataloader",
-            "--reset-meters", "--optimizer", "nag", "--lr", "0.25", "--clip-norm", "0.1", "--max-tokens", "1000",
-            "--dropout", "0", "--max-update", "4", "--seed", "3", "--no-progress-bar", "--log-interval", "1",
-            "--no-epoch-checkpoints"]
+    args = [
+        str(data_bin),
+        "--user-dir",
+        USER_DIR,
+        "--arch",
+        "fconv_ext_tiny",
+        "--cpu",
+        "--task",
+        "fconv_translation",
+        "--restore-file",
+        str(fconv_ext_tiny_run / "checkpoint_best.pt"),
+        "--reset-optimizer",
+        "--reset-dataloader",
+        "--reset-meters",
+        "--optimizer",
+        "nag",
+        "--lr",
+        "0.25",
+        "--clip-norm",
+        "0.1",
+        "--max-tokens",
+        "1000",
+        "--dropout",
+        "0",
+        "--max-update",
+        "4",
+        "--seed",
+        "3",
+        "--no-progress-bar",
+        "--log-interval",
+        "1",
+        "--no-epoch-checkpoints",
+    ]
     if criterion == "bleu":
         return args + ["--eval-bleu-detok", "space", "--eval-bleu-args", '{"beam": 1}']
-    return args + ["--no-eval-bleu", "--disable-validation", "--criterion", "sequence_risk", "--risk-candidates", "2",
-                   "--risk-beam", "2", "--risk-max-len-b", "8"]
+    return args + [
+        "--no-eval-bleu",
+        "--disable-validation",
+        "--criterion",
+        "sequence_risk",
+        "--risk-candidates",
+        "2",
+        "--risk-beam",
+        "2",
+        "--risk-max-len-b",
+        "8",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +111,19 @@ def update_freq_two(data_bin, fconv_ext_tiny_run, tmp_path_factory):
     out = {}
     for criterion in ("bleu", "sequence_risk"):
         save = tmp_path_factory.mktemp(f"update_freq_two_{criterion}")
-        out[criterion] = save, run([TRAIN, *fine_tuning(data_bin, fconv_ext_tiny_run, criterion), "--update-freq", "2",
-                                    "--save-dir", str(save)])
+        out[criterion] = (
+            save,
+            run(
+                [
+                    TRAIN,
+                    *fine_tuning(data_bin, fconv_ext_tiny_run, criterion),
+                    "--update-freq",
+                    "2",
+                    "--save-dir",
+                    str(save),
+                ]
+            ),
+        )
     return out
 
 
@@ -82,8 +132,18 @@ def test_two_torchrun_workers_train_like_update_freq_two(data_bin, fconv_ext_tin
     """Plain torchrun and fairseq-train with the plugin: same weights (to float summation order),
     same validation loss and BLEU (fconv_translation decodes its shard of the validation set on
     each rank)."""
-    log = run([*TORCHRUN, "--standalone", "--nproc-per-node", "2", TRAIN, *fine_tuning(data_bin, fconv_ext_tiny_run),
-               "--save-dir", str(tmp_path)])
+    log = run(
+        [
+            *TORCHRUN,
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            TRAIN,
+            *fine_tuning(data_bin, fconv_ext_tiny_run),
+            "--save-dir",
+            str(tmp_path),
+        ]
+    )
     assert "started by torchrun (2 workers)" in log and "distributed init (rank 1): env://" in log
     assert "num_updates=4," in log and "num_updates=5," not in log
     save, single = update_freq_two["bleu"]
@@ -93,14 +153,26 @@ def test_two_torchrun_workers_train_like_update_freq_two(data_bin, fconv_ext_tin
 
 
 @pytest.mark.slow
-def test_train_cpu_runs_torchrun_and_sequence_risk_trains_like_update_freq_two(data_bin, fconv_ext_tiny_run,
-                                                                              update_freq_two, tmp_path):
+def test_train_cpu_runs_torchrun_and_sequence_risk_trains_like_update_freq_two(
+    data_bin, fconv_ext_tiny_run, update_freq_two, tmp_path
+):
     """fconv-ext-train-cpu prints the torchrun command it runs; the sequence_risk criterion
     (candidates decoded on every rank) under it trains like --update-freq 2."""
-    log = run([f"{BIN}/fconv-ext-train-cpu", "--nproc", "2", "--threads-per-worker", "1",
-               *fine_tuning(data_bin, fconv_ext_tiny_run, "sequence_risk"), "--save-dir", str(tmp_path)])
-    printed = re.search(r"fconv-ext-train-cpu: running OMP_NUM_THREADS=1 (\S+) --standalone --nproc-per-node 2 (\S+) ",
-                        log)
+    log = run(
+        [
+            f"{BIN}/fconv-ext-train-cpu",
+            "--nproc",
+            "2",
+            "--threads-per-worker",
+            "1",
+            *fine_tuning(data_bin, fconv_ext_tiny_run, "sequence_risk"),
+            "--save-dir",
+            str(tmp_path),
+        ]
+    )
+    printed = re.search(
+        r"fconv-ext-train-cpu: running OMP_NUM_THREADS=1 (\S+) --standalone --nproc-per-node 2 (\S+) ", log
+    )
     assert printed and printed.groups() == (f"{BIN}/torchrun", TRAIN), log[:2000]
     assert re.search(r"train_inner .*risk=[\d.]+, expected_bleu=[\d.]+.*num_updates=4,", log)
     save, _ = update_freq_two["sequence_risk"]
@@ -112,8 +184,11 @@ def start_nodes(commands, tmp_path, env=None):
     procs = []
     for node, cmd in enumerate(commands):
         log = open(tmp_path / f"node-{node}.log", "w")
-        procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                      env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))))
+        procs.append(
+            subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+            )
+        )
         log.close()
     return procs
 
@@ -130,15 +205,31 @@ def wait_all(procs, timeout=TIMEOUT):
 
 
 def nodes_command(port, run_id, nnodes=2):
-    return [*TORCHRUN, "--nnodes", str(nnodes), "--nproc-per-node", "1", "--rdzv-backend", "c10d",
-            "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", run_id]
+    return [
+        *TORCHRUN,
+        "--nnodes",
+        str(nnodes),
+        "--nproc-per-node",
+        "1",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{port}",
+        "--rdzv-id",
+        run_id,
+    ]
 
 
 @pytest.mark.slow
 def test_two_nodes_on_localhost_train_like_update_freq_two(data_bin, fconv_ext_tiny_run, update_freq_two, tmp_path):
     """Two torchrun "machines" (--nnodes 2, c10d rendezvous on 127.0.0.1, one worker each)."""
-    cmd = [*nodes_command(free_port(), "two-nodes"), TRAIN, *fine_tuning(data_bin, fconv_ext_tiny_run),
-           "--save-dir", str(tmp_path / "save")]
+    cmd = [
+        *nodes_command(free_port(), "two-nodes"),
+        TRAIN,
+        *fine_tuning(data_bin, fconv_ext_tiny_run),
+        "--save-dir",
+        str(tmp_path / "save"),
+    ]
     assert wait_all(start_nodes([cmd, cmd], tmp_path)) == [0, 0]
     logs = [(tmp_path / f"node-{n}.log").read_text() for n in (0, 1)]
     assert sorted(re.search(r"distributed init \(rank (\d)\): env://", log).group(1) for log in logs) == ["0", "1"]
@@ -173,14 +264,38 @@ def test_sigkill_of_a_worker_restart_resumes_to_the_uninterrupted_weights(data_b
     """torchrun --max-restarts 1, checkpoints every 3 updates: rank 1 killed with SIGKILL after
     the checkpoint at update 6; the group restarts, resumes from checkpoint_last.pt (mid-epoch)
     and ends bit-identical to the same command uninterrupted."""
-    args = [str(data_bin), "--user-dir", USER_DIR, "--arch", "fconv_ext_tiny", "--cpu", "--task", "fconv_translation",
-            "--no-eval-bleu", "--disable-validation", "--optimizer", "adam", "--lr", "0.001", "--max-tokens", "1000",
-            "--max-update", "12", "--save-interval-updates", "3", "--seed", "3", "--no-progress-bar",
-            "--log-interval", "1"]
+    args = [
+        str(data_bin),
+        "--user-dir",
+        USER_DIR,
+        "--arch",
+        "fconv_ext_tiny",
+        "--cpu",
+        "--task",
+        "fconv_translation",
+        "--no-eval-bleu",
+        "--disable-validation",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.001",
+        "--max-tokens",
+        "1000",
+        "--max-update",
+        "12",
+        "--save-interval-updates",
+        "3",
+        "--seed",
+        "3",
+        "--no-progress-bar",
+        "--log-interval",
+        "1",
+    ]
     torchrun = [*TORCHRUN, "--standalone", "--nproc-per-node", "2", "--max-restarts", "1", TRAIN, *args]
     env = dict(os.environ, OMP_NUM_THREADS="1", **RESTART_ENV)
-    full = subprocess.run([*torchrun, "--save-dir", str(tmp_path / "full")], capture_output=True, text=True, env=env,
-                          timeout=TIMEOUT)
+    full = subprocess.run(
+        [*torchrun, "--save-dir", str(tmp_path / "full")], capture_output=True, text=True, env=env, timeout=TIMEOUT
+    )
     assert full.returncode == 0, full.stdout[-3000:] + full.stderr[-3000:]
 
     save = tmp_path / "killed"
@@ -211,16 +326,33 @@ def test_a_rank_that_keeps_failing_ends_the_run_with_its_error(data_bin, tmp_pat
     """Two nodes, --max-restarts 1, one given a data directory that does not exist: both
     torchruns end (no hang), and the failing node's report names its rank and the cause."""
     port = free_port()
-    train = ["--user-dir", USER_DIR, "--arch", "fconv_ext_tiny", "--cpu", "--optimizer", "adam", "--lr", "0.001",
-             "--max-update", "5", "--max-tokens", "1000", "--disable-validation", "--no-progress-bar",
-             "--save-dir", str(tmp_path / "save")]
+    train = [
+        "--user-dir",
+        USER_DIR,
+        "--arch",
+        "fconv_ext_tiny",
+        "--cpu",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.001",
+        "--max-update",
+        "5",
+        "--max-tokens",
+        "1000",
+        "--disable-validation",
+        "--no-progress-bar",
+        "--save-dir",
+        str(tmp_path / "save"),
+    ]
     missing = tmp_path / "no-such-data"
     torchrun = [*nodes_command(port, "failing-rank"), "--max-restarts", "1"]
-    procs = start_nodes([[*torchrun, TRAIN, str(data_bin), *train], [*torchrun, TRAIN, str(missing), *train]],
-                        tmp_path, RESTART_ENV)
+    procs = start_nodes(
+        [[*torchrun, TRAIN, str(data_bin), *train], [*torchrun, TRAIN, str(missing), *train]], tmp_path, RESTART_ENV
+    )
     codes = wait_all(procs, timeout=300)  # without the plugin's early group: 30 minutes (torch's timeout)
     assert codes[0] != 0 and codes[1] != 0, codes
     report = (tmp_path / "node-1.log").read_text()
-    failure = report[report.index("Root Cause (first observed failure)"):]
+    failure = report[report.index("Root Cause (first observed failure)") :]
     assert re.search(r"rank\s+: \d \(local_rank: 0\)", failure), failure
     assert f"FileNotFoundError: [Errno 2] No such file or directory: '{missing}" in failure, failure

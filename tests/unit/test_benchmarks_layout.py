@@ -76,24 +76,32 @@ def test_the_documents_name_results_that_exist():
 def test_no_document_or_script_names_a_results_file_where_it_used_to_be():
     scripts = sorted(p for p in BENCHMARKS.iterdir() if p.suffix in SCRIPT_SUFFIXES)
     assert scripts
-    stale = {path.relative_to(REPO).as_posix(): OLD_RESULTS_PATH.findall(path.read_text(encoding="utf-8"))
-             for path in documents() + scripts}
+    stale = {
+        path.relative_to(REPO).as_posix(): OLD_RESULTS_PATH.findall(path.read_text(encoding="utf-8"))
+        for path in documents() + scripts
+    }
     assert not {path: found for path, found in stale.items() if found}
 
 
 def test_no_result_file_outside_benchmarks_results():
-    strays = [p.name for p in BENCHMARKS.iterdir()
-              if not p.name.startswith((".", "__pycache__"))
-              and not (p.is_file() and (p.suffix in SCRIPT_SUFFIXES or p.name == "README.md"))
-              and p != RESULTS]
+    strays = [
+        p.name
+        for p in BENCHMARKS.iterdir()
+        if not p.name.startswith((".", "__pycache__"))
+        and not (p.is_file() and (p.suffix in SCRIPT_SUFFIXES or p.name == "README.md"))
+        and p != RESULTS
+    ]
     assert not strays, f"benchmarks/ holds more than scripts, README.md and results/: {strays}"
     try:
         tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout: only benchmarks/ itself was checked")
-    results_named = [f for f in tracked.splitlines()
-                     if re.fullmatch(r"results.*\.(md|json|txt|log)", f.rsplit("/", 1)[-1])
-                     and not f.startswith("benchmarks/results/")]
+    results_named = [
+        f
+        for f in tracked.splitlines()
+        if re.fullmatch(r"results.*\.(md|json|txt|log)", f.rsplit("/", 1)[-1])
+        and not f.startswith("benchmarks/results/")
+    ]
     assert not results_named, f"result files outside benchmarks/results/: {results_named}"
 
 
@@ -112,8 +120,9 @@ def test_benchmarks_readme_lists_every_result():
     assert len(result_files()) >= 20 and not unlisted, f"results not listed in benchmarks/README.md: {unlisted}"
 
 
-@pytest.mark.parametrize("result", [p.relative_to(RESULTS).as_posix() for p in result_files()
-                                    if p.suffix in (".md", ".txt")])
+@pytest.mark.parametrize(
+    "result", [p.relative_to(RESULTS).as_posix() for p in result_files() if p.suffix in (".md", ".txt")]
+)
 def test_each_result_starts_with_its_command_and_machine(result):
     top = "\n".join((RESULTS / result).read_text(encoding="utf-8").splitlines()[:20])
     assert re.search(r"Command|benchmarks/[a-z_0-9]+\.(py|sh)", top), f"{result}: no command at the top"

@@ -105,7 +105,9 @@ def test_fconv_ext_checkpoint_whose_config_carries_code_is_refused(tmp_path):
 
     marker = tmp_path / "pwned"
     _, ext, src_dict, tgt_dict = build_twins("fconv_iwslt_de_en")
-    converted = convert_checkpoint({"cfg": {"model": fconv_args("fconv_iwslt_de_en")}, "model": build_twins("fconv_iwslt_de_en")[0].state_dict()})
+    converted = convert_checkpoint(
+        {"cfg": {"model": fconv_args("fconv_iwslt_de_en")}, "model": build_twins("fconv_iwslt_de_en")[0].state_dict()}
+    )
     converted["cfg"]["model"]["encoder_layers"] = f"__import__('os').system('touch {marker}')"
     converted["cfg"]["task"] = {"_name": "translation", "data": str(tmp_path)}
     src_dict.save(str(tmp_path / "dict.en.txt"))
@@ -124,8 +126,15 @@ def test_reading_a_checkpoint_keeps_namespace_allowed_for_fairseq(tmp_path):
     process (fairseq-generate after a conversion, the benchmark), still reads fconv checkpoints."""
     ref, _, _, _ = build_twins("fconv_iwslt_de_en")
     path = tmp_path / "fconv.pt"
-    torch.save({"args": None, "cfg": {"model": fconv_args("fconv_iwslt_de_en")}, "model": ref.state_dict(),
-                "optimizer_history": []}, path)
+    torch.save(
+        {
+            "args": None,
+            "cfg": {"model": fconv_args("fconv_iwslt_de_en")},
+            "model": ref.state_dict(),
+            "optimizer_history": [],
+        },
+        path,
+    )
     load_checkpoint_file(str(path))
     assert argparse.Namespace in torch.serialization.get_safe_globals()
     state = torch.load(path, weights_only=True)  # what fairseq's load_checkpoint_to_cpu calls

@@ -53,7 +53,9 @@ def _imports(name: str, path: str) -> Set[str]:
                 source = ".".join(base + ([node.module] if node.module else []))
             else:
                 source = node.module or ""
-            targets = [f"{source}.{alias.name}" if f"{source}.{alias.name}" in MODULES else source for alias in node.names]
+            targets = [
+                f"{source}.{alias.name}" if f"{source}.{alias.name}" in MODULES else source for alias in node.names
+            ]
         else:
             continue
         for target in targets:
@@ -123,7 +125,8 @@ def test_the_graph_sees_the_packages_imports():
 def test_no_import_cycle():
     cycles = _cycles(GRAPH)
     detail = [
-        f"{' <-> '.join(cycle)}: " + "; ".join(f"{a} imports {b}" for a in cycle for b in sorted(GRAPH[a]) if b in cycle)
+        f"{' <-> '.join(cycle)}: "
+        + "; ".join(f"{a} imports {b}" for a in cycle for b in sorted(GRAPH[a]) if b in cycle)
         for cycle in cycles
     ]
     assert not cycles, "import cycles in fconv_plugin:\n" + "\n".join(detail)
@@ -149,8 +152,12 @@ MAY_IMPORT = {
     "fconv_plugin.checkpoint": set(),
     "fconv_plugin.criterions": {"fconv_plugin.models", "fconv_plugin.modules"},
     "fconv_plugin.serving": {"fconv_plugin.models", "fconv_plugin.modules", "fconv_plugin.checkpoint"},
-    "fconv_plugin.convert": {"fconv_plugin.models", "fconv_plugin.modules", "fconv_plugin.checkpoint",
-                             "fconv_plugin.hub"},
+    "fconv_plugin.convert": {
+        "fconv_plugin.models",
+        "fconv_plugin.modules",
+        "fconv_plugin.checkpoint",
+        "fconv_plugin.hub",
+    },
 }
 
 

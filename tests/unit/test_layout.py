@@ -32,8 +32,12 @@ def all_test_files():
 def documents():
     """The files git knows that may name a test: documentation, code, configuration, CI."""
     listed = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split()
-    return sorted(path for path in listed if os.path.isfile(os.path.join(REPO, path))
-                  and (path.endswith((".md", ".py", ".sh", ".cfg", ".toml")) or path in ("Makefile", ".ci/run")))
+    return sorted(
+        path
+        for path in listed
+        if os.path.isfile(os.path.join(REPO, path))
+        and (path.endswith((".md", ".py", ".sh", ".cfg", ".toml")) or path in ("Makefile", ".ci/run"))
+    )
 
 
 def named_test_paths(text, prefix):
@@ -77,8 +81,11 @@ def test_design_names_the_test_layout():
     text = read("docs/design.md")
     entry = re.search(r"^tests/unit/ .*\n(?: {20,}.*\n)*", text, re.M)
     assert entry and re.search(r"^tests/integration/ ", text, re.M) and re.search(r"^tests/helpers\.py ", text, re.M)
-    folders = sorted(f for f in os.listdir(os.path.join(TESTS, "unit")) if os.path.isdir(os.path.join(TESTS, "unit", f))
-                     and not f.startswith((".", "__")))
+    folders = sorted(
+        f
+        for f in os.listdir(os.path.join(TESTS, "unit"))
+        if os.path.isdir(os.path.join(TESTS, "unit", f)) and not f.startswith((".", "__"))
+    )
     missing = [f for f in folders if f"{f}/" not in entry.group(0)]
     assert folders and not missing, f"docs/design.md's tests/unit/ entry does not name {missing}"
     for path in ("tests/helpers.py", "tests/conftest.py", "tests/integration/conftest.py"):
@@ -87,8 +94,11 @@ def test_design_names_the_test_layout():
 
 def test_no_unit_test_is_slow():
     """``make test-fast`` runs tests/unit: the slow tests (fairseq's CLIs, training) are in tests/integration."""
-    slow = [f for f in all_test_files() if f.startswith("unit" + os.sep)
-            and re.search(r"mark\.slow|^pytestmark", read(os.path.join("tests", f)), re.M)]
+    slow = [
+        f
+        for f in all_test_files()
+        if f.startswith("unit" + os.sep) and re.search(r"mark\.slow|^pytestmark", read(os.path.join("tests", f)), re.M)
+    ]
     assert not slow, f"slow tests under tests/unit: {slow}"
 
 
@@ -100,10 +110,14 @@ def test_conftest_files_hold_fixtures_only_and_no_test_imports_them():
         for node in tree.body:
             if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
                 decorators = [ast.unparse(d) for d in getattr(node, "decorator_list", [])]
-                assert node.name.startswith("pytest_") or any(d.startswith("pytest.fixture") for d in decorators), \
+                assert node.name.startswith("pytest_") or any(d.startswith("pytest.fixture") for d in decorators), (
                     f"{path}: {node.name} is not a fixture (helpers go to tests/helpers.py)"
+                )
             else:
                 assert isinstance(node, (ast.Import, ast.ImportFrom, ast.Expr)), f"{path}:{node.lineno}: not a fixture"
-    importing = [f for f in all_test_files() if re.search(r"^\s*(from conftest |import conftest)",
-                                                       read(os.path.join("tests", f)), re.M)]
+    importing = [
+        f
+        for f in all_test_files()
+        if re.search(r"^\s*(from conftest |import conftest)", read(os.path.join("tests", f)), re.M)
+    ]
     assert not importing, importing

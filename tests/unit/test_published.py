@@ -70,7 +70,9 @@ def test_hub_names_and_addresses_are_fairseqs():
     assert FConvExtSelfAttModel.hub_models() == FConvModelSelfAtt.hub_models()
 
 
-def test_published_name_converts_once_and_translates_like_fairseq(wmt_archive, tmp_path, monkeypatch, counting_conversions):
+def test_published_name_converts_once_and_translates_like_fairseq(
+    wmt_archive, tmp_path, monkeypatch, counting_conversions
+):
     from fairseq.models.fconv import FConvModel
 
     archive, extracted = wmt_archive
@@ -79,8 +81,7 @@ def test_published_name_converts_once_and_translates_like_fairseq(wmt_archive, t
     ours = FConvExtModel.from_pretrained("conv.wmt14.en-fr").eval()
     assert len(counting_conversions) == 1 and fake.calls == [WMT_URL]
     converted = tmp_path / hub.CONVERTED_SUBDIR / "wmt14.v2.en-fr.fconv-py.tar.bz2.etag"
-    assert sorted(os.listdir(converted)) == sorted(["model.pt", "dict.en.txt", "dict.fr.txt", "bpecodes",
-                                                    hub.COMPLETE])
+    assert sorted(os.listdir(converted)) == sorted(["model.pt", "dict.en.txt", "dict.fr.txt", "bpecodes", hub.COMPLETE])
     assert sorted(os.listdir(tmp_path / hub.CONVERTED_SUBDIR)) == [converted.name]  # the extraction is gone
     state = torch.load(converted / "model.pt", weights_only=True)  # plain data: no allow-listing needed
     assert state["cfg"]["model"]["_name"] == "fconv_ext" and state["cfg"]["model"]["max_source_positions"] == 62
@@ -104,8 +105,16 @@ def test_published_name_converts_once_and_translates_like_fairseq(wmt_archive, t
 def stories_args(arch, **overrides):
     from fairseq.models import ARCH_CONFIG_REGISTRY
 
-    args = argparse.Namespace(arch=arch, max_source_positions=64, max_target_positions=64, source_lang="wp_source",
-                              target_lang="wp_target", data=["/private/home/stories"], lr=0.25, **overrides)
+    args = argparse.Namespace(
+        arch=arch,
+        max_source_positions=64,
+        max_target_positions=64,
+        source_lang="wp_source",
+        target_lang="wp_target",
+        data=["/private/home/stories"],
+        lr=0.25,
+        **overrides,
+    )
     ARCH_CONFIG_REGISTRY[arch](args)
     return args
 
@@ -123,15 +132,39 @@ def stories_archive(tmp_path_factory):
     pre_args = stories_args("fconv_self_att", **BASE_SMALL)
     pretrained = FConvModelSelfAtt.build_model(pre_args, task)
     perturb_(pretrained, seed=1)
-    args = stories_args("fconv_self_att_wp", **WP_SMALL, pretrained="True",
-                        pretrained_checkpoint="/checkpoint/stories/pretrained/checkpoint_best.pt")
+    args = stories_args(
+        "fconv_self_att_wp",
+        **WP_SMALL,
+        pretrained="True",
+        pretrained_checkpoint="/checkpoint/stories/pretrained/checkpoint_best.pt",
+    )
     # fairseq's build_model for fusion, without its checkpoint loading (the same modules)
-    encoder = FConvEncoder(src, embed_dim=24, convolutions=[(16, 3)] * 2 + [(32, 3)], dropout=0.1,
-                           max_positions=64, attention=False, attention_nheads=1)
-    decoder = FConvDecoder(tgt, embed_dim=24, convolutions=[(32, 4)] * 2 + [(48, 4)] + [(16, 2)],
-                           out_embed_dim=20, attention=True, dropout=0.1, max_positions=64, selfattention=True,
-                           attention_nheads=1, selfattention_nheads=4, project_input=True, gated_attention=True,
-                           downsample=True, pretrained=True, trained_decoder=pretrained.decoder.eval())
+    encoder = FConvEncoder(
+        src,
+        embed_dim=24,
+        convolutions=[(16, 3)] * 2 + [(32, 3)],
+        dropout=0.1,
+        max_positions=64,
+        attention=False,
+        attention_nheads=1,
+    )
+    decoder = FConvDecoder(
+        tgt,
+        embed_dim=24,
+        convolutions=[(32, 4)] * 2 + [(48, 4)] + [(16, 2)],
+        out_embed_dim=20,
+        attention=True,
+        dropout=0.1,
+        max_positions=64,
+        selfattention=True,
+        attention_nheads=1,
+        selfattention_nheads=4,
+        project_input=True,
+        gated_attention=True,
+        downsample=True,
+        pretrained=True,
+        trained_decoder=pretrained.decoder.eval(),
+    )
     fusion = FConvModelSelfAtt(encoder, decoder, pretrained.encoder)
     perturb_(encoder, seed=2)
     perturb_(decoder, seed=3)  # includes the pretrained decoder's (shared) weights
@@ -139,8 +172,17 @@ def stories_archive(tmp_path_factory):
     for name, a, m in [("pretrained_checkpoint.pt", pre_args, pretrained), ("fusion_checkpoint.pt", args, fusion)]:
         weights = m.state_dict()
         weights["decoder.convolutions.0._linearized_weight"] = torch.zeros(2)
-        save_old({"args": a, "model": weights, "optimizer_history": [{"criterion_name": "CrossEntropyCriterion",
-                  "optimizer": {"state": {}}, "best_loss": 4.0}], "extra_state": {"epoch": 3}}, root / name)
+        save_old(
+            {
+                "args": a,
+                "model": weights,
+                "optimizer_history": [
+                    {"criterion_name": "CrossEntropyCriterion", "optimizer": {"state": {}}, "best_loss": 4.0}
+                ],
+                "extra_state": {"epoch": 3},
+            },
+            root / name,
+        )
         files[name] = (root / name).read_bytes()
     path = root / "stories_checkpoint.tar.gz"
     write_tar(path, "", files, mode="w:gz")
@@ -151,8 +193,9 @@ def stories_archive(tmp_path_factory):
     return path, extracted
 
 
-def test_stories_pair_resolves_the_pretrained_checkpoint_in_the_archive(stories_archive, tmp_path, monkeypatch,
-                                                                       counting_conversions):
+def test_stories_pair_resolves_the_pretrained_checkpoint_in_the_archive(
+    stories_archive, tmp_path, monkeypatch, counting_conversions
+):
     from fairseq.models.fconv_self_att import FConvModelSelfAtt
 
     archive, extracted = stories_archive
@@ -165,11 +208,16 @@ def test_stories_pair_resolves_the_pretrained_checkpoint_in_the_archive(stories_
     assert state["cfg"]["model"]["pretrained_checkpoint"] == str(converted / "pretrained_checkpoint.pt")
 
     # fairseq itself, given the path the way its hub entry does (relative to the data directory)
-    ref_fusion = FConvModelSelfAtt.from_pretrained(str(extracted), checkpoint_file="fusion_checkpoint.pt",
-                                                   pretrained="True", pretrained_checkpoint="./pretrained_checkpoint.pt",
-                                                   tokenizer=None).eval()
-    ref_base = FConvModelSelfAtt.from_pretrained(str(extracted), checkpoint_file="pretrained_checkpoint.pt",
-                                                 tokenizer=None).eval()
+    ref_fusion = FConvModelSelfAtt.from_pretrained(
+        str(extracted),
+        checkpoint_file="fusion_checkpoint.pt",
+        pretrained="True",
+        pretrained_checkpoint="./pretrained_checkpoint.pt",
+        tokenizer=None,
+    ).eval()
+    ref_base = FConvModelSelfAtt.from_pretrained(
+        str(extracted), checkpoint_file="pretrained_checkpoint.pt", tokenizer=None
+    ).eval()
     for ours, ref in [(fusion, ref_fusion), (base, ref_base)]:
         for sentence in ["Hello world !", "the big cat is small"]:  # one at a time: fairseq does not mask padding
             got, expected = ours.generate(ours.encode(sentence), beam=5), ref.generate(ref.encode(sentence), beam=5)
@@ -263,7 +311,9 @@ def test_failed_download_names_the_address_and_the_manual_way(monkeypatch):
 
 
 def test_unknown_name_lists_the_published_ones():
-    with pytest.raises(hub.PublishedModelError, match="conv.wmt14.en-fr, conv.wmt14.en-de|conv.wmt14.en-de, conv.wmt14.en-fr"):
+    with pytest.raises(
+        hub.PublishedModelError, match="conv.wmt14.en-fr, conv.wmt14.en-de|conv.wmt14.en-de, conv.wmt14.en-fr"
+    ):
         FConvExtModel.from_pretrained("conv.wmt15.xx")
 
 
@@ -294,11 +344,23 @@ def test_legacy_fields_are_upgraded_without_touching_the_input():
     assert not any(k.endswith("_linearized_weight") for k in new["model"])
     assert any(k.endswith("_linearized_weight") for k in state["model"])
     a = new["args"]
-    assert (a.max_source_positions, a.max_target_positions, a.task, a.data, a.lr) == (64, 64, "translation", "/checkpoint/wmt14_en_fr", [0.5])
+    assert (a.max_source_positions, a.max_target_positions, a.task, a.data, a.lr) == (
+        64,
+        64,
+        "translation",
+        "/checkpoint/wmt14_en_fr",
+        [0.5],
+    )
     assert a.share_input_output_embed is False  # filled by the arch preset
     assert a.post_process == "@@ " and a.stop_min_lr == 1e-4 and not hasattr(a, "min_lr")
-    assert new["optimizer_history"] == [{"criterion_name": "CrossEntropyCriterion", "optimizer_name": "FairseqNAG",
-                                         "lr_scheduler_state": {"best": 3.5}, "num_updates": 0}]
+    assert new["optimizer_history"] == [
+        {
+            "criterion_name": "CrossEntropyCriterion",
+            "optimizer_name": "FairseqNAG",
+            "lr_scheduler_state": {"best": 3.5},
+            "num_updates": 0,
+        }
+    ]
     assert new["extra_state"]["train_iterator"] == {"epoch": 12, "iterations_in_epoch": 0}
     converted = convert_checkpoint(state)
     assert converted["optimizer_history"][-1]["lr_scheduler_state"] == {"best": 3.5}
@@ -342,7 +404,7 @@ def test_dictionary_padding_and_wrong_dictionaries(tmp_path):
     for lang, original in [("en", src), ("fr", tgt)]:
         d = Dictionary.load(str(tmp_path / "out" / f"dict.{lang}.txt"))
         assert len(d) == 32 and d.symbols[: len(original)] == original.symbols
-        assert d.symbols[len(original):] == [f"madeupword{i:04d}" for i in range(32 - len(original))]
+        assert d.symbols[len(original) :] == [f"madeupword{i:04d}" for i in range(32 - len(original))]
 
     (model_dir / "dict.fr.txt").write_bytes(dict_bytes(words_dictionary(extra=20)))  # 45 symbols: not padding
     with pytest.raises(ConversionError) as err:

@@ -17,8 +17,15 @@ def test_gate_is_wired_through_the_config():
     class Task:
         source_dictionary = target_dictionary = make_dictionary(20)
 
-    base = {"encoder_layers": "[(8, 3)]", "decoder_layers": "[(8, 3)]", "encoder_embed_dim": 8,
-            "decoder_embed_dim": 8, "decoder_out_embed_dim": 8, "max_source_positions": 16, "max_target_positions": 16}
+    base = {
+        "encoder_layers": "[(8, 3)]",
+        "decoder_layers": "[(8, 3)]",
+        "encoder_embed_dim": 8,
+        "decoder_embed_dim": 8,
+        "decoder_out_embed_dim": 8,
+        "max_source_positions": 16,
+        "max_target_positions": 16,
+    }
     outputs = {}
     for gate in ("glu", "gtu"):
         torch.manual_seed(0)

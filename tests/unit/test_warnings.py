@@ -38,12 +38,15 @@ def test_a_deprecation_in_our_code_fails_the_test(ours, category):
 def test_a_dependencys_deprecation_that_our_code_calls_fails_the_test(category):
     """The dependency warns with stacklevel=2 (as torch and fairseq do for deprecated calls): the
     warning is attributed to our module, the caller."""
-    dependency = module_named("torch.probe", """
+    dependency = module_named(
+        "torch.probe",
+        """
 import warnings
 
 def deprecated_op():
     warnings.warn("deprecated_op is deprecated", CATEGORY, stacklevel=2)
-""".replace("CATEGORY", category.__name__))
+""".replace("CATEGORY", category.__name__),
+    )
     ours = module_named("fconv_plugin.modules.probe", OLD_FUNCTION)
     with pytest.raises(category, match="deprecated_op is deprecated"):
         ours.call(dependency.deprecated_op)

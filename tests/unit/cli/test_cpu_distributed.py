@@ -16,15 +16,15 @@ from helpers import BIN, USER_DIR
 from fconv_plugin.cli import cpu_distributed
 from fconv_plugin.cli.cpu_distributed import DistributedSetupError, use_torchrun_environment
 
-TORCHRUN_ENV = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "WORLD_SIZE": "2", "RANK": "1",
-                "LOCAL_RANK": "1"}
+TORCHRUN_ENV = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}
 
 
 def fairseq_cfg(*extra):
     """fairseq-train's configuration for the tiny model on CPUs, as fairseq_cli.train builds it."""
     parser = options.get_training_parser()
-    args = options.parse_args_and_arch(parser, ["unused-data", "--arch", "fconv_ext_tiny", "--user-dir", USER_DIR,
-                                                "--cpu", *extra])
+    args = options.parse_args_and_arch(
+        parser, ["unused-data", "--arch", "fconv_ext_tiny", "--user-dir", USER_DIR, "--cpu", *extra]
+    )
     return convert_namespace_to_omegaconf(args)
 
 
@@ -34,6 +34,7 @@ def clear_launcher_environment(monkeypatch):
 
 
 # --- torchrun: fairseq's call_main ------------------------------------------------------------
+
 
 def test_installed_in_front_of_fairseqs_call_main():
     assert distributed_utils.call_main._fconv_ext_fix == "torchrun"
@@ -57,19 +58,27 @@ def test_torchrun_workers_get_their_rank_where_fairseq_trains_each_alone(monkeyp
         cfg = fairseq_cfg(*extra)
         changed = use_torchrun_environment(cfg)
         dt = cfg.distributed_training
-        assert (dt.distributed_init_method, dt.distributed_world_size, dt.distributed_rank, dt.device_id,
-                dt.distributed_no_spawn, dt.ddp_backend, dt.distributed_backend) == \
-            ("env://", 2, 1, 1, True, "legacy_ddp", "gloo")
+        assert (
+            dt.distributed_init_method,
+            dt.distributed_world_size,
+            dt.distributed_rank,
+            dt.device_id,
+            dt.distributed_no_spawn,
+            dt.ddp_backend,
+            dt.distributed_backend,
+        ) == ("env://", 2, 1, 1, True, "legacy_ddp", "gloo")
         assert "distributed_init_method=env://" in changed and "ddp_backend=legacy_ddp" in changed
 
 
 def test_what_fairseq_runs_itself_is_left_alone(monkeypatch):
     clear_launcher_environment(monkeypatch)
     unchanged = OmegaConf.to_container(fairseq_cfg().distributed_training)
-    cases = [({}, []),  # one process, no launcher
-             (dict(TORCHRUN_ENV, WORLD_SIZE="1", RANK="0", LOCAL_RANK="0"), []),  # torchrun, one worker
-             (TORCHRUN_ENV, ["--distributed-init-method", "tcp://127.0.0.1:1234", "--distributed-rank", "1"]),
-             ({"SLURM_JOB_NODELIST": "node1"}, ["--distributed-world-size", "2"])]  # fairseq's Slurm path
+    cases = [
+        ({}, []),  # one process, no launcher
+        (dict(TORCHRUN_ENV, WORLD_SIZE="1", RANK="0", LOCAL_RANK="0"), []),  # torchrun, one worker
+        (TORCHRUN_ENV, ["--distributed-init-method", "tcp://127.0.0.1:1234", "--distributed-rank", "1"]),
+        ({"SLURM_JOB_NODELIST": "node1"}, ["--distributed-world-size", "2"]),
+    ]  # fairseq's Slurm path
     for environ, extra in cases:
         cfg = fairseq_cfg(*extra)
         before = OmegaConf.to_container(cfg.distributed_training)
@@ -103,6 +112,7 @@ def test_world_size_without_torchrun_says_what_to_run(monkeypatch):
 
 # --- resume_broadcast: rank 0's checkpoint state to the other ranks ---------------------------
 
+
 def _broadcast_child(rank, store_path, state, queue):
     """One of two gloo ranks: rank 0 sends ``state`` twice, rank 1 receives it with fairseq's
     receiver and then with the plugin's; what rank 1 got goes into ``queue``."""
@@ -111,12 +121,15 @@ def _broadcast_child(rank, store_path, state, queue):
     torch.distributed.init_process_group("gloo", store=store, rank=rank, world_size=2)
     group = torch.distributed.group.WORLD
     got = {}
-    for label, receiver in (("fairseq", distributed_utils._broadcast_object_slow.__wrapped__),
-                            ("plugin", distributed_utils._broadcast_object_slow)):
+    for label, receiver in (
+        ("fairseq", distributed_utils._broadcast_object_slow.__wrapped__),
+        ("plugin", distributed_utils._broadcast_object_slow),
+    ):
         distributed_utils._broadcast_object_slow = receiver  # this child only
         try:
-            obj = distributed_utils.broadcast_object(state if rank == 0 else None, src_rank=0, group=group,
-                                                     dist_device=torch.device("cpu"))
+            obj = distributed_utils.broadcast_object(
+                state if rank == 0 else None, src_rank=0, group=group, dist_device=torch.device("cpu")
+            )
             got[label] = obj
         except Exception as err:  # what fairseq's receiver raises is the result here
             got[label] = f"{type(err).__name__}: {err}"
@@ -124,8 +137,20 @@ def _broadcast_child(rank, store_path, state, queue):
                 distributed_utils.broadcast_tensors(None, 0, group, torch.device("cpu"))
         torch.distributed.barrier()
     if rank == 1:
-        queue.put({k: (v if isinstance(v, str) else {"cfg": OmegaConf.to_container(v["cfg"]), "model": v["model"],
-                                                       "cfg_type": type(v["cfg"]).__name__}) for k, v in got.items()})
+        queue.put(
+            {
+                k: (
+                    v
+                    if isinstance(v, str)
+                    else {
+                        "cfg": OmegaConf.to_container(v["cfg"]),
+                        "model": v["model"],
+                        "cfg_type": type(v["cfg"]).__name__,
+                    }
+                )
+                for k, v in got.items()
+            }
+        )
     torch.distributed.destroy_process_group()
 
 
@@ -133,13 +158,15 @@ def _broadcast_child(rank, store_path, state, queue):
 def test_resumed_state_reaches_the_other_ranks(tmp_path):
     """What fairseq's load_checkpoint_to_cpu gives rank 0 (an omegaconf DictConfig, tensors):
     fairseq's receiver refuses it under torch's weights-only default, the plugin's gets it whole."""
-    cfg = OmegaConf.create({"model": {"_name": "fconv_ext", "dropout": 0.1}, "task": {"data": "x"}},
-                           flags={"allow_objects": True})  # as load_checkpoint_to_cpu makes it
+    cfg = OmegaConf.create(
+        {"model": {"_name": "fconv_ext", "dropout": 0.1}, "task": {"data": "x"}}, flags={"allow_objects": True}
+    )  # as load_checkpoint_to_cpu makes it
     state = {"cfg": cfg, "model": {"w": torch.arange(6.0).view(2, 3)}, "extra_state": {"epoch": 2}}
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_broadcast_child, args=(rank, str(tmp_path / "store"), state, queue))
-             for rank in (0, 1)]
+    procs = [
+        ctx.Process(target=_broadcast_child, args=(rank, str(tmp_path / "store"), state, queue)) for rank in (0, 1)
+    ]
     for p in procs:
         p.start()
     try:
@@ -157,10 +184,22 @@ def test_resumed_state_reaches_the_other_ranks(tmp_path):
 
 # --- fconv-ext-train-cpu: the torchrun command ------------------------------------------------
 
+
 def test_train_cpu_is_the_torchrun_command():
     command, variables = cpu_distributed.torchrun_command(3, ["DATA", "--arch", "fconv_ext_tiny"], threads=2)
-    assert command == [f"{BIN}/torchrun", "--standalone", "--nproc-per-node", "3", f"{BIN}/fairseq-train", "DATA",
-                       "--arch", "fconv_ext_tiny", "--user-dir", USER_DIR, "--cpu"]
+    assert command == [
+        f"{BIN}/torchrun",
+        "--standalone",
+        "--nproc-per-node",
+        "3",
+        f"{BIN}/fairseq-train",
+        "DATA",
+        "--arch",
+        "fconv_ext_tiny",
+        "--user-dir",
+        USER_DIR,
+        "--cpu",
+    ]
     assert variables == {"OMP_NUM_THREADS": "2"}
     command, _ = cpu_distributed.torchrun_command(2, ["DATA", "--user-dir", "mine", "--cpu"], threads=1)
     assert command[-4:] == ["DATA", "--user-dir", "mine", "--cpu"]

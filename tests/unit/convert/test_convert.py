@@ -11,13 +11,15 @@ from fconv_plugin.models import native_checkpoint
 
 
 def test_source_modules_find_the_targets_deeper_paths():
-    layout = TargetLayout({
-        "decoder.stack.convolutions.0.bias": torch.zeros(1),
-        "decoder.pretrained.stack.convolutions.0.bias": torch.zeros(1),
-        "decoder.fc1.bias": torch.zeros(1),
-        "encoder.a.x.bias": torch.zeros(1),
-        "encoder.b.x.bias": torch.zeros(1),
-    })
+    layout = TargetLayout(
+        {
+            "decoder.stack.convolutions.0.bias": torch.zeros(1),
+            "decoder.pretrained.stack.convolutions.0.bias": torch.zeros(1),
+            "decoder.fc1.bias": torch.zeros(1),
+            "encoder.a.x.bias": torch.zeros(1),
+            "encoder.b.x.bias": torch.zeros(1),
+        }
+    )
     assert layout.module("decoder.fc1") == "decoder.fc1"  # the same path
     assert layout.module("decoder.convolutions.0") == "decoder.stack.convolutions.0"  # fewest names added
     assert layout.module("decoder.pretrained.convolutions.0") == "decoder.pretrained.stack.convolutions.0"

@@ -21,9 +21,17 @@ from fconv_plugin.criterions.fused_label_smoothed_cross_entropy import (
 )
 from fconv_plugin.models import build_model_from_config
 
-TINY = {"_name": "fconv_ext", "encoder_embed_dim": 16, "encoder_layers": "[(16, 3)] * 2", "decoder_embed_dim": 16,
-        "decoder_layers": "[(16, 3)] * 2", "decoder_out_embed_dim": 12, "dropout": 0.2,
-        "max_source_positions": 64, "max_target_positions": 64}
+TINY = {
+    "_name": "fconv_ext",
+    "encoder_embed_dim": 16,
+    "encoder_layers": "[(16, 3)] * 2",
+    "decoder_embed_dim": 16,
+    "decoder_layers": "[(16, 3)] * 2",
+    "decoder_out_embed_dim": 12,
+    "dropout": 0.2,
+    "max_source_positions": 64,
+    "max_target_positions": 64,
+}
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
@@ -189,8 +197,12 @@ def make_sample(task, seed=1):
     tgt = random_batch(d, [6, 3, 5, 1], seed=seed + 1, left_pad=False)  # right-padded, EOS last
     prev = torch.cat([torch.full((4, 1), d.eos()), tgt[:, :-1]], 1)
     prev = prev.masked_fill(torch.cat([torch.zeros(4, 1, dtype=torch.bool), tgt[:, :-1].eq(d.pad())], 1), d.pad())
-    return {"net_input": {"src_tokens": src, "src_lengths": src.ne(d.pad()).sum(1), "prev_output_tokens": prev},
-            "target": tgt, "ntokens": int(tgt.ne(d.pad()).sum()), "id": torch.arange(4)}
+    return {
+        "net_input": {"src_tokens": src, "src_lengths": src.ne(d.pad()).sum(1), "prev_output_tokens": prev},
+        "target": tgt,
+        "ntokens": int(tgt.ne(d.pad()).sum()),
+        "id": torch.arange(4),
+    }
 
 
 def run_criterion(crit, model, sample, dropout_seed=5):
@@ -208,8 +220,10 @@ def reduced(crit_class, logs):
         return dict(agg.get_smoothed_values())
 
 
-@pytest.mark.parametrize("eps,prefix,accuracy,sentence_avg", [
-    (0.1, 0, True, False), (0.0, 0, False, False), (0.1, 1, True, True), (0.0, 2, True, False)])
+@pytest.mark.parametrize(
+    "eps,prefix,accuracy,sentence_avg",
+    [(0.1, 0, True, False), (0.0, 0, False, False), (0.1, 1, True, True), (0.0, 2, True, False)],
+)
 def test_criterion_matches_fairseq(eps, prefix, accuracy, sentence_avg):
     model, task = make_model()
     sample = make_sample(task)
@@ -224,8 +238,9 @@ def test_criterion_matches_fairseq(eps, prefix, accuracy, sentence_avg):
     torch.testing.assert_close(log["nll_loss"], ref_log["nll_loss"], **TOL)
     assert size == ref_size
     assert set(log) == set(ref_log)
-    assert {k: v for k, v in log.items() if k not in ("loss", "nll_loss")} == \
-        {k: v for k, v in ref_log.items() if k not in ("loss", "nll_loss")}
+    assert {k: v for k, v in log.items() if k not in ("loss", "nll_loss")} == {
+        k: v for k, v in ref_log.items() if k not in ("loss", "nll_loss")
+    }
     if accuracy:
         assert log["total"] == int(sample["target"][:, prefix:].ne(1).sum())
     assert set(grads) == set(ref_grads) == {n for n, _ in model.named_parameters()}
@@ -324,8 +339,9 @@ def test_language_model_with_full_softmax_matches_fairseq(eps, prefix):
     same loss, nll_loss and gradients as fairseq's criterion on its logits (dropout on, same masks)."""
     d = make_dictionary(40)
     torch.manual_seed(0)
-    lm = build_model_from_config({"_name": "fconv_ext_lm", "decoder_embed_dim": 12, "decoder_layers": "[(16, 3)] * 2",
-                                  "dropout": 0.2}, d).train()
+    lm = build_model_from_config(
+        {"_name": "fconv_ext_lm", "decoder_embed_dim": 12, "decoder_layers": "[(16, 3)] * 2", "dropout": 0.2}, d
+    ).train()
     with torch.no_grad():
         for p in lm.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -333,8 +349,11 @@ def test_language_model_with_full_softmax_matches_fairseq(eps, prefix):
     tokens = random_batch(d, [9, 6, 3], seed=4, left_pad=False)  # B x T, right-padded
     target = torch.cat([tokens[:, 1:], torch.full((3, 1), d.pad())], 1)
     target = target.masked_fill(tokens.eq(d.pad()), d.pad())
-    sample = {"net_input": {"src_tokens": tokens, "src_lengths": tokens.ne(d.pad()).sum(1)}, "target": target,
-              "ntokens": int(target.ne(d.pad()).sum())}
+    sample = {
+        "net_input": {"src_tokens": tokens, "src_lengths": tokens.ne(d.pad()).sum(1)},
+        "target": target,
+        "ntokens": int(target.ne(d.pad()).sum()),
+    }
     ref = LabelSmoothedCrossEntropyCriterion(task, False, eps, prefix)
     fused = FusedLabelSmoothedCrossEntropyCriterion(task, False, eps, prefix)
     fused.chunk_rows = 5
@@ -354,18 +373,37 @@ def test_other_models_are_refused_with_what_to_use():
     crit = FusedLabelSmoothedCrossEntropyCriterion(task, False, 0.1)
     sample = make_sample(StubTask(src, make_dictionary(30)))
 
-    lm = build_model_from_config({"_name": "fconv_ext_lm", "decoder_embed_dim": 8, "decoder_layers": "[(8, 2)] * 2",
-                                  "adaptive_softmax_cutoff": "10,20", "criterion": "adaptive_loss"}, src)
+    lm = build_model_from_config(
+        {
+            "_name": "fconv_ext_lm",
+            "decoder_embed_dim": 8,
+            "decoder_layers": "[(8, 2)] * 2",
+            "adaptive_softmax_cutoff": "10,20",
+            "criterion": "adaptive_loss",
+        },
+        src,
+    )
     assert lm.decoder.adaptive_softmax is not None
     with pytest.raises(FusedLossUnsupported, match="adaptive softmax.*--criterion adaptive_loss"):
         crit(lm, sample)
 
-    self_att = build_model_from_config({"_name": "fconv_ext_self_att", "encoder_embed_dim": 8,
-                                        "encoder_layers": "[(8, 3)] * 1", "decoder_embed_dim": 8,
-                                        "decoder_layers": "[(8, 3)] * 1", "decoder_out_embed_dim": 8,
-                                        "max_source_positions": 64, "max_target_positions": 64}, src, src)
-    with pytest.raises(FusedLossUnsupported,
-                       match="fconv_ext and fconv_ext_lm models only.*--criterion label_smoothed_cross_entropy"):
+    self_att = build_model_from_config(
+        {
+            "_name": "fconv_ext_self_att",
+            "encoder_embed_dim": 8,
+            "encoder_layers": "[(8, 3)] * 1",
+            "decoder_embed_dim": 8,
+            "decoder_layers": "[(8, 3)] * 1",
+            "decoder_out_embed_dim": 8,
+            "max_source_positions": 64,
+            "max_target_positions": 64,
+        },
+        src,
+        src,
+    )
+    with pytest.raises(
+        FusedLossUnsupported, match="fconv_ext and fconv_ext_lm models only.*--criterion label_smoothed_cross_entropy"
+    ):
         crit(self_att, sample)
 
 
@@ -388,8 +426,19 @@ def test_conv_path_choice():
     assert conv_path("cpu", torch.float32, 256, 3, 2) == "conv1d"
 
 
-@pytest.mark.parametrize("k,d,causal", [(3, 1, False), (4, 1, False), (2, 1, True), (3, 1, True), (5, 1, True),
-                                        (1, 1, False), (3, 2, True), (3, 3, False)])
+@pytest.mark.parametrize(
+    "k,d,causal",
+    [
+        (3, 1, False),
+        (4, 1, False),
+        (2, 1, True),
+        (3, 1, True),
+        (5, 1, True),
+        (1, 1, False),
+        (3, 2, True),
+        (3, 3, False),
+    ],
+)
 def test_conv1d_path_equals_cpu_paths_and_direct_sum(k, d, causal):
     from fconv_plugin.modules.convolution import conv_channels_first, conv_time_major
 

@@ -14,8 +14,14 @@ from fconv_plugin import fairseq_fixes
 def test_every_index_in_exactly_one_batch(n, max_sentences, mult):
     indices = np.arange(n, dtype=np.int64)[::-1].copy()  # any order
     sizes = np.full(n, 10, dtype=np.int64)
-    batches = data_utils.batch_by_size(indices, lambda i: sizes[i], num_tokens_vec=sizes, max_tokens=10_000,
-                                       max_sentences=max_sentences, required_batch_size_multiple=mult)
+    batches = data_utils.batch_by_size(
+        indices,
+        lambda i: sizes[i],
+        num_tokens_vec=sizes,
+        max_tokens=10_000,
+        max_sentences=max_sentences,
+        required_batch_size_multiple=mult,
+    )
     flat = np.concatenate(batches)
     assert sorted(flat.tolist()) == list(range(n))
     assert all(len(b) <= max_sentences for b in batches)
@@ -25,8 +31,9 @@ def test_unpatched_fairseq_really_drops_examples():
     """The bug the wrapper exists for (if fairseq fixes it, this test says so)."""
     original = data_utils.batch_by_size.__wrapped__
     sizes = np.full(13, 10, dtype=np.int64)
-    batches = original(np.arange(13), None, num_tokens_vec=sizes, max_tokens=10_000, max_sentences=4,
-                       required_batch_size_multiple=8)
+    batches = original(
+        np.arange(13), None, num_tokens_vec=sizes, max_tokens=10_000, max_sentences=4, required_batch_size_multiple=8
+    )
     assert sum(len(b) for b in batches) < 13
     fairseq_fixes.install_all()  # idempotent
     assert data_utils.batch_by_size.__wrapped__ is original

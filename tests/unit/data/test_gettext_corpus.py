@@ -34,12 +34,15 @@ def test_round_trip_of_catalogs(tmp_path):
     locale = tmp_path / "locale"
     (locale / "de" / "LC_MESSAGES").mkdir(parents=True)
     english = [f"Cannot open file number {i}" for i in range(300)]
-    write_mo(locale / "de" / "LC_MESSAGES" / "a.mo", {
-        **{e: e.replace("Cannot open file number", "Kann Datei Nummer nicht öffnen:") for e in english},
-        "Single": "Einzeln",                                   # one word: dropped (min 2)
-        "menu\x04Open   the\n file": "Datei   öffnen",          # context dropped, whitespace folded
-        "%d file removed\x00%d files removed": "%d Datei entfernt\x00%d Dateien entfernt",  # plural
-    })
+    write_mo(
+        locale / "de" / "LC_MESSAGES" / "a.mo",
+        {
+            **{e: e.replace("Cannot open file number", "Kann Datei Nummer nicht öffnen:") for e in english},
+            "Single": "Einzeln",  # one word: dropped (min 2)
+            "menu\x04Open   the\n file": "Datei   öffnen",  # context dropped, whitespace folded
+            "%d file removed\x00%d files removed": "%d Datei entfernt\x00%d Dateien entfernt",  # plural
+        },
+    )
     write_mo(locale / "de" / "LC_MESSAGES" / "b.mo", {english[0]: "zweite Übersetzung"})  # first one wins
     out = tmp_path / "corpus"
     assert gettext_corpus.main(["--locale-dir", str(locale), "--out", str(out), "--min-pairs", "10"]) == 0
@@ -78,13 +81,18 @@ def test_placeholders_and_cpp_stay_whole_through_tokenization():
 
 def test_detokenizer_gives_the_translators_text_back():
     tok, detok = gettext_corpus.tokenizer("de"), gettext_corpus.detokenizer("de")
-    for text in ("Der Benutzer »%s« existiert nicht, aber --system wurde angegeben.",
-                 "Kann „%s“ nicht öffnen: %s", "Ungültige Konfiguration: GID_MIN (%lu), GID_MAX (%lu)",
-                 "%s: Kann »%s/%s« nicht erzeugen & schließen"):
+    for text in (
+        "Der Benutzer »%s« existiert nicht, aber --system wurde angegeben.",
+        "Kann „%s“ nicht öffnen: %s",
+        "Ungültige Konfiguration: GID_MIN (%lu), GID_MAX (%lu)",
+        "%s: Kann »%s/%s« nicht erzeugen & schließen",
+    ):
         assert detok(tok(text)) == text
     # English has no such quotes: only sacremoses' own rules
-    assert gettext_corpus.detokenizer("en")(gettext_corpus.tokenizer("en")("The user `%s' does not exist.")) == \
-        "The user `%s' does not exist."
+    assert (
+        gettext_corpus.detokenizer("en")(gettext_corpus.tokenizer("en")("The user `%s' does not exist."))
+        == "The user `%s' does not exist."
+    )
 
 
 def test_tokenize_and_detokenize_filter_stdin(monkeypatch, capsys):
@@ -112,7 +120,9 @@ def _fairseq_tokenizer(name, source_lang="en", target_lang="de"):
 
     from fairseq.data import encoders
 
-    return encoders.build_tokenizer(argparse.Namespace(tokenizer=name, source_lang=source_lang, target_lang=target_lang))
+    return encoders.build_tokenizer(
+        argparse.Namespace(tokenizer=name, source_lang=source_lang, target_lang=target_lang)
+    )
 
 
 def test_moses_protected_is_the_corpus_tokenization_inside_fairseq():
@@ -128,8 +138,21 @@ def test_moses_protected_is_the_corpus_tokenization_inside_fairseq():
         assert ours.decode(tokens) == detok_de(tokens) == text
     # what fairseq's moses does instead: placeholders and C++ split, never joined, quotes left open
     assert ours.encode(MESSAGES_EN[1]).split()[2:9] == ["%1$s", "for", "{0}", "in", "C++", ":", "%lu%%"]
-    assert moses.encode(MESSAGES_EN[1]).split()[2:15] == \
-        ["%", "1", "$", "s", "for", "{", "0", "}", "in", "C", "+", "+", ":"]
+    assert moses.encode(MESSAGES_EN[1]).split()[2:15] == [
+        "%",
+        "1",
+        "$",
+        "s",
+        "for",
+        "{",
+        "0",
+        "}",
+        "in",
+        "C",
+        "+",
+        "+",
+        ":",
+    ]
     assert moses.encode("Cannot open file %s").split()[-2:] == ["%", "s"]
     assert ours.decode("Datei » %s « kann nicht geöffnet werden") == MESSAGES_DE[0]
     assert moses.decode("Datei » % s « kann nicht geöffnet werden") == "Datei »% s « kann nicht geöffnet werden"

@@ -8,12 +8,30 @@ import pytest
 
 from fconv_plugin.data import prepare_translation as prep
 
-EN = ["The house is small .", "I like green apples", "We went to the old market yesterday",
-      "This is a test sentence", "Where is the train station ?", "He reads a book every week"]
-DE = ["Das Haus ist klein .", "Ich mag grüne Äpfel", "Wir gingen gestern zum alten Markt",
-      "Das ist ein Testsatz", "Wo ist der Bahnhof ?", "Er liest jede Woche ein Buch"]
-RO = ["Casa este mică .", "Îmi plac merele verzi", "Am mers ieri la piața veche",
-      "Aceasta este o propoziție de test", "Unde este gara ?", "El citește o carte în fiecare săptămână"]
+EN = [
+    "The house is small .",
+    "I like green apples",
+    "We went to the old market yesterday",
+    "This is a test sentence",
+    "Where is the train station ?",
+    "He reads a book every week",
+]
+DE = [
+    "Das Haus ist klein .",
+    "Ich mag grüne Äpfel",
+    "Wir gingen gestern zum alten Markt",
+    "Das ist ein Testsatz",
+    "Wo ist der Bahnhof ?",
+    "Er liest jede Woche ein Buch",
+]
+RO = [
+    "Casa este mică .",
+    "Îmi plac merele verzi",
+    "Am mers ieri la piața veche",
+    "Aceasta este o propoziție de test",
+    "Unde este gara ?",
+    "El citește o carte în fiecare săptămână",
+]
 
 
 def add(tar, name, text):
@@ -31,8 +49,12 @@ def sgm(lines, set_id="test"):
 def test_iwslt14_from_a_fake_archive(tmp_path):
     orig = tmp_path / "orig"
     orig.mkdir()
-    train_de = "\n".join(["<url>http://ted.com/x</url>", "<keywords>talks</keywords>", "<title>Ein Titel</title>"] + DE * 10)
-    train_en = "\n".join(["<url>http://ted.com/x</url>", "<keywords>talks</keywords>", "<title>A title</title>"] + EN * 10)
+    train_de = "\n".join(
+        ["<url>http://ted.com/x</url>", "<keywords>talks</keywords>", "<title>Ein Titel</title>"] + DE * 10
+    )
+    train_en = "\n".join(
+        ["<url>http://ted.com/x</url>", "<keywords>talks</keywords>", "<title>A title</title>"] + EN * 10
+    )
     with tarfile.open(orig / "de-en.tgz", "w:gz") as t:
         add(t, "de-en/train.tags.de-en.de", train_de + "\n")
         add(t, "de-en/train.tags.de-en.en", train_en + "\n")
@@ -93,8 +115,14 @@ def test_every_recipe_names_its_archives_and_files(name):
     assert all(url.startswith("http") for url in recipe.archives.values())
 
 
-FR = ["La maison est petite .", "J'aime les pommes vertes", "Nous sommes allés au vieux marché hier",
-      "Ceci est une phrase de test", "Où est la gare ?", "Il lit un livre chaque semaine"]
+FR = [
+    "La maison est petite .",
+    "J'aime les pommes vertes",
+    "Nous sommes allés au vieux marché hier",
+    "Ceci est une phrase de test",
+    "Où est la gare ?",
+    "Il lit un livre chaque semaine",
+]
 
 
 def _gz(text):
@@ -109,20 +137,33 @@ def add_bytes(tar, name, data):
     tar.addfile(info, io.BytesIO(data))
 
 
-@pytest.mark.parametrize("name,lang,other,layout", [
-    ("wmt14_en_de", "de", DE, {
-        "training-parallel-europarl-v7.tgz": ["training/europarl-v7.de-en"],
-        "training-parallel-commoncrawl.tgz": ["commoncrawl.de-en"],
-        "training-parallel-nc-v9.tgz": ["training/news-commentary-v9.de-en"],
-    }),
-    ("wmt14_en_fr", "fr", FR, {
-        "training-parallel-europarl-v7.tgz": ["training/europarl-v7.fr-en"],
-        "training-parallel-commoncrawl.tgz": ["commoncrawl.fr-en"],
-        "training-parallel-un.tgz": ["un/undoc.2000.fr-en"],
-        "training-parallel-nc-v9.tgz": ["training/news-commentary-v9.fr-en"],
-        "training-giga-fren.tar": ["giga-fren.release2.fixed"],  # gzipped members, as in the real tar
-    }),
-])
+@pytest.mark.parametrize(
+    "name,lang,other,layout",
+    [
+        (
+            "wmt14_en_de",
+            "de",
+            DE,
+            {
+                "training-parallel-europarl-v7.tgz": ["training/europarl-v7.de-en"],
+                "training-parallel-commoncrawl.tgz": ["commoncrawl.de-en"],
+                "training-parallel-nc-v9.tgz": ["training/news-commentary-v9.de-en"],
+            },
+        ),
+        (
+            "wmt14_en_fr",
+            "fr",
+            FR,
+            {
+                "training-parallel-europarl-v7.tgz": ["training/europarl-v7.fr-en"],
+                "training-parallel-commoncrawl.tgz": ["commoncrawl.fr-en"],
+                "training-parallel-un.tgz": ["un/undoc.2000.fr-en"],
+                "training-parallel-nc-v9.tgz": ["training/news-commentary-v9.fr-en"],
+                "training-giga-fren.tar": ["giga-fren.release2.fixed"],  # gzipped members, as in the real tar
+            },
+        ),
+    ],
+)
 def test_wmt14_from_fake_archives(tmp_path, name, lang, other, layout):
     orig = tmp_path / "orig"
     orig.mkdir()

@@ -54,22 +54,28 @@ def test_apt_index_parsed_folded_deduplicated(tmp_path):
     first, second = STANZAS.split("\n\nPackage: twin")
     with lz4.frame.open(lists / "deb.debian.org_debian_dists_bookworm_main_i18n_Translation-en.lz4", "wb") as f:
         f.write(first.encode())
-    with gzip.open(lists / "security.debian.org_debian-security_dists_bookworm-security_main_i18n_Translation-en.gz", "wb") as f:
+    with gzip.open(
+        lists / "security.debian.org_debian-security_dists_bookworm-security_main_i18n_Translation-en.gz", "wb"
+    ) as f:
         f.write(("Package: twin" + second).encode())
     (lists / "deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages").write_text("Package: x\n")
     indexes = apt_corpus.find_translation_indexes(str(lists))
     assert [os.path.basename(p) for p in indexes] == [
         "deb.debian.org_debian_dists_bookworm_main_i18n_Translation-en.lz4",
-        "security.debian.org_debian-security_dists_bookworm-security_main_i18n_Translation-en.gz"]
+        "security.debian.org_debian-security_dists_bookworm-security_main_i18n_Translation-en.gz",
+    ]
 
     corpus = apt_corpus.build_corpus(apt_corpus.read_index(p) for p in indexes)
     pairs = [pair for split in apt_corpus.SPLITS for pair in corpus[split]]
     assert sorted(short for _, short in pairs) == [
         "robust computational geometry framework -- development library",
-        "robust computational geometry framework -- shared library"]  # twin (duplicate) and tiny dropped
+        "robust computational geometry framework -- shared library",
+    ]  # twin (duplicate) and tiny dropped
     shared = dict((short, long) for long, short in pairs)["robust computational geometry framework -- shared library"]
-    assert shared == ("2Geom is a C++ 2D geometry library geared towards robust processing of computational "
-                      "geometry data associated with vector graphics. This package contains the shared library.")
+    assert shared == (
+        "2Geom is a C++ 2D geometry library geared towards robust processing of computational "
+        "geometry data associated with vector graphics. This package contains the shared library."
+    )
     # same first 8 words -> same split, so sibling packages never straddle train and test
     assert len({apt_corpus.split_of(long) for long, _ in pairs}) == 1
 
@@ -109,7 +115,9 @@ def test_rouge_matches_rouge_score_and_lead_baseline(tmp_path, capsys):
     # stemming: "cats"/"cat" and "sitting"/"sat" -> rouge1 counts cat, on, the, mat
     assert scores["rouge1"]["fmeasure"] > 0
 
-    assert rouge.lead("one two three four five six seven eight nine ten", 8) == "one two three four five six seven eight"
+    assert (
+        rouge.lead("one two three four five six seven eight nine ten", 8) == "one two three four five six seven eight"
+    )
     (tmp_path / "src").write_text("robust geometry library for C++ and more words here\nnothing\n")
     (tmp_path / "ref").write_text("robust geometry library\nsomething else\n")
     assert rouge.main(["--ref", str(tmp_path / "ref"), "--lead-of", str(tmp_path / "src"), "--json"]) == 0
@@ -131,7 +139,10 @@ def test_rouge_multi_reference_and_75_bytes():
 
 
 def _fake_gigaword(archive_dir):
-    articles = ["australia 's current account deficit shrunk by a record #.## billion dollars", "at least two people were killed in a suicide bomb attack"]
+    articles = [
+        "australia 's current account deficit shrunk by a record #.## billion dollars",
+        "at least two people were killed in a suicide bomb attack",
+    ]
     titles = ["australian current account deficit narrows sharply", "at least two dead in southern philippines blast"]
     os.makedirs(archive_dir)
     with zipfile.ZipFile(os.path.join(archive_dir, "org_data.zip"), "w") as z:
@@ -144,7 +155,12 @@ def _fake_gigaword(archive_dir):
 def test_gigaword_recipe_on_a_fake_archive(tmp_path):
     _fake_gigaword(str(tmp_path / "orig"))
     out = tmp_path / "giga"
-    assert prepare_summarization.main(["gigaword", "--out", str(out), "--archives", str(tmp_path / "orig"), "--valid-size", "3"]) == 0
+    assert (
+        prepare_summarization.main(
+            ["gigaword", "--out", str(out), "--archives", str(tmp_path / "orig"), "--valid-size", "3"]
+        )
+        == 0
+    )
     assert len((out / "train.long").read_text().splitlines()) == 6
     assert len((out / "valid.short").read_text().splitlines()) == 3
     train = (out / "train.long").read_text()

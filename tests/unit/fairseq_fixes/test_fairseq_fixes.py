@@ -28,20 +28,42 @@ from fconv_plugin.serving.beam_search import FConvBeamSearch, FConvBeamSearchWit
 from fconv_plugin.checkpoint import CheckpointError, load_checkpoint_file
 from fconv_plugin.models import build_model_from_config
 
-TINY_FCONV = dict(encoder_embed_dim=16, decoder_embed_dim=16, decoder_out_embed_dim=16,
-                  encoder_layers="[(16, 3)] * 2", decoder_layers="[(16, 3)] * 2")
-TINY_EXT = {"_name": "fconv_ext", "encoder_embed_dim": 16, "decoder_embed_dim": 16, "decoder_out_embed_dim": 16,
-            "encoder_layers": "[(16, 3)] * 2", "decoder_layers": "[(16, 3)] * 2", "dropout": 0.1,
-            "max_source_positions": 64, "max_target_positions": 64}
+TINY_FCONV = dict(
+    encoder_embed_dim=16,
+    decoder_embed_dim=16,
+    decoder_out_embed_dim=16,
+    encoder_layers="[(16, 3)] * 2",
+    decoder_layers="[(16, 3)] * 2",
+)
+TINY_EXT = {
+    "_name": "fconv_ext",
+    "encoder_embed_dim": 16,
+    "decoder_embed_dim": 16,
+    "decoder_out_embed_dim": 16,
+    "encoder_layers": "[(16, 3)] * 2",
+    "decoder_layers": "[(16, 3)] * 2",
+    "dropout": 0.1,
+    "max_source_positions": 64,
+    "max_target_positions": 64,
+}
 
 
 def _save_fairseq_checkpoint(path, cfg, weights):
     """What fairseq-train writes, as far as fairseq's loader needs it."""
-    torch.save({"args": None, "cfg": cfg, "model": weights, "extra_state": {},
-                "optimizer_history": [{"criterion_name": "CrossEntropyCriterion", "best_loss": None}]}, path)
+    torch.save(
+        {
+            "args": None,
+            "cfg": cfg,
+            "model": weights,
+            "extra_state": {},
+            "optimizer_history": [{"criterion_name": "CrossEntropyCriterion", "best_loss": None}],
+        },
+        path,
+    )
 
 
 # --- the registry and README.md ---------------------------------------------------------
+
 
 def test_readme_table_is_the_modules_table():
     """README.md's "What importing the plugin changes" holds `python -m fconv_plugin.fairseq_fixes`'s table."""
@@ -63,8 +85,9 @@ def test_docs_full_table_is_the_modules_full_table():
 
 
 def test_printed_table_is_the_modules_table():
-    out = subprocess.run([sys.executable, "-m", "fconv_plugin.fairseq_fixes"], cwd=REPO, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "fconv_plugin.fairseq_fixes"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == fairseq_fixes.markdown_table()
     assert "RuntimeWarning" not in out.stderr
@@ -72,8 +95,15 @@ def test_printed_table_is_the_modules_table():
 
 def test_every_fix_says_what_why_where_and_how_to_turn_it_off():
     names = [fix.name for fix in fairseq_fixes.FIXES]
-    assert names == ["safe_globals", "checkpoint_errors", "interactive_input", "keep_last_batch", "beam_search",
-                     "torchrun", "resume_broadcast"]
+    assert names == [
+        "safe_globals",
+        "checkpoint_errors",
+        "interactive_input",
+        "keep_last_batch",
+        "beam_search",
+        "torchrun",
+        "resume_broadcast",
+    ]
     for fix in fairseq_fixes.FIXES:
         assert fix.changes and fix.upstream and fix.scope and fix.switch == f"FCONV_EXT_NO_{fix.name.upper()}"
     by_name = {fix.name: fix for fix in fairseq_fixes.FIXES}
@@ -104,6 +134,7 @@ def test_installed_once_and_idempotent():
 
 
 # --- interactive_input: fairseq-interactive's reader ----------------------------------
+
 
 @pytest.fixture
 def interactive():
@@ -193,11 +224,13 @@ def test_undecodable_file_bytes_become_replacement_characters(interactive, tmp_p
 
 def test_real_stdin_of_a_fairseq_interactive_process(tmp_path):
     """The process's own stdin, strict UTF-8 (a UTF-8 locale), bytes through a pipe."""
-    script = ("import json, fairseq_cli.interactive as i, fconv_plugin\n"
-              "print(json.dumps(list(i.buffered_read('-', 2))))\n")
+    script = (
+        "import json, fairseq_cli.interactive as i, fconv_plugin\nprint(json.dumps(list(i.buffered_read('-', 2))))\n"
+    )
     env = dict(os.environ, PYTHONIOENCODING="utf-8:strict")
-    out = subprocess.run([sys.executable, "-c", script], input=b"a\n b\xff \nc\r\n", capture_output=True,
-                         env=env, cwd=REPO, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", script], input=b"a\n b\xff \nc\r\n", capture_output=True, env=env, cwd=REPO, timeout=120
+    )
     assert out.returncode == 0, out.stderr.decode()
     assert json.loads(out.stdout) == [["a", "b\ufffd"], ["c"]]
     assert b"stdin line 2: bytes that are not utf-8 were replaced" in out.stderr
@@ -219,10 +252,27 @@ def test_interactive_main_with_a_text_stream_as_stdin(interactive, tmp_path, mon
     task_cfg = {"_name": "translation", "data": str(tmp_path), "source_lang": "en", "target_lang": "de"}
     _save_fairseq_checkpoint(tmp_path / "model.pt", {"model": TINY_EXT, "task": task_cfg}, model.state_dict())
     parser = options.get_interactive_generation_parser()
-    args = options.parse_args_and_arch(parser, [str(tmp_path), "--path", str(tmp_path / "model.pt"), "--beam", "2",
-                                                "--source-lang", "en", "--target-lang", "de", "--cpu",
-                                                "--buffer-size", "2", "--max-len-b", "5",
-                                                "--user-dir", os.path.join(REPO, "fconv_plugin")])
+    args = options.parse_args_and_arch(
+        parser,
+        [
+            str(tmp_path),
+            "--path",
+            str(tmp_path / "model.pt"),
+            "--beam",
+            "2",
+            "--source-lang",
+            "en",
+            "--target-lang",
+            "de",
+            "--cpu",
+            "--buffer-size",
+            "2",
+            "--max-len-b",
+            "5",
+            "--user-dir",
+            os.path.join(REPO, "fconv_plugin"),
+        ],
+    )
     text = "w1 w2 w3\n  w4  \n\nw5 w6\n"
 
     def run(reader):
@@ -239,15 +289,23 @@ def test_interactive_main_with_a_text_stream_as_stdin(interactive, tmp_path, mon
 
 # --- keep_last_batch: fairseq's batches plus the dropped tail --------------------------
 
+
 def _cases():
     rng = np.random.RandomState(0)
     for case in range(60):
         n = int(rng.randint(1, 120))
         sizes = rng.randint(1, 40, n).astype(np.int64)
         indices = rng.permutation(n).astype(np.int64)
-        yield case, indices, sizes, dict(
-            max_tokens=[None, 100, 300][case % 3], max_sentences=[None, 4, 16][(case // 3) % 3],
-            required_batch_size_multiple=[1, 2, 8][(case // 9) % 3])
+        yield (
+            case,
+            indices,
+            sizes,
+            dict(
+                max_tokens=[None, 100, 300][case % 3],
+                max_sentences=[None, 4, 16][(case // 3) % 3],
+                required_batch_size_multiple=[1, 2, 8][(case // 9) % 3],
+            ),
+        )
 
 
 @pytest.mark.parametrize("use_vec", [True, False])
@@ -276,18 +334,22 @@ def test_fixed_shapes_and_generators_as_fairseq():
         theirs = fairseq_batch_by_size(np.arange(30), lambda i: sizes[i], fixed_shapes=shapes)
         assert [np.asarray(b).tolist() for b in ours] == [np.asarray(b).tolist() for b in theirs]
     # indices as a generator (read once) and as a list
-    ours = data_utils.batch_by_size((i for i in range(13)), None, num_tokens_vec=np.full(13, 5), max_sentences=4,
-                                    required_batch_size_multiple=8)
+    ours = data_utils.batch_by_size(
+        (i for i in range(13)), None, num_tokens_vec=np.full(13, 5), max_sentences=4, required_batch_size_multiple=8
+    )
     assert [b.tolist() for b in ours] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12]]
-    theirs = fairseq_batch_by_size(list(range(13)), None, num_tokens_vec=np.full(13, 5), max_sentences=4,
-                                   required_batch_size_multiple=8)
+    theirs = fairseq_batch_by_size(
+        list(range(13)), None, num_tokens_vec=np.full(13, 5), max_sentences=4, required_batch_size_multiple=8
+    )
     assert [b.tolist() for b in theirs] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
 
 
 def test_what_fairseq_refuses_is_refused_the_same_way():
     fairseq_batch_by_size = data_utils.batch_by_size.__wrapped__
-    for call in (lambda f: f(np.arange(0), None, num_tokens_vec=np.zeros(0, np.int64), required_batch_size_multiple=8),
-                 lambda f: f(np.arange(3), None, num_tokens_vec=np.array([5, 50, 5]), max_tokens=10)):
+    for call in (
+        lambda f: f(np.arange(0), None, num_tokens_vec=np.zeros(0, np.int64), required_batch_size_multiple=8),
+        lambda f: f(np.arange(3), None, num_tokens_vec=np.array([5, 50, 5]), max_tokens=10),
+    ):
         with pytest.raises(Exception) as theirs:
             call(fairseq_batch_by_size)
         with pytest.raises(type(theirs.value)):
@@ -295,6 +357,7 @@ def test_what_fairseq_refuses_is_refused_the_same_way():
 
 
 # --- checkpoint_errors and safe_globals: fairseq's checkpoint loading -------------------
+
 
 def _damaged(tmp_path):
     good = tmp_path / "good.pt"
@@ -345,6 +408,7 @@ def test_converter_reading_does_not_leave_the_allow_list_changed(tmp_path):
 
 
 # --- beam_search: other models and tasks in the same process ----------------------------
+
 
 def test_other_models_get_fairseqs_generator():
     fairseq_build = FairseqTask.build_generator.__wrapped__
@@ -443,16 +507,27 @@ print(json.dumps(results))
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="the probe forks one process per setting")
 def test_each_switch_turns_off_its_change_and_only_that():
     names = [fix.name for fix in fairseq_fixes.FIXES]
-    settings = {f"FCONV_EXT_NO_{name.upper()}=1": ({f"FCONV_EXT_NO_{name.upper()}": "1"}, {n: n != name for n in names})
-                for name in names}
-    settings["FCONV_EXT_BEAM_SEARCH=fairseq"] = ({"FCONV_EXT_BEAM_SEARCH": "fairseq"}, {n: n != "beam_search" for n in names})
+    settings = {
+        f"FCONV_EXT_NO_{name.upper()}=1": ({f"FCONV_EXT_NO_{name.upper()}": "1"}, {n: n != name for n in names})
+        for name in names
+    }
+    settings["FCONV_EXT_BEAM_SEARCH=fairseq"] = (
+        {"FCONV_EXT_BEAM_SEARCH": "fairseq"},
+        {n: n != "beam_search" for n in names},
+    )
     settings["FCONV_EXT_NO_FIXES=1"] = ({"FCONV_EXT_NO_FIXES": "1"}, {n: False for n in names})
     settings["FCONV_EXT_NO_FIXES=0"] = ({"FCONV_EXT_NO_FIXES": "0"}, {n: True for n in names})
     settings["no switch"] = ({}, {n: True for n in names})
     env = {k: v for k, v in os.environ.items() if not k.startswith("FCONV_EXT_")}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]))
-    out = subprocess.run([sys.executable, "-c", PROBE, json.dumps({k: e for k, (e, _) in settings.items()}),
-                          json.dumps(TINY_EXT)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps({k: e for k, (e, _) in settings.items()}), json.dumps(TINY_EXT)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads(out.stdout.strip().splitlines()[-1])
     for label, (_, expected) in settings.items():

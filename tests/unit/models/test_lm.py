@@ -25,21 +25,25 @@ TOL = 1e-5  # max abs difference allowed on log-probabilities
 
 
 def fconv_lm_args(**overrides) -> argparse.Namespace:
-    args = argparse.Namespace(**{"arch": "fconv_lm", "criterion": "cross_entropy", "tokens_per_sample": 64, **overrides})
+    args = argparse.Namespace(
+        **{"arch": "fconv_lm", "criterion": "cross_entropy", "tokens_per_sample": 64, **overrides}
+    )
     ARCH_CONFIG_REGISTRY["fconv_lm"](args)
     return args
 
 
-def build_lm_twins(criterion="cross_entropy", cutoff=None, layers=BOTTLENECK_LAYERS, vocab=90, noise=0.05,
-                   seed=0, **overrides):
+def build_lm_twins(
+    criterion="cross_entropy", cutoff=None, layers=BOTTLENECK_LAYERS, vocab=90, noise=0.05, seed=0, **overrides
+):
     """fairseq's fconv_lm with perturbed weights (non-zero biases, g != ||v||) and its
     fconv_ext_lm twin through the converter; both in eval mode."""
     from fairseq.models.fconv_lm import FConvLanguageModel
 
     torch.manual_seed(seed)
     dictionary = make_dictionary(vocab)
-    args = fconv_lm_args(criterion=criterion, adaptive_softmax_cutoff=cutoff, decoder_embed_dim=24,
-                         decoder_layers=layers, **overrides)
+    args = fconv_lm_args(
+        criterion=criterion, adaptive_softmax_cutoff=cutoff, decoder_embed_dim=24, decoder_layers=layers, **overrides
+    )
     ref = FConvLanguageModel.build_model(args, StubTask(dictionary, dictionary))
     with torch.no_grad():
         for p in ref.parameters():
@@ -65,8 +69,10 @@ def lprobs(model, tokens):
 
 def incremental_lprobs(model, tokens):
     state = {}
-    steps = [model.get_normalized_probs(model.decoder(tokens[:, : t + 1], incremental_state=state), log_probs=True)
-             for t in range(tokens.size(1))]
+    steps = [
+        model.get_normalized_probs(model.decoder(tokens[:, : t + 1], incremental_state=state), log_probs=True)
+        for t in range(tokens.size(1))
+    ]
     return torch.cat(steps, dim=1)
 
 
@@ -103,8 +109,11 @@ def test_training_gradients_match_fconv_lm_with_adaptive_loss():
     convolutions, linear layers, embeddings, adaptive softmax head and tails)."""
     ref, ext, dictionary, _ = build_lm_twins("adaptive_loss", "20,50", dropout=0.0)
     tokens = lm_batch(dictionary, [11, 11, 11], seed=2)
-    sample = {"net_input": {"src_tokens": tokens[:, :-1], "src_lengths": torch.full((3,), 10)},
-              "target": tokens[:, 1:].contiguous(), "ntokens": 30}
+    sample = {
+        "net_input": {"src_tokens": tokens[:, :-1], "src_lengths": torch.full((3,), 10)},
+        "target": tokens[:, 1:].contiguous(),
+        "ntokens": 30,
+    }
     losses = []
     for model in (ref, ext):
         model.train()
@@ -114,40 +123,63 @@ def test_training_gradients_match_fconv_lm_with_adaptive_loss():
     assert abs(losses[0] - losses[1]) <= 1e-4 * abs(losses[0])
     g_ref = {n: p.grad for n, p in ref.named_parameters()}
     g_ext = {n: p.grad for n, p in ext.named_parameters()}
-    same_names = ["decoder.embed_tokens.weight", "decoder.fc1.bias", "decoder.fc1.weight_g",
-                  "decoder.projections.3.weight_v", "decoder.adaptive_softmax.head.weight",
-                  "decoder.adaptive_softmax.tail.0.0.weight", "decoder.adaptive_softmax.tail.1.2.weight"]
+    same_names = [
+        "decoder.embed_tokens.weight",
+        "decoder.fc1.bias",
+        "decoder.fc1.weight_g",
+        "decoder.projections.3.weight_v",
+        "decoder.adaptive_softmax.head.weight",
+        "decoder.adaptive_softmax.tail.0.0.weight",
+        "decoder.adaptive_softmax.tail.1.2.weight",
+    ]
     for name in same_names:
-        ext_name = name.replace("weight_g", "parametrizations.weight.original0").replace(
-            "weight_v", "parametrizations.weight.original1").replace("decoder.projections.", "decoder.stack.projections.")
+        ext_name = (
+            name.replace("weight_g", "parametrizations.weight.original0")
+            .replace("weight_v", "parametrizations.weight.original1")
+            .replace("decoder.projections.", "decoder.stack.projections.")
+        )
         assert torch.allclose(g_ext[ext_name], g_ref[name], atol=1e-5), name
     # convolutions: fconv's ConvTBC g is 1 x 1 x out and v is k x in x out; ours Conv1d out x in x k
     for i in (0, 2, 8):
         prefix, ext_prefix = f"decoder.convolutions.{i}.", f"decoder.stack.convolutions.{i}."
-        assert torch.allclose(g_ext[ext_prefix + "parametrizations.weight.original0"].flatten(),
-                              g_ref[prefix + "weight_g"].flatten(), atol=1e-5)
-        assert torch.allclose(g_ext[ext_prefix + "parametrizations.weight.original1"],
-                              g_ref[prefix + "weight_v"].permute(2, 1, 0), atol=1e-5)
+        assert torch.allclose(
+            g_ext[ext_prefix + "parametrizations.weight.original0"].flatten(),
+            g_ref[prefix + "weight_g"].flatten(),
+            atol=1e-5,
+        )
+        assert torch.allclose(
+            g_ext[ext_prefix + "parametrizations.weight.original1"],
+            g_ref[prefix + "weight_v"].permute(2, 1, 0),
+            atol=1e-5,
+        )
 
 
 def build_ext(**cfg):
     """An fconv_ext_lm built from its own config (no fairseq twin)."""
-    conf = OmegaConf.merge(OmegaConf.structured(FConvExtLMConfig),
-                           {"criterion": "cross_entropy", "tokens_per_sample": 32, "max_target_positions": None,
-                            "decoder_embed_dim": 16, "decoder_layers": "[(16, 4), (24, 3), (16, 2, 0)]", **cfg})
+    conf = OmegaConf.merge(
+        OmegaConf.structured(FConvExtLMConfig),
+        {
+            "criterion": "cross_entropy",
+            "tokens_per_sample": 32,
+            "max_target_positions": None,
+            "decoder_embed_dim": 16,
+            "decoder_layers": "[(16, 4), (24, 3), (16, 2, 0)]",
+            **cfg,
+        },
+    )
     dictionary = make_dictionary(50)
     return FConvExtLanguageModel.build_model(conf, StubTask(dictionary, dictionary)), dictionary
 
 
-@pytest.mark.parametrize("learned_pos,criterion,cutoff", [(True, "cross_entropy", None),
-                                                          (True, "adaptive_loss", "10,30"),
-                                                          (False, "adaptive_loss", "10")])
+@pytest.mark.parametrize(
+    "learned_pos,criterion,cutoff",
+    [(True, "cross_entropy", None), (True, "adaptive_loss", "10,30"), (False, "adaptive_loss", "10")],
+)
 def test_cached_decoding_equals_full_decoding_with_beam_reordering(learned_pos, criterion, cutoff):
     """The incremental decoder (each conv's window in incremental_state) gives the full
     forward's log-probs, also after beam search reorders the batch mid-sentence."""
     torch.manual_seed(3)
-    model, dictionary = build_ext(decoder_learned_pos=learned_pos, criterion=criterion,
-                                  adaptive_softmax_cutoff=cutoff)
+    model, dictionary = build_ext(decoder_learned_pos=learned_pos, criterion=criterion, adaptive_softmax_cutoff=cutoff)
     model.eval()
     assert (model.decoder.embed_positions is not None) == learned_pos
     tokens = lm_batch(dictionary, [10, 10, 10, 10], seed=4)

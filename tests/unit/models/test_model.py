@@ -6,7 +6,13 @@ import pytest
 import torch
 from fairseq.sequence_generator import SequenceGenerator
 
-from helpers import assert_padded_batch_equals_each_sentence_alone, make_dictionary, random_batch, small_fconv_ext as small_model, SMALL_FCONV_EXT as SMALL
+from helpers import (
+    assert_padded_batch_equals_each_sentence_alone,
+    make_dictionary,
+    random_batch,
+    small_fconv_ext as small_model,
+    SMALL_FCONV_EXT as SMALL,
+)
 from fconv_plugin.models import build_model_from_config
 
 
@@ -162,7 +168,8 @@ def test_both_convolution_paths_compute_the_same_convolution(channels, k, pad_le
     x = torch.randn(3, 7, channels, dtype=torch.float64)
     weight, bias = torch.randn(6, channels, k, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
     reference = torch.nn.functional.conv1d(
-        torch.nn.functional.pad(x.transpose(1, 2), (pad_left, pad_right)), weight, bias).transpose(1, 2)
+        torch.nn.functional.pad(x.transpose(1, 2), (pad_left, pad_right)), weight, bias
+    ).transpose(1, 2)
     for conv in (conv_time_major, _conv_unfolded):
         assert torch.allclose(conv(x, weight, bias, pad_left, pad_right), reference, atol=1e-10)
 
@@ -181,8 +188,16 @@ def test_preset_hyperparameters_match_fairseq():
     from fairseq.models import ARCH_CONFIG_REGISTRY
     import argparse
 
-    fields = ["encoder_embed_dim", "encoder_layers", "decoder_embed_dim", "decoder_layers",
-              "decoder_out_embed_dim", "decoder_attention", "dropout", "share_input_output_embed"]
+    fields = [
+        "encoder_embed_dim",
+        "encoder_layers",
+        "decoder_embed_dim",
+        "decoder_layers",
+        "decoder_out_embed_dim",
+        "decoder_attention",
+        "dropout",
+        "share_input_output_embed",
+    ]
     for name in ["iwslt_de_en", "wmt_en_ro", "wmt_en_de", "wmt_en_fr"]:
         ours, theirs = argparse.Namespace(), argparse.Namespace()
         ARCH_CONFIG_REGISTRY[f"fconv_ext_{name}"](ours)
@@ -191,6 +206,7 @@ def test_preset_hyperparameters_match_fairseq():
             a, b = getattr(ours, f), getattr(theirs, f)
             if isinstance(a, str):  # same layers, maybe written differently
                 from fconv_plugin.modules import safe_literal
+
                 a, b = safe_literal(a), safe_literal(b)
             assert a == b, (name, f)
 
@@ -200,7 +216,8 @@ def test_initialisation_follows_the_paper():
     dropout = 0.2
     model = build_model_from_config(
         {**SMALL, "dropout": dropout, "encoder_layers": "[(256, 3)]", "encoder_embed_dim": 128},
-        make_dictionary(2000), make_dictionary(50),
+        make_dictionary(2000),
+        make_dictionary(50),
     )
     conv = model.encoder.stack.convolutions[0]
     v = conv.parametrizations.weight.original1

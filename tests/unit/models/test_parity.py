@@ -90,8 +90,10 @@ def test_custom_specs_residuals_and_attention_subset_match_fconv():
     with torch.no_grad():
         diff = (_lprobs(ext, src, src_lengths, prev) - _lprobs(ref, src, src_lengths, prev)).abs().max()
         diff_inc = (
-            _incremental_lprobs(ext, src, src_lengths, prev) - _incremental_lprobs(ref, src, src_lengths, prev)
-        ).abs().max()
+            (_incremental_lprobs(ext, src, src_lengths, prev) - _incremental_lprobs(ref, src, src_lengths, prev))
+            .abs()
+            .max()
+        )
     assert diff <= 1e-5 and diff_inc <= 1e-5
 
 
@@ -106,7 +108,12 @@ def test_gradients_match_fconv():
         (_lprobs(model, src, src_lengths, prev)[..., 5]).sum().backward()
     g_ref = {n: p.grad for n, p in ref.named_parameters()}
     g_ext = {n: p.grad for n, p in ext.named_parameters()}
-    for name in ("encoder.fc1.bias", "encoder.embed_tokens.weight", "decoder.fc3.bias", "decoder.attention.0.in_projection.bias"):
+    for name in (
+        "encoder.fc1.bias",
+        "encoder.embed_tokens.weight",
+        "decoder.fc3.bias",
+        "decoder.attention.0.in_projection.bias",
+    ):
         assert torch.allclose(g_ext[name], g_ref[name], atol=1e-5), name
     # convolution weight-norm gain: fconv g is 1 x 1 x out, fconv_ext g is out x 1 x 1
     assert torch.allclose(

@@ -27,10 +27,16 @@ def configs(draw):
     embed = draw(st.sampled_from([8, 16]))
     share = draw(st.booleans())
     return {
-        "encoder_embed_dim": embed, "decoder_embed_dim": embed, "dropout": 0.1,
-        "encoder_layers": repr(enc), "decoder_layers": repr(dec), "decoder_attention": repr(attention),
+        "encoder_embed_dim": embed,
+        "decoder_embed_dim": embed,
+        "dropout": 0.1,
+        "encoder_layers": repr(enc),
+        "decoder_layers": repr(dec),
+        "decoder_attention": repr(attention),
         "decoder_out_embed_dim": embed if share else draw(st.sampled_from([8, 12])),
-        "share_input_output_embed": share, "max_source_positions": 32, "max_target_positions": 32,
+        "share_input_output_embed": share,
+        "max_source_positions": 32,
+        "max_target_positions": 32,
     }
 
 
@@ -48,8 +54,12 @@ SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, suppress_h
 
 
 @SETTINGS
-@given(cfg=configs(), lengths=st.lists(st.integers(1, 9), min_size=1, max_size=4), tgt_len=st.integers(1, 7),
-       seed=st.integers(0, 10_000))
+@given(
+    cfg=configs(),
+    lengths=st.lists(st.integers(1, 9), min_size=1, max_size=4),
+    tgt_len=st.integers(1, 7),
+    seed=st.integers(0, 10_000),
+)
 def test_cached_equals_full_and_padded_equals_unpadded(cfg, lengths, tgt_len, seed):
     model = build(cfg, seed)
     src_dict, tgt_dict = model.encoder.dictionary, model.decoder.dictionary

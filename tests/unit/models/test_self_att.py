@@ -9,7 +9,13 @@ import torch
 from fairseq.sequence_generator import SequenceGenerator
 from omegaconf import OmegaConf
 
-from helpers import StubTask, make_dictionary, random_batch, SELF_ATT_BASE_SMALL as BASE_SMALL, SELF_ATT_WP_SMALL as WP_SMALL
+from helpers import (
+    StubTask,
+    make_dictionary,
+    random_batch,
+    SELF_ATT_BASE_SMALL as BASE_SMALL,
+    SELF_ATT_WP_SMALL as WP_SMALL,
+)
 from fconv_plugin.convert import convert_checkpoint
 from fconv_plugin.models.fconv_ext_self_att import FConvExtSelfAttConfig, FConvExtSelfAttModel
 
@@ -20,11 +26,28 @@ CONFIGS = {
     "base": ("fconv_self_att", BASE_SMALL),
     "wp": ("fconv_self_att_wp", WP_SMALL),  # 4 downsampled gated heads, input projections
     # everything at once: encoder self-attention, multi-head encoder attention, self-attention in some layers
-    "mixed": ("fconv_self_att", dict(BASE_SMALL, encoder_attention="[False, True, True]", encoder_attention_nheads=2,
-                                     multihead_attention_nheads=2, project_input="True", self_attention="[True, False, True]",
-                                     multihead_self_attention_nheads=3, gated_attention="True")),
-    "wp_no_gate": ("fconv_self_att_wp", dict(WP_SMALL, gated_attention="False", multihead_self_attention_nheads=2,
-                                             decoder_attention="[True, False, True, False]")),
+    "mixed": (
+        "fconv_self_att",
+        dict(
+            BASE_SMALL,
+            encoder_attention="[False, True, True]",
+            encoder_attention_nheads=2,
+            multihead_attention_nheads=2,
+            project_input="True",
+            self_attention="[True, False, True]",
+            multihead_self_attention_nheads=3,
+            gated_attention="True",
+        ),
+    ),
+    "wp_no_gate": (
+        "fconv_self_att_wp",
+        dict(
+            WP_SMALL,
+            gated_attention="False",
+            multihead_self_attention_nheads=2,
+            decoder_attention="[True, False, True, False]",
+        ),
+    ),
 }
 TOL = 2e-5  # max |log-prob difference| allowed against fairseq
 
@@ -38,8 +61,10 @@ def fairseq_args(arch, **overrides):
 
 
 def build_ext(converted, src_dict, tgt_dict):
-    conf = OmegaConf.merge(OmegaConf.structured(FConvExtSelfAttConfig),
-                           {k: v for k, v in converted["cfg"]["model"].items() if k != "_name"})
+    conf = OmegaConf.merge(
+        OmegaConf.structured(FConvExtSelfAttConfig),
+        {k: v for k, v in converted["cfg"]["model"].items() if k != "_name"},
+    )
     model = FConvExtSelfAttModel.build_model(conf, StubTask(src_dict, tgt_dict))
     model.load_state_dict(converted["model"], strict=True)
     return model
@@ -116,8 +141,10 @@ def test_converter_gives_weight_norm_with_fairseq_weights():
     assert torch.allclose(ext_fc3.weight, w, atol=1e-6)
     # fairseq's own weight-normed attention layers keep their g and v
     head = ref.decoder.selfattention[0].attention[1]
-    assert torch.equal(ext.decoder.self_attention[0].attention.groups[1].k_proj[0].parametrizations.weight.original0,
-                       head.in_proj_k[1][0].weight_g)
+    assert torch.equal(
+        ext.decoder.self_attention[0].attention.groups[1].k_proj[0].parametrizations.weight.original0,
+        head.in_proj_k[1][0].weight_g,
+    )
 
 
 @pytest.mark.parametrize("name", ["wp", "mixed"])
@@ -201,12 +228,32 @@ def test_fusion_parity_and_frozen_pretrained(tmp_path):
 
     args = fairseq_args("fconv_self_att_wp", **WP_SMALL, pretrained="True", pretrained_checkpoint=str(pre_path))
     # fairseq's build_model for fusion, without its checkpoint loading (same modules)
-    encoder = FConvEncoder(src_dict, embed_dim=24, convolutions=[(16, 3)] * 2 + [(32, 3)], dropout=0.1,
-                           max_positions=64, attention=False, attention_nheads=1)
-    decoder = FConvDecoder(tgt_dict, embed_dim=24, convolutions=[(32, 4)] * 2 + [(48, 4)] + [(16, 2)],
-                           out_embed_dim=20, attention=True, dropout=0.1, max_positions=64, selfattention=True,
-                           attention_nheads=1, selfattention_nheads=4, project_input=True, gated_attention=True,
-                           downsample=True, pretrained=True, trained_decoder=pretrained.decoder.eval())
+    encoder = FConvEncoder(
+        src_dict,
+        embed_dim=24,
+        convolutions=[(16, 3)] * 2 + [(32, 3)],
+        dropout=0.1,
+        max_positions=64,
+        attention=False,
+        attention_nheads=1,
+    )
+    decoder = FConvDecoder(
+        tgt_dict,
+        embed_dim=24,
+        convolutions=[(32, 4)] * 2 + [(48, 4)] + [(16, 2)],
+        out_embed_dim=20,
+        attention=True,
+        dropout=0.1,
+        max_positions=64,
+        selfattention=True,
+        attention_nheads=1,
+        selfattention_nheads=4,
+        project_input=True,
+        gated_attention=True,
+        downsample=True,
+        pretrained=True,
+        trained_decoder=pretrained.decoder.eval(),
+    )
     ref = FConvModelSelfAtt(encoder, decoder, pretrained.encoder)  # its CompositeEncoder, as fairseq
     perturb_(encoder, 0.05, 2)
     perturb_(decoder, 0.05, 3)  # includes the pretrained decoder's (shared) weights: save them again
@@ -220,7 +267,12 @@ def test_fusion_parity_and_frozen_pretrained(tmp_path):
     with torch.no_grad():
         expected = lprobs(ref, src, src_lengths, prev)
         diff = (lprobs(ext, src, src_lengths, prev) - expected).abs().max().item()
-        diff_cached = (incremental_lprobs(ext, src, src_lengths, prev, reorder=torch.tensor([1, 2, 0])) - expected).abs().max().item()
+        diff_cached = (
+            (incremental_lprobs(ext, src, src_lengths, prev, reorder=torch.tensor([1, 2, 0])) - expected)
+            .abs()
+            .max()
+            .item()
+        )
     print(f"fusion: full max|diff| {diff:.2e}, cached max|diff| {diff_cached:.2e}")
     assert diff <= TOL and diff_cached <= TOL
 
@@ -242,7 +294,9 @@ def test_spec_strings_are_not_evaluated():
 
     src_dict = make_dictionary(20)
     for field_name, value in [("self_attention", "__import__('os').system('true')"), ("project_input", "[True]")]:
-        conf = OmegaConf.merge(OmegaConf.structured(FConvExtSelfAttConfig),
-                               {field_name: value, "max_source_positions": 8, "max_target_positions": 8})
+        conf = OmegaConf.merge(
+            OmegaConf.structured(FConvExtSelfAttConfig),
+            {field_name: value, "max_source_positions": 8, "max_target_positions": 8},
+        )
         with pytest.raises(LayerSpecError, match=field_name.replace("_", "-")):
             FConvExtSelfAttModel.build_model(conf, StubTask(src_dict, src_dict))

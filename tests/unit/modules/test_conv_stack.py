@@ -20,21 +20,44 @@ DILATED_DECODER = "[(16, 3, 1, 2), (24, 4, 1, 3), (24, 1, 0, 5), (16, 2, 1, 4)]"
 
 CONFIGS = {
     "fconv_ext": {
-        "_name": "fconv_ext", "dropout": 0.1, "encoder_embed_dim": 16, "decoder_embed_dim": 16,
-        "encoder_layers": DILATED_ENCODER, "decoder_layers": DILATED_DECODER, "decoder_out_embed_dim": 12,
-        "decoder_attention": "[True, False, True, True]", "max_source_positions": 64, "max_target_positions": 64,
+        "_name": "fconv_ext",
+        "dropout": 0.1,
+        "encoder_embed_dim": 16,
+        "decoder_embed_dim": 16,
+        "encoder_layers": DILATED_ENCODER,
+        "decoder_layers": DILATED_DECODER,
+        "decoder_out_embed_dim": 12,
+        "decoder_attention": "[True, False, True, True]",
+        "max_source_positions": 64,
+        "max_target_positions": 64,
     },
     "fconv_ext_self_att": {
-        "_name": "fconv_ext_self_att", "dropout": 0.1, "encoder_embed_dim": 16, "decoder_embed_dim": 16,
-        "encoder_layers": DILATED_ENCODER, "decoder_layers": DILATED_DECODER, "decoder_out_embed_dim": 12,
-        "decoder_attention": "True", "self_attention": "[True, False, True, False]",
-        "encoder_attention": "[False, True, False, False]", "multihead_self_attention_nheads": 2,
-        "project_input": "True", "gated_attention": "True", "downsample": "True",
-        "max_source_positions": 64, "max_target_positions": 64,
+        "_name": "fconv_ext_self_att",
+        "dropout": 0.1,
+        "encoder_embed_dim": 16,
+        "decoder_embed_dim": 16,
+        "encoder_layers": DILATED_ENCODER,
+        "decoder_layers": DILATED_DECODER,
+        "decoder_out_embed_dim": 12,
+        "decoder_attention": "True",
+        "self_attention": "[True, False, True, False]",
+        "encoder_attention": "[False, True, False, False]",
+        "multihead_self_attention_nheads": 2,
+        "project_input": "True",
+        "gated_attention": "True",
+        "downsample": "True",
+        "max_source_positions": 64,
+        "max_target_positions": 64,
     },
     "fconv_ext_lm": {
-        "_name": "fconv_ext_lm", "dropout": 0.1, "decoder_embed_dim": 16, "decoder_layers": DILATED_DECODER,
-        "decoder_learned_pos": True, "tokens_per_sample": 64, "max_target_positions": 64, "criterion": "cross_entropy",
+        "_name": "fconv_ext_lm",
+        "dropout": 0.1,
+        "decoder_embed_dim": 16,
+        "decoder_layers": DILATED_DECODER,
+        "decoder_learned_pos": True,
+        "tokens_per_sample": 64,
+        "max_target_positions": 64,
+        "criterion": "cross_entropy",
     },
 }
 
@@ -143,8 +166,7 @@ def test_dilation_one_is_the_undilated_model():
     outputs = []
     for spec in ("[(16, 3), (24, 2, 1), (24, 3, 2)]", "[(16, 3, 1, 1), (24, 2, 1, 1), (24, 3, 2, 1)]"):
         torch.manual_seed(0)
-        cfg = {**CONFIGS["fconv_ext"], "encoder_layers": spec, "decoder_layers": spec,
-               "decoder_attention": "True"}
+        cfg = {**CONFIGS["fconv_ext"], "encoder_layers": spec, "decoder_layers": spec, "decoder_attention": "True"}
         model = build_model_from_config(cfg, make_dictionary(40), make_dictionary(45)).eval()
         src = random_batch(make_dictionary(40), [6, 3], seed=1)
         prev = random_batch(make_dictionary(45), [5, 5], seed=2, left_pad=False)
@@ -167,8 +189,14 @@ def test_checkpoints_from_before_the_stack_load_unchanged():
         assert torch.equal(fresh(src, None, prev)[0], model(src, None, prev)[0])
 
 
-@pytest.mark.parametrize("cls,name", [(FConvExtModel, "fconv_ext"), (FConvExtSelfAttModel, "fconv_ext_self_att"),
-                                      (FConvExtLanguageModel, "fconv_ext_lm")])
+@pytest.mark.parametrize(
+    "cls,name",
+    [
+        (FConvExtModel, "fconv_ext"),
+        (FConvExtSelfAttModel, "fconv_ext_self_att"),
+        (FConvExtLanguageModel, "fconv_ext_lm"),
+    ],
+)
 def test_gate_hook_reaches_every_model(cls, name, monkeypatch):
     """``gate_for`` (what user_dir/ teaches) sets the gate of every conv block of each model."""
 

@@ -73,6 +73,11 @@ def test_model_config_with_code_is_refused_before_building():
     from helpers import make_dictionary
     from fconv_plugin.models import build_model_from_config
 
-    cfg = {"_name": "fconv_ext", "encoder_layers": "__import__('os').system('echo pwned')", "max_source_positions": 8, "max_target_positions": 8}
+    cfg = {
+        "_name": "fconv_ext",
+        "encoder_layers": "__import__('os').system('echo pwned')",
+        "max_source_positions": 8,
+        "max_target_positions": 8,
+    }
     with pytest.raises(LayerSpecError, match="--encoder-layers"):
         build_model_from_config(cfg, make_dictionary(10), make_dictionary(10))

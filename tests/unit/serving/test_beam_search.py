@@ -20,7 +20,8 @@ from fconv_plugin.serving.beam_search import FAST_PATH, FConvBeamSearch, FConvBe
 def small_model(vocab: int, seed: int = 0, eos_bias: Optional[float] = None):
     """A random fconv_ext model whose hypotheses end at different steps (EOS made likelier)."""
     model, _, tgt_dict = mini_fconv_ext_for_search(
-        vocab, seed, eos_bias if eos_bias is not None else (2.0 if vocab < 100 else 3.0))
+        vocab, seed, eos_bias if eos_bias is not None else (2.0 if vocab < 100 else 3.0)
+    )
     return model.eval(), tgt_dict
 
 
@@ -204,12 +205,28 @@ def test_build_generator_picks_it_for_fconv_ext_only(monkeypatch):
     task = _translation_task(tgt_dict)
     args = argparse.Namespace(beam=3, max_len_a=0, max_len_b=10)
     assert type(task.build_generator([model], args)) is FConvBeamSearch
-    assert type(task.build_generator([model], argparse.Namespace(print_alignment="hard", beam=3))) is FConvBeamSearchWithAlignment
-    fconv = FConvModel.build_model(argparse.Namespace(
-        arch="fconv", encoder_embed_dim=8, decoder_embed_dim=8, decoder_out_embed_dim=8, encoder_layers="[(8, 3)]",
-        decoder_layers="[(8, 3)]", decoder_attention="True", dropout=0.1, share_input_output_embed=False,
-        max_source_positions=64, max_target_positions=64, encoder_embed_path=None, decoder_embed_path=None),
-        _StubTask(tgt_dict))
+    assert (
+        type(task.build_generator([model], argparse.Namespace(print_alignment="hard", beam=3)))
+        is FConvBeamSearchWithAlignment
+    )
+    fconv = FConvModel.build_model(
+        argparse.Namespace(
+            arch="fconv",
+            encoder_embed_dim=8,
+            decoder_embed_dim=8,
+            decoder_out_embed_dim=8,
+            encoder_layers="[(8, 3)]",
+            decoder_layers="[(8, 3)]",
+            decoder_attention="True",
+            dropout=0.1,
+            share_input_output_embed=False,
+            max_source_positions=64,
+            max_target_positions=64,
+            encoder_embed_path=None,
+            decoder_embed_path=None,
+        ),
+        _StubTask(tgt_dict),
+    )
     assert type(task.build_generator([fconv], args)) is SequenceGenerator
     monkeypatch.setenv("FCONV_EXT_BEAM_SEARCH", "fairseq")  # the switch (fconv_plugin.fairseq_fixes) is read per call
     assert type(task.build_generator([model], args)) is SequenceGenerator
@@ -221,6 +238,7 @@ class _StubTask:
 
 
 # --- ensembles (--path a.pt:b.pt) ---------------------------------------------------------
+
 
 def ensemble(n: int, vocab: int, need_attn: bool = False):
     """n fconv_ext models with different weights over one target dictionary (EOS made likelier:
@@ -253,8 +271,9 @@ def test_ensemble_same_results_as_fairseq(n, vocab, beam, fast_path_steps):
     them: what --nbest prints from) equal fairseq's EnsembleModel + SequenceGenerator, bit for
     bit, on a padded batch whose sentences end at different steps."""
     models, tgt_dict = ensemble(n, vocab, need_attn=True)
-    expected, actual = decode_ensemble_both(models, tgt_dict, sample_for(tgt_dict), beam_size=beam, max_len_a=1.2,
-                                            max_len_b=10)
+    expected, actual = decode_ensemble_both(
+        models, tgt_dict, sample_for(tgt_dict), beam_size=beam, max_len_a=1.2, max_len_b=10
+    )
     assert_same(expected, actual)
     assert fast_path_steps  # decoded by FConvBeamSearch, not handed to fairseq
     assert len({len(h[0]["tokens"]) for h in expected}) > 2
@@ -266,8 +285,7 @@ def test_ensemble_same_results_as_fairseq(n, vocab, beam, fast_path_steps):
 def test_ensemble_options_and_without_attention():
     """Temperature, length penalty, unk penalty, min length; models without need_attn (no attention)."""
     models, tgt_dict = ensemble(2, 901)
-    options = {"beam_size": 4, "max_len_b": 9, "temperature": 0.7, "len_penalty": 0.6, "unk_penalty": 0.5,
-               "min_len": 2}
+    options = {"beam_size": 4, "max_len_b": 9, "temperature": 0.7, "len_penalty": 0.6, "unk_penalty": 0.5, "min_len": 2}
     expected, actual = decode_ensemble_both(models, tgt_dict, sample_for(tgt_dict), **options)
     assert_same(expected, actual)
 
@@ -275,8 +293,9 @@ def test_ensemble_options_and_without_attention():
 def test_ensemble_print_alignment_gives_fairseqs_alignments(fast_path_steps):
     models, tgt_dict = ensemble(2, 901, need_attn=True)
     classes = (SequenceGeneratorWithAlignment, FConvBeamSearchWithAlignment)
-    results = decode_ensemble_both(models, tgt_dict, sample_for(tgt_dict), classes=classes, beam_size=3, max_len_b=8,
-                                   print_alignment="hard")
+    results = decode_ensemble_both(
+        models, tgt_dict, sample_for(tgt_dict), classes=classes, beam_size=3, max_len_b=8, print_alignment="hard"
+    )
     assert_same(*results)
     assert fast_path_steps
     assert sum(len(nbest[0]["alignment"]) for nbest in results[0]) > 10
@@ -290,9 +309,14 @@ def test_ensemble_with_fconv_member_falls_back_to_fairseq(caplog, monkeypatch):
     from fairseq.tasks.fairseq_task import FairseqTask
 
     monkeypatch.setattr(beam_search, "_ANNOUNCED", set())
-    ref, ext, src_dict, tgt_dict = build_twins("fconv_iwslt_de_en", encoder_embed_dim=16, decoder_embed_dim=16,
-                                               decoder_out_embed_dim=16, encoder_layers="[(16, 3)] * 2",
-                                               decoder_layers="[(16, 3)] * 2")
+    ref, ext, src_dict, tgt_dict = build_twins(
+        "fconv_iwslt_de_en",
+        encoder_embed_dim=16,
+        decoder_embed_dim=16,
+        decoder_out_embed_dim=16,
+        encoder_layers="[(16, 3)] * 2",
+        decoder_layers="[(16, 3)] * 2",
+    )
     task = TranslationTask(TranslationConfig(), src_dict, tgt_dict)
     args = argparse.Namespace(beam=3, max_len_a=0, max_len_b=8)
     sample = sample_for(src_dict, seed=4)
@@ -308,6 +332,7 @@ def test_ensemble_with_fconv_member_falls_back_to_fairseq(caplog, monkeypatch):
 
 
 # --- which generator decodes, said once at INFO level ---------------------------------------
+
 
 @pytest.fixture
 def said(caplog, monkeypatch):
@@ -335,8 +360,10 @@ def test_generator_wide_fallbacks_are_said_when_built(said):
     model, tgt_dict = small_model(60)
     FConvBeamSearch([model], tgt_dict, beam_size=3, no_repeat_ngram_size=2)
     FConvBeamSearch([model], tgt_dict, beam_size=40)
-    assert said() == ["decoding with fairseq's SequenceGenerator: --no-repeat-ngram-size",
-                      "decoding with fairseq's SequenceGenerator: vocabulary smaller than 2 * beam + 1"]
+    assert said() == [
+        "decoding with fairseq's SequenceGenerator: --no-repeat-ngram-size",
+        "decoding with fairseq's SequenceGenerator: vocabulary smaller than 2 * beam + 1",
+    ]
 
 
 def test_batch_fallbacks_are_said_once_per_generator(said):
@@ -348,7 +375,10 @@ def test_batch_fallbacks_are_said_once_per_generator(said):
         for _ in range(3):
             gen.generate([model], sample, prefix_tokens=prefix)
         gen.generate([model], sample)
-    assert said() == [FAST_PATH, "FConvBeamSearch: batches with prefix tokens are decoded by fairseq's SequenceGenerator"]
+    assert said() == [
+        FAST_PATH,
+        "FConvBeamSearch: batches with prefix tokens are decoded by fairseq's SequenceGenerator",
+    ]
 
 
 def test_switch_set_at_import_is_said(said):
@@ -357,6 +387,8 @@ def test_switch_set_at_import_is_said(said):
     from fconv_plugin import fairseq_fixes
 
     assert fairseq_fixes.install_all({"FCONV_EXT_BEAM_SEARCH": "fairseq", "FCONV_EXT_NO_FIXES": ""}) == [
-        fix.name for fix in fairseq_fixes.FIXES if fix.name != "beam_search"]  # idempotent: all installed already
-    assert said() == ["beam_search left out (FCONV_EXT_BEAM_SEARCH=fairseq): "
-                      "every model decodes with fairseq's SequenceGenerator"]
+        fix.name for fix in fairseq_fixes.FIXES if fix.name != "beam_search"
+    ]  # idempotent: all installed already
+    assert said() == [
+        "beam_search left out (FCONV_EXT_BEAM_SEARCH=fairseq): every model decodes with fairseq's SequenceGenerator"
+    ]

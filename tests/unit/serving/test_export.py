@@ -104,11 +104,14 @@ def fairseq_nbest(model, src_dict, tgt_dict, src_tokens, beam, **options):
     return [[(h["tokens"][:-1].tolist(), float(h["score"])) for h in hyps] for hyps in out]
 
 
-@pytest.mark.parametrize("beam,lengths,options", [
-    (5, (7, 3, 9, 5, 1, 8), {}),
-    (1, (7, 3, 9, 5), {}),
-    (3, (6, 2, 11), {"lenpen": 0.6, "max_len_b": 6}),
-])
+@pytest.mark.parametrize(
+    "beam,lengths,options",
+    [
+        (5, (7, 3, 9, 5, 1, 8), {}),
+        (1, (7, 3, 9, 5), {}),
+        (3, (6, 2, 11), {"lenpen": 0.6, "max_len_b": 6}),
+    ],
+)
 def test_runtime_hypotheses_equal_fconv_beam_search(search_model, onnx_export, beam, lengths, options):
     model, src_dict, tgt_dict = search_model
     src_tokens = random_batch(src_dict, list(lengths), seed=len(lengths) + beam)
@@ -135,8 +138,12 @@ def test_shortlist_export_hypotheses_equal_fconv_beam_search_with_the_shortlist(
     rng = np.random.default_rng(0)
     table = rng.integers(tgt_dict.nspecial, len(tgt_dict), size=(len(src_dict), 2))
     table[: src_dict.nspecial] = -1
-    header = {"source": dictionary_record(src_dict, "en"), "target": dictionary_record(tgt_dict, "de"),
-              "n_best": 2, "n_frequent": 3}
+    header = {
+        "source": dictionary_record(src_dict, "en"),
+        "target": dictionary_record(tgt_dict, "de"),
+        "n_best": 2,
+        "n_frequent": 3,
+    }
     shortlist = tmp_path / "shortlist.npz"
     save(str(shortlist), table, np.ones(table.shape), rng.integers(1, 100, size=len(tgt_dict)), header)
     checkpoint = save_checkpoint(tmp_path / "ckpt", model, src_dict, tgt_dict)
@@ -157,8 +164,9 @@ def test_shortlist_export_hypotheses_equal_fconv_beam_search_with_the_shortlist(
         restricted.append(expected != fairseq_nbest(model, src_dict, tgt_dict, src_tokens, beam))
         got = beam_search(translator.backend, src_tokens.numpy(), beam, translator.max_target_positions, words=words)
         assert [[t for _, t in hyps] for hyps in got] == [[t for t, _ in hyps] for hyps in expected]
-        np.testing.assert_allclose([s for hyps in got for s, _ in hyps], [s for hyps in expected for _, s in hyps],
-                                   atol=1e-4)
+        np.testing.assert_allclose(
+            [s for hyps in got for s, _ in hyps], [s for hyps in expected for _, s in hyps], atol=1e-4
+        )
     assert any(restricted)  # the shortlist changed what fairseq's search finds: it was in force
 
 
@@ -205,8 +213,14 @@ def test_onnx_runtime_cli_runs_without_torch_and_fairseq(search_model, onnx_expo
     translator = Translator(str(onnx_export[1]))
     words = [src_dict[i] for i in range(src_dict.nspecial, len(src_dict))]
     lines = [" ".join(words[:6]), "", " ".join(words[4:8])]
-    proc = subprocess.run([sys.executable, "-c", BLOCK_TORCH_AND_FAIRSEQ, str(onnx_export[1]), "--beam", "4"],
-                          input="\n".join(lines) + "\n", capture_output=True, text=True, cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", BLOCK_TORCH_AND_FAIRSEQ, str(onnx_export[1]), "--beam", "4"],
+        input="\n".join(lines) + "\n",
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == translator.translate(lines, beam=4)
 
@@ -263,4 +277,3 @@ def test_export_refuses_models_without_a_step(arch, tmp_path):
 def test_export_refuses_non_empty_outdir(onnx_export):
     with pytest.raises(ExportError, match="exists and is not empty: choose another OUTDIR, or pass --force"):
         export(str(onnx_export[0]), str(onnx_export[1]), "onnx")
-

@@ -33,8 +33,9 @@ def decode_log_probs(encoder, step, src_tokens, targets, **vocabulary):
     windows = step.initial_windows(src_tokens.size(0), 1)
     steps = []
     for t in range(targets.size(1)):
-        lprobs, _, windows = step(targets[:, t : t + 1], torch.tensor([t + 1]), windows, keys, values, mask,
-                                  scale, **vocabulary)
+        lprobs, _, windows = step(
+            targets[:, t : t + 1], torch.tensor([t + 1]), windows, keys, values, mask, scale, **vocabulary
+        )
         steps.append(lprobs[:, 0])
     return torch.stack(steps, dim=1)
 

@@ -28,8 +28,12 @@ def write_shortlist(path, src_dict, tgt_dict, n_best=4, n_frequent=20, seed=0):
     table = rng.integers(tgt_dict.nspecial, len(tgt_dict), size=(len(src_dict), n_best))
     table[: src_dict.nspecial] = -1  # specials translate to nothing
     counts = rng.integers(1, 1000, size=len(tgt_dict))
-    header = {"source": dictionary_record(src_dict, "en"), "target": dictionary_record(tgt_dict, "de"),
-              "n_best": n_best, "n_frequent": n_frequent}
+    header = {
+        "source": dictionary_record(src_dict, "en"),
+        "target": dictionary_record(tgt_dict, "de"),
+        "n_best": n_best,
+        "n_frequent": n_frequent,
+    }
     save(str(path), table, np.ones(table.shape), counts, header)
     return path
 
@@ -146,7 +150,11 @@ def test_fconv_beam_search_over_the_shortlist_equals_fairseqs_generator(tmp_path
     sample = sample_for(src_dict)
     allowed = shortlist_for(model).candidates(sample["net_input"]["src_tokens"])
     reference = restricted_copy(model, allowed)
-    classes = (SequenceGeneratorWithAlignment, FConvBeamSearchWithAlignment) if align else (SequenceGenerator, FConvBeamSearch)
+    classes = (
+        (SequenceGeneratorWithAlignment, FConvBeamSearchWithAlignment)
+        if align
+        else (SequenceGenerator, FConvBeamSearch)
+    )
     extra = {"print_alignment": "hard"} if align else {}
     with torch.no_grad():
         want = classes[0]([reference], tgt_dict, beam_size=beam, **extra).generate([reference], sample)

@@ -115,8 +115,9 @@ def test_step_over_vocabulary_rows_is_the_log_softmax_over_those_rows():
     rows = torch.tensor([0, 1, 2, 3, 5, 7, 9, 11, 30, 40])
     step = DecoderStep(model)
     inputs = encoder_inputs_from(model.encoder(src_tokens, src_lengths))
-    got = step_log_probs(step, inputs, targets, vocabulary_weight=step.fc3.weight[rows],
-                         vocabulary_bias=step.fc3.bias[rows])
+    got = step_log_probs(
+        step, inputs, targets, vocabulary_weight=step.fc3.weight[rows], vocabulary_bias=step.fc3.bias[rows]
+    )
     # the same over the whole vocabulary with -inf outside the rows
     step.fc3.bias.data = step.fc3.bias.data.clone()
     mask = torch.full((len(tgt_dict),), float("-inf"))
@@ -165,8 +166,17 @@ def test_step_of_a_training_model_folds_a_copy():
 
 
 def test_other_models_are_refused_with_the_supported_ones_named():
-    lm = build_model_from_config({"_name": "fconv_ext_lm", "decoder_embed_dim": 16, "decoder_layers": "[(16, 3)] * 2",
-                "decoder_out_embed_dim": 16, "max_target_positions": 32}, make_dictionary(20), make_dictionary(20))
+    lm = build_model_from_config(
+        {
+            "_name": "fconv_ext_lm",
+            "decoder_embed_dim": 16,
+            "decoder_layers": "[(16, 3)] * 2",
+            "decoder_out_embed_dim": 16,
+            "max_target_positions": 32,
+        },
+        make_dictionary(20),
+        make_dictionary(20),
+    )
     reason = unsupported_reason(lm)
     assert "only fconv_ext models" in reason
     with pytest.raises(ValueError, match="fconv_ext_lm and fconv_ext_self_att"):
@@ -234,8 +244,10 @@ def test_fconv_beam_search_with_the_compiled_step_gives_the_eager_hypotheses(mon
     model, src_dict, tgt_dict = small_fconv_ext()
     prepared(model)
     lengths = [7, 3, 9, 5, 2, 8]
-    sample = {"net_input": {"src_tokens": random_batch(src_dict, lengths, seed=3),
-                            "src_lengths": torch.tensor(lengths)}, "id": torch.arange(6)}
+    sample = {
+        "net_input": {"src_tokens": random_batch(src_dict, lengths, seed=3), "src_lengths": torch.tensor(lengths)},
+        "id": torch.arange(6),
+    }
     with torch.no_grad():
         want = SequenceGenerator([model], tgt_dict, beam_size=4, max_len_b=12).generate([model], sample)
         model.inference_compile = True
@@ -247,7 +259,9 @@ def test_fconv_beam_search_with_the_compiled_step_gives_the_eager_hypotheses(mon
             torch.testing.assert_close(x["positional_scores"], y["positional_scores"], rtol=0, atol=1e-5)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the compiled step on a GPU: inductor's Triton kernels)")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA (the compiled step on a GPU: inductor's Triton kernels)"
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_compiled_step_on_cuda_gives_the_eager_step_hypotheses(dtype):
     from fconv_plugin.serving.beam_search import FConvBeamSearch
@@ -256,8 +270,13 @@ def test_compiled_step_on_cuda_gives_the_eager_step_hypotheses(dtype):
     prepared(model)
     model.to(device="cuda", dtype=dtype)
     lengths = [7, 3, 9, 5, 2, 8]
-    sample = {"net_input": {"src_tokens": random_batch(src_dict, lengths, seed=3).cuda(),
-                            "src_lengths": torch.tensor(lengths).cuda()}, "id": torch.arange(6)}
+    sample = {
+        "net_input": {
+            "src_tokens": random_batch(src_dict, lengths, seed=3).cuda(),
+            "src_lengths": torch.tensor(lengths).cuda(),
+        },
+        "id": torch.arange(6),
+    }
     results = []
     for compiled in (False, True):
         model.inference_compile = compiled
@@ -278,5 +297,9 @@ def test_the_step_and_the_encoder_of_one_training_model_leave_it_training():
     prepared(folded)  # the same weights, weight norm folded: the same step
     targets = torch.tensor([[2, 7, 9], [2, 5, 5]])
     inputs = encoder_inputs_from(folded.encoder(src))
-    torch.testing.assert_close(step_log_probs(DecoderStep(model), inputs, targets),
-                               step_log_probs(DecoderStep(folded), inputs, targets), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        step_log_probs(DecoderStep(model), inputs, targets),
+        step_log_probs(DecoderStep(folded), inputs, targets),
+        rtol=0,
+        atol=1e-6,
+    )
