@@ -90,6 +90,41 @@ SELF_ATT_WP_SMALL = dict(
 )
 
 
+def fairseq_wp_fusion(src_dict, tgt_dict, pretrained):
+    """(encoder, decoder, model): fairseq's fconv_self_att fusion model at the sizes of
+    SELF_ATT_WP_SMALL around ``pretrained`` (a fairseq fconv_self_att model), as fairseq's
+    build_model makes it for ``--pretrained True``, without its checkpoint loading."""
+    from fairseq.models.fconv_self_att import FConvDecoder, FConvEncoder, FConvModelSelfAtt
+
+    encoder = FConvEncoder(
+        src_dict,
+        embed_dim=24,
+        convolutions=[(16, 3)] * 2 + [(32, 3)],
+        dropout=0.1,
+        max_positions=64,
+        attention=False,
+        attention_nheads=1,
+    )
+    decoder = FConvDecoder(
+        tgt_dict,
+        embed_dim=24,
+        convolutions=[(32, 4)] * 2 + [(48, 4)] + [(16, 2)],
+        out_embed_dim=20,
+        attention=True,
+        dropout=0.1,
+        max_positions=64,
+        selfattention=True,
+        attention_nheads=1,
+        selfattention_nheads=4,
+        project_input=True,
+        gated_attention=True,
+        downsample=True,
+        pretrained=True,
+        trained_decoder=pretrained.decoder.eval(),
+    )
+    return encoder, decoder, FConvModelSelfAtt(encoder, decoder, pretrained.encoder)
+
+
 #: gettext messages with placeholders (%s, %1$s, {0}, %lu%%) and C++, the kind the gettext corpus is made of
 MESSAGES_EN = ["Cannot open file %s", "Invalid value %1$s for {0} in C++: %lu%%", "Usage: %s [options] <file>"]
 MESSAGES_DE = ["Datei »%s« kann nicht geöffnet werden", "Kann „%s“ nicht öffnen: %s", "Ungültiger Wert %d für %s"]

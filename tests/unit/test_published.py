@@ -17,7 +17,16 @@ from fairseq.data import Dictionary
 
 from helpers import SELF_ATT_BASE_SMALL as BASE_SMALL
 from helpers import SELF_ATT_WP_SMALL as WP_SMALL
-from helpers import StubTask, dict_bytes, old_fconv_state, perturb_, save_old, words_dictionary, write_tar
+from helpers import (
+    StubTask,
+    dict_bytes,
+    fairseq_wp_fusion,
+    old_fconv_state,
+    perturb_,
+    save_old,
+    words_dictionary,
+    write_tar,
+)
 from fconv_plugin import hub
 from fconv_plugin.convert import ConversionError, convert_checkpoint
 from fconv_plugin.convert import archive as archive_mod
@@ -123,7 +132,7 @@ def stories_args(arch, **overrides):
 def stories_archive(tmp_path_factory):
     """A stories_checkpoint.tar.gz-like archive: a pretrained fconv_self_att and the fusion model whose
     args name the pretrained checkpoint by the absolute path it was trained with (fairseq #207)."""
-    from fairseq.models.fconv_self_att import FConvDecoder, FConvEncoder, FConvModelSelfAtt
+    from fairseq.models.fconv_self_att import FConvModelSelfAtt
 
     root = tmp_path_factory.mktemp("stories")
     torch.manual_seed(0)
@@ -138,34 +147,7 @@ def stories_archive(tmp_path_factory):
         pretrained="True",
         pretrained_checkpoint="/checkpoint/stories/pretrained/checkpoint_best.pt",
     )
-    # fairseq's build_model for fusion, without its checkpoint loading (the same modules)
-    encoder = FConvEncoder(
-        src,
-        embed_dim=24,
-        convolutions=[(16, 3)] * 2 + [(32, 3)],
-        dropout=0.1,
-        max_positions=64,
-        attention=False,
-        attention_nheads=1,
-    )
-    decoder = FConvDecoder(
-        tgt,
-        embed_dim=24,
-        convolutions=[(32, 4)] * 2 + [(48, 4)] + [(16, 2)],
-        out_embed_dim=20,
-        attention=True,
-        dropout=0.1,
-        max_positions=64,
-        selfattention=True,
-        attention_nheads=1,
-        selfattention_nheads=4,
-        project_input=True,
-        gated_attention=True,
-        downsample=True,
-        pretrained=True,
-        trained_decoder=pretrained.decoder.eval(),
-    )
-    fusion = FConvModelSelfAtt(encoder, decoder, pretrained.encoder)
+    encoder, decoder, fusion = fairseq_wp_fusion(src, tgt, pretrained)  # fairseq's fusion model
     perturb_(encoder, seed=2)
     perturb_(decoder, seed=3)  # includes the pretrained decoder's (shared) weights
     files = {"dict.wp_source.txt": dict_bytes(src), "dict.wp_target.txt": dict_bytes(tgt)}

@@ -15,6 +15,7 @@ from helpers import (
     random_batch,
     SELF_ATT_BASE_SMALL as BASE_SMALL,
     SELF_ATT_WP_SMALL as WP_SMALL,
+    fairseq_wp_fusion,
 )
 from fconv_plugin.convert import convert_checkpoint
 from fconv_plugin.models.fconv_ext_self_att import FConvExtSelfAttConfig, FConvExtSelfAttModel
@@ -215,7 +216,7 @@ def _save_fairseq_checkpoint(path, args, model):
 def test_fusion_parity_and_frozen_pretrained(tmp_path):
     """Model fusion: fairseq's fusion model and ours (pretrained checkpoint given as a fairseq
     fconv_self_att checkpoint, converted on load) agree; the pretrained part is frozen."""
-    from fairseq.models.fconv_self_att import FConvDecoder, FConvEncoder, FConvModelSelfAtt
+    from fairseq.models.fconv_self_att import FConvModelSelfAtt
 
     torch.manual_seed(0)
     src_dict, tgt_dict = make_dictionary(40), make_dictionary(45)
@@ -227,34 +228,7 @@ def test_fusion_parity_and_frozen_pretrained(tmp_path):
     _save_fairseq_checkpoint(pre_path, pre_args, pretrained)
 
     args = fairseq_args("fconv_self_att_wp", **WP_SMALL, pretrained="True", pretrained_checkpoint=str(pre_path))
-    # fairseq's build_model for fusion, without its checkpoint loading (same modules)
-    encoder = FConvEncoder(
-        src_dict,
-        embed_dim=24,
-        convolutions=[(16, 3)] * 2 + [(32, 3)],
-        dropout=0.1,
-        max_positions=64,
-        attention=False,
-        attention_nheads=1,
-    )
-    decoder = FConvDecoder(
-        tgt_dict,
-        embed_dim=24,
-        convolutions=[(32, 4)] * 2 + [(48, 4)] + [(16, 2)],
-        out_embed_dim=20,
-        attention=True,
-        dropout=0.1,
-        max_positions=64,
-        selfattention=True,
-        attention_nheads=1,
-        selfattention_nheads=4,
-        project_input=True,
-        gated_attention=True,
-        downsample=True,
-        pretrained=True,
-        trained_decoder=pretrained.decoder.eval(),
-    )
-    ref = FConvModelSelfAtt(encoder, decoder, pretrained.encoder)  # its CompositeEncoder, as fairseq
+    encoder, decoder, ref = fairseq_wp_fusion(src_dict, tgt_dict, pretrained)  # fairseq's fusion model
     perturb_(encoder, 0.05, 2)
     perturb_(decoder, 0.05, 3)  # includes the pretrained decoder's (shared) weights: save them again
     _save_fairseq_checkpoint(pre_path, pre_args, pretrained)
