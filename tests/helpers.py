@@ -343,6 +343,11 @@ BPECODES = b"#version: 0.2\nw o\nwo r\n"
 # slice of the real gettext corpus; ``run`` and ``hypotheses`` are what they run and read those tools with.
 
 BIN = os.path.dirname(sys.executable)  # fairseq-train, fairseq-generate, fconv-ext-* of this environment
+#: fairseq-train's options of the tests' short trainings: NAG as the paper trains, two epochs, seed 1
+SHORT_TRAINING = (
+    "--optimizer nag --lr 0.25 --clip-norm 0.1 --max-tokens 3000 --max-epoch 2 --no-progress-bar --seed 1 "
+    "--no-epoch-checkpoints"
+).split()
 USER_DIR = os.path.join(REPO, "fconv_plugin")
 N_TEST = 37  # test sentences in data_bin: not a multiple of 8 on purpose (fairseq's batches drop N mod 8)
 

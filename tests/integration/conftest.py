@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from helpers import BIN, N_TEST, REPO, SHARED_DATA, binarized_slice, generate, run
+from helpers import BIN, N_TEST, REPO, SHARED_DATA, SHORT_TRAINING, binarized_slice, generate, run
 
 
 @pytest.fixture(scope="session")
@@ -62,20 +62,7 @@ def fconv_ext_tiny_run(data_bin, tmp_path_factory):
             "--maximize-best-checkpoint-metric",
             "--save-dir",
             str(save),
-            "--optimizer",
-            "nag",
-            "--lr",
-            "0.25",
-            "--clip-norm",
-            "0.1",
-            "--max-tokens",
-            "3000",
-            "--max-epoch",
-            "2",
-            "--no-progress-bar",
-            "--seed",
-            "1",
-            "--no-epoch-checkpoints",
+            *SHORT_TRAINING,
         ],
         cwd=REPO,
     )

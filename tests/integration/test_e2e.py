@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import torch
 
-from helpers import BIN, N_TEST, USER_DIR, generate, hypotheses, run
+from helpers import BIN, N_TEST, SHORT_TRAINING, USER_DIR, generate, hypotheses, run
 
 pytestmark = pytest.mark.slow
 TINY = [
@@ -23,22 +23,6 @@ TINY = [
     "[(32, 3)] * 2",
     "--decoder-layers",
     "[(32, 3)] * 2",
-]
-TRAIN = [
-    "--optimizer",
-    "nag",
-    "--lr",
-    "0.25",
-    "--clip-norm",
-    "0.1",
-    "--max-tokens",
-    "3000",
-    "--max-epoch",
-    "2",
-    "--no-progress-bar",
-    "--seed",
-    "1",
-    "--no-epoch-checkpoints",
 ]
 
 
@@ -275,7 +259,7 @@ def test_plot_curves_from_a_training_log(fconv_ext_tiny_run, tmp_path):
 # ---------------------------------------------------------------- fconv-ext-convert
 def test_converted_fconv_checkpoint_decodes_identically(data_bin, tmp_path):
     save = tmp_path / "fconv"
-    run([f"{BIN}/fairseq-train", str(data_bin), "--arch", "fconv", *TINY, "--save-dir", str(save), *TRAIN])
+    run([f"{BIN}/fairseq-train", str(data_bin), "--arch", "fconv", *TINY, "--save-dir", str(save), *SHORT_TRAINING])
     converted = tmp_path / "converted.pt"
     run([f"{BIN}/fconv-ext-convert", str(save / "checkpoint_best.pt"), str(converted)])
     # fconv's own checkpoint needs the plugin imported to load weights-only on torch >= 2.6
