@@ -86,7 +86,7 @@ def main(argv=None) -> int:
             postfix["loss"] = f"{update.loss:.2f}"
         if log.expected_bleu is not None:
             postfix["expected BLEU"] = f"{log.expected_bleu:.1f}"
-        if update.wps is not None:
+        if update.wps:  # fairseq logs 0 for the first update (no interval to measure yet)
             postfix["words/s"] = f"{update.wps:,.0f}"
         bar.set_postfix(postfix, refresh=False)
 
