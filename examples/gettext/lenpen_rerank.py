@@ -52,8 +52,12 @@ def choose(nbest: Dict[int, List[Hypothesis]], lenpen: float) -> List[str]:
 def score(hyps: Sequence[str], refs: Sequence[str]) -> dict:
     bleu = sacrebleu.corpus_bleu(list(hyps), [list(refs)])
     chrf = sacrebleu.corpus_chrf(list(hyps), [list(refs)])
-    return {"bleu": round(bleu.score, 2), "chrf": round(chrf.score, 2), "bp": round(bleu.bp, 3),
-            "ratio": round(bleu.sys_len / max(1, bleu.ref_len), 3)}
+    return {
+        "bleu": round(bleu.score, 2),
+        "chrf": round(chrf.score, 2),
+        "bp": round(bleu.bp, 3),
+        "ratio": round(bleu.sys_len / max(1, bleu.ref_len), 3),
+    }
 
 
 def main(argv=None) -> int:

@@ -31,15 +31,28 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task(
-        [args.checkpoint], arg_overrides={"data": args.data, "eval_bleu_detok": "moses_protected",
-                                          "eval_bleu_detok_args": '{"target_lang": "de"}'})
+        [args.checkpoint],
+        arg_overrides={
+            "data": args.data,
+            "eval_bleu_detok": "moses_protected",
+            "eval_bleu_detok_args": '{"target_lang": "de"}',
+        },
+    )
     model = models[0].train()
     task.tokenizer = task._build_detokenizer()
     task.load_dataset("train")
-    crit = SequenceRiskCriterion(task, False, 0.1, risk_alpha=args.alpha, risk_candidates=args.candidates,
-                                 risk_beam=args.candidates, risk_sampling=args.sampling)
-    batches = task.get_batch_iterator(task.dataset("train"), max_tokens=args.max_tokens,
-                                      max_positions=model.max_positions(), seed=1).next_epoch_itr(shuffle=True)
+    crit = SequenceRiskCriterion(
+        task,
+        False,
+        0.1,
+        risk_alpha=args.alpha,
+        risk_candidates=args.candidates,
+        risk_beam=args.candidates,
+        risk_sampling=args.sampling,
+    )
+    batches = task.get_batch_iterator(
+        task.dataset("train"), max_tokens=args.max_tokens, max_positions=model.max_positions(), seed=1
+    ).next_epoch_itr(shuffle=True)
     seconds = {}
 
     def timed(name, fn):
@@ -67,8 +80,10 @@ def main(argv=None):
         timed("backward", loss.backward)
         model.zero_grad()
     total = sum(seconds.values())
-    print(" | ".join(f"{k} {v:.2f} s" for k, v in seconds.items()) + f" | total {total:.2f} s over {args.batches} batches"
-          f" (generation {100 * seconds['generation'] / total:.0f}%)")
+    print(
+        " | ".join(f"{k} {v:.2f} s" for k, v in seconds.items()) + f" | total {total:.2f} s over {args.batches} batches"
+        f" (generation {100 * seconds['generation'] / total:.0f}%)"
+    )
 
 
 if __name__ == "__main__":

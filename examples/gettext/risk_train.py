@@ -22,8 +22,17 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import demo_plan  # noqa: E402
 
 #: options this script sets; passing them through as well would contradict it
-OWNED = ("--restore-file", "--save-dir", "--max-update", "--total-num-update", "--lr-scheduler", "--warmup-updates",
-         "--log-format", "--log-interval", "--save-interval")
+OWNED = (
+    "--restore-file",
+    "--save-dir",
+    "--max-update",
+    "--total-num-update",
+    "--lr-scheduler",
+    "--warmup-updates",
+    "--log-format",
+    "--log-interval",
+    "--save-interval",
+)
 
 
 class StatsLog:
@@ -37,7 +46,7 @@ class StatsLog:
     def write(self, line: str):
         self.file.write(line)
         if "| train_inner |" in line and '"expected_bleu"' in line:
-            stats = json.loads(line[line.index("{"):])
+            stats = json.loads(line[line.index("{") :])
             self.expected_bleu = float(stats["expected_bleu"])
 
     def flush(self):
@@ -68,11 +77,34 @@ def main(argv=None) -> int:
     if not os.path.isfile(args.restore):
         print(f"risk_train: error: no checkpoint {args.restore} (run `make demo` first)", file=sys.stderr)
         return 2
-    cmd = [sys.executable, "-m", "fairseq_cli.train"] + passthrough + [
-        "--restore-file", os.path.abspath(args.restore), "--reset-optimizer", "--reset-dataloader",
-        "--reset-meters", "--reset-lr-scheduler", "--save-dir", args.save_dir, "--save-interval", "1000000",
-        "--lr-scheduler", "polynomial_decay", "--warmup-updates", "0", "--total-num-update", str(args.updates),
-        "--max-update", str(args.updates), "--log-format", "json", "--log-interval", "1"]
+    cmd = (
+        [sys.executable, "-m", "fairseq_cli.train"]
+        + passthrough
+        + [
+            "--restore-file",
+            os.path.abspath(args.restore),
+            "--reset-optimizer",
+            "--reset-dataloader",
+            "--reset-meters",
+            "--reset-lr-scheduler",
+            "--save-dir",
+            args.save_dir,
+            "--save-interval",
+            "1000000",
+            "--lr-scheduler",
+            "polynomial_decay",
+            "--warmup-updates",
+            "0",
+            "--total-num-update",
+            str(args.updates),
+            "--max-update",
+            str(args.updates),
+            "--log-format",
+            "json",
+            "--log-interval",
+            "1",
+        ]
+    )
     os.makedirs(args.save_dir, exist_ok=True)
     log = StatsLog(args.log)
     seen = []
@@ -98,14 +130,22 @@ def main(argv=None) -> int:
     if rc != 0:
         print(f"risk_train: fairseq-train failed (exit {rc}); see {args.log}", file=sys.stderr)
         return rc
-    record = {"updates": args.updates, "updates_done": seen[-1].num_updates if seen else 0,
-              "seconds": round(seconds, 1), "train_seconds": trained,
-              "words_per_second": round(sum(u.words for u in seen) / max(1e-9, seconds), 1),
-              "expected_bleu_last": log.expected_bleu, "command": cmd}
+    record = {
+        "updates": args.updates,
+        "updates_done": seen[-1].num_updates if seen else 0,
+        "seconds": round(seconds, 1),
+        "train_seconds": trained,
+        "words_per_second": round(sum(u.words for u in seen) / max(1e-9, seconds), 1),
+        "expected_bleu_last": log.expected_bleu,
+        "command": cmd,
+    }
     with open(args.record, "w", encoding="utf-8") as f:
         json.dump(record, f, indent=1)
-    print(f"fine-tuned {record['updates_done']} updates in {seconds / 60:.1f} minutes "
-          f"({record['words_per_second']:,.0f} words/s including start-up and the checkpoint)", flush=True)
+    print(
+        f"fine-tuned {record['updates_done']} updates in {seconds / 60:.1f} minutes "
+        f"({record['words_per_second']:,.0f} words/s including start-up and the checkpoint)",
+        flush=True,
+    )
     return 0
 
 

@@ -20,8 +20,16 @@ def load(name):
 
 def test_risk_train_refuses_options_it_sets_and_a_missing_checkpoint(tmp_path, capsys):
     risk_train = load("risk_train")
-    common = ["--updates", "5", "--save-dir", str(tmp_path / "ck"), "--log", str(tmp_path / "log"),
-              "--record", str(tmp_path / "r.json")]
+    common = [
+        "--updates",
+        "5",
+        "--save-dir",
+        str(tmp_path / "ck"),
+        "--log",
+        str(tmp_path / "log"),
+        "--record",
+        str(tmp_path / "r.json"),
+    ]
     ck = tmp_path / "checkpoint_last.pt"
     ck.write_bytes(b"")
     assert risk_train.main(common + ["--restore", str(ck), "--", "data", "--max-update", "9"]) == 2
@@ -46,10 +54,12 @@ def test_lenpen_rescoring_picks_what_fairseq_ranks_first(tmp_path):
     # sentence 0: a short hypothesis (2 tokens with EOS, sum -2.0) and a long one (5 tokens, sum -3.5);
     # lenpen 1: -1.0 vs -0.7 (long wins); lenpen 0: -2.0 vs -3.5 (short wins)
     gen = tmp_path / "gen.log"
-    gen.write_text("S-0\tsrc\n"
-                   "H-0\t-1.0\tkurz\nD-0\t-1.0\tkurz\nP-0\t-1.0 -1.0\n"
-                   "H-0\t-0.7\tein langer Satz hier\nD-0\t-0.7\tein langer Satz hier\nP-0\t-0.5 -1.0 -1.0 -0.5 -0.5\n"
-                   "H-1\t-0.1\tja\nD-1\t-0.1\tja\nP-1\t-0.1 -0.1\n")
+    gen.write_text(
+        "S-0\tsrc\n"
+        "H-0\t-1.0\tkurz\nD-0\t-1.0\tkurz\nP-0\t-1.0 -1.0\n"
+        "H-0\t-0.7\tein langer Satz hier\nD-0\t-0.7\tein langer Satz hier\nP-0\t-0.5 -1.0 -1.0 -0.5 -0.5\n"
+        "H-1\t-0.1\tja\nD-1\t-0.1\tja\nP-1\t-0.1 -0.1\n"
+    )
     nbest = rerank.read_nbest(str(gen))
     assert sorted(nbest) == [0, 1] and len(nbest[0]) == 2
     assert rerank.choose(nbest, 1.0) == ["ein langer Satz hier", "ja"]
