@@ -39,8 +39,10 @@ from .fused_label_smoothed_cross_entropy import ChunkBuffer, fused_token_loss, u
 class SequenceRiskConfig(LabelSmoothedCrossEntropyCriterionConfig):
     risk_alpha: float = field(
         default=0.3,
-        metadata={"help": "weight of the token-level label-smoothed loss; the risk gets 1 - alpha "
-                  "(1 = plain label_smoothed_cross_entropy, 0 = risk only)"},
+        metadata={
+            "help": "weight of the token-level label-smoothed loss; the risk gets 1 - alpha "
+            "(1 = plain label_smoothed_cross_entropy, 0 = risk only)"
+        },
     )
     risk_candidates: int = field(default=8, metadata={"help": "candidates per source (the n-best size)"})
     risk_beam: int = field(default=8, metadata={"help": "beam size used to generate candidates (>= --risk-candidates)"})
@@ -49,8 +51,10 @@ class SequenceRiskConfig(LabelSmoothedCrossEntropyCriterionConfig):
     )
     risk_max_len_b: int = field(
         default=10,
-        metadata={"help": "candidates are at most 1.2 * source length + this many tokens. Memory grows with "
-                  "candidates x their length x vocabulary: with a large vocabulary also lower --max-tokens"},
+        metadata={
+            "help": "candidates are at most 1.2 * source length + this many tokens. Memory grows with "
+            "candidates x their length x vocabulary: with a large vocabulary also lower --max-tokens"
+        },
     )
 
 
@@ -66,8 +70,19 @@ def expected_risk(scores: Tensor, costs: Tensor, mask: Tensor) -> Tensor:
 
 @register_criterion("sequence_risk", dataclass=SequenceRiskConfig)
 class SequenceRiskCriterion(LabelSmoothedCrossEntropyCriterion):
-    def __init__(self, task, sentence_avg, label_smoothing, ignore_prefix_size=0, report_accuracy=False,
-                 risk_alpha=0.3, risk_candidates=8, risk_beam=8, risk_sampling=False, risk_max_len_b=10):
+    def __init__(
+        self,
+        task,
+        sentence_avg,
+        label_smoothing,
+        ignore_prefix_size=0,
+        report_accuracy=False,
+        risk_alpha=0.3,
+        risk_candidates=8,
+        risk_beam=8,
+        risk_sampling=False,
+        risk_max_len_b=10,
+    ):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         if not (0.0 <= risk_alpha <= 1.0):
             raise ValueError(f"--risk-alpha must be in [0, 1], got {risk_alpha}")
@@ -80,7 +95,12 @@ class SequenceRiskCriterion(LabelSmoothedCrossEntropyCriterion):
                 "(with --user-dir fconv_plugin)."
             )
         self.alpha = risk_alpha
-        self.n_candidates, self.beam, self.sampling, self.max_len_b = risk_candidates, risk_beam, risk_sampling, risk_max_len_b
+        self.n_candidates, self.beam, self.sampling, self.max_len_b = (
+            risk_candidates,
+            risk_beam,
+            risk_sampling,
+            risk_max_len_b,
+        )
         self._generator = None
         self.chunk_buffer = ChunkBuffer()  # the fused token-level loss's chunk memory, kept between updates
 
@@ -113,9 +133,15 @@ class SequenceRiskCriterion(LabelSmoothedCrossEntropyCriterion):
         fused output layer + loss (no B x T x V tensor, fused_label_smoothed_cross_entropy's
         numbers); other models, and reduce=False, take fairseq's path through the logits."""
         if reduce and unsupported_reason(model) is None:
-            tok_loss, nll_loss, _, _, _ = fused_token_loss(model, sample, self.eps, self.padding_idx,
-                                                           self.ignore_prefix_size, count_correct=False,
-                                                           buffer=self.chunk_buffer)
+            tok_loss, nll_loss, _, _, _ = fused_token_loss(
+                model,
+                sample,
+                self.eps,
+                self.padding_idx,
+                self.ignore_prefix_size,
+                count_correct=False,
+                buffer=self.chunk_buffer,
+            )
             return tok_loss, nll_loss
         net_output = model(**sample["net_input"])
         return self.compute_loss(model, net_output, sample, reduce=reduce)
@@ -160,8 +186,9 @@ class SequenceRiskCriterion(LabelSmoothedCrossEntropyCriterion):
         token_lp = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # R x T
         seq_lp = token_lp.masked_fill(target.eq(pad), 0.0).sum(-1)  # R
         # candidate j of sentence i goes to slot i * K + j of the B x K grid
-        slots = torch.tensor([i * K + j for i, cands in enumerate(candidates) for j in range(len(cands))],
-                             device=seq_lp.device)
+        slots = torch.tensor(
+            [i * K + j for i, cands in enumerate(candidates) for j in range(len(cands))], device=seq_lp.device
+        )
         scores = seq_lp.new_full((B * K,), float("-inf")).index_put((slots,), seq_lp).view(B, K)
         mask = torch.zeros(B * K, dtype=torch.bool, device=seq_lp.device).index_fill(0, slots, True).view(B, K)
         return scores, mask

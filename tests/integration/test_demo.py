@@ -17,8 +17,15 @@ SCRIPT = os.path.join(REPO, "fconv_plugin", "cli", "demo_plan.py")
 
 
 def line(n, wpb=3000.0, loss=9.5):
-    stats = {"epoch": 1, "update": 0.1, "loss": str(loss), "wps": "1650", "wpb": str(wpb), "num_updates": str(n),
-             "lr": "0.001"}
+    stats = {
+        "epoch": 1,
+        "update": 0.1,
+        "loss": str(loss),
+        "wps": "1650",
+        "wpb": str(wpb),
+        "num_updates": str(n),
+        "lr": "0.001",
+    }
     return f"2026-12-01 15:00:00 | INFO | train_inner | {json.dumps(stats)}"
 
 
@@ -70,20 +77,55 @@ def test_lr_is_read_and_replaced_among_fairseqs_options():
 
 
 def test_options_the_plan_owns_are_refused(tmp_path, capsys):
-    rc = demo_plan.main(["train", "--minutes", "1", "--save-dir", str(tmp_path), "--log", str(tmp_path / "log"),
-                         "--plan", str(tmp_path / "plan.json"), "--", "data", "--max-update", "100"])
+    rc = demo_plan.main(
+        [
+            "train",
+            "--minutes",
+            "1",
+            "--save-dir",
+            str(tmp_path),
+            "--log",
+            str(tmp_path / "log"),
+            "--plan",
+            str(tmp_path / "plan.json"),
+            "--",
+            "data",
+            "--max-update",
+            "100",
+        ]
+    )
     assert rc == 2
     assert "--max-update" in capsys.readouterr().err
     assert not (tmp_path / "log").exists()
 
 
 def test_summary_prints_bleu_updates_and_speed(tmp_path, capsys):
-    plan = demo_plan.Plan(minutes=12, warmup=40, measured_updates=20, updates_per_second=0.49,
-                          words_per_second=1650.0, planned_updates=330, updates_done=330, train_seconds=715.0)
+    plan = demo_plan.Plan(
+        minutes=12,
+        warmup=40,
+        measured_updates=20,
+        updates_per_second=0.49,
+        words_per_second=1650.0,
+        planned_updates=330,
+        updates_done=330,
+        train_seconds=715.0,
+    )
     (tmp_path / "plan.json").write_text(json.dumps(demo_plan.asdict(plan)))
     (tmp_path / "bleu.json").write_text(json.dumps({"name": "BLEU", "score": 25.31, "signature": "nrefs:1"}))
-    assert demo_plan.main(["summary", "--plan", str(tmp_path / "plan.json"), "--bleu", str(tmp_path / "bleu.json"),
-                           "--longer", "30.0 BLEU"]) == 0
+    assert (
+        demo_plan.main(
+            [
+                "summary",
+                "--plan",
+                str(tmp_path / "plan.json"),
+                "--bleu",
+                str(tmp_path / "bleu.json"),
+                "--longer",
+                "30.0 BLEU",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "BLEU 25.3" in out and "updates: 330 in 11.9 minutes" in out and "1,650 words/s" in out
     assert "DEMO_MINUTES=30 make demo" in out and "30.0 BLEU" in out
@@ -96,12 +138,45 @@ def test_one_minute_budget_ends_on_time_with_the_learning_rate_decayed(data_bin,
     within the minute (plus a little for what cannot be planned: a fairseq start-up slower than the first),
     with the planned updates done and the learning rate decayed to (nearly) 0 at the last one."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, SCRIPT, "train", "--minutes", "1", "--warmup", "8", "--measure-updates", "8",
-           "--replan-minutes", "0.5",  # re-plan halfway, as budgets of 4 minutes and more do
-           "--save-dir", str(tmp_path / "ck"), "--log", str(tmp_path / "train.log"), "--plan", str(tmp_path / "plan.json"),
-           "--", str(data_bin), "--user-dir", os.path.join(REPO, "fconv_plugin"), "--arch", "fconv_ext_tiny",
-           "--task", "fconv_translation", "--disable-validation", "--optimizer", "adam", "--lr", "0.004",
-           "--max-tokens", "500", "--max-epoch", "1000", "--no-epoch-checkpoints", "--seed", "1"]
+    cmd = [
+        sys.executable,
+        SCRIPT,
+        "train",
+        "--minutes",
+        "1",
+        "--warmup",
+        "8",
+        "--measure-updates",
+        "8",
+        "--replan-minutes",
+        "0.5",  # re-plan halfway, as budgets of 4 minutes and more do
+        "--save-dir",
+        str(tmp_path / "ck"),
+        "--log",
+        str(tmp_path / "train.log"),
+        "--plan",
+        str(tmp_path / "plan.json"),
+        "--",
+        str(data_bin),
+        "--user-dir",
+        os.path.join(REPO, "fconv_plugin"),
+        "--arch",
+        "fconv_ext_tiny",
+        "--task",
+        "fconv_translation",
+        "--disable-validation",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.004",
+        "--max-tokens",
+        "500",
+        "--max-epoch",
+        "1000",
+        "--no-epoch-checkpoints",
+        "--seed",
+        "1",
+    ]
     start = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=300)
     elapsed = time.monotonic() - start
@@ -114,8 +189,11 @@ def test_one_minute_budget_ends_on_time_with_the_learning_rate_decayed(data_bin,
     assert elapsed <= 60 + 15, f"a 1-minute budget took {elapsed:.0f} s"
     assert os.path.isfile(tmp_path / "ck" / "checkpoint_last.pt")
     # the learning rate of the last logged update: the decay reached (or nearly reached) its end, 0
-    lrs = [float(json.loads(l.split("| train_inner | ", 1)[1])["lr"])
-           for l in (tmp_path / "train.log").read_text().splitlines() if "| train_inner | " in l]
+    lrs = [
+        float(json.loads(line.split("| train_inner | ", 1)[1])["lr"])
+        for line in (tmp_path / "train.log").read_text().splitlines()
+        if "| train_inner | " in line
+    ]
     assert len(lrs) == plan["updates_done"]
     if plan["updates_done"] == plan["planned_updates"]:
         assert lrs[-1] == 0

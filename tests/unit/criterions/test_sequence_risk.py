@@ -11,16 +11,33 @@ from fconv_plugin.models import build_model_from_config
 from fconv_plugin.criterions import SequenceRiskCriterion, expected_risk
 from fconv_plugin.tasks import FConvTranslationConfig, FConvTranslationTask
 
-TINY = {"_name": "fconv_ext", "encoder_embed_dim": 16, "encoder_layers": "[(16, 3)] * 2", "decoder_embed_dim": 16,
-        "decoder_layers": "[(16, 3)] * 2", "decoder_out_embed_dim": 16, "dropout": 0.0,
-        "max_source_positions": 64, "max_target_positions": 64}
+TINY = {
+    "_name": "fconv_ext",
+    "encoder_embed_dim": 16,
+    "encoder_layers": "[(16, 3)] * 2",
+    "decoder_embed_dim": 16,
+    "decoder_layers": "[(16, 3)] * 2",
+    "decoder_out_embed_dim": 16,
+    "dropout": 0.0,
+    "max_source_positions": 64,
+    "max_target_positions": 64,
+}
 
 
 def make_task():
     d = make_dictionary(30)
-    cfg = OmegaConf.merge(OmegaConf.structured(FConvTranslationConfig), {
-        "data": "", "train_subset": "train", "dataset_impl": None, "required_seq_len_multiple": 1,
-        "eval_bleu_detok": "space", "source_lang": "en", "target_lang": "de"})
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(FConvTranslationConfig),
+        {
+            "data": "",
+            "train_subset": "train",
+            "dataset_impl": None,
+            "required_seq_len_multiple": 1,
+            "eval_bleu_detok": "space",
+            "source_lang": "en",
+            "target_lang": "de",
+        },
+    )
     task = FConvTranslationTask(cfg, d, d)
     task.tokenizer = task._build_detokenizer()
     return task
@@ -31,9 +48,14 @@ def make_sample(task, seed=0):
     src = random_batch(d, [6, 4, 5], seed=seed)
     tgt = random_batch(d, [5, 3, 4], seed=seed + 1, left_pad=False)
     prev = torch.cat([torch.full((3, 1), d.eos()), tgt[:, :-1]], 1).masked_fill(
-        torch.cat([torch.zeros(3, 1, dtype=torch.bool), tgt[:, :-1].eq(d.pad())], 1), d.pad())
-    return {"net_input": {"src_tokens": src, "src_lengths": src.ne(d.pad()).sum(1), "prev_output_tokens": prev},
-            "target": tgt, "ntokens": int(tgt.ne(d.pad()).sum()), "id": torch.arange(3)}
+        torch.cat([torch.zeros(3, 1, dtype=torch.bool), tgt[:, :-1].eq(d.pad())], 1), d.pad()
+    )
+    return {
+        "net_input": {"src_tokens": src, "src_lengths": src.ne(d.pad()).sum(1), "prev_output_tokens": prev},
+        "target": tgt,
+        "ntokens": int(tgt.ne(d.pad()).sum()),
+        "id": torch.arange(3),
+    }
 
 
 def make_model(task, seed=0):
@@ -63,8 +85,11 @@ def test_candidate_scores_are_sequence_log_probabilities():
     sample = make_sample(task)
     crit = SequenceRiskCriterion(task, False, 0.1, risk_alpha=0.5, risk_candidates=2, risk_beam=2)
     d = task.target_dictionary
-    cands = [[torch.tensor([5, 6, d.eos()]), torch.tensor([7, d.eos()])], [torch.tensor([8, 9, 10, d.eos()])],
-             [torch.tensor([d.eos()]), torch.tensor([11, 12, 13, 14, d.eos()])]]
+    cands = [
+        [torch.tensor([5, 6, d.eos()]), torch.tensor([7, d.eos()])],
+        [torch.tensor([8, 9, 10, d.eos()])],
+        [torch.tensor([d.eos()]), torch.tensor([11, 12, 13, 14, d.eos()])],
+    ]
     scores, mask = crit.candidate_scores(model, sample, cands)
     assert mask.tolist() == [[True, True], [True, False], [True, True]]
     for i, cs in enumerate(cands):
@@ -80,7 +105,10 @@ def test_alpha_one_is_label_smoothed_cross_entropy():
     task = make_task()
     sample = make_sample(task, seed=3)
     results = []
-    for crit in (SequenceRiskCriterion(task, False, 0.1, risk_alpha=1.0), LabelSmoothedCrossEntropyCriterion(task, False, 0.1)):
+    for crit in (
+        SequenceRiskCriterion(task, False, 0.1, risk_alpha=1.0),
+        LabelSmoothedCrossEntropyCriterion(task, False, 0.1),
+    ):
         model = make_model(task, seed=4).train()
         loss, sample_size, log = crit(model, sample)
         loss.backward()
