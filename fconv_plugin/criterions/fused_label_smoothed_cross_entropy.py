@@ -38,6 +38,10 @@ the features and on ``fc3``, as the real logits would.  The decoders of ``fconv_
 ``fconv_ext_lm`` (full softmax) end in ``output_layer(features) = fc3(features)``;
 other models (the self-attention family, an adaptive softmax) are refused with the criterion to
 use instead.
+
+``sequence_risk`` scores its candidates the same way: :class:`FusedLinearTargetLogProb` gives each
+row's ``log p(target)`` with gradient, chunk by chunk, and recomputes a chunk's logits in the
+backward pass (one more product) instead of keeping ``candidates x T x V`` of them.
 """
 
 from contextlib import contextmanager
@@ -82,7 +86,8 @@ class ChunkBuffer:
     write costs page faults at every chunk of every update, a large part of the time of the
     matrix product that fills it (measured: benchmarks/results/train_sweep.md).  Each criterion
     owns one; it grows to the largest chunk seen and is reused, never shared between two calls
-    in flight (nothing of it is kept for the backward pass)."""
+    in flight (nothing of it is kept for the backward pass: a backward pass that needs a chunk
+    again recomputes it there, after every forward of the update is done)."""
 
     def __init__(self):
         self._flat: Optional[Tensor] = None
@@ -263,6 +268,90 @@ def fused_linear_label_smoothed_nll(
     return loss, nll, n_correct
 
 
+class FusedLinearTargetLogProb(torch.autograd.Function):
+    """``log_softmax(features @ weight.T + bias)[row, target[row]]`` for every row (N, float32),
+    ``chunk_rows`` rows at a time; rows equal to ``ignore_index`` give 0.
+
+    The gradient depends on the caller's weights per row (``g``, e.g. a candidate's share of the
+    risk), known only in the backward pass, so nothing of ``N x V`` is kept: the backward pass
+    recomputes each chunk's logits.  Per chunk (``z`` = logits, ``p`` = softmax(z), ``y`` = targets)::
+
+        forward:   out = z_y - logsumexp(z)
+        backward:  d out / d z = onehot(y) - p,  times g per row
+                   grad_x = grad W,  grad_W += grad^T x,  grad_b += sum_rows grad
+    """
+
+    @staticmethod
+    def forward(ctx, features, weight, bias, target, ignore_index: int, chunk_rows: int, buffer=None):
+        keep = target.ne(ignore_index).nonzero().squeeze(1)  # the rows that count
+        x, t = features.index_select(0, keep), target.index_select(0, keep)  # n x H, n
+        out = torch.zeros(target.shape, dtype=torch.float32, device=features.device)  # N
+        kept = torch.empty(x.size(0), dtype=torch.float32, device=features.device)  # n
+        for start in range(0, x.size(0), chunk_rows):
+            xc, tc = x[start : start + chunk_rows], t[start : start + chunk_rows]  # r x H, r
+            z = _logits(xc, weight, bias, buffer)  # r x V
+            z_y = z[torch.arange(xc.size(0), device=xc.device), tc].float()  # r
+            kept[start : start + chunk_rows] = z_y - torch.logsumexp(z.float(), dim=-1)
+        out.index_copy_(0, keep, kept)
+        ctx.save_for_backward(x, t, keep, weight, bias)
+        ctx.shape, ctx.chunk_rows, ctx.buffer = features.shape, chunk_rows, buffer
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, t, keep, weight, bias = ctx.saved_tensors
+        g = grad_out.index_select(0, keep).float()  # n
+        grad_x = torch.empty_like(x)  # n x H
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)  # V x H
+        grad_b = torch.zeros(weight.size(0), dtype=torch.float32, device=weight.device) if bias is not None else None
+        for start in range(0, x.size(0), ctx.chunk_rows):
+            xc, tc = x[start : start + ctx.chunk_rows], t[start : start + ctx.chunk_rows]  # r x H, r
+            gc = g[start : start + ctx.chunk_rows]  # r
+            p = _softmax_(_logits(xc, weight, bias, ctx.buffer))  # r x V, float32
+            p.mul_(-gc.unsqueeze(1))  # -g p
+            p[torch.arange(xc.size(0), device=xc.device), tc] += gc  # g (onehot(y) - p)
+            grad = p.to(xc.dtype)
+            torch.mm(grad, weight, out=grad_x[start : start + ctx.chunk_rows])  # r x H
+            if grad.dtype == torch.float32:
+                grad_w.addmm_(grad.t(), xc)  # V x H, accumulated in place
+            else:
+                grad_w += (grad.t() @ xc).float()
+            if grad_b is not None:
+                grad_b += grad.sum(dim=0, dtype=torch.float32)
+        grad_features = grad_x.new_zeros(ctx.shape)
+        grad_features.index_copy_(0, keep, grad_x)  # padding rows: 0
+        grad_w = grad_w.to(weight.dtype)
+        grad_b = None if grad_b is None else grad_b.to(bias.dtype)
+        return grad_features, grad_w, grad_b, None, None, None, None
+
+
+def fused_linear_target_log_prob(
+    features: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    target: Tensor,
+    ignore_index: int,
+    chunk_rows: Optional[int] = None,
+    buffer: Optional[ChunkBuffer] = None,
+) -> Tensor:
+    """Functional form of :class:`FusedLinearTargetLogProb`: ``features`` ``... x H``, ``target``
+    of the leading shape; returns log-probabilities of that shape (float32)."""
+    shape = target.shape
+    features = features.reshape(-1, features.size(-1))  # N x H
+    if chunk_rows is None:
+        chunk_rows = chunk_rows_for(weight.size(0))
+    dtype = _autocast_dtype(features.device.type)
+    if dtype is not None:  # --amp: fc3 in the autocast dtype
+        features, weight = features.to(dtype), weight.to(dtype)
+    if bias is not None and bias.dtype != weight.dtype:
+        bias = bias.to(weight.dtype)
+    with torch.autocast(features.device.type, enabled=False):
+        out = FusedLinearTargetLogProb.apply(
+            features, weight, bias, target.reshape(-1), int(ignore_index), int(chunk_rows), buffer
+        )
+    return out.view(shape)
+
+
 def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
     """The dtype autocast gives matrix products on ``device_type`` now, or None outside autocast."""
     if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
@@ -331,6 +420,28 @@ def _output_layer_replaced(decoder: nn.Module, replacement):
             del decoder.output_layer
 
 
+def _run_fused(model: nn.Module, net_input: Dict, output_fn, name: str):
+    """``model(**net_input)`` with the decoder's ``output_layer`` replaced by
+    ``output_fn(features, fc3)`` (features: B x T x H, what fc3 takes), whose result becomes the
+    decoder's first output: it depends on the features and on fc3, as the logits would.
+    Returns the model's outputs."""
+    decoder = fused_decoder(model)
+    called = []
+
+    def fused_output_layer(features: Tensor, **unused) -> Tensor:
+        called.append(True)
+        return output_fn(features, decoder.fc3)
+
+    with _output_layer_replaced(decoder, fused_output_layer):
+        net_output = model(**net_input)
+    if not called:
+        raise FusedLossUnsupported(
+            f"{name}: the decoder of {type(_core_model(model)).__name__} did not call its output_layer (a variant "
+            "that overrides forward?); use --criterion label_smoothed_cross_entropy"
+        )
+    return net_output
+
+
 def fused_token_loss(
     model: nn.Module,
     sample: Dict,
@@ -345,32 +456,40 @@ def fused_token_loss(
     nll_loss, the number of correct argmax predictions (0 without ``count_correct``) and of counted
     target tokens, and the decoder's other outputs (``extra``, e.g. attention), without the
     ``B x T x V`` logits."""
-    decoder = fused_decoder(model)
     target = sample["target"]  # B x T (what fconv_ext's get_targets returns)
     if ignore_prefix_size > 0:
         target = target[:, ignore_prefix_size:]
     results = {}
 
-    def fused_output_layer(features: Tensor, **unused) -> Tensor:  # B x T x H: what fc3 takes (extract_features)
+    def loss_of(features: Tensor, fc3: nn.Linear) -> Tensor:
         if ignore_prefix_size > 0:
             features = features[:, ignore_prefix_size:, :]  # B x T' x H
-        fc3 = decoder.fc3
         loss, nll, n_correct = fused_linear_label_smoothed_nll(
             features, fc3.weight, fc3.bias, target, epsilon, padding_idx, chunk_rows, count_correct, buffer
         )
         results.update(nll=nll, n_correct=n_correct)
-        return loss  # the decoder's first output: depends on the features and on fc3, as logits do
+        return loss
 
-    with _output_layer_replaced(decoder, fused_output_layer):
-        net_output = model(**sample["net_input"])
-    if "nll" not in results:
-        raise FusedLossUnsupported(
-            f"--criterion fused_label_smoothed_cross_entropy: the decoder of {type(_core_model(model)).__name__} did "
-            "not call its output_layer (a variant that overrides forward?); use --criterion "
-            "label_smoothed_cross_entropy"
-        )
+    net_output = _run_fused(model, sample["net_input"], loss_of, "--criterion fused_label_smoothed_cross_entropy")
     total = target.ne(padding_idx).sum()
     return net_output[0], results["nll"], results["n_correct"], total, net_output[1:]
+
+
+def fused_target_log_probs(
+    model: nn.Module,
+    net_input: Dict,
+    target: Tensor,
+    padding_idx: int,
+    chunk_rows: Optional[int] = None,
+    buffer: Optional[ChunkBuffer] = None,
+) -> Tensor:
+    """``log p(target[b, t] | ...)`` (B x T, float32, with gradient; 0 at padding) of an fconv_ext
+    model run on ``net_input``, without the ``B x T x V`` logits (:class:`FusedLinearTargetLogProb`)."""
+
+    def log_probs_of(features: Tensor, fc3: nn.Linear) -> Tensor:
+        return fused_linear_target_log_prob(features, fc3.weight, fc3.bias, target, padding_idx, chunk_rows, buffer)
+
+    return _run_fused(model, net_input, log_probs_of, "--criterion sequence_risk")[0]
 
 
 @dataclass

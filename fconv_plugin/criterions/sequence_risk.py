@@ -5,7 +5,8 @@ Learning", eq. 4), combined with token-level label-smoothed cross entropy.
 For each source ``x`` with reference ``t`` the current model proposes a candidate set
 ``U(x)`` (beam search n-best, or sampling).  Each candidate ``u`` has a cost
 ``cost(t, u) = 1 - sentenceBLEU(u, t) / 100`` (sacrebleu, on the detokenized text the
-task scores) and a model score ``s(u) = log p(u | x)`` (sum of token log-probs).  The
+task scores; ``--risk-cost rougeL`` uses ROUGE-L F1 instead, for summaries) and a model
+score ``s(u) = log p(u | x)`` (sum of token log-probs).  The
 risk is the expected cost under the model renormalised over the candidate set:
 
     R(x) = sum_{u in U(x)} cost(t, u) * exp(s(u)) / sum_{u' in U(x)} exp(s(u'))
@@ -26,13 +27,22 @@ import torch
 from fairseq import metrics, utils
 from fairseq.data import data_utils
 from fairseq.criterions import register_criterion
+from fairseq.dataclass import ChoiceEnum
 from fairseq.criterions.label_smoothed_cross_entropy import (
     LabelSmoothedCrossEntropyCriterion,
     LabelSmoothedCrossEntropyCriterionConfig,
 )
 from torch import Tensor
 
-from .fused_label_smoothed_cross_entropy import ChunkBuffer, fused_token_loss, unsupported_reason
+from .fused_label_smoothed_cross_entropy import (
+    ChunkBuffer,
+    fused_target_log_probs,
+    fused_token_loss,
+    unsupported_reason,
+)
+
+
+RISK_COSTS = ["bleu", "rougeL"]
 
 
 @dataclass
@@ -49,11 +59,24 @@ class SequenceRiskConfig(LabelSmoothedCrossEntropyCriterionConfig):
     risk_sampling: bool = field(
         default=False, metadata={"help": "sample candidates instead of taking the beam's n-best"}
     )
+    risk_max_len_a: float = field(
+        default=1.2,
+        metadata={
+            "help": "candidates are at most this times the source length + --risk-max-len-b tokens (headlines: 0)"
+        },
+    )
     risk_max_len_b: int = field(
         default=10,
         metadata={
-            "help": "candidates are at most 1.2 * source length + this many tokens. Memory grows with "
-            "candidates x their length x vocabulary: with a large vocabulary also lower --max-tokens"
+            "help": "see --risk-max-len-a (headlines: 30). Memory grows with candidates x their length x "
+            "vocabulary: with a large vocabulary also lower --max-tokens"
+        },
+    )
+    risk_cost: ChoiceEnum(RISK_COSTS) = field(
+        default="bleu",
+        metadata={
+            "help": "the cost of a candidate: 1 - sentence BLEU (sacrebleu, translation) or 1 - ROUGE-L F1 "
+            "(rouge-score with Porter stemming, summaries), both on the detokenized text the task scores"
         },
     )
 
@@ -81,7 +104,9 @@ class SequenceRiskCriterion(LabelSmoothedCrossEntropyCriterion):
         risk_candidates=8,
         risk_beam=8,
         risk_sampling=False,
+        risk_max_len_a=1.2,
         risk_max_len_b=10,
+        risk_cost="bleu",
     ):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         if not (0.0 <= risk_alpha <= 1.0):
@@ -91,16 +116,14 @@ class SequenceRiskCriterion(LabelSmoothedCrossEntropyCriterion):
         if risk_alpha < 1.0 and not (hasattr(task, "build_candidate_generator") and hasattr(task, "sentence_costs")):
             raise ValueError(
                 f"--criterion sequence_risk needs a task that generates candidates and scores them with "
-                f"sentence BLEU; task {type(task).__name__} does not. Use --task fconv_translation "
+                f"sentence BLEU or ROUGE-L; task {type(task).__name__} does not. Use --task fconv_translation "
                 "(with --user-dir fconv_plugin)."
             )
+        if str(risk_cost) not in RISK_COSTS:
+            raise ValueError(f"--risk-cost must be one of {', '.join(RISK_COSTS)}, got {risk_cost!r}")
         self.alpha = risk_alpha
-        self.n_candidates, self.beam, self.sampling, self.max_len_b = (
-            risk_candidates,
-            risk_beam,
-            risk_sampling,
-            risk_max_len_b,
-        )
+        self.n_candidates, self.beam, self.sampling = risk_candidates, risk_beam, risk_sampling
+        self.max_len_a, self.max_len_b, self.cost = risk_max_len_a, risk_max_len_b, str(risk_cost)
         self._generator = None
         self.chunk_buffer = ChunkBuffer()  # the fused token-level loss's chunk memory, kept between updates
 
@@ -125,6 +148,7 @@ class SequenceRiskCriterion(LabelSmoothedCrossEntropyCriterion):
             risk_sum = risks.sum()
             loss = self.alpha * tok_loss + (1.0 - self.alpha) * risk_sum * (sample_size / nsentences)
             logging_output["risk"] = risk_sum.data
+            logging_output[f"_risk_{self.cost}"] = nsentences  # which metric the risk's cost is
         logging_output["loss"] = loss.data
         return loss, sample_size, logging_output
 
@@ -156,7 +180,12 @@ class SequenceRiskCriterion(LabelSmoothedCrossEntropyCriterion):
         was_training = core.training  # (building a SequenceGenerator switches to eval mode)
         if self._generator is None or self._generator.model.models[0] is not core:
             self._generator = self.task.build_candidate_generator(
-                core, beam=self.beam, nbest=self.n_candidates, sampling=self.sampling, max_len_b=self.max_len_b
+                core,
+                beam=self.beam,
+                nbest=self.n_candidates,
+                sampling=self.sampling,
+                max_len_a=self.max_len_a,
+                max_len_b=self.max_len_b,
             )
         core.eval()
         try:
@@ -175,15 +204,18 @@ class SequenceRiskCriterion(LabelSmoothedCrossEntropyCriterion):
         target = data_utils.collate_tokens(flat_cands, pad, eos, left_pad=False)
         prev = data_utils.collate_tokens(flat_cands, pad, eos, left_pad=False, move_eos_to_beginning=True)
         src_index = target.new_tensor([i for i, cands in enumerate(candidates) for _ in cands])
-        net_input = sample["net_input"]
-        net_output = model(
-            src_tokens=net_input["src_tokens"].index_select(0, src_index),
-            src_lengths=net_input["src_lengths"].index_select(0, src_index),
-            prev_output_tokens=prev,
-        )
-        logits = net_output[0].float()  # R x T x V
-        # log p(token) = logit(token) - logsumexp(logits): no second R x T x V tensor
-        token_lp = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # R x T
+        net_input = {
+            "src_tokens": sample["net_input"]["src_tokens"].index_select(0, src_index),
+            "src_lengths": sample["net_input"]["src_lengths"].index_select(0, src_index),
+            "prev_output_tokens": prev,
+        }
+        if unsupported_reason(model) is None:
+            # fconv_ext: chunk by chunk through fc3, no R x T x V logits kept for the backward pass
+            token_lp = fused_target_log_probs(model, net_input, target, pad, buffer=self.chunk_buffer)  # R x T
+        else:
+            logits = model(**net_input)[0].float()  # R x T x V
+            # log p(token) = logit(token) - logsumexp(logits): no second R x T x V tensor
+            token_lp = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # R x T
         seq_lp = token_lp.masked_fill(target.eq(pad), 0.0).sum(-1)  # R
         # candidate j of sentence i goes to slot i * K + j of the B x K grid
         slots = torch.tensor(
@@ -198,7 +230,7 @@ class SequenceRiskCriterion(LabelSmoothedCrossEntropyCriterion):
         scores, mask = self.candidate_scores(model, sample, candidates)
         costs = torch.zeros_like(scores, dtype=torch.float)
         for i, cands in enumerate(candidates):
-            costs[i, : len(cands)] = torch.tensor(self.task.sentence_costs(cands, sample["target"][i]))
+            costs[i, : len(cands)] = torch.tensor(self.task.sentence_costs(cands, sample["target"][i], self.cost))
         return expected_risk(scores, costs, mask)
 
     @classmethod
@@ -211,4 +243,6 @@ class SequenceRiskCriterion(LabelSmoothedCrossEntropyCriterion):
         if any("risk" in log for log in logging_outputs):
             risk = utils.item(sum(log.get("risk", 0) for log in logging_outputs))
             metrics.log_scalar("risk", risk / max(nsentences, 1), nsentences, round=4)
-            metrics.log_scalar("expected_bleu", 100.0 * (1.0 - risk / max(nsentences, 1)), nsentences, round=2)
+            # expected_bleu (or expected_rougeL) = 100 x (1 - risk): the metric the cost is made of
+            metric = "rougeL" if any(log.get("_risk_rougeL", 0) for log in logging_outputs) else "bleu"
+            metrics.log_scalar(f"expected_{metric}", 100.0 * (1.0 - risk / max(nsentences, 1)), nsentences, round=2)

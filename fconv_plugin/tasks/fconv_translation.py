@@ -97,6 +97,7 @@ class FConvTranslationTask(TranslationTask):
         super().__init__(cfg, src_dict, tgt_dict)
         cfg.eval_bleu = not cfg.no_eval_bleu
         self.tokenizer = None
+        self.rouge_scorer = None  # built for --eval-rouge, or by the first ROUGE-L sequence cost
         self._model_max_positions = None  # known once build_model has run
 
     # -- validation BLEU ------------------------------------------------------------
@@ -235,19 +236,32 @@ class FConvTranslationTask(TranslationTask):
             )
 
     # -- sequence-level training support (sequence_risk) ---------------------------
-    def build_candidate_generator(self, model, beam: int, nbest: int, sampling: bool = False, max_len_b: int = 200):
+    def build_candidate_generator(
+        self, model, beam: int, nbest: int, sampling: bool = False, max_len_a: float = 1.2, max_len_b: int = 200
+    ):
         """The generator that proposes candidate translations for sequence-level training."""
-        args = Namespace(beam=beam, nbest=nbest, sampling=sampling, max_len_a=1.2, max_len_b=max_len_b)
+        args = Namespace(beam=beam, nbest=nbest, sampling=sampling, max_len_a=max_len_a, max_len_b=max_len_b)
         if sampling:
             args.sampling_topk = -1
         return self.build_generator([model], args)
 
-    def sentence_costs(self, hypotheses: List[torch.Tensor], reference: torch.Tensor) -> List[float]:
-        """``1 - sentence BLEU / 100`` of each hypothesis against the reference, on the same
-        detokenized text the validation BLEU scores."""
+    def sentence_costs(
+        self, hypotheses: List[torch.Tensor], reference: torch.Tensor, metric: str = "bleu"
+    ) -> List[float]:
+        """``1 - sentence BLEU / 100`` (or, with metric ``rougeL``, ``1 - ROUGE-L F1 / 100``) of
+        each hypothesis against the reference, on the same detokenized text validation scores."""
+        ref = self.detokenize(reference, escape_unk=True)
+        if metric == "rougeL":
+            if self.rouge_scorer is None:
+                self.rouge_scorer = build_scorer(stemmer=True)
+            return [
+                1.0 - sentence_rouge(self.rouge_scorer, self.detokenize(h), [ref])["rougeL"]["fmeasure"] / 100.0
+                for h in hypotheses
+            ]
+        if metric != "bleu":
+            raise ValueError(f"unknown sequence cost {metric!r}: bleu or rougeL")
         import sacrebleu
 
-        ref = self.detokenize(reference, escape_unk=True)
         return [1.0 - sacrebleu.sentence_bleu(self.detokenize(h), [ref]).score / 100.0 for h in hypotheses]
 
     # -- inference on raw input (fairseq-interactive, hub interface) ---------------

@@ -16,8 +16,10 @@ from fairseq.logging import metrics
 from helpers import StubTask, make_dictionary, random_batch
 from fconv_plugin.criterions import FusedLabelSmoothedCrossEntropyCriterion, SequenceRiskCriterion
 from fconv_plugin.criterions.fused_label_smoothed_cross_entropy import (
+    ChunkBuffer,
     FusedLossUnsupported,
     fused_linear_label_smoothed_nll,
+    fused_linear_target_log_prob,
 )
 from fconv_plugin.models import build_model_from_config
 
@@ -70,6 +72,67 @@ def test_function_matches_fairseq_loss_and_gradients(eps, with_bias, chunk_rows)
         torch.testing.assert_close(got, want, **TOL)
     assert grads[0][[0, 5, 6, 22]].abs().max() == 0  # padding rows get no gradient
     assert not nll.requires_grad and not n_correct.requires_grad
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("chunk_rows,buffer", [(1, False), (5, True), (1000, True)])
+def test_target_log_prob_matches_log_softmax_and_its_gradients(with_bias, chunk_rows, buffer):
+    """sequence_risk's candidate scores: log p(target) per row, with a different upstream gradient
+    per row (a candidate's share of the risk), padding rows 0 with no gradient."""
+    g = torch.Generator().manual_seed(1)
+    B, T, H, V, pad = 4, 6, 7, 41, 1
+    x = torch.randn(B, T, H, generator=g, requires_grad=True)
+    w = torch.randn(V, H, generator=g, requires_grad=True)
+    b = torch.randn(V, generator=g, requires_grad=True) if with_bias else None
+    target = torch.randint(4, V, (B, T), generator=g)
+    target[0, 4:] = pad
+    target[2, 1:] = pad
+    upstream = torch.randn(B, T, generator=g)
+    leaves = [x, w] + ([b] if with_bias else [])
+
+    lprobs = torch.log_softmax(F.linear(x, w, b).float(), dim=-1)
+    want = lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1).masked_fill(target.eq(pad), 0.0)  # B x T
+    want_grads = torch.autograd.grad((want * upstream).sum(), leaves)
+    got = fused_linear_target_log_prob(x, w, b, target, pad, chunk_rows, ChunkBuffer() if buffer else None)
+    got_grads = torch.autograd.grad((got * upstream).sum(), leaves)
+
+    assert got.shape == (B, T) and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, **TOL)
+    assert got[target.eq(pad)].abs().max() == 0 and got[target.ne(pad)].max() < 0
+    for have, expected in zip(got_grads, want_grads):
+        torch.testing.assert_close(have, expected, **TOL)
+    assert got_grads[0][target.eq(pad)].abs().max() == 0
+
+
+def test_sequence_risk_candidate_scores_fused_equal_the_logits_path(monkeypatch):
+    """The fused candidate scores (no candidates x T x V logits) give the logits path's scores and
+    gradients; a model the fused path does not support takes the logits path."""
+    from fconv_plugin.criterions import sequence_risk as risk_module
+
+    model, task = make_model()
+    model.eval()  # no dropout: both runs see the same network
+    sample = make_sample(task)
+    d = task.target_dictionary
+    cands = [[torch.tensor([5, 6, d.eos()]), torch.tensor([7, d.eos()])], [torch.tensor([8, 9, 10, d.eos()])]]
+    cands += [[torch.tensor([11, d.eos()])]] * (sample["target"].size(0) - 2)
+    # (alpha 1: the stub task has no candidate generator, and candidate_scores needs none)
+    crit = SequenceRiskCriterion(task, False, 0.1, risk_alpha=1.0, risk_candidates=2, risk_beam=2)
+    weights = torch.linspace(0.5, 2.0, 2 * len(cands)).view(len(cands), 2)
+    results = []
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(risk_module, "unsupported_reason", lambda m: "logits path")
+        model.zero_grad()
+        scores, mask = crit.candidate_scores(model, sample, cands)
+        scores.masked_fill(~mask, 0.0).mul(weights).sum().backward()
+        results.append(
+            (scores.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        )
+    (fused_scores, fused_grads), (plain_scores, plain_grads) = results
+    torch.testing.assert_close(fused_scores, plain_scores, **TOL)
+    assert fused_grads.keys() == plain_grads.keys() and any(n.startswith("decoder.fc3.") for n in fused_grads)
+    for name, want in plain_grads.items():
+        torch.testing.assert_close(fused_grads[name], want, **TOL, msg=name)
 
 
 def test_function_rows_with_a_vanishing_target_probability():

@@ -1,5 +1,6 @@
 """sequence_risk: the risk and its gradient match a direct computation; alpha = 1 is
-exactly label-smoothed cross entropy; a task without candidates is refused."""
+exactly label-smoothed cross entropy; the BLEU and ROUGE-L costs are the metrics' own
+sentence scores; a task without candidates is refused."""
 
 import pytest
 import torch
@@ -129,7 +130,7 @@ def test_risk_loss_end_to_end_on_a_batch():
     crit = SequenceRiskCriterion(task, False, 0.1, risk_alpha=0.0, risk_candidates=3, risk_beam=3, risk_max_len_b=6)
     # a random model's candidates all have sentence BLEU 0, hence equal costs and a zero
     # gradient; give candidates of different lengths different costs instead
-    task.sentence_costs = lambda hyps, ref: [min(1.0, 0.15 * h.numel()) for h in hyps]
+    task.sentence_costs = lambda hyps, ref, metric: [min(1.0, 0.15 * h.numel()) for h in hyps]
     loss, sample_size, log = crit(model, sample)
     # risk only: loss = mean risk per sentence * sample_size, and a risk is an expected 1 - BLEU/100
     assert 0.0 <= log["risk"].item() / 3 <= 1.0
@@ -155,3 +156,65 @@ def test_sentence_cost_is_one_minus_sentence_bleu_on_detokenized_text():
     costs = task.sentence_costs([ref, other, ref[:3]], ref)
     assert costs[0] == pytest.approx(0.0) and costs[1] == pytest.approx(1.0)
     assert 0.0 < costs[2] < 1.0
+
+
+def test_sentence_cost_rouge_l_is_one_minus_rouge_score_f1():
+    from rouge_score import rouge_scorer
+
+    task = make_task()
+    d = task.target_dictionary
+
+    def words(ws):
+        return torch.tensor([d.index(w) for w in ws] + [d.eos()])
+
+    ref = words(["w5", "w6", "w7", "w8", "w9"])
+    hyps = [ref, words(["w10", "w11"]), words(["w5", "w7", "w9", "w12"])]
+    costs = task.sentence_costs(hyps, ref, "rougeL")
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    expected = [
+        1.0 - scorer.score("w5 w6 w7 w8 w9", h)["rougeL"].fmeasure
+        for h in ["w5 w6 w7 w8 w9", "w10 w11", "w5 w7 w9 w12"]
+    ]
+    assert costs == pytest.approx(expected)
+    assert costs[0] == pytest.approx(0.0) and costs[1] == pytest.approx(1.0) and 0.0 < costs[2] < 1.0
+    with pytest.raises(ValueError, match="bleu or rougeL"):
+        task.sentence_costs(hyps, ref, "meteor")
+
+
+def test_risk_cost_and_candidate_length_bound_reach_the_task():
+    task = make_task()
+    model = make_model(task, seed=7).train()
+    sample = make_sample(task, seed=8)
+    crit = SequenceRiskCriterion(
+        task,
+        False,
+        0.1,
+        risk_alpha=0.5,
+        risk_candidates=2,
+        risk_beam=2,
+        risk_max_len_a=0.0,
+        risk_max_len_b=2,
+        risk_cost="rougeL",
+    )
+    seen = []
+
+    def costs(hyps, ref, metric):
+        seen.append((metric, [h.numel() for h in hyps]))
+        return [0.5] * len(hyps)
+
+    task.sentence_costs = costs
+    _, _, log = crit(model, sample)
+    assert [metric for metric, _ in seen] == ["rougeL"] * 3
+    # headline bound: at most max_len_b tokens + EOS whatever the source length (6, 4, 5 tokens)
+    assert max(n for _, lengths in seen for n in lengths) <= 3
+    from fairseq import metrics
+
+    with metrics.aggregate() as agg:
+        SequenceRiskCriterion.reduce_metrics([log])
+    assert agg.get_smoothed_values()["expected_rougeL"] == pytest.approx(50.0)
+    assert "expected_bleu" not in agg.get_smoothed_values()
+
+
+def test_unknown_risk_cost_is_refused():
+    with pytest.raises(ValueError, match="--risk-cost must be one of bleu, rougeL"):
+        SequenceRiskCriterion(make_task(), False, 0.1, risk_alpha=0.5, risk_cost="meteor")
