@@ -54,7 +54,6 @@ finetune() {  # finetune NAME SEED ARGS...: from the base, a fresh Adam at a con
     --max-source-positions 1020 --no-eval-bleu --eval-bleu-detok-args '{"target_lang": "en"}' \
     --disable-validation --stop-time-hours "$stop_hours" --max-epoch 100 --no-epoch-checkpoints \
     --save-dir "$out" --log-format simple --log-interval 10 --seed "$seed" "$@" > "$out/train.log" 2>&1
-  grep -o 'num_updates=[0-9]*' "$out/train.log" | tail -1 >> "$out/time.txt" || true
 }
 
 summarize() {  # summarize NAME: run.sh's decoding and scoring of the test set
@@ -70,28 +69,36 @@ summarize() {  # summarize NAME: run.sh's decoding and scoring of the test set
 for seed in $SEEDS; do
   stage "seed $seed: sequence_risk (ROUGE-L cost) and token-level training side by side, $MINUTES minutes each"
   # shellcheck disable=SC2086
-  finetune "risk-seed$seed" "$seed" $RISK &
+  finetune "risk-seed$seed" "$seed" $RISK & risk_pid=$!
   # shellcheck disable=SC2086
-  finetune "token-seed$seed" "$seed" $TOKEN &
-  wait
+  finetune "token-seed$seed" "$seed" $TOKEN & token_pid=$!
+  wait "$risk_pid"; wait "$token_pid"   # (each wait fails the script if that run failed)
   stage "seed $seed: summarize the test set with both models"
-  summarize "risk-seed$seed" &
-  summarize "token-seed$seed" &
-  wait
+  summarize "risk-seed$seed" & risk_pid=$!
+  summarize "token-seed$seed" & token_pid=$!
+  wait "$risk_pid"; wait "$token_pid"
 done
+# the base model, scored the same way (run.sh wrote its summaries)
+fconv-ext-rouge --ref "$RAW/test.short" --hyp "$WORK/test.hyp" --json > "$WORK/risk/base-rouge.json"
 
 python - "$WORK/risk" $SEEDS <<'EOF' | tee "$WORK/risk/summary.md"
 import json, os, re, sys
+import torch
 root, seeds = sys.argv[1], sys.argv[2:]
 print("| run | updates | CPU s (wall s) | ROUGE-1 F1 | ROUGE-2 F1 | ROUGE-L F1 | mean words |")
 print("|---|---|---|---|---|---|---|")
+base = {t: v["fmeasure"] for t, v in json.load(open(os.path.join(root, "base-rouge.json"))).items()}
+words = [len(line.split()) for line in open(os.path.join(root, "..", "test.hyp"))]
+print(f"| base model (run.sh), no fine-tuning | 0 | - | {base['rouge1']:.2f} | {base['rouge2']:.2f} | "
+      f"{base['rougeL']:.2f} | {sum(words) / len(words):.1f} |")
 for kind in ("token", "risk"):
     for seed in seeds:
         d = os.path.join(root, f"{kind}-seed{seed}")
         rouge = {t: v["fmeasure"] for t, v in json.load(open(os.path.join(d, "rouge.json"))).items()}
         t = open(os.path.join(d, "time.txt")).read()
         wall, user, sys_ = (float(x) for x in re.search(r"wall ([\d.]+) s, user ([\d.]+) s, sys ([\d.]+) s", t).groups())
-        updates = re.search(r"num_updates=(\d+)", t).group(1)
+        state = torch.load(os.path.join(d, "checkpoint_last.pt"), map_location="cpu", weights_only=False)
+        updates = state["optimizer_history"][-1]["num_updates"]
         words = [len(line.split()) for line in open(os.path.join(d, "test.hyp"))]
         print(f"| {kind}, seed {seed} | {updates} | {user + sys_:.0f} ({wall:.0f}) | {rouge['rouge1']:.2f} | "
               f"{rouge['rouge2']:.2f} | {rouge['rougeL']:.2f} | {sum(words) / len(words):.1f} |")

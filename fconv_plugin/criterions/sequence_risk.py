@@ -93,6 +93,10 @@ def expected_risk(scores: Tensor, costs: Tensor, mask: Tensor) -> Tensor:
 
 @register_criterion("sequence_risk", dataclass=SequenceRiskConfig)
 class SequenceRiskCriterion(LabelSmoothedCrossEntropyCriterion):
+    #: score fconv_ext candidates through fc3 chunk by chunk; False: through the full logits, as
+    #: other models are (the same numbers; for comparisons: examples/gettext/risk_profile.py --logits)
+    fused_candidates: bool = True
+
     def __init__(
         self,
         task,
@@ -209,7 +213,7 @@ class SequenceRiskCriterion(LabelSmoothedCrossEntropyCriterion):
             "src_lengths": sample["net_input"]["src_lengths"].index_select(0, src_index),
             "prev_output_tokens": prev,
         }
-        if unsupported_reason(model) is None:
+        if self.fused_candidates and unsupported_reason(model) is None:
             # fconv_ext: chunk by chunk through fc3, no R x T x V logits kept for the backward pass
             token_lp = fused_target_log_probs(model, net_input, target, pad, buffer=self.chunk_buffer)  # R x T
         else:

@@ -43,7 +43,14 @@ def test_validation_bleu_chooses_the_best_checkpoint(fconv_ext_tiny_run):
     assert best and best[-1] == max(bleus)
 
 
-def test_sequence_risk_fine_tunes_from_a_checkpoint(data_bin, fconv_ext_tiny_run, tmp_path):
+@pytest.mark.parametrize(
+    "cost_args,expected",
+    [
+        ([], "expected_bleu"),
+        (["--risk-cost", "rougeL", "--risk-max-len-a", "0", "--risk-max-len-b", "5"], "expected_rougeL"),
+    ],
+)
+def test_sequence_risk_fine_tunes_from_a_checkpoint(data_bin, fconv_ext_tiny_run, tmp_path, cost_args, expected):
     log = run(
         [
             f"{BIN}/fairseq-train",
@@ -82,9 +89,10 @@ def test_sequence_risk_fine_tunes_from_a_checkpoint(data_bin, fconv_ext_tiny_run
             "--log-interval",
             "1",
             "--no-progress-bar",
+            *cost_args,
         ]
     )
-    assert re.search(r"train_inner .*risk=[\d.]+, expected_bleu=[\d.]+", log), log[-2000:]
+    assert re.search(rf"train_inner .*risk=[\d.]+, {expected}=[\d.]+", log), log[-2000:]
 
 
 # ---------------------------------------------------------------- fairseq-generate
