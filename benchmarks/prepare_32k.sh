@@ -14,7 +14,9 @@ merges=${MERGES:-32000}
 [ -f "$out/bin/dict.de.txt" ] || "$here/prepare_gettext.sh" "$out" "$merges"
 echo "joint dictionary: $(wc -l < "$out/bin/dict.de.txt") entries (+4 specials) from $merges merges"
 start=$(date +%s)
-OMP_NUM_THREADS=${THREADS:-2} fairseq-train "$out/bin" --arch fconv_iwslt_de_en --optimizer nag --lr 0.25 \
+# --user-dir: fairseq alone cannot read its own checkpoint back under torch >= 2.6 (weights-only loading),
+# so a second run, which resumes from checkpoint_last.pt, needs the plugin's loader; the model is fairseq's fconv
+OMP_NUM_THREADS=${THREADS:-2} fairseq-train "$out/bin" --user-dir "$here/../fconv_plugin" --arch fconv_iwslt_de_en --optimizer nag --lr 0.25 \
     --clip-norm 0.1 --dropout 0.2 --criterion label_smoothed_cross_entropy --label-smoothing 0.1 \
     --max-tokens 4000 --lr-scheduler fixed --force-anneal 200 --stop-time-hours "${TRAIN_HOURS:-0.3}" \
     --max-update "${MAX_UPDATE:-1091}" --save-dir "$out/ck_fconv" --no-epoch-checkpoints --seed 1 \
