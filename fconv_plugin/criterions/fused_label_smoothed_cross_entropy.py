@@ -175,14 +175,7 @@ class FusedLinearLabelSmoothedNLL(torch.autograd.Function):
             if not need_grad:
                 continue
             p[rows, tc] -= target_weight  # (5.): p - (1 - eps - eps_i) onehot(y)
-            grad = p.to(xc.dtype)
-            torch.mm(grad, weight, out=grad_x[start : start + chunk_rows])  # r x H
-            if grad.dtype == torch.float32:
-                grad_w.addmm_(grad.t(), xc)  # V x H, accumulated in place
-            else:
-                grad_w += (grad.t() @ xc).float()  # V x H (products in the model's dtype, sum in float32)
-            if grad_b is not None:
-                grad_b += grad.sum(dim=0, dtype=torch.float32)
+            _chunk_gradients(p.to(xc.dtype), xc, weight, grad_x[start : start + chunk_rows], grad_w, grad_b)
         # sum of every logit of every counted row, from the column sums (no N x V pass)
         x_sum, w_sum = x.double().sum(0), weight.double().sum(0)  # H, H
         z_sum = x_sum @ w_sum + (n * bias.double().sum() if bias is not None else 0.0)
@@ -220,6 +213,21 @@ def _logits(x: Tensor, weight: Tensor, bias: Optional[Tensor], buffer: Optional[
     if bias is not None:
         return torch.addmm(bias, x, weight.t(), out=out)
     return torch.mm(x, weight.t(), out=out)
+
+
+def _chunk_gradients(
+    grad: Tensor, xc: Tensor, weight: Tensor, grad_x: Tensor, grad_w: Tensor, grad_b: Optional[Tensor]
+) -> None:
+    """From a chunk's gradient w.r.t. its logits (``grad``, r x V, in the features' dtype): its rows of
+    the features' gradient (``grad_x``, r x H, written) and its share of fc3's (``grad_w`` V x H and
+    ``grad_b`` V, float32, accumulated)."""
+    torch.mm(grad, weight, out=grad_x)  # r x H
+    if grad.dtype == torch.float32:
+        grad_w.addmm_(grad.t(), xc)  # V x H, accumulated in place
+    else:
+        grad_w += (grad.t() @ xc).float()  # V x H (products in the model's dtype, sum in float32)
+    if grad_b is not None:
+        grad_b += grad.sum(dim=0, dtype=torch.float32)
 
 
 def _softmax_(z: Tensor) -> Tensor:
@@ -310,14 +318,7 @@ class FusedLinearTargetLogProb(torch.autograd.Function):
             p = _softmax_(_logits(xc, weight, bias, ctx.buffer))  # r x V, float32
             p.mul_(-gc.unsqueeze(1))  # -g p
             p[torch.arange(xc.size(0), device=xc.device), tc] += gc  # g (onehot(y) - p)
-            grad = p.to(xc.dtype)
-            torch.mm(grad, weight, out=grad_x[start : start + ctx.chunk_rows])  # r x H
-            if grad.dtype == torch.float32:
-                grad_w.addmm_(grad.t(), xc)  # V x H, accumulated in place
-            else:
-                grad_w += (grad.t() @ xc).float()
-            if grad_b is not None:
-                grad_b += grad.sum(dim=0, dtype=torch.float32)
+            _chunk_gradients(p.to(xc.dtype), xc, weight, grad_x[start : start + ctx.chunk_rows], grad_w, grad_b)
         grad_features = grad_x.new_zeros(ctx.shape)
         grad_features.index_copy_(0, keep, grad_x)  # padding rows: 0
         grad_w = grad_w.to(weight.dtype)
