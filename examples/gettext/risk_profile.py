@@ -4,7 +4,7 @@ training batches, from a trained checkpoint (one thread).
     OMP_NUM_THREADS=1 python examples/gettext/risk_profile.py CHECKPOINT DATA [--candidates 4]
         [--max-tokens 1000] [--sampling] [--batches 4] [--logits]
     # headlines (examples/summarization): ROUGE-L cost, candidates of at most 30 tokens
-    ... --cost rougeL --max-len-a 0 --max-len-b 30 --detok moses --target-lang short
+    ... --cost rougeL --max-len-a 0 --max-len-b 30 --detok moses --target-lang en
 
 ``--logits`` scores the candidates through the full ``candidates x T x V`` logits instead of fc3
 chunk by chunk (the criterion's ``fused_candidates = False``): the same numbers, for comparison.
